@@ -1,0 +1,270 @@
+#include "aggregator/aggregator.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <list>
+#include <zmq.hpp>
+
+#include "schema/hash.h"
+#include "schema/transport.h"
+#include "storage/adapter_store.h"
+
+namespace fedlora::aggregator {
+namespace {
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = [] {
+    auto l = spdlog::get("aggregator");
+    return l ? l : spdlog::default_logger()->clone("aggregator");
+  }();
+  return logger;
+}
+
+uint64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+Result<codec::DecodedGlobal> LoadVersion(storage::AdapterStore& store, const std::string& adapter,
+                                         uint64_t version) {
+  ASSIGN_OR_RETURN(std::string bytes, store.GetGlobal(adapter, version));
+  auto env = codec::VerifyEnvelope(codec::AsBytes(bytes));
+  if (!env.ok() || (*env)->body_type() != wire::Body::GlobalAdapter) {
+    return DataLoss(fmt::format("stored version {} of '{}' is unreadable", version, adapter));
+  }
+  return codec::DecodeGlobal(*(*env)->body_as_GlobalAdapter());
+}
+
+class AggregatorImpl final : public Aggregator {
+ public:
+  AggregatorImpl(AggregatorOptions options, std::unique_ptr<storage::AdapterStore> store)
+      : options_(std::move(options)), store_(std::move(store)), socket_(ctx_, zmq::socket_type::dealer) {}
+
+  Status Init() {
+    ASSIGN_OR_RETURN(auto cursor, store_->GetCursor(options_.adapter_id));
+    if (!cursor) {
+      if (!options_.initial) {
+        return FailedPrecondition(fmt::format(
+            "store '{}' has no adapter '{}' and no initial adapter was given", options_.store_path,
+            options_.adapter_id));
+      }
+      RETURN_IF_ERROR(CommitVersionZero());
+      ASSIGN_OR_RETURN(cursor, store_->GetCursor(options_.adapter_id));
+    }
+    ASSIGN_OR_RETURN(auto current, LoadVersion(*store_, options_.adapter_id, cursor->version));
+    final_ = current.info.final;
+    ASSIGN_OR_RETURN(engine_, Engine::Create(
+                                  options_.engine, options_.adapter_id, std::move(current.spec),
+                                  std::move(current.state), cursor->version, cursor->consumed_seq,
+                                  [this](uint64_t v) { return BaseVersion(v); }));
+    version_ = engine_->version();
+    Log()->info("adapter={} resumes at version={} consumed_seq={} mode={} final={}", options_.adapter_id,
+                cursor->version, cursor->consumed_seq, codec::ModeName(options_.engine.mode), final_);
+    return Status::Ok();
+  }
+
+  uint64_t Version() const override { return version_.load(); }
+  bool Finished() const override { return finished_.load(); }
+
+  Status Run(std::stop_token stop) override {
+    if (final_ || ReachedMax()) {
+      finished_ = true;
+      return Status::Ok();
+    }
+    try {
+      transport::Configure(socket_, options_.hwm);
+      socket_.connect(options_.broker);
+    } catch (const zmq::error_t& e) {
+      return InvalidArgument(fmt::format("connect to broker '{}': {}", options_.broker, e.what()));
+    }
+    auto last_heard = std::chrono::steady_clock::now();
+    Subscribe();
+    std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    std::vector<zmq::message_t> frames;
+    while (!stop.stop_requested() && !finished_) {
+      try {
+        zmq::poll(items, options_.poll_interval);
+        bool delivered = false;
+        while (!finished_ && transport::TryRecvMultipart(socket_, frames)) {
+          ASSIGN_OR_RETURN(bool progressed, Handle(frames));
+          delivered |= progressed;
+        }
+        const auto now = std::chrono::steady_clock::now();
+        if (delivered) {
+          last_heard = now;
+          SendCredit(false);
+        } else if (now - last_heard > options_.resubscribe_after) {
+          // Either nothing is published, or the broker restarted and forgot us: re-introduce
+          // ourselves; duplicates that this may cause are skipped by sequence number.
+          last_heard = now;
+          Subscribe();
+        }
+      } catch (const zmq::error_t& e) {
+        if (e.num() == ETERM) break;
+        Log()->error("zeromq error={}", e.what());
+      }
+    }
+    return Status::Ok();
+  }
+
+ private:
+  bool ReachedMax() const { return options_.max_versions > 0 && version_ >= options_.max_versions; }
+
+  Status CommitVersionZero() {
+    RETURN_IF_ERROR(CheckStateMatchesSpec(options_.initial->spec, options_.initial->state)
+                        .WithContext("initial adapter"));
+    codec::VersionInfo info;
+    info.adapter_id = options_.adapter_id;
+    info.version = 0;
+    info.mode = options_.engine.mode;
+    info.method = options_.engine.method;
+    info.content_hash = ToHex(HashAdapter(options_.initial->state));
+    return CommitVersion(info, options_.initial->spec, options_.initial->state, false);
+  }
+
+  Status CommitVersion(codec::VersionInfo& info, const AdapterSpec& spec, const AdapterState& state, bool final) {
+    info.commit_unix_ms = NowUnixMs();
+    const bool due = options_.eval_every > 0 && info.version % options_.eval_every == 0;
+    if (options_.evaluate && (due || final)) {
+      auto eval = options_.evaluate(spec, state);
+      if (eval.ok()) {
+        info.test_accuracy = static_cast<float>(eval->accuracy);
+        info.test_loss = static_cast<float>(eval->loss);
+        info.eval_samples = static_cast<uint32_t>(eval->samples);
+      } else {
+        Log()->error("evaluation of version={} failed: {}", info.version, eval.status().ToString());
+      }
+    }
+    codec::GlobalInfo g{options_.adapter_id, info.version, info.content_hash, info.consumed_seq,
+                        options_.engine.mode, final};
+    codec::Bytes global = codec::BuildGlobal(g, spec, state);
+    codec::Bytes record = codec::BuildVersionRecord(info);
+    RETURN_IF_ERROR(store_->Commit({options_.adapter_id, info.version, info.consumed_seq,
+                                    codec::AsBytes(global), codec::AsBytes(record)}));
+    latest_global_ = std::make_shared<const std::string>(reinterpret_cast<const char*>(global.data()), global.size());
+    version_ = info.version;
+    if (options_.on_commit) options_.on_commit(info);
+    return Status::Ok();
+  }
+
+  Result<std::shared_ptr<const AdapterState>> BaseVersion(uint64_t version) {
+    for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+      if (it->first == version) {
+        cache_.splice(cache_.begin(), cache_, it);
+        return it->second;
+      }
+    }
+    ASSIGN_OR_RETURN(auto decoded, LoadVersion(*store_, options_.adapter_id, version));
+    auto state = std::make_shared<const AdapterState>(std::move(decoded.state));
+    cache_.emplace_front(version, state);
+    if (cache_.size() > 4) cache_.pop_back();
+    return state;
+  }
+
+  void Send(codec::Bytes&& body) {
+    std::vector<zmq::message_t> frames;
+    frames.push_back(transport::Frame(std::move(body)));
+    if (!transport::SendMultipart(socket_, frames)) Log()->warn("broker queue full; message dropped");
+  }
+
+  void SendGlobal() {
+    if (!latest_global_) {
+      auto bytes = store_->GetGlobal(options_.adapter_id, engine_->version());
+      if (!bytes.ok()) {
+        Log()->error("cannot read current global: {}", bytes.status().ToString());
+        return;
+      }
+      latest_global_ = std::make_shared<const std::string>(std::move(*bytes));
+    }
+    std::vector<zmq::message_t> frames;
+    frames.emplace_back(latest_global_->data(), latest_global_->size());
+    transport::SendMultipart(socket_, frames);
+  }
+
+  void SendCredit(bool resubscribe) {
+    Send(codec::BuildCredit(options_.adapter_id, engine_->next_seq(), options_.window, resubscribe));
+  }
+
+  void Subscribe() {
+    Send(codec::BuildHello(wire::Role::Aggregator, "aggregator:" + options_.adapter_id));
+    SendGlobal();
+    SendCredit(true);
+  }
+
+  // Returns whether any log record was consumed.
+  Result<bool> Handle(std::vector<zmq::message_t>& frames) {
+    if (frames.empty()) return false;
+    auto env = codec::VerifyEnvelope(transport::View(frames[0]));
+    if (!env.ok()) {
+      Log()->warn("unreadable message from broker: {}", env.status().ToString());
+      return false;
+    }
+    if ((*env)->body_type() == wire::Body::Error) {
+      Log()->warn("broker error: {}", codec::StatusFromError(*(*env)->body_as_Error()).ToString());
+      return false;
+    }
+    if ((*env)->body_type() != wire::Body::Deliver) return false;
+    const auto* d = (*env)->body_as_Deliver();
+    if (d->adapter_id()->string_view() != options_.adapter_id || !d->seqs()) return false;
+    const auto* seqs = d->seqs();
+    if (frames.size() != seqs->size() + 1) {
+      Log()->warn("malformed delivery: {} frames for {} records", frames.size() - 1, seqs->size());
+      return false;
+    }
+    bool progressed = false;
+    for (size_t i = 0; i < seqs->size() && !finished_; ++i) {
+      const uint64_t seq = seqs->Get(i);
+      if (seq < engine_->next_seq()) continue;  // already consumed (re-delivery)
+      if (seq > engine_->next_seq()) {
+        // A gap: the broker resumed from the wrong place. Ask again from our position.
+        Subscribe();
+        break;
+      }
+      auto rec = codec::VerifyEnvelope(transport::View(frames[i + 1]));
+      if (!rec.ok() || (*rec)->body_type() != wire::Body::Update) {
+        return DataLoss(fmt::format("log record {} of '{}' is not a readable update", seq, options_.adapter_id));
+      }
+      ASSIGN_OR_RETURN(auto info, engine_->Consume(seq, *(*rec)->body_as_Update()));
+      progressed = true;
+      if (info) {
+        const bool final = options_.max_versions > 0 && info->version >= options_.max_versions;
+        RETURN_IF_ERROR(CommitVersion(*info, engine_->spec(), engine_->state(), final));
+        SendGlobal();
+        if (final) {
+          finished_ = true;
+          Log()->info("adapter={} final version={} committed", options_.adapter_id, info->version);
+        }
+      }
+    }
+    return progressed;
+  }
+
+  AggregatorOptions options_;
+  std::unique_ptr<storage::AdapterStore> store_;
+  zmq::context_t ctx_;
+  zmq::socket_t socket_;
+  std::unique_ptr<Engine> engine_;
+  std::shared_ptr<const std::string> latest_global_;
+  std::list<std::pair<uint64_t, std::shared_ptr<const AdapterState>>> cache_;
+  std::atomic<uint64_t> version_{0};
+  std::atomic<bool> finished_{false};
+  bool final_ = false;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Aggregator>> Aggregator::Create(AggregatorOptions options) {
+  RETURN_IF_ERROR(ValidateEngineOptions(options.engine));
+  if (options.window == 0) return InvalidArgument("credit window must be at least 1");
+  storage::AdapterStoreOptions so;
+  so.path = options.store_path;
+  so.sync = options.sync;
+  ASSIGN_OR_RETURN(auto store, storage::AdapterStore::Open(so));
+  auto agg = std::make_unique<AggregatorImpl>(std::move(options), std::move(store));
+  RETURN_IF_ERROR(agg->Init());
+  return std::unique_ptr<Aggregator>(std::move(agg));
+}
+
+}  // namespace fedlora::aggregator

@@ -1,0 +1,76 @@
+// Aggregator owns one adapter (one fine-tuning job): it subscribes to the adapter's update log
+// at the broker with credit-based flow control, folds records in sequence order through the
+// Engine, and commits each new version together with its lineage and the consumed log
+// position in one atomic write to its AdapterStore. Then it sends the version to the broker,
+// which announces it to workers.
+//
+// Exactly-once: on start it resumes from the store's cursor and asks the broker for the log
+// from there, so a restarted aggregator neither applies an update twice nor skips one
+// (updates buffered but not yet committed are simply read again).
+//
+// The aggregator has no LibTorch: evaluation of the global on a test set is injected as a
+// callback by whoever links a model (ops/).
+// Thread safety: Run() owns the socket and the engine; Version() may be read from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+
+#include "aggregator/engine.h"
+#include "schema/adapter.h"
+#include "schema/codec.h"
+#include "schema/status.h"
+
+namespace fedlora::aggregator {
+
+struct EvalOutcome {
+  double accuracy = 0;
+  double loss = 0;
+  size_t samples = 0;
+};
+using Evaluator = std::function<Result<EvalOutcome>(const AdapterSpec&, const AdapterState&)>;
+
+struct InitialAdapter {
+  AdapterSpec spec;
+  AdapterState state;
+};
+
+struct AggregatorOptions {
+  std::string adapter_id = "default";
+  std::string broker = "tcp://127.0.0.1:5556";         // the broker's backend endpoint
+  std::string store_path = "fedlora-data/adapters";
+  bool sync = true;                 // fsync each commit; false only for tests
+  EngineOptions engine;
+  uint32_t window = 64;             // credit: log records in flight from the broker
+  uint64_t max_versions = 0;        // mark this version final and stop; 0: until stopped
+  uint32_t eval_every = 10;         // evaluate every N versions (0: never); always the final one
+  Evaluator evaluate;               // optional
+  std::optional<InitialAdapter> initial;  // version 0, used only when the store is empty
+  std::chrono::milliseconds resubscribe_after{2000};  // idle time before re-sending Credit+global
+  std::chrono::milliseconds poll_interval{100};
+  int hwm = 1000;
+  // Called on the aggregator thread after each durable commit.
+  std::function<void(const codec::VersionInfo&)> on_commit;
+};
+
+class Aggregator {
+ public:
+  // Opens the store and, if it holds no version of the adapter yet, commits version 0 from
+  // options.initial (evaluated when an evaluator is set). Errors: kFailedPrecondition (empty
+  // store and no initial adapter), store errors.
+  static Result<std::unique_ptr<Aggregator>> Create(AggregatorOptions options);
+  virtual ~Aggregator() = default;
+
+  // Consumes and commits until `stop` is requested or max_versions is committed.
+  // Errors: store failures and corrupt log records (the cursor stays consistent: restart).
+  virtual Status Run(std::stop_token stop) = 0;
+  virtual uint64_t Version() const = 0;
+  virtual bool Finished() const = 0;  // the final version is committed
+};
+
+}  // namespace fedlora::aggregator

@@ -1,0 +1,76 @@
+// Engine is the deterministic heart of an aggregator: it consumes update-log records strictly
+// in sequence order and decides, by the server rule, when a new global version exists and
+// what it contains. It does no I/O, so the live aggregator and `fedlora replay` drive the same
+// code and replay reproduces every version bit for bit.
+//
+// Server rules (docs/methods.md has the equations):
+//  - FedAsync: every accepted update makes a version:
+//      x <- (1 - a_t) x + a_t (x_base + delta),  a_t = alpha * s(tau)
+//    (only the tensors the update carries are mixed).
+//  - FedBuff: buffer K accepted updates, then
+//      x <- x + eta * sum_k s(tau_k) (n_k / sum_j n_j) delta_k
+//  - Sync (the barrier baseline, classic FedAvg rounds): only updates trained from the current
+//    version count, one per client; after `round_size` of them
+//      x <- x + eta * sum_k (n_k / sum_j n_j) delta_k
+// Under the FedAvg-LoRA rule every tensor (each LoRA factor and the head) is averaged
+// element-wise. tau = version - base_version. Updates from a future version, past
+// max_staleness, stale in a synchronous round, a repeat client within a round, or not matching
+// the spec are dropped, and each drop is recorded in the next version's lineage.
+//
+// Thread safety: one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "aggregator/staleness.h"
+#include "schema/adapter.h"
+#include "schema/codec.h"
+#include "schema/status.h"
+
+namespace fedlora::aggregator {
+
+struct EngineOptions {
+  wire::Mode mode = wire::Mode::FedBuff;
+  std::string method = "fedavg";   // FedAvg-LoRA: average each factor and the head
+  uint32_t buffer_size = 3;        // FedBuff K: accepted updates per version
+  double fedasync_alpha = 0.6;     // FedAsync mixing weight alpha
+  double server_lr = 1.0;          // eta: server SGD step of FedBuff and Sync
+  StalenessOptions staleness;
+  uint32_t round_size = 6;         // Sync: distinct clients per round
+};
+
+// Validates option ranges. Errors: kInvalidArgument naming the option.
+Status ValidateEngineOptions(const EngineOptions& options);
+
+class Engine {
+ public:
+  // The global state of an older version, for FedAsync's x_base (read from the store).
+  using BaseLookup = std::function<Result<std::shared_ptr<const AdapterState>>(uint64_t version)>;
+
+  // `state` is the committed global at `version`, which consumed the log up to `consumed_seq`.
+  static Result<std::unique_ptr<Engine>> Create(const EngineOptions& options, std::string adapter_id,
+                                                AdapterSpec spec, AdapterState state,
+                                                uint64_t version, uint64_t consumed_seq,
+                                                BaseLookup base_lookup);
+  virtual ~Engine() = default;
+
+  // Consumes record `seq`, which must be next_seq(). When the server rule completes a version,
+  // the engine adopts it as its current state and returns its lineage (commit_unix_ms and
+  // evaluation fields are left for the caller). Errors: kFailedPrecondition (out-of-order
+  // seq), errors of the base lookup. An invalid update is not an error: it is dropped.
+  virtual Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& update) = 0;
+
+  virtual const AdapterSpec& spec() const = 0;
+  virtual const AdapterState& state() const = 0;
+  virtual uint64_t version() const = 0;
+  virtual uint64_t next_seq() const = 0;
+  // Accepted updates waiting in the FedBuff buffer or the current synchronous round.
+  virtual size_t buffered() const = 0;
+};
+
+}  // namespace fedlora::aggregator

@@ -1,0 +1,187 @@
+// `fedlora history` (one row per adapter version, with lineage in --json) and `fedlora log`
+// (the stored update log). Both open the store read-only, so they work beside a live run.
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "ops/commands.h"
+#include "ops/flags.h"
+#include "schema/codec.h"
+#include "storage/adapter_store.h"
+#include "storage/update_log.h"
+
+namespace fedlora::ops {
+namespace {
+
+std::string FormatTime(uint64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z", tm, static_cast<int>(unix_ms % 1000));
+}
+
+nlohmann::json VersionJson(const codec::VersionInfo& v) {
+  nlohmann::json j = {{"version", v.version},
+                      {"parent_version", v.parent_version},
+                      {"commit_time", FormatTime(v.commit_unix_ms)},
+                      {"commit_unix_ms", v.commit_unix_ms},
+                      {"mode", codec::ModeName(v.mode)},
+                      {"method", v.method},
+                      {"consumed_seq", v.consumed_seq},
+                      {"updates", v.applied.size()},
+                      {"dropped", v.dropped.size()},
+                      {"mean_staleness", v.mean_staleness},
+                      {"max_staleness", v.max_staleness},
+                      {"update_norm", v.update_norm},
+                      {"content_hash", v.content_hash}};
+  j["test_accuracy"] = v.test_accuracy >= 0 ? nlohmann::json(v.test_accuracy) : nlohmann::json(nullptr);
+  j["test_loss"] = v.test_loss >= 0 ? nlohmann::json(v.test_loss) : nlohmann::json(nullptr);
+  j["eval_samples"] = v.eval_samples;
+  auto& applied = j["applied"] = nlohmann::json::array();
+  for (const auto& a : v.applied) {
+    applied.push_back({{"seq", a.seq},
+                       {"client_id", a.client_id},
+                       {"update_id", a.update_id},
+                       {"base_version", a.base_version},
+                       {"staleness", a.staleness},
+                       {"weight", a.weight},
+                       {"num_samples", a.num_samples},
+                       {"train_loss", a.train_loss}});
+  }
+  auto& dropped = j["dropped_updates"] = nlohmann::json::array();
+  for (const auto& d : v.dropped) {
+    dropped.push_back({{"seq", d.seq},
+                       {"client_id", d.client_id},
+                       {"update_id", d.update_id},
+                       {"base_version", d.base_version},
+                       {"staleness", d.staleness},
+                       {"reason", d.reason}});
+  }
+  return j;
+}
+
+}  // namespace
+
+void RegisterHistory(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    std::string adapter = "default";
+    uint64_t from = 0;
+    uint64_t to = UINT64_MAX;
+    std::string client;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("history", "List the versions of an adapter: commit time, updates folded in, "
+                                            "staleness, accuracy; --json adds each version's lineage");
+  cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
+  cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
+  cmd->add_option("--from", f->from, "First version to list")->capture_default_str();
+  cmd->add_option("--to", f->to, "Last version to list");
+  cmd->add_option("--client", f->client, "Only versions that folded in an update of this client");
+  cmd->add_flag("--json", f->json, "Print JSON (one array of versions, lineage included)");
+  cmd->callback([f] {
+    storage::AdapterStoreOptions so;
+    so.path = f->store.adapters();
+    so.read_only = true;
+    auto store = storage::AdapterStore::Open(so);
+    if (!store.ok()) Fail("history", store.status());
+    auto cursor = (*store)->GetCursor(f->adapter);
+    if (!cursor.ok()) Fail("history", cursor.status());
+    if (!*cursor) {
+      auto adapters = (*store)->Adapters();
+      Fail("history", NotFound(fmt::format("store '{}' has no adapter '{}' (adapters: {})", f->store.dir, f->adapter,
+                                           adapters.ok() ? fmt::format("{}", fmt::join(*adapters, ", ")) : "?")));
+    }
+    auto records = (*store)->GetRecords(f->adapter, f->from, f->to);
+    if (!records.ok()) Fail("history", records.status());
+    nlohmann::json out = nlohmann::json::array();
+    if (!f->json) {
+      fmt::print("{:>7}  {:<24}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>8}\n", "version", "committed (UTC)", "updates",
+                 "dropped", "stale avg", "stale max", "norm", "accuracy");
+    }
+    for (const auto& bytes : *records) {
+      auto rec = codec::VerifyVersionRecord(codec::AsBytes(bytes));
+      if (!rec.ok()) Fail("history", rec.status());
+      const codec::VersionInfo v = codec::DecodeVersionRecord(**rec);
+      if (!f->client.empty()) {
+        bool found = false;
+        for (const auto& a : v.applied) found |= a.client_id == f->client;
+        if (!found) continue;
+      }
+      if (f->json) {
+        out.push_back(VersionJson(v));
+        continue;
+      }
+      const std::string acc = v.test_accuracy >= 0 ? fmt::format("{:.4f}", v.test_accuracy) : "-";
+      fmt::print("{:>7}  {:<24}  {:>7}  {:>7}  {:>9.2f}  {:>9}  {:>9.4f}  {:>8}\n", v.version,
+                 FormatTime(v.commit_unix_ms), v.applied.size(), v.dropped.size(), v.mean_staleness, v.max_staleness,
+                 v.update_norm, acc);
+    }
+    if (f->json) fmt::print("{}\n", out.dump(2));
+  });
+}
+
+void RegisterLog(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    std::string adapter = "default";
+    uint64_t from = 1;
+    size_t limit = 0;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("log", "List the records of the durable update log");
+  cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
+  cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
+  cmd->add_option("--from", f->from, "First sequence number")->capture_default_str();
+  cmd->add_option("--limit", f->limit, "Most records to list (0: all)")->capture_default_str();
+  cmd->add_flag("--json", f->json, "Print JSON");
+  cmd->callback([f] {
+    storage::UpdateLogOptions lo;
+    lo.path = f->store.log();
+    lo.read_only = true;
+    auto log = storage::UpdateLog::Open(lo);
+    if (!log.ok()) Fail("log", log.status());
+    nlohmann::json out = nlohmann::json::array();
+    if (!f->json) {
+      fmt::print("{:>7}  {:<14}  {:<32}  {:>5}  {:>8}  {:>9}  {:>9}\n", "seq", "client", "update id", "base",
+                 "samples", "loss", "bytes");
+    }
+    uint64_t next = std::max<uint64_t>(1, f->from);
+    size_t listed = 0;
+    while (f->limit == 0 || listed < f->limit) {
+      auto batch = (*log)->Read(f->adapter, next, 256, 16u << 20);
+      if (!batch.ok()) Fail("log", batch.status());
+      if (batch->empty()) break;
+      for (const auto& r : *batch) {
+        if (f->limit != 0 && listed >= f->limit) break;
+        auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes));
+        if (!env.ok() || (*env)->body_type() != wire::Body::Update) {
+          Fail("log", DataLoss(fmt::format("record {} is not a readable update", r.seq)));
+        }
+        const auto* u = (*env)->body_as_Update();
+        if (f->json) {
+          out.push_back({{"seq", r.seq},
+                         {"client_id", u->client_id()->str()},
+                         {"update_id", u->update_id()->str()},
+                         {"base_version", u->base_version()},
+                         {"num_samples", u->num_samples()},
+                         {"local_steps", u->local_steps()},
+                         {"train_loss", u->train_loss()},
+                         {"bytes", r.bytes.size()}});
+        } else {
+          fmt::print("{:>7}  {:<14}  {:<32}  {:>5}  {:>8}  {:>9.4f}  {:>9}\n", r.seq, u->client_id()->str(),
+                     u->update_id()->str(), u->base_version(), u->num_samples(), u->train_loss(), r.bytes.size());
+        }
+        ++listed;
+        next = r.seq + 1;
+      }
+    }
+    if (f->json) fmt::print("{}\n", out.dump(2));
+  });
+}
+
+}  // namespace fedlora::ops

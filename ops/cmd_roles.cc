@@ -1,0 +1,215 @@
+// `fedlora broker`, `fedlora aggregator`, `fedlora worker`: one role per process, for running
+// the federation across processes or machines.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "broker/broker.h"
+#include "ops/commands.h"
+#include "ops/federation.h"
+#include "ops/flags.h"
+
+namespace fedlora::ops {
+namespace {
+
+// Runs `body(stop)` on a thread until it returns or SIGINT/SIGTERM arrives.
+Status RunUntilSignalled(const std::function<Status(std::stop_token)>& body) {
+  InstallStopSignals();
+  Status result;
+  std::atomic<bool> done{false};
+  std::jthread thread([&](std::stop_token stop) {
+    result = body(stop);
+    done = true;
+  });
+  // Signal handlers can only set a flag; check it a few times a second.
+  while (!done && !StopSignalled()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  thread.request_stop();
+  thread.join();
+  return result;
+}
+
+}  // namespace
+
+void RegisterBroker(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    broker::BrokerOptions options;
+    bool no_sync = false;
+    bool verbose = true;
+  };
+  auto flags = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("broker", "Run the broker: ingest updates into the durable log, dispatch them "
+                                           "to aggregators, announce and serve global versions");
+  cmd->add_option("--store", flags->store.dir, "Store directory (the log goes to <store>/log)")->capture_default_str();
+  cmd->add_option("--frontend", flags->options.frontend, "Worker endpoint (ROUTER)")->capture_default_str();
+  cmd->add_option("--backend", flags->options.backend, "Aggregator endpoint (ROUTER)")->capture_default_str();
+  cmd->add_option("--announce", flags->options.announce, "Announcement endpoint (PUB)")->capture_default_str();
+  cmd->add_option("--max-message-bytes", flags->options.max_message_bytes, "Reject larger messages")
+      ->capture_default_str();
+  cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync the log (unsafe: for benchmarks only)");
+  cmd->callback([flags] {
+    SetupLogging(flags->verbose);
+    flags->options.log_path = flags->store.log();
+    flags->options.sync = !flags->no_sync;
+    auto broker = broker::Broker::Create(flags->options);
+    if (!broker.ok()) Fail("broker", broker.status());
+    const auto& ep = (*broker)->Endpoints();
+    fmt::print("broker: frontend={} backend={} announce={} log={}\n", ep.frontend, ep.backend, ep.announce,
+               flags->options.log_path);
+    std::fflush(stdout);
+    Status s = RunUntilSignalled([&](std::stop_token stop) { return (*broker)->Run(stop); });
+    if (!s.ok()) Fail("broker", s);
+    const auto& st = (*broker)->Stats();
+    fmt::print("broker: stopped; updates logged={} duplicates={} rejected={}\n", st.updates_logged.load(),
+               st.updates_duplicate.load(), st.updates_rejected.load());
+  });
+}
+
+void RegisterAggregator(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    TaskOptions task;
+    EngineFlags engine;
+    aggregator::AggregatorOptions options;
+    size_t eval_samples = 0;
+    bool no_sync = false;
+  };
+  auto flags = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("aggregator", "Run an aggregator: fold logged updates into new global versions "
+                                               "and commit them with their lineage");
+  cmd->add_option("--store", flags->store.dir, "Store directory (<store>/adapters, <store>/base)")->capture_default_str();
+  cmd->add_option("--broker", flags->options.broker, "The broker's aggregator endpoint")->capture_default_str();
+  cmd->add_option("--adapter", flags->options.adapter_id, "Adapter (fine-tuning job) to own")->capture_default_str();
+  cmd->add_option("--max-versions", flags->options.max_versions, "Commit this many versions, mark the last final, "
+                                                                 "and stop (0: run until interrupted)")
+      ->capture_default_str();
+  cmd->add_option("--eval-every", flags->options.eval_every, "Evaluate the global every N versions (0: never)")
+      ->capture_default_str();
+  cmd->add_option("--eval-samples", flags->eval_samples, "Test images per evaluation (0: all 10,000)")
+      ->capture_default_str();
+  cmd->add_option("--window", flags->options.window, "Log records in flight from the broker")->capture_default_str();
+  cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync commits (unsafe: for tests only)");
+  AddTaskFlags(cmd, flags->task);
+  AddEngineFlags(cmd, flags->engine);
+  cmd->callback([flags] {
+    SetupLogging(true);
+    if (Status s = ResolveEngineFlags(flags->engine); !s.ok()) Fail("aggregator", s, 2);
+    SetTorchThreads(1);
+    const std::string base = BasePath(flags->store.dir, flags->task.arch);
+    if (!std::filesystem::exists(base)) {
+      Fail("aggregator", FailedPrecondition(fmt::format(
+                             "no base model at '{}': run `fedlora pretrain --store {} --arch {}` first", base,
+                             flags->store.dir, flags->task.arch)));
+    }
+    auto& o = flags->options;
+    o.store_path = flags->store.adapters();
+    o.sync = !flags->no_sync;
+    o.engine = flags->engine.engine;
+    auto initial = MakeInitialAdapter(flags->task, base);
+    if (!initial.ok()) Fail("aggregator", initial.status());
+    o.initial = std::move(*initial);
+    auto test = worker::LoadFashionMnist(flags->task.data_dir, worker::Split::kTest);
+    if (!test.ok()) Fail("aggregator", test.status());
+    auto eval = MakeEvaluator(base, std::make_shared<const worker::Dataset>(std::move(*test)), flags->eval_samples);
+    if (!eval.ok()) Fail("aggregator", eval.status());
+    o.evaluate = std::move(*eval);
+    o.on_commit = [](const codec::VersionInfo& v) {
+      std::string acc = v.test_accuracy >= 0 ? fmt::format(" acc={:.4f}", v.test_accuracy) : "";
+      fmt::print("aggregator: version={} updates={} dropped={} staleness_mean={:.2f} max={}{}\n", v.version,
+                 v.applied.size(), v.dropped.size(), v.mean_staleness, v.max_staleness, acc);
+      std::fflush(stdout);
+    };
+    auto agg = aggregator::Aggregator::Create(std::move(o));
+    if (!agg.ok()) Fail("aggregator", agg.status());
+    fmt::print("aggregator: adapter={} at version={} broker={}\n", flags->options.adapter_id, (*agg)->Version(),
+               flags->options.broker);
+    std::fflush(stdout);
+    Status s = RunUntilSignalled([&](std::stop_token stop) { return (*agg)->Run(stop); });
+    if (!s.ok()) Fail("aggregator", s);
+    fmt::print("aggregator: stopped at version={}{}\n", (*agg)->Version(), (*agg)->Finished() ? " (final)" : "");
+  });
+}
+
+void RegisterWorker(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    TaskOptions task;
+    worker::WorkerOptions options;
+    int index = 0;
+    std::string base;
+    std::string ack_log;
+  };
+  auto flags = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("worker", "Run a training worker on its shard of the data: train, publish "
+                                           "updates until acknowledged, pull new globals");
+  cmd->add_option("--client-id", flags->options.client_id, "This client's id (defaults to worker-<index>)");
+  cmd->add_option("--index", flags->index, "Which shard of the partition this worker trains on (0-based)")
+      ->required();
+  cmd->add_option("--store", flags->store.dir, "Store directory holding base/<arch>.pt")->capture_default_str();
+  cmd->add_option("--base", flags->base, "Frozen base model file (default: <store>/base/<arch>.pt)");
+  cmd->add_option("--broker", flags->options.broker, "The broker's worker endpoint")->capture_default_str();
+  cmd->add_option("--announce", flags->options.announce, "The broker's announcement endpoint")->capture_default_str();
+  cmd->add_option("--adapter", flags->options.adapter_id, "Adapter to train")->capture_default_str();
+  cmd->add_option("--speed", flags->options.training.speed_factor, "Slowdown factor (>= 1) emulating a slow device")
+      ->check(CLI::Range(1.0, 1000.0))
+      ->capture_default_str();
+  cmd->add_option("--max-updates", flags->options.max_updates, "Leave after this many acknowledged updates "
+                                                                "(0: until the adapter is final)")
+      ->capture_default_str();
+  cmd->add_option("--seed", flags->options.seed, "Seed of local batch sampling")->capture_default_str();
+  cmd->add_option("--ack-log", flags->ack_log, "Append one JSON line per acknowledged update to this file");
+  AddTaskFlags(cmd, flags->task);
+  AddTrainingFlags(cmd, flags->options.training);
+  cmd->callback([flags] {
+    SetupLogging(true);
+    SetTorchThreads(1);
+    auto& o = flags->options;
+    if (o.client_id == "worker-0" && flags->index != 0) o.client_id = fmt::format("worker-{}", flags->index);
+    o.base_path = flags->base.empty() ? BasePath(flags->store.dir, flags->task.arch) : flags->base;
+    if (flags->index < 0 || flags->index >= flags->task.num_clients) {
+      Fail("worker", InvalidArgument(fmt::format("--index {} is outside 0..{} (--clients {})", flags->index,
+                                                 flags->task.num_clients - 1, flags->task.num_clients)), 2);
+    }
+    auto train = worker::LoadFashionMnist(flags->task.data_dir, worker::Split::kTrain);
+    if (!train.ok()) Fail("worker", train.status());
+    auto shards = ClientShards(*train, flags->task);
+    if (!shards.ok()) Fail("worker", shards.status());
+    std::shared_ptr<std::ofstream> acks;
+    if (!flags->ack_log.empty()) {
+      acks = std::make_shared<std::ofstream>(flags->ack_log, std::ios::app);
+      if (!*acks) Fail("worker", Unavailable("cannot open --ack-log " + flags->ack_log));
+    }
+    const std::string client = o.client_id;
+    o.on_event = [acks, client](const worker::WorkerEvent& e) {
+      if (e.kind == worker::WorkerEvent::Kind::kPublished) {
+        fmt::print("worker {}: update={} base_version={} seq={}{} loss={:.4f}\n", client, e.update_id, e.version,
+                   e.seq, e.duplicate ? " (duplicate)" : "", e.train_loss);
+        if (acks) {
+          *acks << fmt::format(R"({{"client_id":"{}","update_id":"{}","seq":{},"base_version":{},"duplicate":{}}})",
+                               client, e.update_id, e.seq, e.version, e.duplicate ? "true" : "false")
+                << std::endl;  // flushed: the file must hold every ack even after kill -9
+        }
+      } else if (e.kind == worker::WorkerEvent::Kind::kRejected) {
+        fmt::print("worker {}: update={} rejected: {}\n", client, e.update_id, e.status.ToString());
+      }
+      std::fflush(stdout);
+    };
+    auto data = std::make_shared<const worker::Dataset>(std::move(*train));
+    const size_t shard_size = (*shards)[flags->index].size();
+    auto w = worker::Worker::Create(std::move(o), data, std::move((*shards)[flags->index]));
+    if (!w.ok()) Fail("worker", w.status(), 2);
+    fmt::print("worker {}: shard of {} examples, speed x{}\n", client, shard_size,
+               flags->options.training.speed_factor);
+    std::fflush(stdout);
+    Status s = RunUntilSignalled([&](std::stop_token stop) { return (*w)->Run(stop); });
+    if (!s.ok()) Fail("worker", s);
+    fmt::print("worker {}: leaving after {} acknowledged updates\n", client, (*w)->Stats().updates_acked.load());
+  });
+}
+
+}  // namespace fedlora::ops

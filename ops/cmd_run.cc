@@ -1,0 +1,399 @@
+// `fedlora run`: the whole federation on this machine (broker, aggregator and heterogeneous
+// workers on real loopback sockets, a real store), with progress and a summary; and
+// `fedlora pretrain`, which builds the frozen base model.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "broker/broker.h"
+#include "ops/commands.h"
+#include "ops/federation.h"
+#include "ops/flags.h"
+#include "storage/adapter_store.h"
+
+namespace fedlora::ops {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string HumanBytes(double bytes) {
+  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
+  if (bytes >= 1e6) return fmt::format("{:.1f} MB", bytes / 1e6);
+  if (bytes >= 1e3) return fmt::format("{:.1f} KB", bytes / 1e3);
+  return fmt::format("{:.0f} B", bytes);
+}
+
+// What the aggregator has committed so far, as the progress line and the summary need it.
+struct Progress {
+  std::mutex mu;
+  uint64_t first_version = 0;  // version the run resumed from
+  bool have_first = false;
+  uint64_t version = 0;
+  double base_accuracy = -1;   // version 0
+  double last_accuracy = -1;
+  uint64_t last_accuracy_version = 0;
+  uint64_t folded = 0;
+  uint64_t dropped = 0;
+  double staleness_sum = 0;
+  uint32_t staleness_max = 0;
+
+  void OnCommit(const codec::VersionInfo& v) {
+    std::lock_guard lock(mu);
+    if (!have_first) {
+      first_version = v.version;
+      have_first = true;
+    }
+    version = v.version;
+    if (v.test_accuracy >= 0) {
+      if (v.version == 0) base_accuracy = v.test_accuracy;
+      last_accuracy = v.test_accuracy;
+      last_accuracy_version = v.version;
+    }
+    folded += v.applied.size();
+    dropped += v.dropped.size();
+    for (const auto& a : v.applied) staleness_sum += a.staleness;
+    staleness_max = std::max(staleness_max, v.max_staleness);
+  }
+};
+
+std::vector<double> ParseSpeeds(const std::string& text) {
+  std::vector<double> out;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    const size_t comma = text.find(',', pos);
+    const std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    if (!item.empty()) out.push_back(std::stod(item));
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+Result<codec::DecodedGlobal> LatestGlobal(const std::string& path, const std::string& adapter, codec::VersionInfo* record) {
+  storage::AdapterStoreOptions so;
+  so.path = path;
+  ASSIGN_OR_RETURN(auto store, storage::AdapterStore::Open(so));
+  ASSIGN_OR_RETURN(auto cursor, store->GetCursor(adapter));
+  if (!cursor) return NotFound("no version committed");
+  ASSIGN_OR_RETURN(std::string bytes, store->GetGlobal(adapter, cursor->version));
+  ASSIGN_OR_RETURN(const wire::Envelope* env, codec::VerifyEnvelope(codec::AsBytes(bytes)));
+  if (env->body_type() != wire::Body::GlobalAdapter) return DataLoss("stored global is not a GlobalAdapter");
+  ASSIGN_OR_RETURN(std::string rec_bytes, store->GetRecord(adapter, cursor->version));
+  ASSIGN_OR_RETURN(const store::VersionRecord* rec, codec::VerifyVersionRecord(codec::AsBytes(rec_bytes)));
+  *record = codec::DecodeVersionRecord(*rec);
+  return codec::DecodeGlobal(*env->body_as_GlobalAdapter());
+}
+
+Result<double> StoredAccuracy(const std::string& path, const std::string& adapter, uint64_t version) {
+  storage::AdapterStoreOptions so;
+  so.path = path;
+  ASSIGN_OR_RETURN(auto store, storage::AdapterStore::Open(so));
+  ASSIGN_OR_RETURN(std::string rec_bytes, store->GetRecord(adapter, version));
+  ASSIGN_OR_RETURN(const store::VersionRecord* rec, codec::VerifyVersionRecord(codec::AsBytes(rec_bytes)));
+  return static_cast<double>(rec->test_accuracy());
+}
+
+void PrintPretrainProgress(uint32_t epoch, uint32_t epochs, double loss) {
+  fmt::print("  pretrain epoch {:>2}/{}  loss {:.4f}\n", epoch, epochs, loss);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+void RegisterPretrain(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    TaskOptions task;
+    std::string out;
+    bool force = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("pretrain", "Build the frozen base model deterministically from the public split "
+                                             "(10% of the images of 7 of the 10 classes)");
+  cmd->add_option("--store", f->store.dir, "Store directory; the base goes to <store>/base/<arch>.pt")
+      ->capture_default_str();
+  cmd->add_option("--out", f->out, "Write the base here instead");
+  cmd->add_flag("--force", f->force, "Rebuild even if the file exists");
+  cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--arch", f->task.arch, "Base model: vit-tiny or mlp")
+      ->check(CLI::IsMember({"vit-tiny", "mlp"}))
+      ->capture_default_str();
+  cmd->callback([f] {
+    SetupLogging(false);
+    SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    const std::string out = f->out.empty() ? BasePath(f->store.dir, f->task.arch) : f->out;
+    if (f->force) std::filesystem::remove(out);
+    fmt::print("pretraining the {} base into {}\n", f->task.arch, out);
+    auto built = EnsureBase(f->task, out, PrintPretrainProgress);
+    if (!built.ok()) Fail("pretrain", built.status());
+    if (*built) {
+      fmt::print("base model written to {}\n", out);
+    } else {
+      fmt::print("base model already exists at {} (use --force to rebuild)\n", out);
+    }
+  });
+}
+
+void RegisterRun(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    TaskOptions task;
+    EngineFlags engine;
+    worker::WorkerTraining training;
+    std::string speeds = "1,1.5,2,3,5,8";
+    double duration_s = 300;
+    uint64_t max_versions = 0;
+    uint32_t eval_every = 10;
+    size_t eval_samples = 0;
+    bool fresh = false;
+    bool verbose = false;
+    std::string adapter = "default";
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand(
+      "run", "Run the whole federation on this machine: broker, aggregator and heterogeneous workers on "
+             "loopback sockets, with the store in --store. Pretrains the base model first if it is missing.");
+  cmd->add_option("--store", f->store.dir, "Store directory (log, adapters, base model)")->capture_default_str();
+  cmd->add_option("--workers", f->task.num_clients, "Number of workers (one data shard each)")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  cmd->add_option("--speeds", f->speeds, "Slowdown factors, assigned to workers in turn")->capture_default_str();
+  cmd->add_option("--duration", f->duration_s, "Stop after this many seconds of federated training")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-versions", f->max_versions, "Stop once this version is committed (0: no limit)")
+      ->capture_default_str();
+  cmd->add_option("--eval-every", f->eval_every, "Evaluate the global on the test set every N versions")
+      ->capture_default_str();
+  cmd->add_option("--eval-samples", f->eval_samples, "Test images per evaluation (0: all 10,000)")->capture_default_str();
+  cmd->add_flag("--fresh", f->fresh, "Delete the store's log and adapters first (the base model is kept)");
+  cmd->add_flag("--verbose,-v", f->verbose, "Log every component's messages");
+  cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--arch", f->task.arch, "Base model: vit-tiny or mlp")
+      ->check(CLI::IsMember({"vit-tiny", "mlp"}))
+      ->capture_default_str();
+  cmd->add_option("--rank", f->task.rank, "LoRA rank")->check(CLI::Range(1, 256))->capture_default_str();
+  cmd->add_option("--dirichlet", f->task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  AddEngineFlags(cmd, f->engine);
+  AddTrainingFlags(cmd, f->training);
+  cmd->callback([f] {
+    SetupLogging(f->verbose);
+    InstallStopSignals();
+    if (Status s = ResolveEngineFlags(f->engine); !s.ok()) Fail("run", s, 2);
+    std::vector<double> speeds;
+    try {
+      speeds = ParseSpeeds(f->speeds);
+    } catch (const std::exception&) {
+      Fail("run", InvalidArgument("--speeds must be a comma-separated list of numbers, e.g. 1,2,4"), 2);
+    }
+    if (speeds.empty()) Fail("run", InvalidArgument("--speeds is empty"), 2);
+    for (double s : speeds) {
+      if (!(s >= 1.0)) Fail("run", InvalidArgument(fmt::format("speed factor {} is below 1", s)), 2);
+    }
+    if (f->engine.engine.mode == wire::Mode::Sync && f->engine.engine.round_size == aggregator::EngineOptions{}.round_size) {
+      f->engine.engine.round_size = static_cast<uint32_t>(f->task.num_clients);
+    }
+
+    const auto started = Clock::now();
+    if (f->fresh) {
+      std::filesystem::remove_all(f->store.log());
+      std::filesystem::remove_all(f->store.adapters());
+      fmt::print("removed {} and {}\n", f->store.log(), f->store.adapters());
+    }
+    const std::string base = BasePath(f->store.dir, f->task.arch);
+    if (!std::filesystem::exists(base)) {
+      fmt::print("no base model at {}: pretraining it (fedlora pretrain)\n", base);
+      SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+      const auto t0 = Clock::now();
+      auto built = EnsureBase(f->task, base, PrintPretrainProgress);
+      if (!built.ok()) Fail("run", built.status());
+      fmt::print("base model ready in {:.1f} s\n",
+                 std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    // Workers, aggregator and broker share the cores as threads; one intra-op thread each
+    // keeps them from oversubscribing the machine.
+    SetTorchThreads(1);
+
+    auto train = worker::LoadFashionMnist(f->task.data_dir, worker::Split::kTrain);
+    if (!train.ok()) Fail("run", train.status());
+    auto test = worker::LoadFashionMnist(f->task.data_dir, worker::Split::kTest);
+    if (!test.ok()) Fail("run", test.status());
+    auto shards = ClientShards(*train, f->task);
+    if (!shards.ok()) Fail("run", shards.status());
+    auto train_data = std::make_shared<const worker::Dataset>(std::move(*train));
+    auto test_data = std::make_shared<const worker::Dataset>(std::move(*test));
+
+    broker::BrokerOptions bo;
+    bo.frontend = "tcp://127.0.0.1:*";
+    bo.backend = "tcp://127.0.0.1:*";
+    bo.announce = "tcp://127.0.0.1:*";
+    bo.log_path = f->store.log();
+    auto broker = broker::Broker::Create(bo);
+    if (!broker.ok()) Fail("run", broker.status());
+    const auto endpoints = (*broker)->Endpoints();
+
+    auto progress = std::make_shared<Progress>();
+    aggregator::AggregatorOptions ao;
+    ao.adapter_id = f->adapter;
+    ao.broker = endpoints.backend;
+    ao.store_path = f->store.adapters();
+    ao.engine = f->engine.engine;
+    ao.max_versions = f->max_versions;
+    ao.eval_every = f->eval_every;
+    auto initial = MakeInitialAdapter(f->task, base);
+    if (!initial.ok()) Fail("run", initial.status());
+    ao.initial = std::move(*initial);
+    auto eval = MakeEvaluator(base, test_data, f->eval_samples);
+    if (!eval.ok()) Fail("run", eval.status());
+    ao.evaluate = std::move(*eval);
+    ao.on_commit = [progress](const codec::VersionInfo& v) { progress->OnCommit(v); };
+    auto agg = aggregator::Aggregator::Create(std::move(ao));
+    if (!agg.ok()) Fail("run", agg.status());
+    const uint64_t start_version = (*agg)->Version();
+    double base_accuracy = progress->base_accuracy;
+    if (base_accuracy < 0) {
+      auto stored = StoredAccuracy(f->store.adapters(), f->adapter, 0);
+      if (stored.ok()) base_accuracy = *stored;
+    }
+
+    std::vector<std::unique_ptr<worker::Worker>> workers;
+    for (int i = 0; i < f->task.num_clients; ++i) {
+      worker::WorkerOptions wo;
+      wo.client_id = fmt::format("worker-{}", i);
+      wo.broker = endpoints.frontend;
+      wo.announce = endpoints.announce;
+      wo.adapter_id = f->adapter;
+      wo.base_path = base;
+      wo.training = f->training;
+      wo.training.speed_factor = speeds[i % speeds.size()];
+      wo.seed = static_cast<uint64_t>(i) + 1;
+      auto w = worker::Worker::Create(std::move(wo), train_data, (*shards)[i]);
+      if (!w.ok()) Fail("run", w.status());
+      workers.push_back(std::move(*w));
+    }
+
+    fmt::print("federation: {} workers (speeds x{}), Dirichlet({}) shards of {} private images, mode {}",
+               workers.size(), f->speeds, f->task.dirichlet_alpha, [&] {
+                 size_t n = 0;
+                 for (const auto& s : *shards) n += s.size();
+                 return n;
+               }(), f->engine.mode);
+    if (f->engine.engine.mode == wire::Mode::FedBuff) fmt::print(" (K={})", f->engine.engine.buffer_size);
+    fmt::print(", store {}\n", f->store.dir);
+    if (start_version > 0) fmt::print("resuming the stored run at version {}\n", start_version);
+    if (base_accuracy >= 0) fmt::print("version 0 (base) test accuracy: {:.4f}\n", base_accuracy);
+    std::fflush(stdout);
+
+    // Every component runs on its own thread; the first error stops them all.
+    std::mutex err_mu;
+    Status first_error;
+    auto run_component = [&](auto* component, std::string what) {
+      return std::jthread([&, component, what](std::stop_token stop) {
+        Status s = component->Run(stop);
+        if (!s.ok()) {
+          std::lock_guard lock(err_mu);
+          if (first_error.ok()) first_error = s.WithContext(what);
+        }
+      });
+    };
+    const auto fed_start = Clock::now();
+    std::jthread broker_thread = run_component(broker->get(), "broker");
+    std::jthread agg_thread = run_component(agg->get(), "aggregator");
+    std::vector<std::jthread> worker_threads;
+    for (size_t i = 0; i < workers.size(); ++i) {
+      worker_threads.push_back(run_component(workers[i].get(), fmt::format("worker-{}", i)));
+    }
+
+    const bool tty = isatty(STDOUT_FILENO);
+    const auto interval = std::chrono::seconds(tty ? 2 : 10);
+    auto next_report = fed_start + interval;
+    uint64_t last_folded = 0;
+    auto last_report = fed_start;
+    const auto deadline = fed_start + std::chrono::duration<double>(f->duration_s);
+    std::string stop_reason = "duration reached";
+    while (true) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      const auto now = Clock::now();
+      if (StopSignalled()) { stop_reason = "interrupted"; break; }
+      if ((*agg)->Finished()) { stop_reason = "final version committed"; break; }
+      {
+        std::lock_guard lock(err_mu);
+        if (!first_error.ok()) { stop_reason = "error"; break; }
+      }
+      if (now >= deadline) break;
+      if (now >= next_report) {
+        uint64_t bytes = 0;
+        for (const auto& w : workers) bytes += w->Stats().bytes_uploaded.load();
+        std::lock_guard lock(progress->mu);
+        const double dt = std::chrono::duration<double>(now - last_report).count();
+        const double rate = (progress->folded - last_folded) / std::max(dt, 1e-9);
+        last_folded = progress->folded;
+        last_report = now;
+        const std::string acc = progress->last_accuracy >= 0
+                                    ? fmt::format("{:.4f} (v{})", progress->last_accuracy, progress->last_accuracy_version)
+                                    : "-";
+        fmt::print("[{:>5.0f}s] version {:>4}  accuracy {}  updates {:>5} ({:.1f}/s)  staleness {:.2f}  dropped {}  "
+                   "uploaded {}\n",
+                   std::chrono::duration<double>(now - fed_start).count(), progress->version, acc, progress->folded,
+                   rate, progress->folded ? progress->staleness_sum / progress->folded : 0.0, progress->dropped,
+                   HumanBytes(static_cast<double>(bytes)));
+        std::fflush(stdout);
+        next_report = now + interval;
+      }
+    }
+    for (auto& t : worker_threads) t.request_stop();
+    worker_threads.clear();  // joins
+    agg_thread.request_stop();
+    agg_thread.join();
+    broker_thread.request_stop();
+    broker_thread.join();
+    const double fed_seconds = std::chrono::duration<double>(Clock::now() - fed_start).count();
+    if (!first_error.ok()) Fail("run", first_error);
+
+    const auto& bs = (*broker)->Stats();
+    uint64_t bytes = 0;
+    for (const auto& w : workers) bytes += w->Stats().bytes_uploaded.load();
+    agg->reset();  // closes the store so the summary reads it like any tool would
+
+    codec::VersionInfo last;
+    auto latest = LatestGlobal(f->store.adapters(), f->adapter, &last);
+    if (!latest.ok()) Fail("run", latest.status());
+    double final_accuracy = last.test_accuracy;
+    if (final_accuracy < 0) {
+      fmt::print("evaluating version {} on the test set...\n", last.version);
+      std::fflush(stdout);
+      auto final_eval = MakeEvaluator(base, test_data, 0);
+      if (!final_eval.ok()) Fail("run", final_eval.status());
+      auto r = (*final_eval)(latest->spec, latest->state);
+      if (!r.ok()) Fail("run", r.status());
+      final_accuracy = r->accuracy;
+    }
+    std::lock_guard lock(progress->mu);
+    const double wall = std::chrono::duration<double>(Clock::now() - started).count();
+    fmt::print("\nfedlora run: {} after {:.1f} s of federated training\n", stop_reason, fed_seconds);
+    fmt::print("  base accuracy (version 0)    {}\n", base_accuracy >= 0 ? fmt::format("{:.4f}", base_accuracy) : "-");
+    fmt::print("  final accuracy (version {})  {:.4f}", last.version, final_accuracy);
+    if (base_accuracy >= 0) fmt::print("  ({:+.1f} points)", 100.0 * (final_accuracy - base_accuracy));
+    fmt::print("\n");
+    fmt::print("  versions committed           {} (this run: {})\n", last.version, last.version - start_version);
+    fmt::print("  updates logged               {} (duplicates {}, rejected {})\n", bs.updates_logged.load(),
+               bs.updates_duplicate.load(), bs.updates_rejected.load());
+    fmt::print("  updates folded / dropped     {} / {}\n", progress->folded, progress->dropped);
+    fmt::print("  bytes uploaded               {} ({} per update)\n", HumanBytes(static_cast<double>(bytes)),
+               HumanBytes(bs.updates_logged ? static_cast<double>(bytes) / bs.updates_logged : 0.0));
+    fmt::print("  staleness                    mean {:.2f}, max {}\n",
+               progress->folded ? progress->staleness_sum / progress->folded : 0.0, progress->staleness_max);
+    fmt::print("  wall time                    {:.1f} s\n", wall);
+    fmt::print("  store                        {} (see: fedlora history --store {})\n", f->store.dir, f->store.dir);
+  });
+}
+
+}  // namespace fedlora::ops

@@ -1,0 +1,22 @@
+// Each `fedlora` subcommand registers itself on the root CLI11 app. A failing command prints
+// its error and exits non-zero through CLI::RuntimeError.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include "schema/status.h"
+
+namespace fedlora::ops {
+
+void RegisterRun(CLI::App& app);
+void RegisterPretrain(CLI::App& app);
+void RegisterBroker(CLI::App& app);
+void RegisterAggregator(CLI::App& app);
+void RegisterWorker(CLI::App& app);
+void RegisterHistory(CLI::App& app);
+void RegisterLog(CLI::App& app);
+
+// Prints "fedlora <command>: <status>" to stderr and throws CLI::RuntimeError(exit_code).
+[[noreturn]] void Fail(std::string_view command, const Status& status, int exit_code = 1);
+
+}  // namespace fedlora::ops

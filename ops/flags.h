@@ -1,0 +1,45 @@
+// Command-line flags shared by several `fedlora` subcommands, bound to the components'
+// option structs so every default is stated once (in the struct) and shown by --help.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+#include "aggregator/aggregator.h"
+#include "ops/federation.h"
+#include "worker/client.h"
+
+namespace fedlora::ops {
+
+// Where a run keeps its data: <store>/log (update log), <store>/adapters (versions and
+// lineage), <store>/base (frozen base models).
+struct StoreLayout {
+  std::string dir = "fedlora-data";
+  std::string log() const { return dir + "/log"; }
+  std::string adapters() const { return dir + "/adapters"; }
+};
+
+void AddTaskFlags(CLI::App* app, TaskOptions& task);
+
+// Server rule flags: --mode, --buffer-size, --fedasync-alpha, --server-lr, --staleness,
+// --staleness-a, --staleness-b, --max-staleness, --round-size.
+struct EngineFlags {
+  std::string mode = "fedbuff";
+  std::string staleness = "polynomial";
+  aggregator::EngineOptions engine;
+};
+void AddEngineFlags(CLI::App* app, EngineFlags& flags);
+// Parses the string flags into flags.engine. Errors: kInvalidArgument.
+Status ResolveEngineFlags(EngineFlags& flags);
+
+void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& training);
+
+// Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process.
+void InstallStopSignals();
+bool StopSignalled();
+
+// Logging: quiet components unless --verbose; "warn" by default for interactive commands.
+void SetupLogging(bool verbose);
+
+}  // namespace fedlora::ops

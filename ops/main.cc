@@ -1,0 +1,36 @@
+// fedlora: federated LoRA fine-tuning without round barriers. See README.md.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+
+#include "ops/commands.h"
+
+namespace fedlora::ops {
+
+void Fail(std::string_view command, const Status& status, int exit_code) {
+  fmt::print(stderr, "fedlora {}: {}\n", command, status.ToString());
+  throw CLI::RuntimeError(exit_code);
+}
+
+}  // namespace fedlora::ops
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "fedlora: asynchronous federated LoRA fine-tuning with a durable, replayable update log.\n"
+      "Start with `fedlora run` (the whole federation on this machine), or run the roles as\n"
+      "separate processes: `fedlora pretrain`, `fedlora broker`, `fedlora aggregator`,\n"
+      "`fedlora worker`. Inspect a store with `fedlora history` and `fedlora log`.",
+      "fedlora"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "fedlora 0.1.0");
+  fedlora::ops::RegisterRun(app);
+  fedlora::ops::RegisterPretrain(app);
+  fedlora::ops::RegisterBroker(app);
+  fedlora::ops::RegisterAggregator(app);
+  fedlora::ops::RegisterWorker(app);
+  fedlora::ops::RegisterHistory(app);
+  fedlora::ops::RegisterLog(app);
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}

@@ -1,0 +1,335 @@
+#include "schema/codec.h"
+
+#include <fmt/format.h>
+
+namespace fedlora::codec {
+
+static_assert(static_cast<int>(wire::ErrorCode::Unauthenticated) ==
+              static_cast<int>(Code::kUnauthenticated));
+static_assert(static_cast<int>(wire::ErrorCode::InvalidArgument) ==
+              static_cast<int>(Code::kInvalidArgument));
+static_assert(static_cast<int>(wire::ErrorCode::ResourceExhausted) ==
+              static_cast<int>(Code::kResourceExhausted));
+static_assert(static_cast<int>(wire::TensorRole::LoraA) == static_cast<int>(TensorRole::kLoraA));
+static_assert(static_cast<int>(wire::TensorRole::LoraB) == static_cast<int>(TensorRole::kLoraB));
+static_assert(static_cast<int>(wire::TensorRole::Dense) == static_cast<int>(TensorRole::kDense));
+
+namespace {
+
+// Nesting and table counts far above anything fedlora builds, far below what a hostile
+// message would need to make verification expensive.
+constexpr flatbuffers::uoffset_t kMaxDepth = 16;
+constexpr flatbuffers::uoffset_t kMaxTables = 1'000'000;
+
+flatbuffers::Offset<flatbuffers::Vector<uint32_t>> ShapeVec(flatbuffers::FlatBufferBuilder& b,
+                                                           const std::vector<uint32_t>& shape) {
+  return b.CreateVector(shape);
+}
+
+flatbuffers::Offset<wire::AdapterSpec> SpecToWire(flatbuffers::FlatBufferBuilder& b,
+                                                 const AdapterSpec& spec) {
+  std::vector<flatbuffers::Offset<wire::TensorSpec>> ts;
+  ts.reserve(spec.tensors.size());
+  for (const auto& t : spec.tensors) {
+    ts.push_back(wire::CreateTensorSpec(b, b.CreateString(t.name), ShapeVec(b, t.shape),
+                                        static_cast<wire::TensorRole>(t.role)));
+  }
+  return wire::CreateAdapterSpec(b, b.CreateString(spec.model), spec.rank, spec.alpha,
+                                 b.CreateVectorOfStrings(spec.target_modules), spec.seed,
+                                 b.CreateVector(ts));
+}
+
+flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<wire::Tensor>>> DenseTensors(
+    flatbuffers::FlatBufferBuilder& b, const AdapterState& state) {
+  std::vector<flatbuffers::Offset<wire::Tensor>> ts;
+  ts.reserve(state.tensors.size());
+  for (const auto& t : state.tensors) {
+    auto name = b.CreateString(t.name);
+    auto shape = ShapeVec(b, t.shape);
+    auto values = b.CreateVector(t.values);
+    wire::TensorBuilder tb(b);
+    tb.add_name(name);
+    tb.add_shape(shape);
+    tb.add_encoding(wire::Encoding::Dense);
+    tb.add_values(values);
+    ts.push_back(tb.Finish());
+  }
+  return b.CreateVector(ts);
+}
+
+Bytes Finish(flatbuffers::FlatBufferBuilder& b, wire::Body type, flatbuffers::Offset<void> body) {
+  auto env = wire::CreateEnvelope(b, kSchemaVersion, type, body);
+  b.Finish(env, wire::EnvelopeIdentifier());
+  return b.Release();
+}
+
+std::string Str(const flatbuffers::String* s) { return s ? s->str() : std::string(); }
+
+}  // namespace
+
+Result<const wire::Envelope*> VerifyEnvelope(std::span<const std::byte> bytes, size_t max_bytes) {
+  if (bytes.size() > max_bytes) {
+    return ResourceExhausted(
+        fmt::format("message of {} bytes exceeds the limit of {} bytes", bytes.size(), max_bytes));
+  }
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  if (bytes.size() < 8 || !flatbuffers::BufferHasIdentifier(data, wire::EnvelopeIdentifier())) {
+    return InvalidArgument("not a fedlora message (file identifier FLR1 missing)");
+  }
+  flatbuffers::Verifier verifier(data, bytes.size(), kMaxDepth, kMaxTables);
+  if (!wire::VerifyEnvelopeBuffer(verifier)) {
+    return InvalidArgument("malformed message: FlatBuffers verification failed");
+  }
+  const wire::Envelope* env = wire::GetEnvelope(data);
+  if (env->schema_version() > kSchemaVersion) {
+    return FailedPrecondition(fmt::format("schema version {} is newer than supported version {}",
+                                          env->schema_version(), kSchemaVersion));
+  }
+  if (env->schema_version() == 0) return InvalidArgument("schema version 0 is not valid");
+  if (env->body_type() == wire::Body::NONE || env->body() == nullptr) {
+    return InvalidArgument("message has no body");
+  }
+  return env;
+}
+
+Result<const store::VersionRecord*> VerifyVersionRecord(std::span<const std::byte> bytes) {
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+  if (bytes.size() < 8 ||
+      !flatbuffers::BufferHasIdentifier(data, store::VersionRecordIdentifier())) {
+    return DataLoss("stored version record has no FLS1 identifier");
+  }
+  flatbuffers::Verifier verifier(data, bytes.size(), kMaxDepth, kMaxTables);
+  if (!store::VerifyVersionRecordBuffer(verifier)) {
+    return DataLoss("stored version record fails verification");
+  }
+  return store::GetVersionRecord(data);
+}
+
+std::string_view BodyName(wire::Body type) {
+  const char* name = wire::EnumNameBody(type);
+  return name && *name ? name : "Unknown";
+}
+
+std::span<const float> DenseValues(const wire::Tensor& tensor) {
+  const auto* v = tensor.values();
+  if (v == nullptr) return {};
+  return {v->data(), v->size()};
+}
+
+std::vector<uint32_t> Shape(const wire::Tensor& tensor) {
+  std::vector<uint32_t> shape;
+  if (tensor.shape()) shape.assign(tensor.shape()->begin(), tensor.shape()->end());
+  return shape;
+}
+
+AdapterSpec SpecFromWire(const wire::AdapterSpec* spec) {
+  AdapterSpec out;
+  if (spec == nullptr) return out;
+  out.model = Str(spec->model());
+  out.rank = spec->rank();
+  out.alpha = spec->alpha();
+  out.seed = spec->seed();
+  if (spec->target_modules()) {
+    for (const auto* s : *spec->target_modules()) out.target_modules.push_back(Str(s));
+  }
+  if (spec->tensors()) {
+    for (const auto* t : *spec->tensors()) {
+      TensorSpec ts;
+      ts.name = t->name()->str();
+      if (t->shape()) ts.shape.assign(t->shape()->begin(), t->shape()->end());
+      ts.role = static_cast<TensorRole>(t->role());
+      out.tensors.push_back(std::move(ts));
+    }
+  }
+  return out;
+}
+
+namespace {
+
+Result<AdapterState> DenseState(
+    const flatbuffers::Vector<flatbuffers::Offset<wire::Tensor>>* tensors) {
+  AdapterState state;
+  if (tensors == nullptr) return state;
+  state.tensors.reserve(tensors->size());
+  for (const auto* t : *tensors) {
+    if (t->encoding() != wire::Encoding::Dense) {
+      return InvalidArgument(fmt::format("tensor '{}' uses encoding {}, expected Dense",
+                                         t->name()->str(), wire::EnumNameEncoding(t->encoding())));
+    }
+    DenseTensor d;
+    d.name = t->name()->str();
+    d.shape = Shape(*t);
+    auto values = DenseValues(*t);
+    d.values.assign(values.begin(), values.end());
+    if (d.values.size() != NumElements(d.shape)) {
+      return InvalidArgument(fmt::format("tensor '{}' has {} values for {} elements", d.name,
+                                         d.values.size(), NumElements(d.shape)));
+    }
+    state.tensors.push_back(std::move(d));
+  }
+  return state;
+}
+
+}  // namespace
+
+Result<DecodedGlobal> DecodeGlobal(const wire::GlobalAdapter& global) {
+  DecodedGlobal out;
+  out.info.adapter_id = global.adapter_id()->str();
+  out.info.version = global.version();
+  out.info.content_hash = Str(global.content_hash());
+  out.info.consumed_seq = global.consumed_seq();
+  out.info.mode = global.mode();
+  out.info.final = global.final();
+  out.spec = SpecFromWire(global.spec());
+  ASSIGN_OR_RETURN(out.state, DenseState(global.tensors()));
+  RETURN_IF_ERROR(CheckStateMatchesSpec(out.spec, out.state).WithContext("global adapter"));
+  return out;
+}
+
+Result<AdapterState> DecodeUpdateTensors(const wire::Update& update) {
+  return DenseState(update.tensors());
+}
+
+Status StatusFromError(const wire::Error& error) {
+  auto code = static_cast<Code>(error.code());
+  if (code == Code::kOk) code = Code::kUnknown;
+  return {code, Str(error.reason())};
+}
+
+Bytes BuildUpdate(const UpdateHeader& h, const AdapterState& delta) {
+  size_t bytes = 256;
+  for (const auto& t : delta.tensors) bytes += t.values.size() * 4 + t.name.size() + 64;
+  flatbuffers::FlatBufferBuilder b(bytes);
+  auto tensors = DenseTensors(b, delta);
+  auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
+                                   b.CreateString(h.adapter_id), h.base_version, h.num_samples,
+                                   h.local_steps, h.train_loss, tensors);
+  return Finish(b, wire::Body::Update, update.Union());
+}
+
+Bytes BuildGlobal(const GlobalInfo& info, const AdapterSpec& spec, const AdapterState& state) {
+  flatbuffers::FlatBufferBuilder b(state.numel() * 4 + 4096);
+  auto spec_off = SpecToWire(b, spec);
+  auto tensors = DenseTensors(b, state);
+  auto g = wire::CreateGlobalAdapter(b, b.CreateString(info.adapter_id), info.version, spec_off,
+                                     tensors, b.CreateString(info.content_hash),
+                                     info.consumed_seq, info.mode, info.final);
+  return Finish(b, wire::Body::GlobalAdapter, g.Union());
+}
+
+Bytes BuildHello(wire::Role role, std::string_view client_id) {
+  flatbuffers::FlatBufferBuilder b(128);
+  auto h = wire::CreateHello(b, role, b.CreateString(client_id),
+                             b.CreateString(fmt::format("fedlora {}", kSchemaVersion)));
+  return Finish(b, wire::Body::Hello, h.Union());
+}
+
+Bytes BuildAck(std::string_view update_id, uint64_t seq, bool duplicate) {
+  flatbuffers::FlatBufferBuilder b(128);
+  auto a = wire::CreateAck(b, b.CreateString(update_id), seq, duplicate);
+  return Finish(b, wire::Body::Ack, a.Union());
+}
+
+Bytes BuildError(const Status& status, std::string_view update_id, uint32_t retry_after_ms) {
+  flatbuffers::FlatBufferBuilder b(256);
+  auto e = wire::CreateError(b, static_cast<wire::ErrorCode>(status.code()),
+                             b.CreateString(status.message()), b.CreateString(update_id),
+                             retry_after_ms);
+  return Finish(b, wire::Body::Error, e.Union());
+}
+
+Bytes BuildCredit(std::string_view adapter_id, uint64_t next_seq, uint32_t window,
+                  bool resubscribe) {
+  flatbuffers::FlatBufferBuilder b(128);
+  auto c = wire::CreateCredit(b, b.CreateString(adapter_id), next_seq, window, resubscribe);
+  return Finish(b, wire::Body::Credit, c.Union());
+}
+
+Bytes BuildAnnounce(std::string_view adapter_id, uint64_t version, std::string_view content_hash,
+                    bool final) {
+  flatbuffers::FlatBufferBuilder b(128);
+  auto a = wire::CreateAnnounce(b, b.CreateString(adapter_id), version,
+                                b.CreateString(content_hash), final);
+  return Finish(b, wire::Body::Announce, a.Union());
+}
+
+Bytes BuildFetch(std::string_view adapter_id, int64_t have_version) {
+  flatbuffers::FlatBufferBuilder b(128);
+  auto f = wire::CreateFetch(b, b.CreateString(adapter_id), have_version);
+  return Finish(b, wire::Body::Fetch, f.Union());
+}
+
+Bytes BuildDeliver(std::string_view adapter_id, std::span<const uint64_t> seqs,
+                   uint64_t log_head) {
+  flatbuffers::FlatBufferBuilder b(128 + seqs.size() * 8);
+  auto id = b.CreateString(adapter_id);
+  auto sv = b.CreateVector(seqs.data(), seqs.size());
+  auto d = wire::CreateDeliver(b, id, sv, log_head);
+  return Finish(b, wire::Body::Deliver, d.Union());
+}
+
+Bytes BuildVersionRecord(const VersionInfo& v) {
+  flatbuffers::FlatBufferBuilder b(512 + 96 * (v.applied.size() + v.dropped.size()));
+  std::vector<flatbuffers::Offset<store::LineageEntry>> applied;
+  for (const auto& a : v.applied) {
+    applied.push_back(store::CreateLineageEntry(b, a.seq, b.CreateString(a.client_id),
+                                                b.CreateString(a.update_id), a.base_version,
+                                                a.staleness, a.weight, a.num_samples,
+                                                a.train_loss));
+  }
+  std::vector<flatbuffers::Offset<store::DropEntry>> dropped;
+  for (const auto& d : v.dropped) {
+    dropped.push_back(store::CreateDropEntry(b, d.seq, b.CreateString(d.client_id),
+                                             b.CreateString(d.update_id), d.base_version,
+                                             d.staleness, b.CreateString(d.reason)));
+  }
+  auto rec = store::CreateVersionRecord(
+      b, b.CreateString(v.adapter_id), v.version, v.parent_version, v.commit_unix_ms, v.mode,
+      b.CreateString(v.method), v.consumed_seq, b.CreateVector(applied), b.CreateVector(dropped),
+      v.mean_staleness, v.max_staleness, v.update_norm, b.CreateString(v.content_hash),
+      v.test_accuracy, v.test_loss, v.eval_samples);
+  b.Finish(rec, store::VersionRecordIdentifier());
+  return b.Release();
+}
+
+VersionInfo DecodeVersionRecord(const store::VersionRecord& r) {
+  VersionInfo v;
+  v.adapter_id = Str(r.adapter_id());
+  v.version = r.version();
+  v.parent_version = r.parent_version();
+  v.commit_unix_ms = r.commit_unix_ms();
+  v.mode = r.mode();
+  v.method = Str(r.method());
+  v.consumed_seq = r.consumed_seq();
+  if (r.applied()) {
+    for (const auto* a : *r.applied()) {
+      v.applied.push_back({a->seq(), Str(a->client_id()), Str(a->update_id()), a->base_version(),
+                           a->staleness(), a->weight(), a->num_samples(), a->train_loss()});
+    }
+  }
+  if (r.dropped()) {
+    for (const auto* d : *r.dropped()) {
+      v.dropped.push_back({d->seq(), Str(d->client_id()), Str(d->update_id()), d->base_version(),
+                           d->staleness(), Str(d->reason())});
+    }
+  }
+  v.mean_staleness = r.mean_staleness();
+  v.max_staleness = r.max_staleness();
+  v.update_norm = r.update_norm();
+  v.content_hash = Str(r.content_hash());
+  v.test_accuracy = r.test_accuracy();
+  v.test_loss = r.test_loss();
+  v.eval_samples = r.eval_samples();
+  return v;
+}
+
+std::string_view ModeName(wire::Mode mode) {
+  switch (mode) {
+    case wire::Mode::FedAsync: return "fedasync";
+    case wire::Mode::FedBuff: return "fedbuff";
+    case wire::Mode::Sync: return "sync";
+  }
+  return "unknown";
+}
+
+}  // namespace fedlora::codec

@@ -1,0 +1,157 @@
+// The codec between fedlora's plain types (schema/adapter.h, Status) and the FlatBuffers
+// wire/store encodings (schema/fedlora.fbs, schema/store.fbs). Nothing else in fedlora
+// touches raw message bytes: every decode runs the FlatBuffers verifier first, checks the
+// file identifier and the schema version, and only then hands out typed views.
+//
+// Views (const wire::X*) point into the caller's bytes and live as long as they do; dense
+// tensor values are read in place as std::span<const float> (no copy).
+// Thread safety: free functions over caller-owned data.
+#pragma once
+
+#include <flatbuffers/flatbuffers.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "schema/adapter.h"
+#include "schema/fedlora_generated.h"
+#include "schema/status.h"
+#include "schema/store_generated.h"
+
+namespace fedlora::codec {
+
+inline constexpr uint16_t kSchemaVersion = 1;
+// Largest message any fedlora endpoint accepts by default (a rank-64 adapter of a 7B model is
+// ~160 MiB; the default task's updates are ~60 KiB).
+inline constexpr size_t kDefaultMaxMessageBytes = 256u << 20;
+
+using Bytes = flatbuffers::DetachedBuffer;
+
+inline std::span<const std::byte> AsBytes(const Bytes& b) {
+  return {reinterpret_cast<const std::byte*>(b.data()), b.size()};
+}
+inline std::span<const std::byte> AsBytes(std::string_view s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+inline std::string_view AsStringView(std::span<const std::byte> b) {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+// --- decoding -------------------------------------------------------------------------------
+
+// Verifies that `bytes` hold a complete Envelope of a known schema version with a body.
+// Errors: kResourceExhausted (larger than max_bytes), kInvalidArgument (not a fedlora
+// message, wrong identifier, fails verification, no body), kFailedPrecondition (schema
+// version newer than this build understands).
+Result<const wire::Envelope*> VerifyEnvelope(std::span<const std::byte> bytes,
+                                             size_t max_bytes = kDefaultMaxMessageBytes);
+
+// Same for a stored VersionRecord. Errors: kDataLoss.
+Result<const store::VersionRecord*> VerifyVersionRecord(std::span<const std::byte> bytes);
+
+// Name of a body type for logs and errors ("Update", "Fetch", ...).
+std::string_view BodyName(wire::Body type);
+
+// The values of a Dense tensor, in place. Empty span if the tensor has no values.
+std::span<const float> DenseValues(const wire::Tensor& tensor);
+std::vector<uint32_t> Shape(const wire::Tensor& tensor);
+
+AdapterSpec SpecFromWire(const wire::AdapterSpec* spec);
+
+// Copies a GlobalAdapter's spec and dense tensors into plain types.
+// Errors: kInvalidArgument (non-dense tensor, tensors not matching the spec).
+struct GlobalInfo {
+  std::string adapter_id;
+  uint64_t version = 0;
+  std::string content_hash;
+  uint64_t consumed_seq = 0;
+  wire::Mode mode = wire::Mode::FedBuff;
+  bool final = false;
+};
+struct DecodedGlobal {
+  GlobalInfo info;
+  AdapterSpec spec;
+  AdapterState state;
+};
+Result<DecodedGlobal> DecodeGlobal(const wire::GlobalAdapter& global);
+
+// Copies an Update's dense tensors into an AdapterState (for tools and tests; the aggregator
+// reads them in place). Errors: kInvalidArgument.
+Result<AdapterState> DecodeUpdateTensors(const wire::Update& update);
+
+// The Status an Error message carries.
+Status StatusFromError(const wire::Error& error);
+
+// --- encoding -------------------------------------------------------------------------------
+
+struct UpdateHeader {
+  std::string update_id;
+  std::string client_id;
+  std::string adapter_id;
+  uint64_t base_version = 0;
+  uint64_t num_samples = 0;
+  uint32_t local_steps = 0;
+  float train_loss = 0;
+};
+
+// Dense update: every tensor of `delta` in full.
+Bytes BuildUpdate(const UpdateHeader& header, const AdapterState& delta);
+Bytes BuildGlobal(const GlobalInfo& info, const AdapterSpec& spec, const AdapterState& state);
+Bytes BuildHello(wire::Role role, std::string_view client_id);
+Bytes BuildAck(std::string_view update_id, uint64_t seq, bool duplicate);
+Bytes BuildError(const Status& status, std::string_view update_id = {},
+                 uint32_t retry_after_ms = 0);
+Bytes BuildCredit(std::string_view adapter_id, uint64_t next_seq, uint32_t window,
+                  bool resubscribe);
+Bytes BuildAnnounce(std::string_view adapter_id, uint64_t version, std::string_view content_hash,
+                    bool final);
+Bytes BuildFetch(std::string_view adapter_id, int64_t have_version);
+Bytes BuildDeliver(std::string_view adapter_id, std::span<const uint64_t> seqs, uint64_t log_head);
+
+// Stored lineage of one version.
+struct LineageItem {
+  uint64_t seq = 0;
+  std::string client_id;
+  std::string update_id;
+  uint64_t base_version = 0;
+  uint32_t staleness = 0;
+  float weight = 0;
+  uint64_t num_samples = 0;
+  float train_loss = 0;
+};
+struct DropItem {
+  uint64_t seq = 0;
+  std::string client_id;
+  std::string update_id;
+  uint64_t base_version = 0;
+  uint32_t staleness = 0;
+  std::string reason;
+};
+struct VersionInfo {
+  std::string adapter_id;
+  uint64_t version = 0;
+  uint64_t parent_version = 0;
+  uint64_t commit_unix_ms = 0;
+  wire::Mode mode = wire::Mode::FedBuff;
+  std::string method;
+  uint64_t consumed_seq = 0;
+  std::vector<LineageItem> applied;
+  std::vector<DropItem> dropped;
+  float mean_staleness = 0;
+  uint32_t max_staleness = 0;
+  float update_norm = 0;
+  std::string content_hash;
+  float test_accuracy = -1;
+  float test_loss = -1;
+  uint32_t eval_samples = 0;
+};
+Bytes BuildVersionRecord(const VersionInfo& info);
+VersionInfo DecodeVersionRecord(const store::VersionRecord& record);
+
+std::string_view ModeName(wire::Mode mode);  // "fedasync", "fedbuff", "sync"
+
+}  // namespace fedlora::codec

@@ -1,0 +1,57 @@
+#include "schema/transport.h"
+
+namespace fedlora::transport {
+namespace {
+
+void FreeDetached(void*, void* hint) { delete static_cast<codec::Bytes*>(hint); }
+void FreeString(void*, void* hint) { delete static_cast<std::string*>(hint); }
+
+}  // namespace
+
+zmq::message_t Frame(codec::Bytes&& bytes) {
+  auto* owned = new codec::Bytes(std::move(bytes));
+  return zmq::message_t(owned->data(), owned->size(), &FreeDetached, owned);
+}
+
+zmq::message_t Frame(std::string&& bytes) {
+  if (bytes.size() < 64) return zmq::message_t(bytes.data(), bytes.size());  // copy is cheaper
+  auto* owned = new std::string(std::move(bytes));
+  return zmq::message_t(owned->data(), owned->size(), &FreeString, owned);
+}
+
+bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
+  frames.clear();
+  while (true) {
+    zmq::message_t m;
+    auto r = socket.recv(m, frames.empty() ? zmq::recv_flags::dontwait : zmq::recv_flags::none);
+    if (!r) return false;  // nothing queued (only possible for the first frame)
+    const bool more = m.more();
+    frames.push_back(std::move(m));
+    if (!more) return true;
+  }
+}
+
+bool SendMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
+  for (size_t i = 0; i < frames.size(); ++i) {
+    auto flags = zmq::send_flags::dontwait;
+    if (i + 1 < frames.size()) flags = flags | zmq::send_flags::sndmore;
+    try {
+      if (!socket.send(frames[i], flags)) return false;
+    } catch (const zmq::error_t& e) {
+      // EHOSTUNREACH: a ROUTER with ROUTER_MANDATORY and a peer that went away.
+      if (e.num() == EHOSTUNREACH) return false;
+      throw;
+    }
+  }
+  return true;
+}
+
+void Configure(zmq::socket_t& socket, int hwm) {
+  socket.set(zmq::sockopt::linger, 200);
+  socket.set(zmq::sockopt::sndhwm, hwm);
+  socket.set(zmq::sockopt::rcvhwm, hwm);
+}
+
+std::string LastEndpoint(zmq::socket_t& socket) { return socket.get(zmq::sockopt::last_endpoint); }
+
+}  // namespace fedlora::transport

@@ -1,0 +1,33 @@
+// Validation of a published update against the adapter it targets. The broker runs it on
+// every update after the FlatBuffers verifier and before anything is logged, so the log only
+// ever holds updates an aggregator can fold; the aggregator runs it again as a second line of
+// defence (a log written by another tool, or a spec that changed).
+// Thread safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+#include "schema/adapter.h"
+#include "schema/codec.h"
+#include "schema/status.h"
+
+namespace fedlora {
+
+struct ValidationLimits {
+  size_t max_id_length = 128;
+};
+
+// Checks identifiers (non-empty, bounded, printable, no NUL), that every tensor is one of
+// the spec's (each at most once) with the spec's shape, that dense tensors carry exactly
+// one finite value per element, that num_samples > 0, and that base_version is not newer
+// than `latest_version`. Non-dense encodings are rejected with kUnimplemented in schema
+// version 1. Errors: kInvalidArgument / kUnimplemented, with a reason naming the field.
+Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint64_t latest_version,
+                      const ValidationLimits& limits = {});
+
+// Identifier syntax shared by adapter, client and update ids: 1..max_length characters from
+// [A-Za-z0-9._:-].
+Status ValidateId(std::string_view what, std::string_view id, size_t max_length);
+
+}  // namespace fedlora

@@ -1,0 +1,140 @@
+#include "storage/adapter_store.h"
+
+#include <fmt/format.h>
+#include <rocksdb/write_batch.h>
+
+#include <mutex>
+
+#include "storage/rocks.h"
+
+namespace fedlora::storage {
+namespace {
+
+using internal::FromRocks;
+
+enum Cf { kDefault = 0, kVersions = 1, kLineage = 2, kCursors = 3 };
+
+std::string CursorValue(const Cursor& c) {
+  std::string v;
+  internal::AppendBigEndian64(v, c.version);
+  internal::AppendBigEndian64(v, c.consumed_seq);
+  return v;
+}
+
+rocksdb::Slice AsSlice(std::span<const std::byte> b) {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+class RocksAdapterStore final : public AdapterStore {
+ public:
+  RocksAdapterStore(std::unique_ptr<internal::OpenDb> db, AdapterStoreOptions options)
+      : db_(std::move(db)), options_(std::move(options)) {}
+
+  Status Commit(const VersionCommit& c) override {
+    if (options_.read_only) return FailedPrecondition("adapter store opened read-only");
+    if (c.adapter_id.empty() || c.adapter_id.find('\0') != std::string_view::npos) {
+      return InvalidArgument("adapter id must be non-empty and free of NUL bytes");
+    }
+    std::lock_guard lock(mu_);
+    ASSIGN_OR_RETURN(std::optional<Cursor> cursor, GetCursor(c.adapter_id));
+    if (!cursor) {
+      if (c.version != 0) {
+        return FailedPrecondition(fmt::format(
+            "adapter '{}' has no versions yet; the first commit must be version 0, not {}",
+            c.adapter_id, c.version));
+      }
+    } else {
+      if (c.version != cursor->version + 1) {
+        return FailedPrecondition(fmt::format("adapter '{}' is at version {}; cannot commit {}",
+                                              c.adapter_id, cursor->version, c.version));
+      }
+      if (c.consumed_seq < cursor->consumed_seq) {
+        return FailedPrecondition(
+            fmt::format("adapter '{}' cursor would move back from log position {} to {}",
+                        c.adapter_id, cursor->consumed_seq, c.consumed_seq));
+      }
+    }
+    const std::string key = internal::SeqKey(c.adapter_id, c.version);
+    rocksdb::WriteBatch batch;
+    batch.Put(db_->handles[kVersions], key, AsSlice(c.global));
+    batch.Put(db_->handles[kLineage], key, AsSlice(c.record));
+    batch.Put(db_->handles[kCursors], rocksdb::Slice(c.adapter_id.data(), c.adapter_id.size()),
+              CursorValue({c.version, c.consumed_seq}));
+    rocksdb::WriteOptions wo;
+    wo.sync = options_.sync;
+    return FromRocks(db_->db->Write(wo, &batch), "commit adapter version");
+  }
+
+  Result<std::optional<Cursor>> GetCursor(std::string_view adapter_id) override {
+    std::string v;
+    rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), db_->handles[kCursors],
+                                     rocksdb::Slice(adapter_id.data(), adapter_id.size()), &v);
+    if (s.IsNotFound()) return std::optional<Cursor>();
+    RETURN_IF_ERROR(FromRocks(s, "read cursor"));
+    if (v.size() != 16) return DataLoss(fmt::format("cursor of '{}' is corrupt", adapter_id));
+    return std::optional<Cursor>(
+        Cursor{internal::ReadBigEndian64(v), internal::ReadBigEndian64(std::string_view(v).substr(8))});
+  }
+
+  Result<std::string> GetGlobal(std::string_view adapter_id, uint64_t version) override {
+    return Get(kVersions, adapter_id, version, "version");
+  }
+
+  Result<std::string> GetRecord(std::string_view adapter_id, uint64_t version) override {
+    return Get(kLineage, adapter_id, version, "lineage of version");
+  }
+
+  Result<std::vector<std::string>> GetRecords(std::string_view adapter_id, uint64_t from,
+                                              uint64_t to) override {
+    std::vector<std::string> out;
+    std::unique_ptr<rocksdb::Iterator> it(
+        db_->db->NewIterator(rocksdb::ReadOptions(), db_->handles[kLineage]));
+    for (it->Seek(internal::SeqKey(adapter_id, from)); it->Valid(); it->Next()) {
+      std::string_view adapter;
+      uint64_t version = 0;
+      if (!internal::ParseSeqKey(it->key().ToStringView(), &adapter, &version) ||
+          adapter != adapter_id || version > to) {
+        break;
+      }
+      out.push_back(it->value().ToString());
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), "scan lineage"));
+    return out;
+  }
+
+  Result<std::vector<std::string>> Adapters() override {
+    std::vector<std::string> out;
+    std::unique_ptr<rocksdb::Iterator> it(
+        db_->db->NewIterator(rocksdb::ReadOptions(), db_->handles[kCursors]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) out.push_back(it->key().ToString());
+    RETURN_IF_ERROR(FromRocks(it->status(), "list adapters"));
+    return out;
+  }
+
+ private:
+  Result<std::string> Get(Cf cf, std::string_view adapter_id, uint64_t version, const char* what) {
+    std::string v;
+    rocksdb::Status s =
+        db_->db->Get(rocksdb::ReadOptions(), db_->handles[cf], internal::SeqKey(adapter_id, version), &v);
+    if (s.IsNotFound()) {
+      return NotFound(fmt::format("adapter '{}' has no {} {}", adapter_id, what, version));
+    }
+    RETURN_IF_ERROR(FromRocks(s, "read adapter store"));
+    return v;
+  }
+
+  std::unique_ptr<internal::OpenDb> db_;
+  AdapterStoreOptions options_;
+  std::mutex mu_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<AdapterStore>> AdapterStore::Open(const AdapterStoreOptions& options) {
+  ASSIGN_OR_RETURN(auto db, internal::Open(options.path, options.read_only,
+                                           {rocksdb::kDefaultColumnFamilyName, "versions", "lineage", "cursors"},
+                                           {"versions"}, 4096));
+  return std::unique_ptr<AdapterStore>(new RocksAdapterStore(std::move(db), options));
+}
+
+}  // namespace fedlora::storage

@@ -1,0 +1,96 @@
+#include "storage/rocks.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+
+namespace fedlora::storage::internal {
+
+Status FromRocks(const rocksdb::Status& s, std::string_view context) {
+  if (s.ok()) return Status::Ok();
+  std::string msg = fmt::format("{}: {}", context, s.ToString());
+  if (s.IsNotFound()) return NotFound(std::move(msg));
+  if (s.IsCorruption()) return DataLoss(std::move(msg));
+  if (s.IsInvalidArgument()) return InvalidArgument(std::move(msg));
+  if (s.IsNoSpace() || s.IsMemoryLimit()) return ResourceExhausted(std::move(msg));
+  if (s.IsIOError() && s.subcode() == rocksdb::Status::kNoSpace) {
+    return ResourceExhausted(std::move(msg));
+  }
+  return Unavailable(std::move(msg));
+}
+
+void AppendBigEndian64(std::string& out, uint64_t v) {
+  for (int shift = 56; shift >= 0; shift -= 8) out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+uint64_t ReadBigEndian64(std::string_view in) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8 && i < in.size(); ++i) v = (v << 8) | static_cast<uint8_t>(in[i]);
+  return v;
+}
+
+std::string SeqKey(std::string_view adapter_id, uint64_t seq) {
+  std::string key;
+  key.reserve(adapter_id.size() + 9);
+  key.append(adapter_id);
+  key.push_back('\0');
+  AppendBigEndian64(key, seq);
+  return key;
+}
+
+bool ParseSeqKey(std::string_view key, std::string_view* adapter_id, uint64_t* seq) {
+  if (key.size() < 9 || key[key.size() - 9] != '\0') return false;
+  *adapter_id = key.substr(0, key.size() - 9);
+  *seq = ReadBigEndian64(key.substr(key.size() - 8));
+  return true;
+}
+
+OpenDb::~OpenDb() {
+  if (db) {
+    for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+    db->Close().PermitUncheckedError();
+  }
+}
+
+Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
+                                     const std::vector<std::string>& cf_names,
+                                     const std::vector<std::string>& blob_cfs,
+                                     uint64_t min_blob_size) {
+  if (path.empty()) return InvalidArgument("store path is empty");
+  if (read_only && !std::filesystem::exists(path)) {
+    return NotFound(fmt::format("no store at '{}'", path));
+  }
+  if (!read_only) {
+    std::error_code ec;
+    std::filesystem::create_directories(path, ec);
+    if (ec) return Unavailable(fmt::format("cannot create '{}': {}", path, ec.message()));
+  }
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.keep_log_file_num = 2;
+  db_options.max_background_jobs = 2;
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
+  for (const auto& name : cf_names) {
+    rocksdb::ColumnFamilyOptions cf;
+    if (std::find(blob_cfs.begin(), blob_cfs.end(), name) != blob_cfs.end()) {
+      cf.enable_blob_files = true;
+      cf.min_blob_size = min_blob_size;
+      cf.enable_blob_garbage_collection = false;  // logs and versions are append-only
+    }
+    cfs.emplace_back(name, cf);
+  }
+  auto out = std::make_unique<OpenDb>();
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s =
+      read_only ? rocksdb::DB::OpenForReadOnly(db_options, path, cfs, &out->handles, &raw)
+                : rocksdb::DB::Open(db_options, path, cfs, &out->handles, &raw);
+  if (!s.ok()) return FromRocks(s, fmt::format("open store '{}'", path));
+  out->db.reset(raw);
+  return out;
+}
+
+}  // namespace fedlora::storage::internal

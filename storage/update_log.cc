@@ -1,0 +1,220 @@
+#include "storage/update_log.h"
+
+#include <fmt/format.h>
+#include <rocksdb/write_batch.h>
+
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "schema/hash.h"
+#include "storage/rocks.h"
+
+namespace fedlora::storage {
+namespace {
+
+using internal::FromRocks;
+
+// Column families: records, idempotency index, latest globals.
+enum Cf { kDefault = 0, kLog = 1, kIds = 2, kGlobals = 3 };
+
+std::string IdKey(std::string_view adapter, std::string_view client, std::string_view update) {
+  std::string k;
+  k.reserve(adapter.size() + client.size() + update.size() + 2);
+  k.append(adapter).push_back('\0');
+  k.append(client).push_back('\0');
+  k.append(update);
+  return k;
+}
+
+// Value of an idempotency entry: big-endian seq, then the 16-byte content hash.
+std::string IdValue(uint64_t seq, const Digest128& digest) {
+  std::string v;
+  internal::AppendBigEndian64(v, seq);
+  v.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  return v;
+}
+
+class RocksUpdateLog final : public UpdateLog {
+ public:
+  RocksUpdateLog(std::unique_ptr<internal::OpenDb> db, UpdateLogOptions options)
+      : db_(std::move(db)), options_(std::move(options)) {
+    LoadHeads();
+  }
+
+  std::vector<Result<AppendOutcome>> AppendBatch(std::span<const LogAppend> items) override {
+    std::vector<Result<AppendOutcome>> results;
+    results.reserve(items.size());
+    if (options_.read_only) {
+      for (size_t i = 0; i < items.size(); ++i) results.emplace_back(FailedPrecondition("log opened read-only"));
+      return results;
+    }
+    std::lock_guard lock(mu_);
+    rocksdb::WriteBatch batch;
+    // Ids first seen in this batch, so a retry that races its original within one batch is
+    // still logged once.
+    std::unordered_map<std::string, std::string> batch_ids;
+    std::map<std::string, uint64_t, std::less<>> next_heads;
+    bool any_write = false;
+    for (const auto& item : items) {
+      if (item.adapter_id.find('\0') != std::string_view::npos ||
+          item.client_id.find('\0') != std::string_view::npos ||
+          item.update_id.find('\0') != std::string_view::npos) {
+        results.emplace_back(InvalidArgument("ids must not contain NUL bytes"));
+        continue;
+      }
+      const Digest128 digest = HashBytes(item.bytes);
+      std::string key = IdKey(item.adapter_id, item.client_id, item.update_id);
+      std::string existing;
+      bool found = false;
+      if (auto it = batch_ids.find(key); it != batch_ids.end()) {
+        existing = it->second;
+        found = true;
+      } else {
+        rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), db_->handles[kIds], key, &existing);
+        if (s.ok()) {
+          found = true;
+        } else if (!s.IsNotFound()) {
+          results.emplace_back(FromRocks(s, "read idempotency index"));
+          continue;
+        }
+      }
+      if (found) {
+        if (existing.size() != 24 ||
+            existing.compare(8, 16, reinterpret_cast<const char*>(digest.data()), 16) != 0) {
+          results.emplace_back(AlreadyExists(fmt::format(
+              "update id '{}' of client '{}' was already logged with different content",
+              item.update_id, item.client_id)));
+          continue;
+        }
+        results.emplace_back(AppendOutcome{internal::ReadBigEndian64(existing), true});
+        continue;
+      }
+      auto head_it = next_heads.find(item.adapter_id);
+      if (head_it == next_heads.end()) {
+        head_it = next_heads.emplace(std::string(item.adapter_id), LastSeqLocked(item.adapter_id)).first;
+      }
+      const uint64_t seq = ++head_it->second;
+      std::string value = IdValue(seq, digest);
+      batch.Put(db_->handles[kLog], internal::SeqKey(item.adapter_id, seq),
+                rocksdb::Slice(reinterpret_cast<const char*>(item.bytes.data()), item.bytes.size()));
+      batch.Put(db_->handles[kIds], key, value);
+      batch_ids.emplace(std::move(key), std::move(value));
+      results.emplace_back(AppendOutcome{seq, false});
+      any_write = true;
+    }
+    if (!any_write) return results;
+    rocksdb::WriteOptions wo;
+    wo.sync = options_.sync;
+    rocksdb::Status s = db_->db->Write(wo, &batch);
+    if (!s.ok()) {
+      Status err = FromRocks(s, "append to update log");
+      for (auto& r : results) {
+        if (r.ok() && !r->duplicate) r = err;
+      }
+      return results;
+    }
+    for (const auto& [adapter, head] : next_heads) heads_[adapter] = head;
+    return results;
+  }
+
+  Result<std::vector<LogRecord>> Read(std::string_view adapter_id, uint64_t from_seq,
+                                      size_t max_count, size_t max_bytes) override {
+    std::vector<LogRecord> out;
+    if (max_count == 0) return out;
+    std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->handles[kLog]));
+    size_t bytes = 0;
+    for (it->Seek(internal::SeqKey(adapter_id, from_seq)); it->Valid(); it->Next()) {
+      std::string_view adapter;
+      uint64_t seq = 0;
+      if (!internal::ParseSeqKey(it->key().ToStringView(), &adapter, &seq) || adapter != adapter_id) break;
+      if (!out.empty() && bytes + it->value().size() > max_bytes) break;
+      bytes += it->value().size();
+      out.push_back({seq, it->value().ToString()});
+      if (out.size() >= max_count) break;
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), "read update log"));
+    return out;
+  }
+
+  uint64_t LastSeq(std::string_view adapter_id) const override {
+    std::lock_guard lock(mu_);
+    return LastSeqLocked(adapter_id);
+  }
+
+  std::vector<std::string> Adapters() const override {
+    std::lock_guard lock(mu_);
+    std::vector<std::string> out;
+    for (const auto& [a, h] : heads_) {
+      if (h > 0) out.push_back(a);
+    }
+    return out;
+  }
+
+  Status PutGlobal(std::string_view adapter_id, std::span<const std::byte> bytes) override {
+    rocksdb::WriteOptions wo;
+    wo.sync = false;  // a lost global is re-sent by the aggregator; no need to pay for fsync
+    return FromRocks(db_->db->Put(wo, db_->handles[kGlobals], adapter_id,
+                                  rocksdb::Slice(reinterpret_cast<const char*>(bytes.data()), bytes.size())),
+                     "store global");
+  }
+
+  Result<std::optional<std::string>> GetGlobal(std::string_view adapter_id) override {
+    std::string value;
+    rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), db_->handles[kGlobals], adapter_id, &value);
+    if (s.IsNotFound()) return std::optional<std::string>();
+    RETURN_IF_ERROR(FromRocks(s, "read global"));
+    return std::optional<std::string>(std::move(value));
+  }
+
+  std::vector<std::string> AdaptersWithGlobal() override {
+    std::vector<std::string> out;
+    std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->handles[kGlobals]));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) out.push_back(it->key().ToString());
+    return out;
+  }
+
+ private:
+  uint64_t LastSeqLocked(std::string_view adapter_id) const {
+    auto it = heads_.find(adapter_id);
+    return it == heads_.end() ? 0 : it->second;
+  }
+
+  // Finds each adapter's last sequence number by jumping from adapter to adapter.
+  void LoadHeads() {
+    std::unique_ptr<rocksdb::Iterator> it(db_->db->NewIterator(rocksdb::ReadOptions(), db_->handles[kLog]));
+    it->SeekToFirst();
+    while (it->Valid()) {
+      std::string_view adapter;
+      uint64_t seq = 0;
+      if (!internal::ParseSeqKey(it->key().ToStringView(), &adapter, &seq)) {
+        it->Next();
+        continue;
+      }
+      std::string name(adapter);
+      std::string upper = name;
+      upper.push_back('\x01');  // sorts after every "<name>\0<seq>" key
+      it->SeekForPrev(upper);
+      if (it->Valid() && internal::ParseSeqKey(it->key().ToStringView(), &adapter, &seq)) {
+        heads_[name] = seq;
+      }
+      it->Seek(upper);
+    }
+  }
+
+  std::unique_ptr<internal::OpenDb> db_;
+  UpdateLogOptions options_;
+  mutable std::mutex mu_;
+  std::map<std::string, uint64_t, std::less<>> heads_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<UpdateLog>> UpdateLog::Open(const UpdateLogOptions& options) {
+  ASSIGN_OR_RETURN(auto db, internal::Open(options.path, options.read_only,
+                                           {rocksdb::kDefaultColumnFamilyName, "log", "ids", "globals"},
+                                           {"log"}, options.min_blob_size));
+  return std::unique_ptr<UpdateLog>(new RocksUpdateLog(std::move(db), options));
+}
+
+}  // namespace fedlora::storage

@@ -1,0 +1,85 @@
+// UpdateLog is the durable, ordered record of every accepted update, one sequence per
+// adapter (sequence numbers start at 1; 0 means "nothing"). AppendBatch() returns only after
+// the whole batch is on disk in one synced write (group commit), so an acknowledged update
+// survives a crash of the process or the machine.
+//
+// Idempotency: each record is indexed by (adapter, client, update id) together with a hash
+// of its bytes. Appending the same id with the same bytes again returns the original
+// sequence number (duplicate = true) and writes nothing; the same id with different bytes
+// is rejected with kAlreadyExists.
+//
+// The log also keeps, per adapter, the latest global adapter it was told about, so that a
+// restarted broker can serve fetches before its aggregator reconnects.
+//
+// Thread safety: all methods may be called from any thread; appends are serialised
+// internally; readers see a consistent prefix of the log.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "schema/status.h"
+
+namespace fedlora::storage {
+
+struct UpdateLogOptions {
+  std::string path;        // Directory of the RocksDB instance; created if missing.
+  bool sync = true;        // fsync every batch. false only for benchmarks and tests.
+  bool read_only = false;  // Open for inspection while (or after) a broker writes it.
+  // Values at least this large go to blob files, keeping the LSM tree small.
+  size_t min_blob_size = 4096;
+};
+
+struct LogAppend {
+  std::string_view adapter_id;
+  std::string_view client_id;
+  std::string_view update_id;
+  std::span<const std::byte> bytes;  // the Update envelope, stored verbatim
+};
+
+struct AppendOutcome {
+  uint64_t seq = 0;
+  bool duplicate = false;  // the id was logged before (by an earlier batch or this one)
+};
+
+struct LogRecord {
+  uint64_t seq = 0;
+  std::string bytes;
+};
+
+class UpdateLog {
+ public:
+  // Errors: kInvalidArgument (empty path), kUnavailable / kDataLoss (RocksDB could not open).
+  static Result<std::unique_ptr<UpdateLog>> Open(const UpdateLogOptions& options);
+  virtual ~UpdateLog() = default;
+
+  // Appends every item in one atomic, synced write and returns one result per item, in
+  // order: the sequence number, or kAlreadyExists for an id reused with other bytes, or
+  // kInvalidArgument for an id containing a NUL byte. When the write itself fails every
+  // item gets that error (kUnavailable, kResourceExhausted for a full disk) and nothing is
+  // logged.
+  virtual std::vector<Result<AppendOutcome>> AppendBatch(std::span<const LogAppend> items) = 0;
+
+  // Up to max_count records with seq >= from_seq, stopping early once max_bytes is reached
+  // (at least one record is returned when one exists).
+  virtual Result<std::vector<LogRecord>> Read(std::string_view adapter_id, uint64_t from_seq,
+                                              size_t max_count, size_t max_bytes) = 0;
+
+  // Last sequence number logged for the adapter (0 when none).
+  virtual uint64_t LastSeq(std::string_view adapter_id) const = 0;
+  // Adapters that have at least one record, sorted.
+  virtual std::vector<std::string> Adapters() const = 0;
+
+  // The latest global adapter envelope announced for `adapter_id`.
+  virtual Status PutGlobal(std::string_view adapter_id, std::span<const std::byte> bytes) = 0;
+  virtual Result<std::optional<std::string>> GetGlobal(std::string_view adapter_id) = 0;
+  virtual std::vector<std::string> AdaptersWithGlobal() = 0;
+};
+
+}  // namespace fedlora::storage

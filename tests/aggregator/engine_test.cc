@@ -1,0 +1,229 @@
+#include "aggregator/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "schema/hash.h"
+#include "tests/testing/fixtures.h"
+
+namespace fedlora::aggregator {
+namespace {
+
+using testing::ConstantState;
+using testing::FilledState;
+using testing::MakeUpdate;
+using testing::SmallSpec;
+
+// Feeds updates to an engine and remembers every committed state, for FedAsync's base lookup.
+class EngineHarness {
+ public:
+  explicit EngineHarness(EngineOptions options, AdapterState initial = FilledState(SmallSpec(), 1.0f)) {
+    versions_[0] = std::make_shared<const AdapterState>(initial);
+    auto e = Engine::Create(options, "default", SmallSpec(), std::move(initial), 0, 0,
+                            [this](uint64_t v) -> Result<std::shared_ptr<const AdapterState>> {
+                              auto it = versions_.find(v);
+                              if (it == versions_.end()) return NotFound("no such version");
+                              return it->second;
+                            });
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    engine_ = std::move(*e);
+  }
+
+  std::optional<codec::VersionInfo> Feed(const codec::Bytes& update) {
+    auto r = engine_->Consume(engine_->next_seq(), testing::AsUpdate(update));
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (r.ok() && *r) versions_[(*r)->version] = std::make_shared<const AdapterState>(engine_->state());
+    return r.ok() ? *r : std::nullopt;
+  }
+
+  Engine& engine() { return *engine_; }
+  const AdapterState& version(uint64_t v) { return *versions_.at(v); }
+
+ private:
+  std::map<uint64_t, std::shared_ptr<const AdapterState>> versions_;
+  std::unique_ptr<Engine> engine_;
+};
+
+EngineOptions FedBuff(uint32_t k) {
+  EngineOptions o;
+  o.mode = wire::Mode::FedBuff;
+  o.buffer_size = k;
+  return o;
+}
+
+TEST(EngineTest, FedBuffWaitsForKUpdatesThenAppliesTheSampleWeightedMean) {
+  EngineHarness h(FedBuff(2));
+  const AdapterState x0 = h.engine().state();
+  const AdapterState d1 = ConstantState(SmallSpec(), 1.0f);
+  const AdapterState d2 = ConstantState(SmallSpec(), 5.0f);
+  EXPECT_FALSE(h.Feed(MakeUpdate("u1", "c1", 0, d1, /*samples=*/10)));
+  EXPECT_EQ(h.engine().buffered(), 1u);
+  EXPECT_EQ(h.engine().version(), 0u);
+  auto v = h.Feed(MakeUpdate("u2", "c2", 0, d2, /*samples=*/30));
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->version, 1u);
+  EXPECT_EQ(v->parent_version, 0u);
+  EXPECT_EQ(v->consumed_seq, 2u);
+  // (10 * 1 + 30 * 5) / 40 = 4
+  for (size_t t = 0; t < x0.tensors.size(); ++t) {
+    for (size_t i = 0; i < x0.tensors[t].values.size(); ++i) {
+      EXPECT_NEAR(h.engine().state().tensors[t].values[i], x0.tensors[t].values[i] + 4.0f, 1e-5);
+    }
+  }
+  ASSERT_EQ(v->applied.size(), 2u);
+  EXPECT_NEAR(v->applied[0].weight, 0.25, 1e-6);
+  EXPECT_NEAR(v->applied[1].weight, 0.75, 1e-6);
+  EXPECT_EQ(v->applied[1].client_id, "c2");
+  EXPECT_EQ(v->content_hash, ToHex(HashAdapter(h.engine().state())));
+}
+
+TEST(EngineTest, FedBuffDownWeightsStaleUpdatesAndRecordsStaleness) {
+  EngineOptions o = FedBuff(1);
+  o.staleness = {StalenessFn::kPolynomial, 0.5, 4, 20};
+  EngineHarness h(o);
+  h.Feed(MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 0.0f)));  // v1, no change
+  h.Feed(MakeUpdate("u2", "c1", 1, ConstantState(SmallSpec(), 0.0f)));  // v2
+  h.Feed(MakeUpdate("u3", "c1", 2, ConstantState(SmallSpec(), 0.0f)));  // v3
+  const float before = h.engine().state().tensors[0].values[0];
+  auto v = h.Feed(MakeUpdate("u4", "c2", 0, ConstantState(SmallSpec(), 2.0f)));  // tau = 3
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->applied[0].staleness, 3u);
+  EXPECT_EQ(v->max_staleness, 3u);
+  EXPECT_FLOAT_EQ(v->mean_staleness, 3.0f);
+  EXPECT_NEAR(h.engine().state().tensors[0].values[0], before + 2.0f * 0.5f, 1e-6);  // s(3) = 1/2
+}
+
+TEST(EngineTest, FedAsyncMixesFreshUpdateWithAlpha) {
+  EngineOptions o;
+  o.mode = wire::Mode::FedAsync;
+  o.fedasync_alpha = 0.5;
+  EngineHarness h(o);
+  const float x0 = h.engine().state().tensors[2].values[1];
+  auto v = h.Feed(MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 2.0f)));
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->version, 1u);
+  // (1 - a) x + a (x + d) = x + a d
+  EXPECT_NEAR(h.engine().state().tensors[2].values[1], x0 + 1.0f, 1e-6);
+}
+
+TEST(EngineTest, FedAsyncMixesStaleUpdateAgainstItsBaseVersion) {
+  EngineOptions o;
+  o.mode = wire::Mode::FedAsync;
+  o.fedasync_alpha = 0.5;
+  o.staleness.fn = StalenessFn::kConstant;
+  EngineHarness h(o);
+  h.Feed(MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 4.0f)));  // v1 = x0 + 2
+  const float x_base = h.version(0).tensors[0].values[0];
+  const float x_now = h.engine().state().tensors[0].values[0];
+  h.Feed(MakeUpdate("u2", "c2", 0, ConstantState(SmallSpec(), 1.0f)));  // tau = 1, base v0
+  EXPECT_NEAR(h.engine().state().tensors[0].values[0], 0.5f * x_now + 0.5f * (x_base + 1.0f), 1e-6);
+}
+
+TEST(EngineTest, FedAsyncLeavesTensorsTheUpdateDoesNotCarry) {
+  EngineOptions o;
+  o.mode = wire::Mode::FedAsync;
+  EngineHarness h(o);
+  const AdapterState before = h.engine().state();
+  AdapterState only_b = ConstantState(SmallSpec(), 1.0f);
+  only_b.tensors = {only_b.tensors[1]};
+  ASSERT_TRUE(h.Feed(MakeUpdate("u1", "c1", 0, only_b)));
+  EXPECT_EQ(h.engine().state().tensors[0].values, before.tensors[0].values);
+  EXPECT_NE(h.engine().state().tensors[1].values, before.tensors[1].values);
+}
+
+TEST(EngineTest, UpdatesPastMaxStalenessAreDroppedAndRecorded) {
+  EngineOptions o = FedBuff(1);
+  o.staleness.max_staleness = 1;
+  EngineHarness h(o);
+  h.Feed(MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 0.1f)));  // v1
+  h.Feed(MakeUpdate("u2", "c1", 1, ConstantState(SmallSpec(), 0.1f)));  // v2
+  const AdapterState before = h.engine().state();
+  EXPECT_FALSE(h.Feed(MakeUpdate("late", "slow", 0, ConstantState(SmallSpec(), 9.0f))));  // tau 2
+  EXPECT_EQ(h.engine().state().tensors[0].values, before.tensors[0].values);
+  auto v = h.Feed(MakeUpdate("u3", "c1", 2, ConstantState(SmallSpec(), 0.1f)));
+  ASSERT_TRUE(v);
+  ASSERT_EQ(v->dropped.size(), 1u);
+  EXPECT_EQ(v->dropped[0].update_id, "late");
+  EXPECT_EQ(v->dropped[0].reason, "max-staleness");
+  EXPECT_EQ(v->dropped[0].staleness, 2u);
+  EXPECT_EQ(v->dropped[0].seq, 3u);
+  EXPECT_EQ(v->consumed_seq, 4u);
+}
+
+TEST(EngineTest, UpdateFromTheFutureIsDropped) {
+  EngineHarness h(FedBuff(1));
+  EXPECT_FALSE(h.Feed(MakeUpdate("u1", "c1", 5, ConstantState(SmallSpec(), 1.0f))));
+  auto v = h.Feed(MakeUpdate("u2", "c1", 0, ConstantState(SmallSpec(), 1.0f)));
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->dropped.at(0).reason, "future-base");
+}
+
+TEST(EngineTest, UpdateNotMatchingTheSpecIsDroppedWithItsReason) {
+  EngineHarness h(FedBuff(1));
+  AdapterState bad = ConstantState(SmallSpec(), 1.0f);
+  bad.tensors[0].shape = {6};
+  EXPECT_FALSE(h.Feed(MakeUpdate("bad", "c1", 0, bad)));
+  auto v = h.Feed(MakeUpdate("u2", "c1", 0, ConstantState(SmallSpec(), 1.0f)));
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->dropped.at(0).reason.rfind("invalid: ", 0), 0u) << v->dropped.at(0).reason;
+}
+
+TEST(EngineTest, SyncRoundTakesOneFreshUpdatePerClient) {
+  EngineOptions o;
+  o.mode = wire::Mode::Sync;
+  o.round_size = 2;
+  EngineHarness h(o);
+  const float x0 = h.engine().state().tensors[0].values[0];
+  EXPECT_FALSE(h.Feed(MakeUpdate("a1", "a", 0, ConstantState(SmallSpec(), 1.0f), 10)));
+  EXPECT_FALSE(h.Feed(MakeUpdate("a2", "a", 0, ConstantState(SmallSpec(), 100.0f), 10)));  // repeat client
+  auto v = h.Feed(MakeUpdate("b1", "b", 0, ConstantState(SmallSpec(), 3.0f), 30));
+  ASSERT_TRUE(v);
+  EXPECT_NEAR(h.engine().state().tensors[0].values[0], x0 + (10 * 1.0f + 30 * 3.0f) / 40.0f, 1e-5);
+  ASSERT_EQ(v->dropped.size(), 1u);
+  EXPECT_EQ(v->dropped[0].reason, "repeat-client-in-round");
+  // An update trained on the previous round's version is stale in the new round.
+  EXPECT_FALSE(h.Feed(MakeUpdate("a3", "a", 0, ConstantState(SmallSpec(), 1.0f))));
+  h.Feed(MakeUpdate("a4", "a", 1, ConstantState(SmallSpec(), 1.0f)));
+  auto v2 = h.Feed(MakeUpdate("b2", "b", 1, ConstantState(SmallSpec(), 1.0f)));
+  ASSERT_TRUE(v2);
+  EXPECT_EQ(v2->dropped.at(0).reason, "stale-round");
+}
+
+TEST(EngineTest, OutOfOrderRecordIsAnError) {
+  EngineHarness h(FedBuff(1));
+  codec::Bytes u = MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 1.0f));
+  auto r = h.engine().Consume(2, testing::AsUpdate(u));
+  EXPECT_EQ(r.status().code(), Code::kFailedPrecondition);
+}
+
+TEST(EngineTest, SameLogReplaysToBitIdenticalVersions) {
+  std::vector<codec::Bytes> log;
+  for (int i = 0; i < 12; ++i) {
+    log.push_back(MakeUpdate("u" + std::to_string(i), "c" + std::to_string(i % 3), i / 4,
+                             FilledState(SmallSpec(), 0.37f * static_cast<float>(i % 5) - 0.8f), 7 + i));
+  }
+  EngineOptions o = FedBuff(3);
+  EngineHarness a(o), b(o);
+  std::vector<std::string> hashes_a, hashes_b;
+  for (const auto& u : log) {
+    if (auto v = a.Feed(u)) hashes_a.push_back(v->content_hash);
+    if (auto v = b.Feed(u)) hashes_b.push_back(v->content_hash);
+  }
+  EXPECT_EQ(hashes_a.size(), 4u);
+  EXPECT_EQ(hashes_a, hashes_b);
+}
+
+TEST(EngineTest, RejectsInvalidOptions) {
+  EngineOptions o = FedBuff(0);
+  EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
+  o = EngineOptions{};
+  o.fedasync_alpha = 1.5;
+  EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
+  o = EngineOptions{};
+  o.method = "mystery";
+  EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace fedlora::aggregator

@@ -1,0 +1,82 @@
+#include "storage/adapter_store.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/testing/fixtures.h"
+
+namespace fedlora::storage {
+namespace {
+
+std::span<const std::byte> B(const std::string& s) { return {reinterpret_cast<const std::byte*>(s.data()), s.size()}; }
+
+std::unique_ptr<AdapterStore> OpenStore(const std::string& path, bool read_only = false) {
+  AdapterStoreOptions o;
+  o.path = path;
+  o.read_only = read_only;
+  auto s = AdapterStore::Open(o);
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return s.ok() ? std::move(*s) : nullptr;
+}
+
+TEST(AdapterStoreTest, CommitWritesVersionLineageAndCursorTogether) {
+  testing::TempDir dir;
+  auto store = OpenStore(dir.path("adapters"));
+  const std::string g0 = "global-0", r0 = "record-0", g1 = "global-1", r1 = "record-1";
+  ASSERT_TRUE(store->Commit({"a", 0, 0, B(g0), B(r0)}).ok());
+  ASSERT_TRUE(store->Commit({"a", 1, 17, B(g1), B(r1)}).ok());
+  auto cursor = store->GetCursor("a");
+  ASSERT_TRUE(cursor.ok() && cursor->has_value());
+  EXPECT_EQ((*cursor)->version, 1u);
+  EXPECT_EQ((*cursor)->consumed_seq, 17u);
+  EXPECT_EQ(*store->GetGlobal("a", 1), g1);
+  EXPECT_EQ(*store->GetRecord("a", 0), r0);
+  EXPECT_EQ(store->GetRecords("a", 0, 10)->size(), 2u);
+  EXPECT_EQ(store->GetRecords("a", 1, 1)->front(), r1);
+}
+
+TEST(AdapterStoreTest, FirstVersionMustBeZero) {
+  testing::TempDir dir;
+  auto store = OpenStore(dir.path("adapters"));
+  const std::string g = "g";
+  EXPECT_EQ(store->Commit({"a", 1, 0, B(g), B(g)}).code(), Code::kFailedPrecondition);
+  EXPECT_FALSE(store->GetCursor("a")->has_value());
+}
+
+TEST(AdapterStoreTest, VersionCannotBeSkippedOrReused) {
+  testing::TempDir dir;
+  auto store = OpenStore(dir.path("adapters"));
+  const std::string g = "g";
+  ASSERT_TRUE(store->Commit({"a", 0, 0, B(g), B(g)}).ok());
+  ASSERT_TRUE(store->Commit({"a", 1, 3, B(g), B(g)}).ok());
+  EXPECT_EQ(store->Commit({"a", 1, 5, B(g), B(g)}).code(), Code::kFailedPrecondition);  // reused
+  EXPECT_EQ(store->Commit({"a", 3, 5, B(g), B(g)}).code(), Code::kFailedPrecondition);  // skipped
+  EXPECT_EQ((*store->GetCursor("a"))->version, 1u);
+  EXPECT_EQ((*store->GetCursor("a"))->consumed_seq, 3u);
+}
+
+TEST(AdapterStoreTest, CursorCannotMoveBackwards) {
+  testing::TempDir dir;
+  auto store = OpenStore(dir.path("adapters"));
+  const std::string g = "g";
+  ASSERT_TRUE(store->Commit({"a", 0, 10, B(g), B(g)}).ok());
+  EXPECT_EQ(store->Commit({"a", 1, 9, B(g), B(g)}).code(), Code::kFailedPrecondition);
+  EXPECT_FALSE(store->GetGlobal("a", 1).ok());  // nothing of the refused commit was written
+}
+
+TEST(AdapterStoreTest, CommittedVersionsSurviveReopenAndAreReadableReadOnly) {
+  testing::TempDir dir;
+  const std::string g = std::string(10000, 'v');  // large enough for a blob file
+  {
+    auto store = OpenStore(dir.path("adapters"));
+    ASSERT_TRUE(store->Commit({"a", 0, 0, B(g), B("r")}).ok());
+    ASSERT_TRUE(store->Commit({"b", 0, 0, B(g), B("r")}).ok());
+  }
+  auto ro = OpenStore(dir.path("adapters"), true);
+  EXPECT_EQ(*ro->GetGlobal("a", 0), g);
+  EXPECT_EQ(*ro->Adapters(), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(ro->Commit({"a", 1, 0, B(g), B("r")}).code(), Code::kFailedPrecondition);
+  EXPECT_EQ(ro->GetGlobal("a", 7).status().code(), Code::kNotFound);
+}
+
+}  // namespace
+}  // namespace fedlora::storage

@@ -1,0 +1,163 @@
+#include "storage/update_log.h"
+
+#include <gtest/gtest.h>
+
+#include "tests/testing/fixtures.h"
+
+namespace fedlora::storage {
+namespace {
+
+std::span<const std::byte> B(const std::string& s) { return {reinterpret_cast<const std::byte*>(s.data()), s.size()}; }
+
+std::unique_ptr<UpdateLog> OpenLog(const std::string& path, bool read_only = false) {
+  UpdateLogOptions o;
+  o.path = path;
+  o.read_only = read_only;
+  o.min_blob_size = 16;  // exercise blob files with small values
+  auto log = UpdateLog::Open(o);
+  EXPECT_TRUE(log.ok()) << log.status().ToString();
+  return log.ok() ? std::move(*log) : nullptr;
+}
+
+TEST(UpdateLogTest, AssignsIncreasingSequenceNumbersPerAdapter) {
+  testing::TempDir dir;
+  auto log = OpenLog(dir.path("log"));
+  const std::string a = "payload-a-0123456789", b = "payload-b-0123456789", c = "payload-c-0123456789";
+  std::vector<LogAppend> items = {{"x", "c1", "u1", B(a)}, {"y", "c1", "u2", B(b)}, {"x", "c2", "u1", B(c)}};
+  auto results = log->AppendBatch(items);
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[0]->seq, 1u);
+  EXPECT_EQ(results[1]->seq, 1u);  // adapter y has its own sequence
+  EXPECT_EQ(results[2]->seq, 2u);
+  EXPECT_EQ(log->LastSeq("x"), 2u);
+  EXPECT_EQ(log->LastSeq("y"), 1u);
+  EXPECT_EQ(log->LastSeq("z"), 0u);
+  auto read = log->Read("x", 1, 10, 1 << 20);
+  ASSERT_TRUE(read.ok());
+  ASSERT_EQ(read->size(), 2u);
+  EXPECT_EQ((*read)[0].bytes, a);
+  EXPECT_EQ((*read)[1].bytes, c);
+}
+
+TEST(UpdateLogTest, RetriedPublishIsLoggedOnce) {
+  testing::TempDir dir;
+  auto log = OpenLog(dir.path("log"));
+  const std::string bytes = "the same update bytes";
+  LogAppend item{"x", "c1", "u1", B(bytes)};
+  auto first = log->AppendBatch({&item, 1});
+  auto retry = log->AppendBatch({&item, 1});
+  ASSERT_TRUE(first[0].ok());
+  ASSERT_TRUE(retry[0].ok());
+  EXPECT_FALSE(first[0]->duplicate);
+  EXPECT_TRUE(retry[0]->duplicate);
+  EXPECT_EQ(first[0]->seq, retry[0]->seq);
+  EXPECT_EQ(log->LastSeq("x"), 1u);
+}
+
+TEST(UpdateLogTest, RetryWithinOneBatchIsLoggedOnce) {
+  testing::TempDir dir;
+  auto log = OpenLog(dir.path("log"));
+  const std::string bytes = "racing retry";
+  std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes)}, {"x", "c1", "u1", B(bytes)}};
+  auto r = log->AppendBatch(items);
+  EXPECT_EQ(r[0]->seq, 1u);
+  EXPECT_TRUE(r[1]->duplicate);
+  EXPECT_EQ(r[1]->seq, 1u);
+  EXPECT_EQ(log->LastSeq("x"), 1u);
+}
+
+TEST(UpdateLogTest, ReusedIdWithDifferentContentIsRejected) {
+  testing::TempDir dir;
+  auto log = OpenLog(dir.path("log"));
+  const std::string one = "first content", two = "other content";
+  LogAppend a{"x", "c1", "u1", B(one)};
+  LogAppend b{"x", "c1", "u1", B(two)};
+  ASSERT_TRUE(log->AppendBatch({&a, 1})[0].ok());
+  auto r = log->AppendBatch({&b, 1});
+  EXPECT_EQ(r[0].status().code(), Code::kAlreadyExists);
+  EXPECT_EQ(log->LastSeq("x"), 1u);
+}
+
+TEST(UpdateLogTest, SameUpdateIdFromAnotherClientIsADifferentUpdate) {
+  testing::TempDir dir;
+  auto log = OpenLog(dir.path("log"));
+  const std::string bytes = "x";
+  std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes)}, {"x", "c2", "u1", B(bytes)}};
+  auto r = log->AppendBatch(items);
+  EXPECT_FALSE(r[1]->duplicate);
+  EXPECT_EQ(r[1]->seq, 2u);
+}
+
+TEST(UpdateLogTest, RecordsAndIdempotencySurviveReopen) {
+  testing::TempDir dir;
+  const std::string bytes = "durable update";
+  {
+    auto log = OpenLog(dir.path("log"));
+    std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes)}, {"x", "c1", "u2", B(bytes)}};
+    log->AppendBatch(items);
+  }
+  auto log = OpenLog(dir.path("log"));
+  EXPECT_EQ(log->LastSeq("x"), 2u);
+  LogAppend retry{"x", "c1", "u2", B(bytes)};
+  auto r = log->AppendBatch({&retry, 1});
+  EXPECT_TRUE(r[0]->duplicate);
+  EXPECT_EQ(r[0]->seq, 2u);
+  LogAppend fresh{"x", "c1", "u3", B(bytes)};
+  EXPECT_EQ(log->AppendBatch({&fresh, 1})[0]->seq, 3u);
+  EXPECT_EQ(log->Adapters(), std::vector<std::string>{"x"});
+}
+
+TEST(UpdateLogTest, ReadRespectsCountAndByteLimits) {
+  testing::TempDir dir;
+  auto log = OpenLog(dir.path("log"));
+  const std::string bytes(100, 'z');
+  std::vector<std::string> ids;
+  for (int i = 0; i < 10; ++i) ids.push_back("u" + std::to_string(i));
+  std::vector<LogAppend> items;
+  for (const auto& id : ids) items.push_back({"x", "c", id, B(bytes)});
+  log->AppendBatch(items);
+  EXPECT_EQ(log->Read("x", 3, 4, 1 << 20)->size(), 4u);
+  EXPECT_EQ(log->Read("x", 3, 4, 1 << 20)->front().seq, 3u);
+  EXPECT_EQ(log->Read("x", 1, 100, 250)->size(), 2u);
+  EXPECT_EQ(log->Read("x", 1, 100, 10)->size(), 1u);  // always at least one
+  EXPECT_TRUE(log->Read("x", 11, 100, 1 << 20)->empty());
+}
+
+TEST(UpdateLogTest, ReadOnlyOpenSeesRecordsAndRefusesAppends) {
+  testing::TempDir dir;
+  const std::string bytes = "record";
+  {
+    auto log = OpenLog(dir.path("log"));
+    LogAppend a{"x", "c", "u", B(bytes)};
+    log->AppendBatch({&a, 1});
+  }
+  auto ro = OpenLog(dir.path("log"), true);
+  EXPECT_EQ(ro->LastSeq("x"), 1u);
+  LogAppend b{"x", "c", "v", B(bytes)};
+  EXPECT_EQ(ro->AppendBatch({&b, 1})[0].status().code(), Code::kFailedPrecondition);
+}
+
+TEST(UpdateLogTest, ReadOnlyOpenOfMissingStoreIsNotFound) {
+  testing::TempDir dir;
+  UpdateLogOptions o;
+  o.path = dir.path("nothing-here");
+  o.read_only = true;
+  EXPECT_EQ(UpdateLog::Open(o).status().code(), Code::kNotFound);
+}
+
+TEST(UpdateLogTest, KeepsTheLatestGlobalPerAdapter) {
+  testing::TempDir dir;
+  const std::string g1 = "global-1", g2 = "global-2";
+  {
+    auto log = OpenLog(dir.path("log"));
+    ASSERT_TRUE(log->PutGlobal("x", B(g1)).ok());
+    ASSERT_TRUE(log->PutGlobal("x", B(g2)).ok());
+    EXPECT_FALSE(log->GetGlobal("y")->has_value());
+  }
+  auto log = OpenLog(dir.path("log"));
+  EXPECT_EQ(**log->GetGlobal("x"), g2);
+  EXPECT_EQ(log->AdaptersWithGlobal(), std::vector<std::string>{"x"});
+}
+
+}  // namespace
+}  // namespace fedlora::storage

@@ -1,0 +1,352 @@
+#include "worker/client.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <optional>
+#include <random>
+#include <thread>
+#include <zmq.hpp>
+
+#include "schema/codec.h"
+#include "schema/transport.h"
+#include "schema/validate.h"
+#include "worker/model.h"
+#include "worker/train.h"
+
+namespace fedlora::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = [] {
+    auto l = spdlog::get("worker");
+    return l ? l : spdlog::default_logger()->clone("worker");
+  }();
+  return logger;
+}
+
+std::string SessionTag() {
+  std::random_device rd;
+  return fmt::format("{:08x}", rd());
+}
+
+uint64_t Mix(uint64_t a, uint64_t b) {
+  uint64_t x = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+  x ^= x >> 31;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  return x ^ (x >> 29);
+}
+
+uint64_t HashString(std::string_view s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ULL;
+  return h;
+}
+
+WorkerEvent Event(WorkerEvent::Kind kind, uint64_t version) {
+  WorkerEvent e;
+  e.kind = kind;
+  e.version = version;
+  return e;
+}
+
+std::string_view IdOf(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
+
+// Sleeps until `d` passes or `stop` is requested.
+void WaitFor(std::stop_token stop, std::chrono::milliseconds d) {
+  std::mutex m;
+  std::condition_variable_any cv;
+  std::unique_lock lock(m);
+  cv.wait_for(lock, stop, d, [] { return false; });
+}
+
+class WorkerImpl final : public Worker {
+ public:
+  WorkerImpl(WorkerOptions options, std::shared_ptr<const Dataset> data, std::vector<size_t> shard)
+      : options_(std::move(options)), data_(std::move(data)), shard_(std::move(shard)), session_(SessionTag()) {}
+
+  const WorkerStats& Stats() const override { return stats_; }
+
+  Status Run(std::stop_token stop) override {
+    Connect();
+    std::optional<codec::DecodedGlobal> global;
+    uint64_t counter = 0;
+    int64_t last_trained_base = -1;
+    while (!stop.stop_requested()) {
+      if (!global) {
+        ASSIGN_OR_RETURN(global, FetchUntilAvailable(stop));
+        if (!global) break;  // stopped
+        RETURN_IF_ERROR(PrepareModel(*global));
+      }
+      if (global->info.final) {
+        Emit(Event(WorkerEvent::Kind::kFinal, global->info.version));
+        Log()->info("client={} adapter={} is final at version={}; leaving", options_.client_id,
+                    options_.adapter_id, global->info.version);
+        break;
+      }
+      if (options_.max_updates > 0 && stats_.updates_acked >= options_.max_updates) break;
+      if (global->info.mode == wire::Mode::Sync &&
+          static_cast<int64_t>(global->info.version) == last_trained_base) {
+        // Barrier baseline: one contribution per version; wait for the next one.
+        ASSIGN_OR_RETURN(auto newer, WaitForNewer(stop, global->info.version));
+        if (newer) {
+          global = std::move(newer);
+          RETURN_IF_ERROR(model_->LoadAdapter(global->state));
+        }
+        continue;
+      }
+
+      LocalTrainOptions train;
+      train.steps = options_.training.steps;
+      train.batch_size = options_.training.batch_size;
+      train.lr = options_.training.lr;
+      train.speed_factor = options_.training.speed_factor;
+      train.seed = Mix(Mix(options_.seed, HashString(options_.client_id)), counter);
+      RETURN_IF_ERROR(model_->LoadAdapter(global->state));
+      LocalTrainResult trained = TrainLocal(*model_, *data_, shard_, train, stop);
+      if (trained.stopped) break;
+      last_trained_base = static_cast<int64_t>(global->info.version);
+
+      AdapterState delta = model_->ExportAdapter();
+      for (size_t t = 0; t < delta.tensors.size(); ++t) {
+        auto& d = delta.tensors[t].values;
+        const auto& g = global->state.tensors[t].values;
+        for (size_t i = 0; i < d.size(); ++i) d[i] -= g[i];
+      }
+      codec::UpdateHeader header;
+      header.update_id = fmt::format("{}-{}-{}", options_.client_id, session_, counter++);
+      header.client_id = options_.client_id;
+      header.adapter_id = options_.adapter_id;
+      header.base_version = global->info.version;
+      header.num_samples = trained.samples;
+      header.local_steps = trained.steps;
+      header.train_loss = trained.mean_loss;
+      codec::Bytes update = codec::BuildUpdate(header, delta);
+      ASSIGN_OR_RETURN(bool keep_going, PublishUntilAcked(stop, header, update, trained.mean_loss));
+      if (!keep_going) break;
+
+      ASSIGN_OR_RETURN(auto newer, Fetch(stop, static_cast<int64_t>(global->info.version)));
+      if (newer) {
+        global = std::move(newer);
+        stats_.latest_version = global->info.version;
+      }
+    }
+    return Status::Ok();
+  }
+
+ private:
+  void Emit(WorkerEvent e) {
+    if (options_.on_event) options_.on_event(e);
+  }
+
+  void Connect() {
+    socket_.emplace(ctx_, zmq::socket_type::dealer);
+    transport::Configure(*socket_, 100);
+    socket_->connect(options_.broker);
+    if (!sub_) {
+      sub_.emplace(ctx_, zmq::socket_type::sub);
+      transport::Configure(*sub_, 100);
+      sub_->set(zmq::sockopt::subscribe, options_.adapter_id);
+      sub_->connect(options_.announce);
+    }
+  }
+
+  // Lazy Pirate: a request that gets no reply in time is resent on a fresh socket, so a reply
+  // to an abandoned attempt can never be mistaken for the current one.
+  void Reconnect() {
+    stats_.retries++;
+    socket_.reset();
+    Connect();
+  }
+
+  Status PrepareModel(const codec::DecodedGlobal& g) {
+    ModelOptions mo;
+    mo.arch = g.spec.model;
+    mo.lora_rank = g.spec.rank;
+    mo.lora_alpha = g.spec.alpha;
+    mo.lora_seed = g.spec.seed;
+    mo.target_modules = g.spec.target_modules;
+    ASSIGN_OR_RETURN(model_, Model::Create(mo));
+    RETURN_IF_ERROR(model_->LoadBase(options_.base_path).WithContext("load base model"));
+    model_->SetPretraining(false);
+    RETURN_IF_ERROR(CheckStateMatchesSpec(g.spec, model_->ExportAdapter())
+                        .WithContext("the local model does not match the adapter spec"));
+    RETURN_IF_ERROR(model_->LoadAdapter(g.state));
+    stats_.latest_version = g.info.version;
+    return Status::Ok();
+  }
+
+  // Sends `body` and waits for the first reply frame. nullopt on timeout (socket reset).
+  std::optional<zmq::message_t> Request(std::stop_token stop, const codec::Bytes& body,
+                                        const std::function<bool(const wire::Envelope&)>& matches) {
+    std::vector<zmq::message_t> frames;
+    frames.emplace_back(body.data(), body.size());
+    if (!transport::SendMultipart(*socket_, frames)) {
+      Reconnect();
+      return std::nullopt;
+    }
+    const auto deadline = Clock::now() + options_.request_timeout;
+    while (!stop.stop_requested() && Clock::now() < deadline) {
+      std::vector<zmq::pollitem_t> items = {{socket_->handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, std::chrono::milliseconds(100));
+      while (transport::TryRecvMultipart(*socket_, frames)) {
+        if (frames.size() != 1) continue;
+        auto env = codec::VerifyEnvelope(transport::View(frames[0]));
+        if (env.ok() && matches(**env)) return std::move(frames[0]);
+      }
+    }
+    if (!stop.stop_requested()) {
+      Log()->warn("client={} no reply from broker={} within {} ms; reconnecting", options_.client_id,
+                  options_.broker, options_.request_timeout.count());
+      Reconnect();
+    }
+    return std::nullopt;
+  }
+
+  // One fetch round trip. Returns the newer global, nullopt when `have` is current (or on a
+  // lost reply, which the next fetch repairs), or an error for an unusable global.
+  Result<std::optional<codec::DecodedGlobal>> Fetch(std::stop_token stop, int64_t have,
+                                                    Status* not_found = nullptr) {
+    auto reply = Request(stop, codec::BuildFetch(options_.adapter_id, have), [](const wire::Envelope& e) {
+      return e.body_type() == wire::Body::GlobalAdapter || e.body_type() == wire::Body::Announce ||
+             (e.body_type() == wire::Body::Error && IdOf(e.body_as_Error()->update_id()).empty());
+    });
+    if (!reply) return std::optional<codec::DecodedGlobal>();
+    const auto* env = wire::GetEnvelope(reply->data());
+    if (env->body_type() == wire::Body::Error) {
+      if (not_found) *not_found = codec::StatusFromError(*env->body_as_Error());
+      return std::optional<codec::DecodedGlobal>();
+    }
+    if (env->body_type() == wire::Body::Announce) return std::optional<codec::DecodedGlobal>();
+    ASSIGN_OR_RETURN(auto decoded, codec::DecodeGlobal(*env->body_as_GlobalAdapter()));
+    if (decoded.info.adapter_id != options_.adapter_id) {
+      return InvalidArgument(fmt::format("broker sent adapter '{}' for '{}'", decoded.info.adapter_id,
+                                         options_.adapter_id));
+    }
+    if (have >= 0 && decoded.info.version <= static_cast<uint64_t>(have)) {
+      return std::optional<codec::DecodedGlobal>();
+    }
+    Emit(Event(WorkerEvent::Kind::kFetched, decoded.info.version));
+    return std::optional<codec::DecodedGlobal>(std::move(decoded));
+  }
+
+  Result<std::optional<codec::DecodedGlobal>> FetchUntilAvailable(std::stop_token stop) {
+    auto backoff = std::chrono::milliseconds(200);
+    while (!stop.stop_requested()) {
+      Status not_found;
+      ASSIGN_OR_RETURN(auto g, Fetch(stop, -1, &not_found));
+      if (g) return g;
+      if (!not_found.ok()) {
+        Log()->info("client={} waiting for adapter={}: {}", options_.client_id, options_.adapter_id,
+                    not_found.message());
+      }
+      WaitFor(stop, backoff);
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    }
+    return std::optional<codec::DecodedGlobal>();
+  }
+
+  Result<std::optional<codec::DecodedGlobal>> WaitForNewer(std::stop_token stop, uint64_t have) {
+    // An announcement wakes us early; a periodic fetch covers announcements lost to the PUB
+    // socket's slow-joiner window or a broker restart.
+    const auto until = Clock::now() + std::chrono::seconds(1);
+    std::vector<zmq::message_t> frames;
+    while (!stop.stop_requested() && Clock::now() < until) {
+      std::vector<zmq::pollitem_t> items = {{sub_->handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, std::chrono::milliseconds(100));
+      bool announced = false;
+      while (transport::TryRecvMultipart(*sub_, frames)) {
+        if (frames.size() != 2) continue;
+        auto env = codec::VerifyEnvelope(transport::View(frames[1]));
+        if (env.ok() && (*env)->body_type() == wire::Body::Announce &&
+            (*env)->body_as_Announce()->adapter_id()->string_view() == options_.adapter_id &&
+            (*env)->body_as_Announce()->version() > have) {
+          announced = true;
+        }
+      }
+      if (announced) break;
+    }
+    return Fetch(stop, static_cast<int64_t>(have));
+  }
+
+  // Returns false when the worker should stop (adapter final or stop requested).
+  Result<bool> PublishUntilAcked(std::stop_token stop, const codec::UpdateHeader& header,
+                                 const codec::Bytes& update, float loss) {
+    auto backoff = std::chrono::milliseconds(200);
+    const std::string& id = header.update_id;
+    while (!stop.stop_requested()) {
+      auto reply = Request(stop, update, [&id](const wire::Envelope& e) {
+        if (e.body_type() == wire::Body::Ack) return IdOf(e.body_as_Ack()->update_id()) == id;
+        if (e.body_type() == wire::Body::Error) return IdOf(e.body_as_Error()->update_id()) == id;
+        return false;
+      });
+      if (reply) {
+        const auto* env = wire::GetEnvelope(reply->data());
+        if (env->body_type() == wire::Body::Ack) {
+          const auto* ack = env->body_as_Ack();
+          stats_.updates_acked++;
+          if (!ack->duplicate()) stats_.bytes_uploaded += update.size();
+          WorkerEvent e = Event(WorkerEvent::Kind::kPublished, header.base_version);
+          e.update_id = id;
+          e.seq = ack->seq();
+          e.duplicate = ack->duplicate();
+          e.bytes = update.size();
+          e.train_loss = loss;
+          Emit(std::move(e));
+          return true;
+        }
+        const auto* err = env->body_as_Error();
+        Status s = codec::StatusFromError(*err);
+        if (s.code() == Code::kFailedPrecondition) {
+          Log()->info("client={} update={} not accepted: {}", options_.client_id, id, s.message());
+          return false;  // the adapter is final
+        }
+        if (err->retry_after_ms() == 0) {
+          Log()->error("client={} update={} rejected: {}", options_.client_id, id, s.ToString());
+          WorkerEvent e = Event(WorkerEvent::Kind::kRejected, header.base_version);
+          e.update_id = id;
+          e.status = s;
+          Emit(std::move(e));
+          return true;  // permanent: drop this update, train the next
+        }
+        backoff = std::chrono::milliseconds(err->retry_after_ms());
+      }
+      WaitFor(stop, backoff);
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    }
+    return false;
+  }
+
+  WorkerOptions options_;
+  std::shared_ptr<const Dataset> data_;
+  std::vector<size_t> shard_;
+  std::string session_;
+  zmq::context_t ctx_;
+  std::optional<zmq::socket_t> socket_;
+  std::optional<zmq::socket_t> sub_;
+  std::unique_ptr<Model> model_;
+  WorkerStats stats_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Worker>> Worker::Create(WorkerOptions options, std::shared_ptr<const Dataset> data,
+                                               std::vector<size_t> shard) {
+  RETURN_IF_ERROR(ValidateId("client id", options.client_id, 96));
+  RETURN_IF_ERROR(ValidateId("adapter id", options.adapter_id, 128));
+  if (!data) return InvalidArgument("worker has no data");
+  if (shard.empty()) return InvalidArgument(fmt::format("client '{}' has an empty data shard", options.client_id));
+  for (size_t i : shard) {
+    if (i >= data->size()) return InvalidArgument("shard index out of range");
+  }
+  if (options.training.steps == 0 || options.training.batch_size == 0) {
+    return InvalidArgument("local steps and batch size must be positive");
+  }
+  if (!(options.training.speed_factor >= 1.0)) return InvalidArgument("speed factor must be >= 1");
+  if (!(options.training.lr > 0)) return InvalidArgument("learning rate must be positive");
+  return std::unique_ptr<Worker>(new WorkerImpl(std::move(options), std::move(data), std::move(shard)));
+}
+
+}  // namespace fedlora::worker

@@ -1,0 +1,85 @@
+// Worker is a training client of one adapter. It fetches the current global, trains the
+// adapter on its own data shard, publishes the delta as an update (retrying with the same
+// update id until the broker acknowledges it, so a retry is never logged twice), and pulls a
+// newer global whenever one exists. It waits for nobody: in the asynchronous modes it starts
+// its next local run at once; only a global in Sync mode (the barrier baseline) makes it wait
+// for the next version.
+//
+// The model is built from the global's spec (architecture, rank, alpha, LoRA seed) over the
+// frozen base in `base_path`, so a worker holds no state between versions.
+// This header is LibTorch-free; worker/client.cc is not.
+// Thread safety: Run() on one thread; Stats() from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "schema/status.h"
+#include "worker/data.h"
+
+namespace fedlora::worker {
+
+struct WorkerTraining {
+  uint32_t steps = 20;          // optimizer steps per local run
+  uint32_t batch_size = 32;
+  float lr = 0.05f;
+  double speed_factor = 1.0;    // >= 1: emulate a device this many times slower
+};
+
+struct WorkerEvent {
+  enum class Kind { kFetched, kPublished, kRejected, kFinal };
+  Kind kind = Kind::kFetched;
+  uint64_t version = 0;         // global version fetched / trained from
+  std::string update_id;
+  uint64_t seq = 0;             // log position of an acknowledged update
+  bool duplicate = false;
+  size_t bytes = 0;             // size of the published update
+  float train_loss = 0;
+  Status status;                // for kRejected
+};
+
+struct WorkerOptions {
+  std::string client_id = "worker-0";
+  std::string broker = "tcp://127.0.0.1:5555";    // the broker's frontend
+  std::string announce = "tcp://127.0.0.1:5557";  // the broker's announce socket
+  std::string adapter_id = "default";
+  std::string base_path = "fedlora-data/base/vit-tiny.pt";
+  WorkerTraining training;
+  uint64_t seed = 1;                 // batch sampling; combined with client id and run number
+  uint64_t max_updates = 0;          // leave after this many acknowledged updates; 0: until final
+  std::chrono::milliseconds request_timeout{4000};  // then reconnect and resend
+  std::chrono::milliseconds max_backoff{4000};
+  // Called on the worker thread for every fetch, acknowledgement and rejection.
+  std::function<void(const WorkerEvent&)> on_event;
+};
+
+struct WorkerStats {
+  std::atomic<uint64_t> updates_acked{0};
+  std::atomic<uint64_t> bytes_uploaded{0};   // bytes of acknowledged updates
+  std::atomic<uint64_t> retries{0};
+  std::atomic<uint64_t> latest_version{0};
+};
+
+class Worker {
+ public:
+  // `data` must outlive the worker; `shard` indexes this client's examples in it.
+  // Errors: kInvalidArgument (empty shard or client id, bad training options).
+  static Result<std::unique_ptr<Worker>> Create(WorkerOptions options,
+                                                std::shared_ptr<const Dataset> data,
+                                                std::vector<size_t> shard);
+  virtual ~Worker() = default;
+
+  // Trains and publishes until `stop`, max_updates, or a final global. Errors: the base model
+  // cannot be loaded or does not match the adapter spec; a permanent broker rejection of
+  // every update is reported per update through on_event, not as an error.
+  virtual Status Run(std::stop_token stop) = 0;
+  virtual const WorkerStats& Stats() const = 0;
+};
+
+}  // namespace fedlora::worker

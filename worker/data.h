@@ -1,0 +1,66 @@
+// Fashion-MNIST (IDX format, gzip or raw) and the seeded splits the federation uses:
+// a public pretraining split for the frozen base, and a Dirichlet(alpha) non-IID partition
+// of the rest across clients. No LibTorch here, so the splits are testable without it.
+// Thread safety: a loaded Dataset is immutable and may be shared by threads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "schema/status.h"
+
+namespace fedlora::worker {
+
+inline constexpr const char* kDefaultFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+inline constexpr int kImageRows = 28;
+inline constexpr int kImageCols = 28;
+inline constexpr int kImagePixels = kImageRows * kImageCols;
+inline constexpr int kNumClasses = 10;
+
+struct Dataset {
+  std::vector<uint8_t> images;  // size() * 784 pixels, row-major, 0..255
+  std::vector<uint8_t> labels;  // 0..9
+  size_t size() const { return labels.size(); }
+};
+
+enum class Split { kTrain, kTest };
+
+// Reads an IDX image file (magic 0x00000803) and label file (0x00000801); each may be
+// gzip-compressed or raw. Errors: kNotFound (missing file), kDataLoss (bad magic, truncated,
+// count mismatch, label out of range).
+Result<Dataset> LoadIdx(const std::string& images_path, const std::string& labels_path);
+
+// Loads <dir>/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz].
+Result<Dataset> LoadFashionMnist(const std::string& dir, Split split);
+
+struct PublicSplitOptions {
+  double fraction = 0.1;                      // share of the chosen classes' images made public
+  std::vector<int> classes = {0, 1, 2, 3, 5, 7, 8};  // classes the base model sees in pretraining
+  uint64_t seed = 7;
+};
+
+struct PublicSplit {
+  std::vector<size_t> public_indices;   // used only by `fedlora pretrain`
+  std::vector<size_t> private_indices;  // everything else: federated across clients
+};
+
+// Deterministic in (dataset, options).
+PublicSplit SplitPublic(const Dataset& train, const PublicSplitOptions& options);
+
+// Splits `indices` across `num_clients` clients: for every class, client proportions are
+// drawn from Dirichlet(alpha) and that class's indices are dealt out accordingly. Every index
+// lands on exactly one client; every client gets at least `min_per_client` indices when
+// possible (redrawn deterministically otherwise). Deterministic in all arguments.
+// Errors: kInvalidArgument (num_clients == 0, alpha <= 0).
+Result<std::vector<std::vector<size_t>>> DirichletPartition(const Dataset& train,
+                                                            const std::vector<size_t>& indices,
+                                                            int num_clients, double alpha,
+                                                            uint64_t seed,
+                                                            size_t min_per_client = 10);
+
+// Per-class counts of `indices` (size kNumClasses), for logs and tests.
+std::vector<size_t> ClassHistogram(const Dataset& data, const std::vector<size_t>& indices);
+
+}  // namespace fedlora::worker

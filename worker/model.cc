@@ -1,0 +1,572 @@
+#include "worker/model.h"
+
+#include "worker/data.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <set>
+#include <string_view>
+#include <utility>
+
+namespace fedlora::worker {
+namespace {
+
+// Fashion-MNIST pixel statistics (after scaling to [0, 1]).
+constexpr double kPixelMean = 0.2860;
+constexpr double kPixelStd = 0.3530;
+
+// vit-tiny geometry: 7x7 patches of a 28x28 image.
+constexpr int64_t kPatch = 7;
+constexpr int64_t kPatchesPerSide = kImageRows / kPatch;  // 4
+constexpr int64_t kNumPatches = kPatchesPerSide * kPatchesPerSide;
+constexpr int64_t kPatchPixels = kPatch * kPatch;
+static const int64_t kVitDim = getenv("FEDLORA_DIM") ? atoi(getenv("FEDLORA_DIM")) : 64;  // TUNING
+constexpr int64_t kVitHeads = 4;
+static const int64_t kVitMlpDim = 2 * kVitDim;  // TUNING
+static const int kVitDepth = getenv("FEDLORA_DEPTH") ? atoi(getenv("FEDLORA_DEPTH")) : 2;  // TUNING
+// Std of the cls token and positional embedding at initialisation (as in ViT).
+constexpr double kEmbeddingInitStd = 0.02;
+
+// mlp geometry.
+constexpr int64_t kMlpHidden1 = 128;
+constexpr int64_t kMlpHidden2 = 64;
+
+constexpr const char* kArchVitTiny = "vit-tiny";
+constexpr const char* kArchMlp = "mlp";
+// Keys of the base file (torch::serialize archive).
+constexpr const char* kBaseArchKey = "fedlora_arch";
+constexpr const char* kBaseNamesKey = "fedlora_names";
+constexpr int64_t kBaseFormatVersion = 1;
+constexpr const char* kBaseFormatKey = "fedlora_format";
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// A per-tensor seed: stable across processes and platforms, so every client derives the same
+// initial values from the same (seed, name).
+uint64_t DeriveSeed(uint64_t seed, std::string_view name) {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a
+  for (char c : name) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ULL;
+  }
+  return SplitMix64(seed ^ SplitMix64(h));
+}
+
+// Uniform(-bound, bound) values from mt19937_64 with an explicit bits-to-float mapping, so the
+// values do not depend on a standard library's distributions or on LibTorch's generators.
+torch::Tensor SeededUniform(std::vector<int64_t> shape, double bound, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  torch::Tensor t = torch::empty(shape, torch::kFloat);
+  float* data = t.data_ptr<float>();
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1)
+    data[i] = static_cast<float>((2.0 * u - 1.0) * bound);
+  }
+  return t;
+}
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+bool IsLoraTensorName(std::string_view name) {
+  return EndsWith(name, ".lora_A") || EndsWith(name, ".lora_B");
+}
+
+std::vector<uint32_t> ShapeOf(const torch::Tensor& t) {
+  std::vector<uint32_t> shape;
+  for (int64_t d : t.sizes()) shape.push_back(static_cast<uint32_t>(d));
+  return shape;
+}
+
+// x W^T + b for x [..., in], computed as a 1x1 convolution over x viewed as [rows, in, 1, 1].
+// Why: the Debian LibTorch links the reference BLAS, whose sgemm runs the small matrix
+// products here 5-10x slower than oneDNN's convolution kernels (which LibTorch picks for fp32
+// convolutions, forward and backward).
+torch::Tensor Dense(const torch::Tensor& x, const torch::Tensor& weight,
+                    const torch::Tensor& bias = {}) {
+  const int64_t in = weight.size(1);
+  const int64_t out = weight.size(0);
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = out;
+  torch::Tensor y = torch::nn::functional::conv2d(
+      x.reshape({-1, in, 1, 1}), weight.view({out, in, 1, 1}),
+      torch::nn::functional::Conv2dFuncOptions().bias(bias));
+  return y.view(out_shape);
+}
+
+// A linear layer y = x W^T + b, optionally with a LoRA pair: y += scale * (x A^T) B^T.
+// rank 0 makes it a plain linear layer without LoRA parameters.
+class LoraLinearImpl : public torch::nn::Module {
+ public:
+  LoraLinearImpl(int64_t in_features, int64_t out_features, int64_t rank, double scale)
+      : rank_(rank), scale_(scale) {
+    weight = register_parameter("weight", torch::zeros({out_features, in_features}));
+    bias = register_parameter("bias", torch::zeros({out_features}));
+    if (rank_ > 0) {
+      lora_A = register_parameter("lora_A", torch::zeros({rank_, in_features}));
+      lora_B = register_parameter("lora_B", torch::zeros({out_features, rank_}));
+    }
+  }
+
+  // PyTorch's default Linear initialisation bound, drawn from a name-derived seed.
+  void ResetBase(uint64_t seed, std::string_view name) {
+    torch::NoGradGuard no_grad;
+    const double bound = 1.0 / std::sqrt(static_cast<double>(weight.size(1)));
+    weight.copy_(SeededUniform(weight.sizes().vec(), bound,
+                               DeriveSeed(seed, fmt::format("{}.weight", name))));
+    bias.copy_(SeededUniform(bias.sizes().vec(), bound,
+                             DeriveSeed(seed, fmt::format("{}.bias", name))));
+  }
+
+  // A: kaiming-uniform-like bound 1/sqrt(in) (as PEFT does); B: zero so that a fresh adapter
+  // leaves the base's output unchanged.
+  void ResetLora(uint64_t seed, std::string_view name) {
+    if (rank_ == 0) return;
+    torch::NoGradGuard no_grad;
+    const double bound = 1.0 / std::sqrt(static_cast<double>(lora_A.size(1)));
+    lora_A.copy_(SeededUniform(lora_A.sizes().vec(), bound,
+                               DeriveSeed(seed, fmt::format("{}.lora_A", name))));
+    lora_B.zero_();
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::Tensor y = Dense(x, weight, bias);
+    if (rank_ > 0 && lora_enabled_) y = y + scale_ * Dense(Dense(x, lora_A), lora_B);
+    return y;
+  }
+
+  bool has_lora() const { return rank_ > 0; }
+  void set_lora_enabled(bool enabled) { lora_enabled_ = enabled; }
+
+  torch::Tensor weight, bias, lora_A, lora_B;
+
+ private:
+  int64_t rank_;
+  double scale_;
+  bool lora_enabled_ = true;
+};
+TORCH_MODULE(LoraLinear);
+
+// What a network needs to tell the Model wrapper: how to run and which layer is the head.
+class NetImpl : public torch::nn::Module {
+ public:
+  // x: float [N, 28, 28], normalised. Returns logits [N, 10].
+  virtual torch::Tensor forward(const torch::Tensor& x) = 0;
+  virtual LoraLinear& head() = 0;
+};
+
+// Everything a network is built from besides its geometry.
+struct LoraConfig {
+  const std::set<std::string>* targets;  // full module names that carry LoRA
+  int64_t rank;
+  double scale;
+
+  int64_t RankFor(const std::string& name) const { return targets->count(name) ? rank : 0; }
+};
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const std::string& prefix, const LoraConfig& lora) {
+    auto make = [&](const char* name) {
+      return register_module(name, LoraLinear(kVitDim, kVitDim,
+                                              lora.RankFor(fmt::format("{}.{}", prefix, name)),
+                                              lora.scale));
+    };
+    q = make("q");
+    k = make("k");
+    v = make("v");
+    o = make("o");
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    const int64_t n = x.size(0);
+    const int64_t t = x.size(1);
+    constexpr int64_t kHeadDim = kVitDim / kVitHeads;
+    auto split_heads = [&](const torch::Tensor& y) {
+      return y.view({n, t, kVitHeads, kHeadDim}).transpose(1, 2);  // [N, H, T, Dh]
+    };
+    torch::Tensor qh = split_heads(q(x));
+    torch::Tensor kh = split_heads(k(x));
+    torch::Tensor vh = split_heads(v(x));
+    torch::Tensor att =
+        torch::matmul(qh, kh.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(kHeadDim)));
+    torch::Tensor y = torch::matmul(att.softmax(-1), vh);  // [N, H, T, Dh]
+    return o(y.transpose(1, 2).reshape({n, t, kVitDim}));
+  }
+
+  LoraLinear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
+};
+TORCH_MODULE(Attention);
+
+class FeedForwardImpl : public torch::nn::Module {
+ public:
+  FeedForwardImpl(const std::string& prefix, const LoraConfig& lora) {
+    const std::string fc1_name = prefix + ".fc1";
+    const std::string fc2_name = prefix + ".fc2";
+    fc1 = register_module("fc1", LoraLinear(kVitDim, kVitMlpDim, lora.RankFor(fc1_name), lora.scale));
+    fc2 = register_module("fc2", LoraLinear(kVitMlpDim, kVitDim, lora.RankFor(fc2_name), lora.scale));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    return fc2(torch::gelu(fc1(x)));
+  }
+
+  LoraLinear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(FeedForward);
+
+// Pre-LN transformer block.
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const std::string& prefix, const LoraConfig& lora) {
+    norm1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({kVitDim})));
+    attn = register_module("attn", Attention(prefix + ".attn", lora));
+    norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({kVitDim})));
+    mlp = register_module("mlp", FeedForward(prefix + ".mlp", lora));
+  }
+
+  torch::Tensor forward(torch::Tensor x) {
+    x = x + attn(norm1(x));
+    return x + mlp(norm2(x));
+  }
+
+  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
+  Attention attn{nullptr};
+  FeedForward mlp{nullptr};
+};
+TORCH_MODULE(Block);
+
+class VitTinyImpl : public NetImpl {
+ public:
+  explicit VitTinyImpl(const LoraConfig& lora) {
+    patch_embed_ = register_module("patch_embed", LoraLinear(kPatchPixels, kVitDim, 0, 1.0));
+    cls_token_ = register_parameter("cls_token", torch::zeros({1, 1, kVitDim}));
+    pos_embed_ = register_parameter("pos_embed", torch::zeros({1, kNumPatches + 1, kVitDim}));
+    blocks_ = register_module("blocks", torch::nn::ModuleList());
+    for (int i = 0; i < kVitDepth; ++i) {
+      blocks_->push_back(Block(fmt::format("blocks.{}", i), lora));
+    }
+    norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({kVitDim})));
+    head_ = register_module("head", LoraLinear(kVitDim, kNumClasses, 0, 1.0));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) override {
+    const int64_t n = x.size(0);
+    // [N, 28, 28] -> [N, 4, 7, 4, 7] -> [N, 4, 4, 7, 7] -> [N, 16, 49], patches in raster order.
+    torch::Tensor patches = x.reshape({n, kPatchesPerSide, kPatch, kPatchesPerSide, kPatch})
+                                .permute({0, 1, 3, 2, 4})
+                                .reshape({n, kNumPatches, kPatchPixels});
+    torch::Tensor tokens = patch_embed_(patches);
+    tokens = torch::cat({cls_token_.expand({n, 1, kVitDim}), tokens}, 1) + pos_embed_;
+    for (const auto& block : *blocks_) tokens = block->as<BlockImpl>()->forward(tokens);
+    tokens = norm_(tokens);
+    return head_(tokens.select(1, 0));
+  }
+
+  LoraLinear& head() override { return head_; }
+
+  // The non-LoraLinear parameters that need a seeded initialisation.
+  void ResetEmbeddings(uint64_t seed) {
+    torch::NoGradGuard no_grad;
+    // Uniform with the same std as N(0, 0.02): bound = std * sqrt(3).
+    const double bound = kEmbeddingInitStd * std::sqrt(3.0);
+    cls_token_.copy_(SeededUniform(cls_token_.sizes().vec(), bound, DeriveSeed(seed, "cls_token")));
+    pos_embed_.copy_(SeededUniform(pos_embed_.sizes().vec(), bound, DeriveSeed(seed, "pos_embed")));
+  }
+
+  static std::vector<std::string> LoraModules() {
+    std::vector<std::string> names;
+    for (int i = 0; i < kVitDepth; ++i) {
+      for (const char* m : {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc1", "mlp.fc2"}) {
+        names.push_back(fmt::format("blocks.{}.{}", i, m));
+      }
+    }
+    return names;
+  }
+
+ private:
+  LoraLinear patch_embed_{nullptr}, head_{nullptr};
+  torch::Tensor cls_token_, pos_embed_;
+  torch::nn::ModuleList blocks_{nullptr};
+  torch::nn::LayerNorm norm_{nullptr};
+};
+
+class MlpNetImpl : public NetImpl {
+ public:
+  explicit MlpNetImpl(const LoraConfig& lora) {
+    fc1_ = register_module("fc1", LoraLinear(kImagePixels, kMlpHidden1, lora.RankFor("fc1"), lora.scale));
+    fc2_ = register_module("fc2", LoraLinear(kMlpHidden1, kMlpHidden2, lora.RankFor("fc2"), lora.scale));
+    head_ = register_module("head", LoraLinear(kMlpHidden2, kNumClasses, 0, 1.0));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) override {
+    torch::Tensor h = torch::relu(fc1_(x.reshape({x.size(0), kImagePixels})));
+    h = torch::relu(fc2_(h));
+    return head_(h);
+  }
+
+  LoraLinear& head() override { return head_; }
+
+  static std::vector<std::string> LoraModules() { return {"fc1", "fc2"}; }
+
+ private:
+  LoraLinear fc1_{nullptr}, fc2_{nullptr}, head_{nullptr};
+};
+
+std::vector<std::string> LoraModulesOf(const std::string& arch) {
+  return arch == kArchVitTiny ? VitTinyImpl::LoraModules() : MlpNetImpl::LoraModules();
+}
+
+// Wraps a network as a Model: keeps the adapter tensors in Spec() order and the base tensors
+// (everything else) by name.
+class TorchModel final : public Model {
+ public:
+  TorchModel(std::shared_ptr<NetImpl> net, AdapterSpec spec)
+      : net_(std::move(net)), spec_(std::move(spec)) {
+    for (const auto& item : net_->named_modules()) {
+      if (auto* layer = item.value()->as<LoraLinearImpl>(); layer != nullptr && layer->has_lora()) {
+        lora_layers_.push_back(layer);
+      }
+    }
+    for (const auto& item : net_->named_parameters()) {
+      if (!IsLoraTensorName(item.key()) && spec_.Find(item.key()) < 0) {
+        base_only_params_.push_back(item.value());
+      }
+    }
+    for (const auto& item : net_->named_parameters()) {
+      if (!IsLoraTensorName(item.key())) base_tensors_.emplace_back(item.key(), item.value());
+    }
+    for (const auto& item : net_->named_buffers()) base_tensors_.emplace_back(item.key(), item.value());
+    const auto params = net_->named_parameters();
+    for (const auto& t : spec_.tensors) adapter_tensors_.push_back(params[t.name]);
+    SetPretraining(false);
+  }
+
+  torch::Tensor Forward(const torch::Tensor& images) override {
+    TORCH_CHECK(images.numel() % kImagePixels == 0, "images must hold N x 784 pixels, got shape ",
+                images.sizes());
+    const int64_t n = images.numel() / kImagePixels;
+    torch::Tensor x;
+    if (images.scalar_type() == torch::kUInt8) {
+      x = (images.to(torch::kFloat).div(255.0) - kPixelMean) / kPixelStd;
+    } else {
+      x = images.to(torch::kFloat);
+    }
+    return net_->forward(x.reshape({n, kImageRows, kImageCols}));
+  }
+
+  const AdapterSpec& Spec() const override { return spec_; }
+
+  AdapterState ExportAdapter() const override {
+    AdapterState state;
+    for (size_t i = 0; i < spec_.tensors.size(); ++i) {
+      torch::Tensor t = adapter_tensors_[i].detach().to(torch::kFloat).contiguous();
+      DenseTensor dense;
+      dense.name = spec_.tensors[i].name;
+      dense.shape = spec_.tensors[i].shape;
+      dense.values.assign(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+      state.tensors.push_back(std::move(dense));
+    }
+    return state;
+  }
+
+  Status LoadAdapter(const AdapterState& state) override {
+    RETURN_IF_ERROR(CheckStateMatchesSpec(spec_, state));
+    // Validate everything before the first write so that an error leaves the model unchanged.
+    for (const auto& t : state.tensors) {
+      if (!std::all_of(t.values.begin(), t.values.end(), [](float v) { return std::isfinite(v); })) {
+        return InvalidArgument(fmt::format("tensor '{}' holds non-finite values", t.name));
+      }
+    }
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < state.tensors.size(); ++i) {
+      const auto& t = state.tensors[i];
+      // from_blob does not copy; copy_ below does, so the const_cast never writes.
+      torch::Tensor src = torch::from_blob(const_cast<float*>(t.values.data()),
+                                           adapter_tensors_[i].sizes(), torch::kFloat);
+      adapter_tensors_[i].copy_(src);
+    }
+    return Status::Ok();
+  }
+
+  void SetPretraining(bool pretraining) override {
+    for (auto& p : base_only_params_) p.set_requires_grad(pretraining);
+    for (auto* layer : lora_layers_) {
+      layer->set_lora_enabled(!pretraining);
+      layer->lora_A.set_requires_grad(!pretraining);
+      layer->lora_B.set_requires_grad(!pretraining);
+    }
+    // The head is part of the base (pretraining) and of the adapter (fine-tuning).
+    net_->head()->weight.set_requires_grad(true);
+    net_->head()->bias.set_requires_grad(true);
+  }
+
+  std::vector<torch::Tensor> TrainableParameters() override {
+    std::vector<torch::Tensor> trainable;
+    for (const auto& p : net_->parameters()) {
+      if (p.requires_grad()) trainable.push_back(p);
+    }
+    return trainable;
+  }
+
+  Status SaveBase(const std::string& path) override {
+    try {
+      torch::serialize::OutputArchive archive;
+      archive.write(kBaseFormatKey, c10::IValue(kBaseFormatVersion));
+      archive.write(kBaseArchKey, c10::IValue(spec_.model));
+      // Archive keys become TorchScript attribute names, which must not contain dots: the
+      // tensors go under positional keys and their names in a separate list.
+      c10::List<std::string> names;
+      for (size_t i = 0; i < base_tensors_.size(); ++i) {
+        names.push_back(base_tensors_[i].first);
+        archive.write(fmt::format("t{}", i), base_tensors_[i].second.detach(), /*is_buffer=*/true);
+      }
+      archive.write(kBaseNamesKey, c10::IValue(names));
+      archive.save_to(path);
+    } catch (const c10::Error& e) {
+      return Unavailable(fmt::format("cannot write base model '{}': {}", path, e.what_without_backtrace()));
+    }
+    return Status::Ok();
+  }
+
+  Status LoadBase(const std::string& path) override {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec)) {
+      return NotFound(fmt::format("base model '{}' does not exist", path));
+    }
+    std::vector<torch::Tensor> loaded(base_tensors_.size());
+    try {
+      torch::serialize::InputArchive archive;
+      archive.load_from(path);
+      c10::IValue format, arch, names_value;
+      if (!archive.try_read(kBaseFormatKey, format) || !format.isInt() ||
+          !archive.try_read(kBaseArchKey, arch) || !arch.isString() ||
+          !archive.try_read(kBaseNamesKey, names_value) || !names_value.isList()) {
+        return DataLoss(fmt::format("'{}' is not a fedlora base model file", path));
+      }
+      if (format.toInt() != kBaseFormatVersion) {
+        return DataLoss(fmt::format("'{}' has base format {}, expected {}", path, format.toInt(),
+                                    kBaseFormatVersion));
+      }
+      if (arch.toStringRef() != spec_.model) {
+        return InvalidArgument(fmt::format("'{}' holds a '{}' base, the model is '{}'", path,
+                                           arch.toStringRef(), spec_.model));
+      }
+      const c10::List<c10::IValue> names = names_value.toList();
+      for (size_t i = 0; i < names.size(); ++i) {
+        const c10::IValue name = names.get(i);
+        if (!name.isString()) return DataLoss(fmt::format("'{}': malformed tensor name list", path));
+        const auto it = std::find_if(base_tensors_.begin(), base_tensors_.end(),
+                                     [&](const auto& b) { return b.first == name.toStringRef(); });
+        if (it == base_tensors_.end()) {
+          return InvalidArgument(
+              fmt::format("'{}' holds tensor '{}' that the model lacks", path, name.toStringRef()));
+        }
+        torch::Tensor t;
+        if (!archive.try_read(fmt::format("t{}", i), t, /*is_buffer=*/true)) {
+          return DataLoss(fmt::format("'{}' lacks the values of '{}'", path, name.toStringRef()));
+        }
+        if (!t.sizes().equals(it->second.sizes())) {
+          return InvalidArgument(fmt::format("'{}': tensor '{}' has shape {}, the model needs {}",
+                                             path, it->first, fmt::join(t.sizes(), "x"),
+                                             fmt::join(it->second.sizes(), "x")));
+        }
+        loaded[static_cast<size_t>(it - base_tensors_.begin())] = t;
+      }
+    } catch (const c10::Error& e) {
+      return DataLoss(fmt::format("cannot read base model '{}': {}", path, e.what_without_backtrace()));
+    }
+    for (size_t i = 0; i < loaded.size(); ++i) {
+      if (!loaded[i].defined()) {
+        return DataLoss(fmt::format("'{}' lacks tensor '{}'", path, base_tensors_[i].first));
+      }
+    }
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < loaded.size(); ++i) base_tensors_[i].second.copy_(loaded[i]);
+    return Status::Ok();
+  }
+
+  void Train(bool on) override { net_->train(on); }
+
+ private:
+  std::shared_ptr<NetImpl> net_;
+  AdapterSpec spec_;
+  std::vector<LoraLinearImpl*> lora_layers_;    // owned by net_
+  std::vector<torch::Tensor> adapter_tensors_;  // Spec() order
+  std::vector<torch::Tensor> base_only_params_;  // frozen while fine-tuning
+  std::vector<std::pair<std::string, torch::Tensor>> base_tensors_;  // what SaveBase writes
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
+  if (options.arch != kArchVitTiny && options.arch != kArchMlp) {
+    return InvalidArgument(fmt::format("unknown model architecture '{}' (expected '{}' or '{}')",
+                                       options.arch, kArchVitTiny, kArchMlp));
+  }
+  if (options.lora_rank == 0) return InvalidArgument("LoRA rank must be positive");
+  if (!(options.lora_alpha > 0) || !std::isfinite(options.lora_alpha)) {
+    return InvalidArgument(fmt::format("LoRA alpha must be positive, got {}", options.lora_alpha));
+  }
+  const std::vector<std::string> candidates = LoraModulesOf(options.arch);
+  std::set<std::string> targets;
+  if (options.target_modules.empty()) {
+    targets.insert(candidates.begin(), candidates.end());
+  } else {
+    for (const auto& name : options.target_modules) {
+      if (std::find(candidates.begin(), candidates.end(), name) == candidates.end()) {
+        return InvalidArgument(fmt::format("'{}' has no LoRA-capable module '{}' (known: {})",
+                                           options.arch, name, fmt::join(candidates, ", ")));
+      }
+      targets.insert(name);
+    }
+  }
+
+  try {
+    const LoraConfig lora{&targets, static_cast<int64_t>(options.lora_rank),
+                          static_cast<double>(options.lora_alpha) / options.lora_rank};
+    std::shared_ptr<NetImpl> net;
+    if (options.arch == kArchVitTiny) {
+      auto vit = std::make_shared<VitTinyImpl>(lora);
+      vit->ResetEmbeddings(options.init_seed);
+      net = vit;
+    } else {
+      net = std::make_shared<MlpNetImpl>(lora);
+    }
+
+    AdapterSpec spec;
+    spec.model = options.arch;
+    spec.rank = options.lora_rank;
+    spec.alpha = options.lora_alpha;
+    spec.seed = options.lora_seed;
+    for (const auto& item : net->named_modules()) {
+      auto* layer = item.value()->as<LoraLinearImpl>();
+      if (layer == nullptr) continue;
+      layer->ResetBase(options.init_seed, item.key());
+      if (!layer->has_lora()) continue;
+      layer->ResetLora(options.lora_seed, item.key());
+      spec.target_modules.push_back(item.key());
+      spec.tensors.push_back({item.key() + ".lora_A", ShapeOf(layer->lora_A), TensorRole::kLoraA});
+      spec.tensors.push_back({item.key() + ".lora_B", ShapeOf(layer->lora_B), TensorRole::kLoraB});
+    }
+    spec.tensors.push_back({"head.weight", ShapeOf(net->head()->weight), TensorRole::kDense});
+    spec.tensors.push_back({"head.bias", ShapeOf(net->head()->bias), TensorRole::kDense});
+    return std::unique_ptr<Model>(std::make_unique<TorchModel>(std::move(net), std::move(spec)));
+  } catch (const c10::Error& e) {
+    return Internal(fmt::format("building model '{}': {}", options.arch, e.what_without_backtrace()));
+  }
+}
+
+}  // namespace fedlora::worker

@@ -1,0 +1,217 @@
+#include "worker/train.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <mutex>
+#include <random>
+
+namespace fedlora::worker {
+namespace {
+
+constexpr size_t kEvalBatch = 1000;
+
+// Uniform integer in [0, n) by rejection from raw mt19937_64 output: batch order must not
+// depend on a standard library's distributions.
+uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
+  const uint64_t max = std::numeric_limits<uint64_t>::max();
+  const uint64_t limit = max - max % n;
+  uint64_t x = rng();
+  while (x >= limit) x = rng();
+  return x % n;
+}
+
+void Shuffle(std::vector<size_t>& v, std::mt19937_64& rng) {
+  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[UniformBelow(rng, i)]);
+}
+
+// Visits `indices` in epochs, each in a fresh seeded order: every example is seen once per
+// epoch, which matters for clients that hold only a few hundred examples.
+class BatchSampler {
+ public:
+  BatchSampler(std::vector<size_t> indices, uint64_t seed) : order_(std::move(indices)), rng_(seed) {
+    Shuffle(order_, rng_);
+  }
+
+  std::vector<size_t> Next(size_t batch_size) {
+    std::vector<size_t> batch;
+    batch.reserve(batch_size);
+    while (batch.size() < batch_size) {
+      if (pos_ == order_.size()) {
+        Shuffle(order_, rng_);
+        pos_ = 0;
+      }
+      batch.push_back(order_[pos_++]);
+    }
+    return batch;
+  }
+
+ private:
+  std::vector<size_t> order_;
+  std::mt19937_64 rng_;
+  size_t pos_ = 0;
+};
+
+// Copies the examples into a uint8 image batch [N, 28, 28] and int64 labels [N].
+std::pair<torch::Tensor, torch::Tensor> MakeBatch(const Dataset& data,
+                                                  const std::vector<size_t>& batch) {
+  const auto n = static_cast<int64_t>(batch.size());
+  torch::Tensor images = torch::empty({n, kImageRows, kImageCols}, torch::kUInt8);
+  torch::Tensor labels = torch::empty({n}, torch::kLong);
+  uint8_t* image_data = images.data_ptr<uint8_t>();
+  int64_t* label_data = labels.data_ptr<int64_t>();
+  for (size_t i = 0; i < batch.size(); ++i) {
+    std::memcpy(image_data + i * kImagePixels, data.images.data() + batch[i] * kImagePixels,
+                kImagePixels);
+    label_data[i] = data.labels[batch[i]];
+  }
+  return {images, labels};
+}
+
+// Contiguous examples [begin, end) of `data`.
+std::pair<torch::Tensor, torch::Tensor> MakeRange(const Dataset& data, size_t begin, size_t end) {
+  std::vector<size_t> batch(end - begin);
+  for (size_t i = 0; i < batch.size(); ++i) batch[i] = begin + i;
+  return MakeBatch(data, batch);
+}
+
+// Sleeps for `duration` unless `stop` fires first.
+void SleepUnlessStopped(std::chrono::nanoseconds duration, const std::stop_token& stop) {
+  std::mutex mutex;
+  std::condition_variable_any cv;
+  std::unique_lock lock(mutex);
+  // Nothing but the stop token ever notifies: the predicate is "stop requested".
+  cv.wait_for(lock, stop, duration, [] { return false; });
+}
+
+}  // namespace
+
+LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+                            const LocalTrainOptions& options, std::stop_token stop) {
+  LocalTrainResult result;
+  if (indices.empty() || options.steps == 0 || options.batch_size == 0) return result;
+
+  model.Train(true);
+  // A fresh optimizer per run: workers keep no state between local runs.
+  std::unique_ptr<torch::optim::Optimizer> opt;  // TUNING
+  const char* o = getenv("FEDLORA_OPT");
+  if (o && std::string(o) == "sgd") opt = std::make_unique<torch::optim::SGD>(model.TrainableParameters(), torch::optim::SGDOptions(options.lr).momentum(0.9));
+  else if (o && std::string(o) == "adamw") opt = std::make_unique<torch::optim::AdamW>(model.TrainableParameters(), torch::optim::AdamWOptions(options.lr).weight_decay(0.01));
+  else opt = std::make_unique<torch::optim::Adam>(model.TrainableParameters(), torch::optim::AdamOptions(options.lr));
+  auto& optimizer = *opt;
+  BatchSampler sampler(indices, options.seed);
+  double loss_sum = 0;
+  for (uint32_t step = 0; step < options.steps; ++step) {
+    if (stop.stop_requested()) {
+      result.stopped = true;
+      break;
+    }
+    const auto started = std::chrono::steady_clock::now();
+    auto [images, labels] = MakeBatch(data, sampler.Next(options.batch_size));
+    optimizer.zero_grad();
+    torch::Tensor loss = torch::nn::functional::cross_entropy(model.Forward(images), labels);
+    loss.backward();
+    optimizer.step();
+    loss_sum += loss.item<double>();
+    ++result.steps;
+    result.samples += options.batch_size;
+    if (options.speed_factor > 1.0) {
+      const auto elapsed = std::chrono::steady_clock::now() - started;
+      SleepUnlessStopped(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             elapsed * (options.speed_factor - 1.0)),
+                         stop);
+    }
+  }
+  if (result.steps > 0) result.mean_loss = static_cast<float>(loss_sum / result.steps);
+  return result;
+}
+
+EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples) {
+  EvalResult result;
+  const size_t n = max_samples == 0 ? data.size() : std::min(max_samples, data.size());
+  if (n == 0) return result;
+  torch::NoGradGuard no_grad;
+  model.Train(false);
+  size_t correct = 0;
+  double loss_sum = 0;
+  for (size_t begin = 0; begin < n; begin += kEvalBatch) {
+    const size_t end = std::min(n, begin + kEvalBatch);
+    auto [images, labels] = MakeRange(data, begin, end);
+    torch::Tensor logits = model.Forward(images);
+    loss_sum += torch::nn::functional::cross_entropy(
+                    logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .item<double>();
+    correct += static_cast<size_t>(logits.argmax(1).eq(labels).sum().item<int64_t>());
+  }
+  result.samples = n;
+  result.accuracy = static_cast<double>(correct) / static_cast<double>(n);
+  result.loss = loss_sum / static_cast<double>(n);
+  return result;
+}
+
+Result<PretrainReport> Pretrain(const PretrainOptions& options,
+                                const std::function<void(uint32_t, uint32_t, double)>& progress) {
+  const auto started = std::chrono::steady_clock::now();
+  if (options.out_path.empty()) return InvalidArgument("pretraining needs an output path");
+  if (options.batch_size == 0) return InvalidArgument("pretraining batch size must be positive");
+  ASSIGN_OR_RETURN(const Dataset train, LoadFashionMnist(options.data_dir, Split::kTrain));
+  ASSIGN_OR_RETURN(const Dataset test, LoadFashionMnist(options.data_dir, Split::kTest));
+  const PublicSplit split = SplitPublic(train, options.split);
+  if (split.public_indices.empty()) return InvalidArgument("the public split is empty");
+
+  PretrainReport report;
+  report.public_examples = split.public_indices.size();
+  try {
+    torch::manual_seed(options.seed);
+    ModelOptions model_options = options.model;
+    model_options.init_seed = options.seed;
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Create(model_options));
+    model->SetPretraining(true);
+    model->Train(true);
+    torch::optim::Adam optimizer(model->TrainableParameters(), torch::optim::AdamOptions(options.lr));
+    std::vector<size_t> order = split.public_indices;
+    std::mt19937_64 rng(options.seed);
+    for (uint32_t epoch = 0; epoch < options.epochs; ++epoch) {
+      Shuffle(order, rng);
+      double loss_sum = 0;
+      size_t batches = 0;
+      for (size_t begin = 0; begin < order.size(); begin += options.batch_size) {
+        const size_t end = std::min(order.size(), begin + options.batch_size);
+        auto [images, labels] = MakeBatch(
+            train, std::vector<size_t>(order.begin() + static_cast<ptrdiff_t>(begin),
+                                       order.begin() + static_cast<ptrdiff_t>(end)));
+        optimizer.zero_grad();
+        torch::Tensor loss = torch::nn::functional::cross_entropy(model->Forward(images), labels);
+        loss.backward();
+        optimizer.step();
+        loss_sum += loss.item<double>();
+        ++batches;
+      }
+      if (progress) progress(epoch + 1, options.epochs, loss_sum / static_cast<double>(batches));
+    }
+    model->SetPretraining(false);
+    report.base_test_accuracy = Evaluate(*model, test).accuracy;
+
+    const std::filesystem::path out(options.out_path);
+    if (out.has_parent_path()) {
+      std::error_code ec;
+      std::filesystem::create_directories(out.parent_path(), ec);
+      if (ec) {
+        return Unavailable(fmt::format("cannot create directory '{}': {}",
+                                       out.parent_path().string(), ec.message()));
+      }
+    }
+    RETURN_IF_ERROR(model->SaveBase(options.out_path));
+  } catch (const c10::Error& e) {
+    return Internal(fmt::format("pretraining failed: {}", e.what_without_backtrace()));
+  }
+  report.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  return report;
+}
+
+}  // namespace fedlora::worker

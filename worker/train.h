@@ -1,0 +1,68 @@
+// Local training, evaluation and pretraining on Fashion-MNIST with a worker::Model.
+// Include only from worker/ and ops/: pulls in LibTorch through worker/model.h.
+// Thread safety: each call uses the given model from the calling thread only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "worker/data.h"
+#include "worker/model.h"
+
+namespace fedlora::worker {
+
+struct LocalTrainOptions {
+  uint32_t steps = 20;       // optimizer steps per local run
+  uint32_t batch_size = 32;
+  float lr = 0.05f;          // learning rate of the local optimizer
+  uint64_t seed = 1;         // batch sampling seed (combine with client id and run counter)
+  double speed_factor = 1.0; // >= 1: after each step sleep (factor - 1) x step time, to emulate slow devices
+};
+
+struct LocalTrainResult {
+  uint32_t steps = 0;
+  uint64_t samples = 0;  // examples seen
+  float mean_loss = 0;   // mean training loss over the steps
+  bool stopped = false;  // the stop token fired before all steps ran
+};
+
+// Trains model.TrainableParameters() on batches sampled (with a seeded RNG) from
+// data[indices]. Returns early, with stopped = true, when `stop` is requested.
+LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+                            const LocalTrainOptions& options, std::stop_token stop = {});
+
+struct EvalResult {
+  double accuracy = 0;  // in [0, 1]
+  double loss = 0;      // mean cross-entropy
+  size_t samples = 0;
+};
+
+// Evaluates on the first min(max_samples, data.size()) examples (0: all), in batches.
+EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples = 0);
+
+struct PretrainOptions {
+  ModelOptions model;               // LoRA fields are ignored for the base
+  std::string data_dir = kDefaultFashionMnistDir;
+  PublicSplitOptions split;
+  uint32_t epochs = 12;
+  uint32_t batch_size = 64;
+  float lr = 1e-3f;
+  uint64_t seed = 42;
+  std::string out_path;             // where SaveBase writes the base
+};
+
+struct PretrainReport {
+  size_t public_examples = 0;
+  double base_test_accuracy = 0;    // on the full 10k test set
+  double seconds = 0;
+};
+
+// Builds the frozen base deterministically from the public split and saves it.
+// `progress(epoch, epochs, mean_loss)` is called after every epoch when set.
+Result<PretrainReport> Pretrain(const PretrainOptions& options,
+                                const std::function<void(uint32_t, uint32_t, double)>& progress = {});
+
+}  // namespace fedlora::worker
