@@ -104,7 +104,7 @@ class BrokerImpl final : public Broker {
       }
     }
     Log()->info("stopped logged={} rejected={} duplicates={}", stats_.updates_logged.load(),
-                stats_.updates_rejected.load(), stats_.updates_duplicate.load());
+                stats_.messages_rejected.load(), stats_.updates_duplicate.load());
     return Status::Ok();
   }
 
@@ -145,7 +145,7 @@ class BrokerImpl final : public Broker {
 
   void Reject(zmq::socket_t& socket, const zmq::message_t& identity, const Status& status,
               std::string_view update_id = {}, uint32_t retry_after_ms = 0) {
-    stats_.updates_rejected += update_id.empty() ? 0 : 1;
+    stats_.messages_rejected++;
     Log()->warn("reject code={} update={} reason=\"{}\"", CodeName(status.code()), update_id,
                 status.message());
     Reply(socket, identity, codec::BuildError(status, update_id, retry_after_ms));
@@ -168,8 +168,7 @@ class BrokerImpl final : public Broker {
       }
       auto env = codec::VerifyEnvelope(transport::View(frames[1]), options_.max_message_bytes);
       if (!env.ok()) {
-        Reject(frontend_, frames[0], env.status(), {});
-        stats_.updates_rejected++;
+        Reject(frontend_, frames[0], env.status());
         continue;
       }
       const wire::Envelope* e = *env;

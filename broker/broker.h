@@ -44,7 +44,7 @@ struct BrokerOptions {
 struct BrokerStats {
   std::atomic<uint64_t> updates_logged{0};
   std::atomic<uint64_t> updates_duplicate{0};
-  std::atomic<uint64_t> updates_rejected{0};
+  std::atomic<uint64_t> messages_rejected{0};  // answered with an Error
   std::atomic<uint64_t> bytes_logged{0};
   std::atomic<uint64_t> group_commits{0};
   std::atomic<uint64_t> fetches{0};

@@ -66,7 +66,7 @@ void RegisterBroker(CLI::App& app) {
     if (!s.ok()) Fail("broker", s);
     const auto& st = (*broker)->Stats();
     fmt::print("broker: stopped; updates logged={} duplicates={} rejected={}\n", st.updates_logged.load(),
-               st.updates_duplicate.load(), st.updates_rejected.load());
+               st.updates_duplicate.load(), st.messages_rejected.load());
   });
 }
 

@@ -112,6 +112,7 @@ void RegisterPretrain(CLI::App& app) {
     TaskOptions task;
     std::string out;
     bool force = false;
+    uint32_t epochs = 0;
   };
   auto f = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("pretrain", "Build the frozen base model deterministically from the public split "
@@ -120,6 +121,7 @@ void RegisterPretrain(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--out", f->out, "Write the base here instead");
   cmd->add_flag("--force", f->force, "Rebuild even if the file exists");
+  cmd->add_option("--epochs", f->epochs, "Training epochs over the public split (0: the default)");
   cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
   cmd->add_option("--arch", f->task.arch, "Base model: vit-tiny or mlp")
       ->check(CLI::IsMember({"vit-tiny", "mlp"}))
@@ -130,7 +132,7 @@ void RegisterPretrain(CLI::App& app) {
     const std::string out = f->out.empty() ? BasePath(f->store.dir, f->task.arch) : f->out;
     if (f->force) std::filesystem::remove(out);
     fmt::print("pretraining the {} base into {}\n", f->task.arch, out);
-    auto built = EnsureBase(f->task, out, PrintPretrainProgress);
+    auto built = EnsureBase(f->task, out, f->epochs, PrintPretrainProgress);
     if (!built.ok()) Fail("pretrain", built.status());
     if (*built) {
       fmt::print("base model written to {}\n", out);
@@ -213,7 +215,7 @@ void RegisterRun(CLI::App& app) {
       fmt::print("no base model at {}: pretraining it (fedlora pretrain)\n", base);
       SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
       const auto t0 = Clock::now();
-      auto built = EnsureBase(f->task, base, PrintPretrainProgress);
+      auto built = EnsureBase(f->task, base, 0, PrintPretrainProgress);
       if (!built.ok()) Fail("run", built.status());
       fmt::print("base model ready in {:.1f} s\n",
                  std::chrono::duration<double>(Clock::now() - t0).count());
@@ -383,9 +385,9 @@ void RegisterRun(CLI::App& app) {
     fmt::print("  final accuracy (version {})  {:.4f}", last.version, final_accuracy);
     if (base_accuracy >= 0) fmt::print("  ({:+.1f} points)", 100.0 * (final_accuracy - base_accuracy));
     fmt::print("\n");
-    fmt::print("  versions committed           {} (this run: {})\n", last.version, last.version - start_version);
+    fmt::print("  latest version               {} ({} committed by this run)\n", last.version, last.version - start_version);
     fmt::print("  updates logged               {} (duplicates {}, rejected {})\n", bs.updates_logged.load(),
-               bs.updates_duplicate.load(), bs.updates_rejected.load());
+               bs.updates_duplicate.load(), bs.messages_rejected.load());
     fmt::print("  updates folded / dropped     {} / {}\n", progress->folded, progress->dropped);
     fmt::print("  bytes uploaded               {} ({} per update)\n", HumanBytes(static_cast<double>(bytes)),
                HumanBytes(bs.updates_logged ? static_cast<double>(bytes) / bs.updates_logged : 0.0));

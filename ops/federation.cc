@@ -13,13 +13,14 @@ std::string BasePath(const std::string& store_dir, const std::string& arch) {
   return (std::filesystem::path(store_dir) / "base" / (arch + ".pt")).string();
 }
 
-Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path,
+Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path, uint32_t epochs,
                         const std::function<void(uint32_t, uint32_t, double)>& progress) {
   if (std::filesystem::exists(base_path)) return false;
   worker::PretrainOptions po;
   po.model.arch = task.arch;
   po.data_dir = task.data_dir;
   po.out_path = base_path;
+  if (epochs > 0) po.epochs = epochs;
   ASSIGN_OR_RETURN(auto report, worker::Pretrain(po, progress));
   (void)report;
   return true;

@@ -30,9 +30,9 @@ struct TaskOptions {
 // <store>/base/<arch>.pt
 std::string BasePath(const std::string& store_dir, const std::string& arch);
 
-// Pretrains the base into `base_path` unless the file exists. `progress(epoch, epochs, loss)`.
-// Returns true when it pretrained.
-Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path,
+// Pretrains the base into `base_path` unless the file exists (epochs 0: the default).
+// `progress(epoch, epochs, loss)` after each epoch. Returns true when it pretrained.
+Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path, uint32_t epochs,
                         const std::function<void(uint32_t, uint32_t, double)>& progress);
 
 // Version 0: the base's head, LoRA A from the shared seed, LoRA B zero.

@@ -56,10 +56,11 @@ class Peer {
     frames.emplace_back(bytes.data(), bytes.size());
     ASSERT_TRUE(transport::SendMultipart(socket_, frames));
   }
-  // Every frame of the next message, or empty after 5 s.
+  // Every frame of the next message, or empty after 20 s (a loaded CI machine can be slow;
+  // a test that times out fails rather than reading a stale reply later).
   std::vector<zmq::message_t> Receive() {
     std::vector<zmq::message_t> frames;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (std::chrono::steady_clock::now() < deadline) {
       std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
       zmq::poll(items, std::chrono::milliseconds(50));
@@ -94,8 +95,9 @@ void Register(RunningBroker& broker, Peer& worker, uint64_t version = 0) {
   agg.Send(Global(version));
   for (int i = 0; i < 100; ++i) {
     worker.Send(codec::BuildFetch("default", -1));
-    const auto* e = worker.Reply();
-    if (e && e->body_type() == wire::Body::GlobalAdapter && e->body_as_GlobalAdapter()->version() == version) return;
+    const auto* e = worker.Reply();  // exactly one reply per fetch: none may be left over
+    ASSERT_TRUE(e) << "no reply to fetch";
+    if (e->body_type() == wire::Body::GlobalAdapter && e->body_as_GlobalAdapter()->version() == version) return;
   }
   FAIL() << "adapter never registered";
 }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the Debian bookworm packages fedlora builds, runs and tests with. Idempotent: when
+# everything is present it only checks, in well under a second. Needs root (or sudo) to install.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libzmq3-dev cppzmq-dev libsodium-dev
+  libflatbuffers-dev flatbuffers-compiler
+  libtorch-dev
+  librocksdb-dev
+  libspdlog-dev libfmt-dev
+  libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  dataset-fashion-mnist
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+echo "installing ${#missing[@]} Debian packages: ${missing[*]}"
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/fedlora-apt.log 2>&1 || {
+  tail -n 30 /tmp/fedlora-apt.log >&2
+  echo "install-deps: apt-get install failed (full log: /tmp/fedlora-apt.log)" >&2
+  exit 1
+}
+echo "installed: ${missing[*]}"
