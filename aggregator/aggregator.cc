@@ -27,16 +27,6 @@ uint64_t NowUnixMs() {
       .count();
 }
 
-Result<codec::DecodedGlobal> LoadVersion(storage::AdapterStore& store, const std::string& adapter,
-                                         uint64_t version) {
-  ASSIGN_OR_RETURN(std::string bytes, store.GetGlobal(adapter, version));
-  auto env = codec::VerifyEnvelope(codec::AsBytes(bytes));
-  if (!env.ok() || (*env)->body_type() != wire::Body::GlobalAdapter) {
-    return DataLoss(fmt::format("stored version {} of '{}' is unreadable", version, adapter));
-  }
-  return codec::DecodeGlobal(*(*env)->body_as_GlobalAdapter());
-}
-
 class AggregatorImpl final : public Aggregator {
  public:
   AggregatorImpl(AggregatorOptions options, std::unique_ptr<storage::AdapterStore> store)
@@ -53,7 +43,7 @@ class AggregatorImpl final : public Aggregator {
       RETURN_IF_ERROR(CommitVersionZero());
       ASSIGN_OR_RETURN(cursor, store_->GetCursor(options_.adapter_id));
     }
-    ASSIGN_OR_RETURN(auto current, LoadVersion(*store_, options_.adapter_id, cursor->version));
+    ASSIGN_OR_RETURN(auto current, storage::ReadVersion(*store_, options_.adapter_id, cursor->version));
     final_ = current.info.final;
     ASSIGN_OR_RETURN(engine_, Engine::Create(
                                   options_.engine, options_.adapter_id, std::move(current.spec),
@@ -156,7 +146,7 @@ class AggregatorImpl final : public Aggregator {
         return it->second;
       }
     }
-    ASSIGN_OR_RETURN(auto decoded, LoadVersion(*store_, options_.adapter_id, version));
+    ASSIGN_OR_RETURN(auto decoded, storage::ReadVersion(*store_, options_.adapter_id, version));
     auto state = std::make_shared<const AdapterState>(std::move(decoded.state));
     cache_.emplace_front(version, state);
     if (cache_.size() > 4) cache_.pop_back();

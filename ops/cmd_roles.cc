@@ -76,7 +76,7 @@ void RegisterAggregator(CLI::App& app) {
     TaskOptions task;
     EngineFlags engine;
     aggregator::AggregatorOptions options;
-    size_t eval_samples = 0;
+    size_t eval_samples = 2000;
     bool no_sync = false;
   };
   auto flags = std::make_shared<Flags>();
@@ -90,7 +90,7 @@ void RegisterAggregator(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--eval-every", flags->options.eval_every, "Evaluate the global every N versions (0: never)")
       ->capture_default_str();
-  cmd->add_option("--eval-samples", flags->eval_samples, "Test images per evaluation (0: all 10,000)")
+  cmd->add_option("--eval-samples", flags->eval_samples, "Test images per evaluation (0: all 10,000; evaluation blocks aggregation while it runs)")
       ->capture_default_str();
   cmd->add_option("--window", flags->options.window, "Log records in flight from the broker")->capture_default_str();
   cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync commits (unsafe: for tests only)");

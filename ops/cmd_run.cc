@@ -35,7 +35,6 @@ struct Progress {
   uint64_t first_version = 0;  // version the run resumed from
   bool have_first = false;
   uint64_t version = 0;
-  double base_accuracy = -1;   // version 0
   double last_accuracy = -1;
   uint64_t last_accuracy_version = 0;
   uint64_t folded = 0;
@@ -51,7 +50,6 @@ struct Progress {
     }
     version = v.version;
     if (v.test_accuracy >= 0) {
-      if (v.version == 0) base_accuracy = v.test_accuracy;
       last_accuracy = v.test_accuracy;
       last_accuracy_version = v.version;
     }
@@ -75,28 +73,18 @@ std::vector<double> ParseSpeeds(const std::string& text) {
   return out;
 }
 
-Result<codec::DecodedGlobal> LatestGlobal(const std::string& path, const std::string& adapter, codec::VersionInfo* record) {
+// The latest version of an adapter and its lineage, read like any tool would.
+Result<std::pair<codec::DecodedGlobal, codec::VersionInfo>> LatestVersion(const std::string& path,
+                                                                         const std::string& adapter) {
   storage::AdapterStoreOptions so;
   so.path = path;
+  so.read_only = true;
   ASSIGN_OR_RETURN(auto store, storage::AdapterStore::Open(so));
   ASSIGN_OR_RETURN(auto cursor, store->GetCursor(adapter));
   if (!cursor) return NotFound("no version committed");
-  ASSIGN_OR_RETURN(std::string bytes, store->GetGlobal(adapter, cursor->version));
-  ASSIGN_OR_RETURN(const wire::Envelope* env, codec::VerifyEnvelope(codec::AsBytes(bytes)));
-  if (env->body_type() != wire::Body::GlobalAdapter) return DataLoss("stored global is not a GlobalAdapter");
-  ASSIGN_OR_RETURN(std::string rec_bytes, store->GetRecord(adapter, cursor->version));
-  ASSIGN_OR_RETURN(const store::VersionRecord* rec, codec::VerifyVersionRecord(codec::AsBytes(rec_bytes)));
-  *record = codec::DecodeVersionRecord(*rec);
-  return codec::DecodeGlobal(*env->body_as_GlobalAdapter());
-}
-
-Result<double> StoredAccuracy(const std::string& path, const std::string& adapter, uint64_t version) {
-  storage::AdapterStoreOptions so;
-  so.path = path;
-  ASSIGN_OR_RETURN(auto store, storage::AdapterStore::Open(so));
-  ASSIGN_OR_RETURN(std::string rec_bytes, store->GetRecord(adapter, version));
-  ASSIGN_OR_RETURN(const store::VersionRecord* rec, codec::VerifyVersionRecord(codec::AsBytes(rec_bytes)));
-  return static_cast<double>(rec->test_accuracy());
+  ASSIGN_OR_RETURN(auto global, storage::ReadVersion(*store, adapter, cursor->version));
+  ASSIGN_OR_RETURN(auto info, storage::ReadVersionInfo(*store, adapter, cursor->version));
+  return std::make_pair(std::move(global), std::move(info));
 }
 
 void PrintPretrainProgress(uint32_t epoch, uint32_t epochs, double loss) {
@@ -152,7 +140,7 @@ void RegisterRun(CLI::App& app) {
     double duration_s = 300;
     uint64_t max_versions = 0;
     uint32_t eval_every = 10;
-    size_t eval_samples = 0;
+    size_t eval_samples = 2000;
     bool fresh = false;
     bool verbose = false;
     std::string adapter = "default";
@@ -173,7 +161,10 @@ void RegisterRun(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--eval-every", f->eval_every, "Evaluate the global on the test set every N versions")
       ->capture_default_str();
-  cmd->add_option("--eval-samples", f->eval_samples, "Test images per evaluation (0: all 10,000)")->capture_default_str();
+  cmd->add_option("--eval-samples", f->eval_samples,
+                  "Test images per periodic evaluation (0: all 10,000); version 0 and the final version "
+                  "are always evaluated on all of them")
+      ->capture_default_str();
   cmd->add_flag("--fresh", f->fresh, "Delete the store's log and adapters first (the base model is kept)");
   cmd->add_flag("--verbose,-v", f->verbose, "Log every component's messages");
   cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
@@ -260,10 +251,22 @@ void RegisterRun(CLI::App& app) {
     auto agg = aggregator::Aggregator::Create(std::move(ao));
     if (!agg.ok()) Fail("run", agg.status());
     const uint64_t start_version = (*agg)->Version();
-    double base_accuracy = progress->base_accuracy;
-    if (base_accuracy < 0) {
-      auto stored = StoredAccuracy(f->store.adapters(), f->adapter, 0);
-      if (stored.ok()) base_accuracy = *stored;
+    // Headline figures use the whole test set, whatever the periodic evaluations use.
+    auto full_eval = MakeEvaluator(base, test_data, 0);
+    if (!full_eval.ok()) Fail("run", full_eval.status());
+    double base_accuracy = -1;
+    {
+      // A read-only handle beside the aggregator's: version 0 never changes once committed.
+      storage::AdapterStoreOptions so;
+      so.path = f->store.adapters();
+      so.read_only = true;
+      auto store = storage::AdapterStore::Open(so);
+      if (!store.ok()) Fail("run", store.status());
+      auto v0 = storage::ReadVersion(**store, f->adapter, 0);
+      if (!v0.ok()) Fail("run", v0.status());
+      auto r = (*full_eval)(v0->spec, v0->state);
+      if (!r.ok()) Fail("run", r.status());
+      base_accuracy = r->accuracy;
     }
 
     std::vector<std::unique_ptr<worker::Worker>> workers;
@@ -291,7 +294,7 @@ void RegisterRun(CLI::App& app) {
     if (f->engine.engine.mode == wire::Mode::FedBuff) fmt::print(" (K={})", f->engine.engine.buffer_size);
     fmt::print(", store {}\n", f->store.dir);
     if (start_version > 0) fmt::print("resuming the stored run at version {}\n", start_version);
-    if (base_accuracy >= 0) fmt::print("version 0 (base) test accuracy: {:.4f}\n", base_accuracy);
+    fmt::print("version 0 (base) accuracy on the 10,000 test images: {:.4f}\n", base_accuracy);
     std::fflush(stdout);
 
     // Every component runs on its own thread; the first error stops them all.
@@ -365,19 +368,14 @@ void RegisterRun(CLI::App& app) {
     for (const auto& w : workers) bytes += w->Stats().bytes_uploaded.load();
     agg->reset();  // closes the store so the summary reads it like any tool would
 
-    codec::VersionInfo last;
-    auto latest = LatestGlobal(f->store.adapters(), f->adapter, &last);
+    auto latest = LatestVersion(f->store.adapters(), f->adapter);
     if (!latest.ok()) Fail("run", latest.status());
-    double final_accuracy = last.test_accuracy;
-    if (final_accuracy < 0) {
-      fmt::print("evaluating version {} on the test set...\n", last.version);
-      std::fflush(stdout);
-      auto final_eval = MakeEvaluator(base, test_data, 0);
-      if (!final_eval.ok()) Fail("run", final_eval.status());
-      auto r = (*final_eval)(latest->spec, latest->state);
-      if (!r.ok()) Fail("run", r.status());
-      final_accuracy = r->accuracy;
-    }
+    const codec::VersionInfo& last = latest->second;
+    fmt::print("evaluating version {} on the whole test set...\n", last.version);
+    std::fflush(stdout);
+    auto final_r = (*full_eval)(latest->first.spec, latest->first.state);
+    if (!final_r.ok()) Fail("run", final_r.status());
+    const double final_accuracy = final_r->accuracy;
     std::lock_guard lock(progress->mu);
     const double wall = std::chrono::duration<double>(Clock::now() - started).count();
     fmt::print("\nfedlora run: {} after {:.1f} s of federated training\n", stop_reason, fed_seconds);

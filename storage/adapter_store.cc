@@ -130,6 +130,21 @@ class RocksAdapterStore final : public AdapterStore {
 
 }  // namespace
 
+Result<codec::DecodedGlobal> ReadVersion(AdapterStore& store, std::string_view adapter_id, uint64_t version) {
+  ASSIGN_OR_RETURN(std::string bytes, store.GetGlobal(adapter_id, version));
+  auto env = codec::VerifyEnvelope(codec::AsBytes(bytes));
+  if (!env.ok() || (*env)->body_type() != wire::Body::GlobalAdapter) {
+    return DataLoss(fmt::format("stored version {} of '{}' is unreadable", version, adapter_id));
+  }
+  return codec::DecodeGlobal(*(*env)->body_as_GlobalAdapter());
+}
+
+Result<codec::VersionInfo> ReadVersionInfo(AdapterStore& store, std::string_view adapter_id, uint64_t version) {
+  ASSIGN_OR_RETURN(std::string bytes, store.GetRecord(adapter_id, version));
+  ASSIGN_OR_RETURN(const store::VersionRecord* record, codec::VerifyVersionRecord(codec::AsBytes(bytes)));
+  return codec::DecodeVersionRecord(*record);
+}
+
 Result<std::unique_ptr<AdapterStore>> AdapterStore::Open(const AdapterStoreOptions& options) {
   ASSIGN_OR_RETURN(auto db, internal::Open(options.path, options.read_only,
                                            {rocksdb::kDefaultColumnFamilyName, "versions", "lineage", "cursors"},

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "schema/codec.h"
 #include "schema/status.h"
 
 namespace fedlora::storage {
@@ -59,5 +60,11 @@ class AdapterStore {
                                                       uint64_t to) = 0;
   virtual Result<std::vector<std::string>> Adapters() = 0;
 };
+
+// Version `version` of an adapter, verified and decoded. Errors: kNotFound, kDataLoss
+// (unreadable bytes), kInvalidArgument (tensors not matching the stored spec).
+Result<codec::DecodedGlobal> ReadVersion(AdapterStore& store, std::string_view adapter_id, uint64_t version);
+// The lineage of that version. Errors: kNotFound, kDataLoss.
+Result<codec::VersionInfo> ReadVersionInfo(AdapterStore& store, std::string_view adapter_id, uint64_t version);
 
 }  // namespace fedlora::storage

@@ -28,7 +28,7 @@ namespace fedlora::worker {
 struct WorkerTraining {
   uint32_t steps = 20;          // optimizer steps per local run
   uint32_t batch_size = 32;
-  float lr = 0.05f;
+  float lr = 2e-3f;             // Adam, fresh each local run
   double speed_factor = 1.0;    // >= 1: emulate a device this many times slower
 };
 

@@ -14,10 +14,12 @@
 
 namespace fedlora::worker {
 
+// Defaults tuned on vit-tiny (LoRA rank 8, alpha 16): a fresh Adam at 1e-3 per run beat
+// Adam at 5e-4 and 2e-3 and SGD with momentum at 0.01 and 0.05.
 struct LocalTrainOptions {
   uint32_t steps = 20;       // optimizer steps per local run
   uint32_t batch_size = 32;
-  float lr = 0.05f;          // learning rate of the local optimizer
+  float lr = 1e-3f;          // learning rate of the local optimizer (Adam, fresh every run)
   uint64_t seed = 1;         // batch sampling seed (combine with client id and run counter)
   double speed_factor = 1.0; // >= 1: after each step sleep (factor - 1) x step time, to emulate slow devices
 };
@@ -47,9 +49,9 @@ struct PretrainOptions {
   ModelOptions model;               // LoRA fields are ignored for the base
   std::string data_dir = kDefaultFashionMnistDir;
   PublicSplitOptions split;
-  uint32_t epochs = 12;
+  uint32_t epochs = 10;              // ~60 s on 2 threads with the default split
   uint32_t batch_size = 64;
-  float lr = 1e-3f;
+  float lr = 1e-3f;                 // Adam, constant (a cosine decay transferred worse)
   uint64_t seed = 42;
   std::string out_path;             // where SaveBase writes the base
 };
