@@ -169,7 +169,7 @@ class AggregatorImpl final : public Aggregator {
       latest_global_ = std::make_shared<const std::string>(std::move(*bytes));
     }
     std::vector<zmq::message_t> frames;
-    frames.emplace_back(latest_global_->data(), latest_global_->size());
+    frames.push_back(transport::Frame(latest_global_));
     transport::SendMultipart(socket_, frames);
   }
 

@@ -23,14 +23,6 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-void FreeShared(void*, void* hint) { delete static_cast<std::shared_ptr<const std::string>*>(hint); }
-
-// A frame that shares (does not copy) a cached global.
-zmq::message_t SharedFrame(const std::shared_ptr<const std::string>& bytes) {
-  auto* hold = new std::shared_ptr<const std::string>(bytes);
-  return zmq::message_t(const_cast<char*>((*hold)->data()), (*hold)->size(), &FreeShared, hold);
-}
-
 struct AdapterEntry {
   bool has_global = false;
   AdapterSpec spec;
@@ -259,7 +251,7 @@ class BrokerImpl final : public Broker {
     }
     std::vector<zmq::message_t> frames;
     frames.emplace_back(identity.data(), identity.size());
-    frames.push_back(SharedFrame(e.global));
+    frames.push_back(transport::Frame(e.global));
     transport::SendMultipart(frontend_, frames);
   }
 

@@ -5,6 +5,7 @@ namespace {
 
 void FreeDetached(void*, void* hint) { delete static_cast<codec::Bytes*>(hint); }
 void FreeString(void*, void* hint) { delete static_cast<std::string*>(hint); }
+void FreeShared(void*, void* hint) { delete static_cast<std::shared_ptr<const std::string>*>(hint); }
 
 }  // namespace
 
@@ -17,6 +18,11 @@ zmq::message_t Frame(std::string&& bytes) {
   if (bytes.size() < 64) return zmq::message_t(bytes.data(), bytes.size());  // copy is cheaper
   auto* owned = new std::string(std::move(bytes));
   return zmq::message_t(owned->data(), owned->size(), &FreeString, owned);
+}
+
+zmq::message_t Frame(const std::shared_ptr<const std::string>& bytes) {
+  auto* hold = new std::shared_ptr<const std::string>(bytes);
+  return zmq::message_t(const_cast<char*>((*hold)->data()), (*hold)->size(), &FreeShared, hold);
 }
 
 bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {

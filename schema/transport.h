@@ -7,6 +7,7 @@
 #include <zmq.hpp>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,8 @@ namespace fedlora::transport {
 // Moves the buffer into the frame without copying its bytes.
 zmq::message_t Frame(codec::Bytes&& bytes);
 zmq::message_t Frame(std::string&& bytes);
+// Shares (does not copy) bytes that several sends use, such as a cached global adapter.
+zmq::message_t Frame(const std::shared_ptr<const std::string>& bytes);
 
 inline std::span<const std::byte> View(const zmq::message_t& m) {
   return {static_cast<const std::byte*>(m.data()), m.size()};

@@ -1,4 +1,3 @@
-#include "tests/testing/fixtures.h"
 #include "worker/data.h"
 
 #include <gtest/gtest.h>
@@ -12,6 +11,8 @@
 #include <numeric>
 #include <string>
 #include <vector>
+
+#include "tests/testing/fixtures.h"
 
 namespace fedlora::worker {
 namespace {
