@@ -32,8 +32,6 @@ std::string HumanBytes(double bytes) {
 // What the aggregator has committed so far, as the progress line and the summary need it.
 struct Progress {
   std::mutex mu;
-  uint64_t first_version = 0;  // version the run resumed from
-  bool have_first = false;
   uint64_t version = 0;
   double last_accuracy = -1;
   uint64_t last_accuracy_version = 0;
@@ -44,10 +42,6 @@ struct Progress {
 
   void OnCommit(const codec::VersionInfo& v) {
     std::lock_guard lock(mu);
-    if (!have_first) {
-      first_version = v.version;
-      have_first = true;
-    }
     version = v.version;
     if (v.test_accuracy >= 0) {
       last_accuracy = v.test_accuracy;
