@@ -6,6 +6,7 @@
 // twice) across the crash.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -48,7 +49,7 @@ class FederationTest : public ::testing::Test {
   std::unique_ptr<Process> StartAggregator(const std::string& backend, const std::string& log_name) {
     return std::make_unique<Process>(
         std::vector<std::string>{kBinary, "aggregator", "--store", store_, "--broker", backend, "--arch", "mlp",
-                                 "--clients", "4", "--mode", "fedbuff", "--buffer-size", "2",
+                                 "--clients", "4", "--mode", "fedbuff", "--buffer-size", "4",
                                  "--max-versions", std::to_string(kVersions), "--eval-every", "10",
                                  "--eval-samples", "2000"},
         dir_.path(log_name));
@@ -118,6 +119,7 @@ TEST_F(FederationTest, SeparateProcessesSurviveAggregatorCrashWithNothingLostOrD
   ASSERT_FALSE(history.front()["test_accuracy"].is_null());
   ASSERT_FALSE(history.back()["test_accuracy"].is_null());
   const double first = history.front()["test_accuracy"], last = history.back()["test_accuracy"];
+  std::printf("accuracy (2,000 test images): version 0 %.4f, version %d %.4f\n", first, kVersions, last);
   EXPECT_GT(last, first + 0.02) << "accuracy v0 " << first << " final " << last;
 
   // The log: every record once, and every acknowledged update in it at its acknowledged seq.
