@@ -5,7 +5,8 @@
 
 #include <optional>
 #include <random>
-#include <thread>
+#include <condition_variable>
+#include <mutex>
 #include <zmq.hpp>
 
 #include "schema/codec.h"
