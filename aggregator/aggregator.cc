@@ -45,6 +45,12 @@ class AggregatorImpl final : public Aggregator {
     }
     ASSIGN_OR_RETURN(auto current, storage::ReadVersion(*store_, options_.adapter_id, cursor->version));
     final_ = current.info.final;
+    if (current.info.method.method != options_.engine.method.method) {
+      return FailedPrecondition(fmt::format(
+          "adapter '{}' in '{}' is trained with method '{}', not '{}': use that method or another store",
+          options_.adapter_id, options_.store_path, MethodName(current.info.method.method),
+          MethodName(options_.engine.method.method)));
+    }
     ASSIGN_OR_RETURN(engine_, Engine::Create(
                                   options_.engine, options_.adapter_id, std::move(current.spec),
                                   std::move(current.state), cursor->version, cursor->consumed_seq,
@@ -109,7 +115,7 @@ class AggregatorImpl final : public Aggregator {
     info.adapter_id = options_.adapter_id;
     info.version = 0;
     info.mode = options_.engine.mode;
-    info.method = options_.engine.method;
+    info.method = std::string(MethodName(options_.engine.method.method));
     info.content_hash = ToHex(HashAdapter(options_.initial->state));
     return CommitVersion(info, options_.initial->spec, options_.initial->state, false);
   }
@@ -128,7 +134,8 @@ class AggregatorImpl final : public Aggregator {
       }
     }
     codec::GlobalInfo g{options_.adapter_id, info.version, info.content_hash, info.consumed_seq,
-                        options_.engine.mode, final};
+                        options_.engine.mode, final,
+                        MethodStateAt(options_.engine.method, spec.rank, info.version)};
     codec::Bytes global = codec::BuildGlobal(g, spec, state);
     codec::Bytes record = codec::BuildVersionRecord(info);
     RETURN_IF_ERROR(store_->Commit({options_.adapter_id, info.version, info.consumed_seq,

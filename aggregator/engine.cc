@@ -6,15 +6,14 @@
 #include <map>
 #include <set>
 
-#include "schema/validate.h"
+#include "aggregator/lowrank.h"
 #include "schema/hash.h"
+#include "schema/validate.h"
 
 namespace fedlora::aggregator {
 
 Status ValidateEngineOptions(const EngineOptions& o) {
-  if (o.method != "fedavg") {
-    return InvalidArgument(fmt::format("unknown method '{}' (available: fedavg)", o.method));
-  }
+  RETURN_IF_ERROR(ValidateMethodConfig(o.method));
   if (o.mode == wire::Mode::FedBuff && o.buffer_size == 0) return InvalidArgument("buffer size K must be at least 1");
   if (o.mode == wire::Mode::Sync && o.round_size == 0) return InvalidArgument("round size must be at least 1");
   if (!(o.fedasync_alpha > 0 && o.fedasync_alpha <= 1)) return InvalidArgument("FedAsync alpha must be in (0, 1]");
@@ -25,18 +24,131 @@ Status ValidateEngineOptions(const EngineOptions& o) {
 
 namespace {
 
+// Calls f(flat_index, value) for every element a tensor of an update carries, in increasing
+// flat order per rank (the tensor was validated against `spec`).
+template <typename F>
+void ForEachCarried(const wire::Tensor& t, const TensorSpec& spec, F&& f) {
+  const auto values = codec::DenseValues(t);
+  switch (t.encoding()) {
+    case wire::Encoding::Dense:
+      for (size_t i = 0; i < values.size(); ++i) f(i, values[i]);
+      return;
+    case wire::Encoding::Sparse: {
+      const auto indices = codec::Indices(t);
+      for (size_t j = 0; j < indices.size(); ++j) f(indices[j], values[j]);
+      return;
+    }
+    case wire::Encoding::RankSlice: {
+      const auto ranks = codec::Ranks(t);
+      const size_t nr = ranks.size();
+      if (spec.role == TensorRole::kLoraA) {  // r x k: whole rows
+        const size_t k = spec.shape[1];
+        for (size_t j = 0; j < nr; ++j) {
+          for (size_t c = 0; c < k; ++c) f(ranks[j] * k + c, values[j * k + c]);
+        }
+      } else {  // d x r: columns, sent as a d x |ranks| matrix
+        const size_t d = spec.shape[0];
+        const size_t r = spec.shape[1];
+        for (size_t row = 0; row < d; ++row) {
+          for (size_t j = 0; j < nr; ++j) f(row * r + ranks[j], values[row * nr + j]);
+        }
+      }
+      return;
+    }
+    default:
+      return;  // rejected by validation
+  }
+}
+
+// The ranks a LoRA factor of an update covers: its rank list, or every rank when dense.
+std::vector<uint32_t> CarriedRanks(const wire::Tensor& t, uint32_t rank) {
+  if (t.encoding() == wire::Encoding::RankSlice) {
+    const auto r = codec::Ranks(t);
+    return {r.begin(), r.end()};
+  }
+  std::vector<uint32_t> all(rank);
+  for (uint32_t i = 0; i < rank; ++i) all[i] = i;
+  return all;
+}
+
+// A LoRA pair of the spec.
+struct Module {
+  std::string name;
+  int a = -1;  // spec index of "<name>.lora_A" (r x k)
+  int b = -1;  // spec index of "<name>.lora_B" (d x r)
+};
+
+// Factors B[:, ranks] and A[ranks, :] of a module in `state`, plus `delta` of an update when given.
+lowrank::Factors Slice(const AdapterState& state, const Module& m, const AdapterSpec& spec,
+                       const std::vector<uint32_t>& ranks) {
+  const auto& as = spec.tensors[m.a];
+  const auto& bs = spec.tensors[m.b];
+  const uint32_t r = as.shape[0];
+  lowrank::Factors f;
+  f.rows = bs.shape[0];
+  f.cols = as.shape[1];
+  f.rank = static_cast<uint32_t>(ranks.size());
+  f.b.resize(static_cast<size_t>(f.rows) * f.rank);
+  f.a.resize(static_cast<size_t>(f.rank) * f.cols);
+  const auto& a = state.tensors[m.a].values;
+  const auto& b = state.tensors[m.b].values;
+  for (uint32_t j = 0; j < f.rank; ++j) {
+    for (uint32_t c = 0; c < f.cols; ++c) f.a[static_cast<size_t>(j) * f.cols + c] = a[static_cast<size_t>(ranks[j]) * f.cols + c];
+    for (uint32_t row = 0; row < f.rows; ++row) f.b[static_cast<size_t>(row) * f.rank + j] = b[static_cast<size_t>(row) * r + ranks[j]];
+  }
+  return f;
+}
+
+// Adds an update's carried values of a factor (over `ranks`) to a sliced factor pair.
+void AddDelta(lowrank::Factors& f, const wire::Tensor& t, const TensorSpec& spec, bool is_a,
+              const std::vector<uint32_t>& ranks) {
+  const uint32_t r = is_a ? spec.shape[0] : spec.shape[1];
+  std::vector<int> position(r, -1);
+  for (size_t j = 0; j < ranks.size(); ++j) position[ranks[j]] = static_cast<int>(j);
+  ForEachCarried(t, spec, [&](size_t flat, float v) {
+    if (is_a) {
+      const size_t rank = flat / f.cols;
+      f.a[static_cast<size_t>(position[rank]) * f.cols + flat % f.cols] += v;
+    } else {
+      const size_t rank = flat % r;
+      f.b[(flat / r) * f.rank + static_cast<size_t>(position[rank])] += v;
+    }
+  });
+}
+
+// ||B A||_F from the r x r Gram matrices: sum_ij (B^T B)_ij (A A^T)_ij.
+double ProductNorm(const lowrank::Factors& f) {
+  const uint32_t r = f.rank;
+  double sum = 0;
+  for (uint32_t i = 0; i < r; ++i) {
+    for (uint32_t j = 0; j < r; ++j) {
+      double bb = 0, aa = 0;
+      for (uint32_t row = 0; row < f.rows; ++row) bb += f.b[static_cast<size_t>(row) * r + i] * f.b[static_cast<size_t>(row) * r + j];
+      for (uint32_t c = 0; c < f.cols; ++c) aa += f.a[static_cast<size_t>(i) * f.cols + c] * f.a[static_cast<size_t>(j) * f.cols + c];
+      sum += bb * aa;
+    }
+  }
+  return std::sqrt(std::max(0.0, sum));
+}
+
 class EngineImpl final : public Engine {
  public:
   EngineImpl(EngineOptions options, std::string adapter_id, AdapterSpec spec, AdapterState state,
-             uint64_t version, uint64_t consumed_seq, BaseLookup base_lookup)
+             uint64_t version, uint64_t consumed_seq, BaseLookup base_lookup, std::vector<Module> modules)
       : options_(std::move(options)),
         adapter_id_(std::move(adapter_id)),
         spec_(std::move(spec)),
         state_(std::move(state)),
         version_(version),
         next_seq_(consumed_seq + 1),
-        base_lookup_(std::move(base_lookup)) {
+        base_lookup_(std::move(base_lookup)),
+        modules_(std::move(modules)) {
     for (size_t i = 0; i < spec_.tensors.size(); ++i) index_[spec_.tensors[i].name] = i;
+    module_of_.assign(spec_.tensors.size(), -1);
+    for (size_t m = 0; m < modules_.size(); ++m) {
+      module_of_[modules_[m].a] = static_cast<int>(m);
+      module_of_[modules_[m].b] = static_cast<int>(m);
+    }
   }
 
   const AdapterSpec& spec() const override { return spec_; }
@@ -44,6 +156,7 @@ class EngineImpl final : public Engine {
   uint64_t version() const override { return version_; }
   uint64_t next_seq() const override { return next_seq_; }
   size_t buffered() const override { return buffer_.size(); }
+  MethodState method_state() const override { return MethodStateAt(options_.method, spec_.rank, version_); }
 
   Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& u) override {
     if (seq != next_seq_) {
@@ -58,6 +171,7 @@ class EngineImpl final : public Engine {
     if (Status s = ValidateUpdate(u, spec_, version_); !s.ok()) {
       return Drop(seq, u, tau, "invalid: " + s.message());
     }
+    if (Status s = CheckMethodRules(u); !s.ok()) return Drop(seq, u, tau, "invalid: " + s.message());
     if (options_.mode == wire::Mode::Sync && !round_clients_.insert(u.client_id()->str()).second) {
       return Drop(seq, u, tau, "repeat-client-in-round");
     }
@@ -70,6 +184,48 @@ class EngineImpl final : public Engine {
   }
 
  private:
+  Method method() const { return options_.method.method; }
+
+  // What each method refuses because it would break the method's exactness.
+  Status CheckMethodRules(const wire::Update& u) const {
+    bool has_a = false, has_b = false;
+    std::map<int, std::pair<const wire::Tensor*, const wire::Tensor*>> pairs;  // module -> (A, B)
+    for (const auto* t : *u.tensors()) {
+      const size_t idx = index_.at(t->name()->str());
+      const TensorRole role = spec_.tensors[idx].role;
+      has_a |= role == TensorRole::kLoraA;
+      has_b |= role == TensorRole::kLoraB;
+      if (module_of_[idx] >= 0) {
+        auto& p = pairs[module_of_[idx]];
+        (role == TensorRole::kLoraA ? p.first : p.second) = t;
+      }
+    }
+    switch (method()) {
+      case Method::kFfa:
+        if (has_a) return InvalidArgument("ffa keeps lora_A frozen; the update carries an A factor");
+        break;
+      case Method::kFedSa:
+        if (has_b) return InvalidArgument("fedsa shares lora_A only; the update carries a B factor");
+        break;
+      case Method::kLoraA2:
+        if (has_a && has_b) return InvalidArgument("lora-a2 trains one factor per phase; the update carries both");
+        break;
+      case Method::kFlora:
+        for (const auto& [m, p] : pairs) {
+          if (!p.first || !p.second) {
+            return InvalidArgument(fmt::format("flora needs both factors of module '{}'", modules_[m].name));
+          }
+          if (CarriedRanks(*p.first, spec_.rank) != CarriedRanks(*p.second, spec_.rank)) {
+            return InvalidArgument(fmt::format("flora: the factors of module '{}' carry different ranks", modules_[m].name));
+          }
+        }
+        break;
+      default:
+        break;
+    }
+    return Status::Ok();
+  }
+
   codec::LineageItem Lineage(uint64_t seq, const wire::Update& u, uint64_t tau, double weight) const {
     return {seq, u.client_id()->str(), u.update_id()->str(), u.base_version(),
             static_cast<uint32_t>(tau), static_cast<float>(weight), u.num_samples(), u.train_loss()};
@@ -82,63 +238,165 @@ class EngineImpl final : public Engine {
     return std::optional<codec::VersionInfo>();
   }
 
-  Result<std::optional<codec::VersionInfo>> ApplyFedAsync(uint64_t seq, const wire::Update& u, uint64_t tau) {
-    const double alpha = options_.fedasync_alpha * StalenessWeight(options_.staleness, tau);
-    std::shared_ptr<const AdapterState> base;
-    if (tau > 0) {
-      ASSIGN_OR_RETURN(base, base_lookup_(u.base_version()));
-      if (Status s = CheckStateMatchesSpec(spec_, *base); !s.ok()) {
-        return DataLoss(fmt::format("stored version {} does not match the spec: {}", u.base_version(), s.message()));
-      }
+  // The global state `u` was trained from (the current one when tau = 0).
+  Result<std::shared_ptr<const AdapterState>> BaseOf(const wire::Update& u, uint64_t tau) {
+    if (tau == 0) return std::shared_ptr<const AdapterState>(std::shared_ptr<void>(), &state_);
+    ASSIGN_OR_RETURN(auto base, base_lookup_(u.base_version()));
+    if (Status s = CheckStateMatchesSpec(spec_, *base); !s.ok()) {
+      return DataLoss(fmt::format("stored version {} does not match the spec: {}", u.base_version(), s.message()));
     }
-    const float a = static_cast<float>(alpha);
-    double sq = 0;
+    return base;
+  }
+
+  // The factors one module of `u` starts from (base version over the carried ranks) and ends at.
+  struct PairChange {
+    int module = -1;
+    lowrank::Factors start, end;
+  };
+  std::vector<PairChange> PairChanges(const wire::Update& u, const AdapterState& base) const {
+    std::map<int, std::pair<const wire::Tensor*, const wire::Tensor*>> pairs;
     for (const auto* t : *u.tensors()) {
       const size_t idx = index_.at(t->name()->str());
+      if (module_of_[idx] < 0) continue;
+      auto& p = pairs[module_of_[idx]];
+      (spec_.tensors[idx].role == TensorRole::kLoraA ? p.first : p.second) = t;
+    }
+    std::vector<PairChange> out;
+    for (const auto& [m, p] : pairs) {
+      const Module& mod = modules_[m];
+      const auto ranks = CarriedRanks(p.first ? *p.first : *p.second, spec_.rank);
+      PairChange c;
+      c.module = m;
+      c.start = Slice(base, mod, spec_, ranks);
+      c.end = c.start;
+      if (p.first) AddDelta(c.end, *p.first, spec_.tensors[mod.a], true, ranks);
+      if (p.second) AddDelta(c.end, *p.second, spec_.tensors[mod.b], false, ranks);
+      out.push_back(std::move(c));
+    }
+    return out;
+  }
+
+  // HetLoRA's aggregation weight factor: sum over modules of ||B_k A_k||_F of the local factors.
+  double HetLoraNorm(const wire::Update& u, const AdapterState& base) const {
+    double norm = 0;
+    for (const auto& c : PairChanges(u, base)) norm += ProductNorm(c.end);
+    return norm;
+  }
+
+  // The row norm of the current A factors (RMS), kept by re-factorisation.
+  double ARowNorm(const Module& m) const {
+    const auto& a = state_.tensors[m.a].values;
+    double sq = 0;
+    for (float v : a) sq += static_cast<double>(v) * v;
+    const double rows = spec_.tensors[m.a].shape[0];
+    const double n = std::sqrt(sq / rows);
+    return n > 0 ? n : 1.0;
+  }
+
+  // Re-factorises module m of the current state as the truncated SVD of sum_i w_i B_i A_i, where
+  // the terms include the current factors with weight `keep`.
+  void RefactorModule(size_t m, double keep, const std::vector<std::pair<double, const lowrank::Factors*>>& extra) {
+    const Module& mod = modules_[m];
+    std::vector<uint32_t> all(spec_.rank);
+    for (uint32_t i = 0; i < spec_.rank; ++i) all[i] = i;
+    const lowrank::Factors current = Slice(state_, mod, spec_, all);
+    std::vector<std::pair<double, const lowrank::Factors*>> terms;
+    terms.emplace_back(keep, &current);
+    terms.insert(terms.end(), extra.begin(), extra.end());
+    const lowrank::Factors stacked = lowrank::Stack(terms);
+    const lowrank::Factors next = lowrank::Refactor(stacked, spec_.rank, ARowNorm(mod));
+    auto& a = state_.tensors[mod.a].values;
+    auto& b = state_.tensors[mod.b].values;
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(next.a[i]);
+    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(next.b[i]);
+  }
+
+  static double StepNorm(const AdapterState& before, const AdapterState& after) {
+    double sq = 0;
+    for (size_t t = 0; t < before.tensors.size(); ++t) {
+      const auto& x = before.tensors[t].values;
+      const auto& y = after.tensors[t].values;
+      for (size_t i = 0; i < x.size(); ++i) {
+        const double d = static_cast<double>(y[i]) - x[i];
+        sq += d * d;
+      }
+    }
+    return std::sqrt(sq);
+  }
+
+  Result<std::optional<codec::VersionInfo>> ApplyFedAsync(uint64_t seq, const wire::Update& u, uint64_t tau) {
+    const double alpha = options_.fedasync_alpha * StalenessWeight(options_.staleness, tau);
+    ASSIGN_OR_RETURN(std::shared_ptr<const AdapterState> base, BaseOf(u, tau));
+    const bool flora = method() == Method::kFlora;
+    const AdapterState before = flora ? state_ : AdapterState{};
+    const float a = static_cast<float>(alpha);
+    double sq = 0;
+    // x <- (1 - a) x + a (x_base + delta) over the elements the update carries. Under flora,
+    // the LoRA pairs mix in product space instead (below).
+    for (const auto* t : *u.tensors()) {
+      const size_t idx = index_.at(t->name()->str());
+      if (method() == Method::kFlora && module_of_[idx] >= 0) continue;
       auto& x = state_.tensors[idx].values;
-      const auto delta = codec::DenseValues(*t);
-      if (!base) {
-        for (size_t i = 0; i < x.size(); ++i) {
-          const float step = a * delta[i];
-          x[i] += step;
-          sq += static_cast<double>(step) * step;
-        }
-      } else {
-        const auto& xb = base->tensors[idx].values;
-        for (size_t i = 0; i < x.size(); ++i) {
-          const float next = (1.0f - a) * x[i] + a * (xb[i] + delta[i]);
-          const float step = next - x[i];
-          x[i] = next;
-          sq += static_cast<double>(step) * step;
-        }
+      const auto& xb = base->tensors[idx].values;
+      ForEachCarried(*t, spec_.tensors[idx], [&](size_t i, float d) {
+        const float next = (1.0f - a) * x[i] + a * (xb[i] + d);
+        const float step = next - x[i];
+        x[i] = next;
+        sq += static_cast<double>(step) * step;
+      });
+    }
+    if (flora) {
+      // W <- (1 - a) W + a (W_base + B' A' - B A): the client's change applied to its base.
+      std::vector<uint32_t> all(spec_.rank);
+      for (uint32_t i = 0; i < spec_.rank; ++i) all[i] = i;
+      for (const auto& c : PairChanges(u, *base)) {
+        const lowrank::Factors base_full = Slice(*base, modules_[c.module], spec_, all);
+        RefactorModule(static_cast<size_t>(c.module), 1.0 - alpha,
+                       {{alpha, &base_full}, {alpha, &c.end}, {-alpha, &c.start}});
       }
     }
     std::vector<codec::LineageItem> applied{Lineage(seq, u, tau, alpha)};
-    return std::optional<codec::VersionInfo>(NewVersion(seq, std::move(applied), std::sqrt(sq)));
+    const double norm = flora ? StepNorm(before, state_) : std::sqrt(sq);
+    return std::optional<codec::VersionInfo>(NewVersion(seq, std::move(applied), norm));
   }
 
   Result<std::optional<codec::VersionInfo>> Buffer(uint64_t seq, const wire::Update& u, uint64_t tau) {
     if (acc_.empty()) {
       acc_.resize(state_.tensors.size());
       for (size_t i = 0; i < acc_.size(); ++i) acc_[i].assign(state_.tensors[i].values.size(), 0.0f);
+      pending_.assign(modules_.size(), {});
     }
     const double s = options_.mode == wire::Mode::Sync ? 1.0 : StalenessWeight(options_.staleness, tau);
-    const double n = static_cast<double>(u.num_samples());
+    double n = static_cast<double>(u.num_samples());
+    std::shared_ptr<const AdapterState> base;
+    if (method() == Method::kHetLora || method() == Method::kFlora) {
+      ASSIGN_OR_RETURN(base, BaseOf(u, tau));
+    }
+    if (method() == Method::kHetLora) n *= HetLoraNorm(u, *base);
     const float w = static_cast<float>(s * n);
     for (const auto* t : *u.tensors()) {
-      auto& acc = acc_[index_.at(t->name()->str())];
-      const auto delta = codec::DenseValues(*t);
-      for (size_t i = 0; i < acc.size(); ++i) acc[i] += w * delta[i];
+      const size_t idx = index_.at(t->name()->str());
+      if (method() == Method::kFlora && module_of_[idx] >= 0) continue;
+      auto& acc = acc_[idx];
+      ForEachCarried(*t, spec_.tensors[idx], [&](size_t i, float d) { acc[i] += w * d; });
+    }
+    if (method() == Method::kFlora) {
+      for (auto& c : PairChanges(u, *base)) {
+        pending_[c.module].push_back({s * n, std::move(c)});
+      }
     }
     sum_n_ += n;
     buffer_.push_back(Lineage(seq, u, tau, s * n));  // weight normalised at flush
     const size_t target = options_.mode == wire::Mode::Sync ? options_.round_size : options_.buffer_size;
     if (buffer_.size() < target) return std::optional<codec::VersionInfo>();
 
-    const double scale = options_.server_lr / sum_n_;
-    const float fscale = static_cast<float>(scale);
+    // sum_n_ is 0 only when every HetLoRA product was zero: nothing to move.
+    const double scale = sum_n_ > 0 ? options_.server_lr / sum_n_ : 0.0;
+    const AdapterState before = method() == Method::kFlora ? state_ : AdapterState{};
     double sq = 0;
+    const float fscale = static_cast<float>(scale);
     for (size_t t = 0; t < acc_.size(); ++t) {
+      if (method() == Method::kFlora && module_of_[t] >= 0) continue;
       auto& x = state_.tensors[t].values;
       for (size_t i = 0; i < x.size(); ++i) {
         const float step = fscale * acc_[t][i];
@@ -146,10 +404,24 @@ class EngineImpl final : public Engine {
         sq += static_cast<double>(step) * step;
       }
     }
+    if (method() == Method::kFlora && scale > 0) {
+      for (size_t m = 0; m < modules_.size(); ++m) {
+        if (pending_[m].empty()) continue;
+        std::vector<std::pair<double, const lowrank::Factors*>> terms;
+        for (const auto& [weight, c] : pending_[m]) {
+          terms.emplace_back(scale * weight, &c.end);
+          terms.emplace_back(-scale * weight, &c.start);
+        }
+        RefactorModule(m, 1.0, terms);
+      }
+      sq = StepNorm(before, state_);
+      sq *= sq;
+    }
     std::vector<codec::LineageItem> applied = std::move(buffer_);
     for (auto& item : applied) item.weight = static_cast<float>(item.weight * scale);
     buffer_.clear();
     acc_.clear();
+    pending_.clear();
     sum_n_ = 0;
     round_clients_.clear();
     return std::optional<codec::VersionInfo>(NewVersion(seq, std::move(applied), std::sqrt(sq)));
@@ -161,7 +433,7 @@ class EngineImpl final : public Engine {
     info.parent_version = version_;
     info.version = ++version_;
     info.mode = options_.mode;
-    info.method = options_.method;
+    info.method = std::string(MethodName(method()));
     info.consumed_seq = seq;
     double sum_tau = 0;
     for (const auto& a : applied) {
@@ -185,14 +457,47 @@ class EngineImpl final : public Engine {
   uint64_t version_;
   uint64_t next_seq_;
   BaseLookup base_lookup_;
+  std::vector<Module> modules_;
+  std::vector<int> module_of_;  // spec index -> module, -1 for dense tensors
   std::map<std::string, size_t, std::less<>> index_;
   // FedBuff / Sync buffer.
   std::vector<std::vector<float>> acc_;
+  std::vector<std::vector<std::pair<double, PairChange>>> pending_;  // flora, per module
   double sum_n_ = 0;
   std::vector<codec::LineageItem> buffer_;
   std::set<std::string> round_clients_;
   std::vector<codec::DropItem> dropped_;
 };
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// Pairs each "<m>.lora_A" with its "<m>.lora_B" and checks the shapes agree with the rank.
+Result<std::vector<Module>> FindModules(const AdapterSpec& spec) {
+  std::map<std::string, Module> by_name;
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    const auto& t = spec.tensors[i];
+    if (t.role == TensorRole::kDense) continue;
+    const std::string_view suffix = t.role == TensorRole::kLoraA ? ".lora_A" : ".lora_B";
+    if (!EndsWith(t.name, suffix) || t.shape.size() != 2) {
+      return InvalidArgument(fmt::format("LoRA tensor '{}' must be 2-D and end in {}", t.name, suffix));
+    }
+    const uint32_t r = t.role == TensorRole::kLoraA ? t.shape[0] : t.shape[1];
+    if (r != spec.rank) {
+      return InvalidArgument(fmt::format("LoRA tensor '{}' has rank {}, the adapter's is {}", t.name, r, spec.rank));
+    }
+    Module& m = by_name[t.name.substr(0, t.name.size() - suffix.size())];
+    m.name = t.name.substr(0, t.name.size() - suffix.size());
+    (t.role == TensorRole::kLoraA ? m.a : m.b) = static_cast<int>(i);
+  }
+  std::vector<Module> out;
+  for (auto& [name, m] : by_name) {
+    if (m.a < 0 || m.b < 0) return InvalidArgument(fmt::format("LoRA module '{}' lacks one of its factors", name));
+    out.push_back(std::move(m));
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -201,9 +506,18 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std
                                                uint64_t consumed_seq, BaseLookup base_lookup) {
   RETURN_IF_ERROR(ValidateEngineOptions(options));
   RETURN_IF_ERROR(CheckStateMatchesSpec(spec, state).WithContext("initial global"));
+  ASSIGN_OR_RETURN(std::vector<Module> modules, FindModules(spec));
+  const bool full = options.method.method == Method::kFull;
+  if (full && !modules.empty()) {
+    return InvalidArgument("method 'full' needs a full-model adapter (no LoRA factors); this adapter has LoRA");
+  }
+  if (!full && modules.empty()) {
+    return InvalidArgument(fmt::format("method '{}' needs LoRA factors; this adapter has none",
+                                       MethodName(options.method.method)));
+  }
   return std::unique_ptr<Engine>(new EngineImpl(options, std::move(adapter_id), std::move(spec),
                                                 std::move(state), version, consumed_seq,
-                                                std::move(base_lookup)));
+                                                std::move(base_lookup), std::move(modules)));
 }
 
 }  // namespace fedlora::aggregator

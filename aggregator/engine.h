@@ -12,10 +12,20 @@
 //  - Sync (the barrier baseline, classic FedAvg rounds): only updates trained from the current
 //    version count, one per client; after `round_size` of them
 //      x <- x + eta * sum_k (n_k / sum_j n_j) delta_k
-// Under the FedAvg-LoRA rule every tensor (each LoRA factor and the head) is averaged
-// element-wise. tau = version - base_version. Updates from a future version, past
-// max_staleness, stale in a synchronous round, a repeat client within a round, or not matching
-// the spec are dropped, and each drop is recorded in the next version's lineage.
+// The method (schema/method.h) decides what "delta" means and how it is folded:
+//  - fedavg, ffa, flasc, lora-a2, sa-fedlora, fedsa, full: element-wise, over exactly the
+//    elements an update carries (dense tensors, sparse entries, rank slices; zero-padded);
+//  - hetlora: the same zero-padded mean with each update's weight multiplied by the Frobenius
+//    norm of its local LoRA products (sum over modules of ||B_k A_k||_F);
+//  - flora: in product space. Each update contributes B'_k A'_k - B_k A_k per module (its
+//    trained factors minus the base version's factors over the same ranks), stacked exactly
+//    (FLoRA) with the global product, then re-factorised to the adapter's rank by a truncated
+//    SVD (FlexLoRA); A keeps orthogonal rows of the initialisation's norm.
+// Each method also rejects uploads that would break its exactness (an A factor under ffa, a B
+// factor under fedsa, both factors under lora-a2, unpaired factors under flora).
+// tau = version - base_version. Updates from a future version, past max_staleness, stale in a
+// synchronous round, a repeat client within a round, or not matching the spec or method are
+// dropped, and each drop is recorded in the next version's lineage.
 //
 // Thread safety: one thread at a time.
 #pragma once
@@ -30,13 +40,14 @@
 #include "aggregator/staleness.h"
 #include "schema/adapter.h"
 #include "schema/codec.h"
+#include "schema/method.h"
 #include "schema/status.h"
 
 namespace fedlora::aggregator {
 
 struct EngineOptions {
   wire::Mode mode = wire::Mode::FedBuff;
-  std::string method = "fedavg";   // FedAvg-LoRA: average each factor and the head
+  MethodConfig method;             // default: FedAvg-LoRA
   // FedBuff K: accepted updates per version. Measured on the default task (6 non-IID workers):
   // K = 3 let each version follow whichever 3 clients it averaged (accuracy swung by 15
   // points, mean staleness 4.5); K = 6 is stable with mean staleness 1.
@@ -72,6 +83,8 @@ class Engine {
   virtual const AdapterState& state() const = 0;
   virtual uint64_t version() const = 0;
   virtual uint64_t next_seq() const = 0;
+  // What workers must know to train from the current version (carried in the global).
+  virtual MethodState method_state() const = 0;
   // Accepted updates waiting in the FedBuff buffer or the current synchronous round.
   virtual size_t buffered() const = 0;
 };

@@ -99,6 +99,7 @@ void RegisterAggregator(CLI::App& app) {
   cmd->callback([flags] {
     SetupLogging(true);
     if (Status s = ResolveEngineFlags(flags->engine); !s.ok()) Fail("aggregator", s, 2);
+    flags->task.full = flags->engine.engine.method.method == Method::kFull;
     SetTorchThreads(1);
     const std::string base = BasePath(flags->store.dir, flags->task.arch);
     if (!std::filesystem::exists(base)) {
@@ -163,6 +164,16 @@ void RegisterWorker(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", flags->options.seed, "Seed of local batch sampling")->capture_default_str();
   cmd->add_option("--ack-log", flags->ack_log, "Append one JSON line per acknowledged update to this file");
+  cmd->add_option("--client-rank", flags->options.heterogeneity.rank,
+                  "LoRA rank this client trains, at most the adapter's (0: the adapter's)")
+      ->capture_default_str();
+  cmd->add_option("--client-upload-density", flags->options.heterogeneity.upload_density,
+                  "flasc: this client's upload density (0: the adapter's)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--client-rank-budget", flags->options.heterogeneity.rank_budget,
+                  "lora-a2: this client's ranks per module (0: the adapter's)")
+      ->capture_default_str();
   AddTaskFlags(cmd, flags->task);
   AddTrainingFlags(cmd, flags->options.training);
   cmd->callback([flags] {

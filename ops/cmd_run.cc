@@ -131,6 +131,9 @@ void RegisterRun(CLI::App& app) {
     EngineFlags engine;
     worker::WorkerTraining training;
     std::string speeds = "1,1.5,2,3,5,8";
+    std::string ranks;
+    std::string densities;
+    std::string budgets;
     double duration_s = 300;
     uint64_t max_versions = 0;
     uint32_t eval_every = 10;
@@ -169,12 +172,39 @@ void RegisterRun(CLI::App& app) {
   cmd->add_option("--dirichlet", f->task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  AddPartitionFlags(cmd, f->task);
+  cmd->add_option("--ranks", f->ranks,
+                  "Per-worker LoRA ranks, assigned in turn (e.g. 4,8,16); the adapter's rank becomes the largest")
+      ->capture_default_str();
+  cmd->add_option("--upload-densities", f->densities, "flasc: per-worker upload densities, assigned in turn")
+      ->capture_default_str();
+  cmd->add_option("--rank-budgets", f->budgets, "lora-a2: per-worker ranks per module, assigned in turn")
+      ->capture_default_str();
   AddEngineFlags(cmd, f->engine);
   AddTrainingFlags(cmd, f->training);
   cmd->callback([f] {
     SetupLogging(f->verbose);
     InstallStopSignals();
     if (Status s = ResolveEngineFlags(f->engine); !s.ok()) Fail("run", s, 2);
+    f->task.full = f->engine.engine.method.method == Method::kFull;
+    std::vector<double> ranks, densities, budgets;
+    try {
+      ranks = ParseSpeeds(f->ranks);
+      densities = ParseSpeeds(f->densities);
+      budgets = ParseSpeeds(f->budgets);
+    } catch (const std::exception&) {
+      Fail("run", InvalidArgument("--ranks, --upload-densities and --rank-budgets take comma-separated numbers"), 2);
+    }
+    for (double r : ranks) {
+      if (!(r >= 1 && r <= 256 && r == std::floor(r))) Fail("run", InvalidArgument(fmt::format("rank {} is not in 1..256", r)), 2);
+    }
+    if (!ranks.empty()) f->task.rank = static_cast<uint32_t>(*std::max_element(ranks.begin(), ranks.end()));
+    for (double d : densities) {
+      if (!(d > 0 && d <= 1)) Fail("run", InvalidArgument(fmt::format("upload density {} is not in (0, 1]", d)), 2);
+    }
+    for (double b : budgets) {
+      if (!(b >= 1 && b == std::floor(b))) Fail("run", InvalidArgument(fmt::format("rank budget {} is not a positive integer", b)), 2);
+    }
     std::vector<double> speeds;
     try {
       speeds = ParseSpeeds(f->speeds);
@@ -273,14 +303,20 @@ void RegisterRun(CLI::App& app) {
       wo.base_path = base;
       wo.training = f->training;
       wo.training.speed_factor = speeds[i % speeds.size()];
+      if (!ranks.empty()) wo.heterogeneity.rank = static_cast<uint32_t>(ranks[i % ranks.size()]);
+      if (!densities.empty()) wo.heterogeneity.upload_density = static_cast<float>(densities[i % densities.size()]);
+      if (!budgets.empty()) wo.heterogeneity.rank_budget = static_cast<uint32_t>(budgets[i % budgets.size()]);
       wo.seed = static_cast<uint64_t>(i) + 1;
       auto w = worker::Worker::Create(std::move(wo), train_data, (*shards)[i]);
       if (!w.ok()) Fail("run", w.status());
       workers.push_back(std::move(*w));
     }
 
-    fmt::print("federation: {} workers (speeds x{}), Dirichlet({}) shards of {} private images, mode {}",
-               workers.size(), f->speeds, f->task.dirichlet_alpha, [&] {
+    const std::string split = f->task.partition == "pathological"
+                                  ? fmt::format("pathological ({} classes each)", f->task.classes_per_client)
+                                  : fmt::format("Dirichlet({})", f->task.dirichlet_alpha);
+    fmt::print("federation: {} workers (speeds x{}{}), method {}, {} shards of {} private images, mode {}",
+               workers.size(), f->speeds, f->ranks.empty() ? "" : ", ranks " + f->ranks, f->engine.method, split, [&] {
                  size_t n = 0;
                  for (const auto& s : *shards) n += s.size();
                  return n;

@@ -34,6 +34,7 @@ worker::ModelOptions ModelFor(const TaskOptions& task) {
   mo.lora_rank = task.rank;
   mo.lora_alpha = task.lora_alpha;
   mo.lora_seed = task.lora_seed;
+  mo.full = task.full;
   return mo;
 }
 
@@ -44,6 +45,7 @@ worker::ModelOptions ModelFor(const AdapterSpec& spec) {
   mo.lora_alpha = spec.alpha;
   mo.lora_seed = spec.seed;
   mo.target_modules = spec.target_modules;
+  mo.full = spec.rank == 0;
   return mo;
 }
 
@@ -83,6 +85,13 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
 Result<std::vector<std::vector<size_t>>> ClientShards(const worker::Dataset& train, const TaskOptions& task) {
   if (task.num_clients <= 0) return InvalidArgument("number of clients must be positive");
   const worker::PublicSplit split = worker::SplitPublic(train, worker::PublicSplitOptions{});
+  if (task.partition == "pathological") {
+    return worker::PathologicalPartition(train, split.private_indices, task.num_clients, task.classes_per_client,
+                                         task.partition_seed);
+  }
+  if (task.partition != "dirichlet") {
+    return InvalidArgument(fmt::format("unknown partition '{}' (dirichlet, pathological)", task.partition));
+  }
   return worker::DirichletPartition(train, split.private_indices, task.num_clients, task.dirichlet_alpha,
                                     task.partition_seed);
 }

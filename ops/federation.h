@@ -22,9 +22,12 @@ struct TaskOptions {
   uint32_t rank = 8;                // LoRA rank
   float lora_alpha = 16.0f;         // LoRA scale alpha / r
   uint64_t lora_seed = 1;           // seed of every client's identical A initialisation
+  bool full = false;                // no LoRA: every base parameter is trained (method "full")
   int num_clients = 6;              // clients the private data is split across
   double dirichlet_alpha = 0.5;     // non-IID strength: 0.5 mild, 0.1 strong, 0.01 extreme
   uint64_t partition_seed = 11;
+  std::string partition = "dirichlet";  // or "pathological"
+  int classes_per_client = 2;           // pathological split
 };
 
 // <store>/base/<arch>.pt

@@ -1,5 +1,6 @@
 #include "ops/flags.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -23,9 +24,50 @@ void AddTaskFlags(CLI::App* app, TaskOptions& task) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app->add_option("--partition-seed", task.partition_seed, "Seed of the data partition")->capture_default_str();
+  AddPartitionFlags(app, task);
+}
+
+void AddPartitionFlags(CLI::App* app, TaskOptions& task) {
+  app->add_option("--partition", task.partition,
+                  "Label split across clients: dirichlet (see --dirichlet) or pathological (each client holds "
+                  "--classes-per-client label-sorted shards)")
+      ->check(CLI::IsMember({"dirichlet", "pathological"}))
+      ->capture_default_str();
+  app->add_option("--classes-per-client", task.classes_per_client, "Pathological split: shards (classes) per client")
+      ->check(CLI::Range(1, 10))
+      ->capture_default_str();
 }
 
 void AddEngineFlags(CLI::App* app, EngineFlags& f) {
+  std::string methods;
+  for (Method m : kAllMethods) methods += fmt::format("\n  {:<11} {}", MethodName(m), MethodSummary(m));
+  app->add_option("--method", f.method, "Federation method (docs/methods.md):" + methods)->capture_default_str();
+  auto& m = f.engine.method;
+  app->add_option("--download-density", m.download_density, "flasc: fraction of the global LoRA downloaded")
+      ->capture_default_str();
+  app->add_option("--upload-density", m.upload_density, "flasc: fraction of the delta uploaded (top-k by magnitude)")
+      ->capture_default_str();
+  app->add_option("--density-decay", m.density_decay, "flasc: densities x decay every --decay-every versions")
+      ->capture_default_str();
+  app->add_option("--decay-every", m.decay_every, "flasc: versions between density decays (0: never)")
+      ->capture_default_str();
+  app->add_option("--phase-length", m.phase_length, "lora-a2: versions per phase (B trains first, then A)")
+      ->capture_default_str();
+  app->add_option("--rank-budget", m.a2_rank_budget, "lora-a2: ranks per module a client uploads")
+      ->capture_default_str();
+  app->add_option("--a-lr-ratio", m.a_lr_ratio, "lora-a2: learning rate of A relative to B")->capture_default_str();
+  app->add_option("--initiating-versions", m.initiating_versions,
+                  "sa-fedlora: versions trained with the proximal term")
+      ->capture_default_str();
+  app->add_option("--proximal-mu", m.proximal_mu, "sa-fedlora: weight mu of (mu/2)||theta - theta_global||^2")
+      ->capture_default_str();
+  app->add_option("--heating-until", m.heating_until, "sa-fedlora: keep every rank until this version")
+      ->capture_default_str();
+  app->add_option("--cooling-until", m.cooling_until, "sa-fedlora: the cubic budget reaches its minimum here")
+      ->capture_default_str();
+  app->add_option("--min-budget", m.min_budget, "sa-fedlora: ranks per module kept after cooling")->capture_default_str();
+  app->add_option("--probe-batches", m.probe_batches, "lora-a2, sa-fedlora: batches that score the ranks")
+      ->capture_default_str();
   app->add_option("--mode", f.mode, "Aggregation: fedbuff, fedasync or sync (barrier baseline)")
       ->check(CLI::IsMember({"fedbuff", "fedasync", "sync"}))
       ->capture_default_str();
@@ -55,6 +97,7 @@ Status ResolveEngineFlags(EngineFlags& f) {
     return InvalidArgument("unknown mode '" + f.mode + "' (fedbuff, fedasync, sync)");
   }
   ASSIGN_OR_RETURN(f.engine.staleness.fn, aggregator::ParseStalenessFn(f.staleness));
+  ASSIGN_OR_RETURN(f.engine.method.method, ParseMethod(f.method));
   return aggregator::ValidateEngineOptions(f.engine);
 }
 

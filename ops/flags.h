@@ -21,10 +21,13 @@ struct StoreLayout {
 };
 
 void AddTaskFlags(CLI::App* app, TaskOptions& task);
+// --partition and --classes-per-client (part of AddTaskFlags; `run` adds them on their own).
+void AddPartitionFlags(CLI::App* app, TaskOptions& task);
 
-// Server rule flags: --mode, --buffer-size, --fedasync-alpha, --server-lr, --staleness,
+// Server rule flags: --method and its hyperparameters, --mode, --buffer-size, --fedasync-alpha, --server-lr, --staleness,
 // --staleness-a, --staleness-b, --max-staleness, --round-size.
 struct EngineFlags {
+  std::string method = "fedavg";
   std::string mode = "fedbuff";
   std::string staleness = "polynomial";
   aggregator::EngineOptions engine;

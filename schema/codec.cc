@@ -116,6 +116,18 @@ std::span<const float> DenseValues(const wire::Tensor& tensor) {
   return {v->data(), v->size()};
 }
 
+std::span<const uint32_t> Indices(const wire::Tensor& tensor) {
+  const auto* v = tensor.indices();
+  if (v == nullptr) return {};
+  return {v->data(), v->size()};
+}
+
+std::span<const uint32_t> Ranks(const wire::Tensor& tensor) {
+  const auto* v = tensor.ranks();
+  if (v == nullptr) return {};
+  return {v->data(), v->size()};
+}
+
 std::vector<uint32_t> Shape(const wire::Tensor& tensor) {
   std::vector<uint32_t> shape;
   if (tensor.shape()) shape.assign(tensor.shape()->begin(), tensor.shape()->end());
@@ -180,6 +192,18 @@ Result<DecodedGlobal> DecodeGlobal(const wire::GlobalAdapter& global) {
   out.info.consumed_seq = global.consumed_seq();
   out.info.mode = global.mode();
   out.info.final = global.final();
+  if (const auto* m = global.method(); m != nullptr) {
+    if (m->name() != nullptr) {
+      ASSIGN_OR_RETURN(out.info.method.method, ParseMethod(m->name()->string_view()));
+    }
+    out.info.method.download_density = m->download_density();
+    out.info.method.upload_density = m->upload_density();
+    out.info.method.phase = m->phase();
+    out.info.method.a_lr_ratio = m->a_lr_ratio();
+    out.info.method.rank_budget = m->rank_budget();
+    out.info.method.probe_batches = m->probe_batches();
+    out.info.method.proximal_mu = m->proximal_mu();
+  }
   out.spec = SpecFromWire(global.spec());
   ASSIGN_OR_RETURN(out.state, DenseState(global.tensors()));
   RETURN_IF_ERROR(CheckStateMatchesSpec(out.spec, out.state).WithContext("global adapter"));
@@ -207,13 +231,46 @@ Bytes BuildUpdate(const UpdateHeader& h, const AdapterState& delta) {
   return Finish(b, wire::Body::Update, update.Union());
 }
 
+Bytes BuildUpdate(const UpdateHeader& h, const std::vector<EncodedTensor>& tensors) {
+  size_t bytes = 256;
+  for (const auto& t : tensors) bytes += (t.values.size() + t.indices.size()) * 4 + t.name.size() + 64;
+  flatbuffers::FlatBufferBuilder b(bytes);
+  std::vector<flatbuffers::Offset<wire::Tensor>> ts;
+  ts.reserve(tensors.size());
+  for (const auto& t : tensors) {
+    auto name = b.CreateString(t.name);
+    auto shape = ShapeVec(b, t.shape);
+    auto values = b.CreateVector(t.values);
+    flatbuffers::Offset<flatbuffers::Vector<uint32_t>> indices, ranks;
+    if (t.encoding == wire::Encoding::Sparse) indices = b.CreateVector(t.indices);
+    if (t.encoding == wire::Encoding::RankSlice) ranks = b.CreateVector(t.indices);
+    wire::TensorBuilder tb(b);
+    tb.add_name(name);
+    tb.add_shape(shape);
+    tb.add_encoding(t.encoding);
+    tb.add_values(values);
+    if (!indices.IsNull()) tb.add_indices(indices);
+    if (!ranks.IsNull()) tb.add_ranks(ranks);
+    ts.push_back(tb.Finish());
+  }
+  auto tensor_vec = b.CreateVector(ts);
+  auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
+                                   b.CreateString(h.adapter_id), h.base_version, h.num_samples,
+                                   h.local_steps, h.train_loss, tensor_vec);
+  return Finish(b, wire::Body::Update, update.Union());
+}
+
 Bytes BuildGlobal(const GlobalInfo& info, const AdapterSpec& spec, const AdapterState& state) {
   flatbuffers::FlatBufferBuilder b(state.numel() * 4 + 4096);
   auto spec_off = SpecToWire(b, spec);
   auto tensors = DenseTensors(b, state);
+  const MethodState& m = info.method;
+  auto method = wire::CreateMethod(b, b.CreateString(MethodName(m.method)), m.download_density,
+                                   m.upload_density, m.phase, m.a_lr_ratio, m.rank_budget,
+                                   m.probe_batches, m.proximal_mu);
   auto g = wire::CreateGlobalAdapter(b, b.CreateString(info.adapter_id), info.version, spec_off,
                                      tensors, b.CreateString(info.content_hash),
-                                     info.consumed_seq, info.mode, info.final);
+                                     info.consumed_seq, info.mode, info.final, method);
   return Finish(b, wire::Body::GlobalAdapter, g.Union());
 }
 

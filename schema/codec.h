@@ -19,6 +19,7 @@
 
 #include "schema/adapter.h"
 #include "schema/fedlora_generated.h"
+#include "schema/method.h"
 #include "schema/status.h"
 #include "schema/store_generated.h"
 
@@ -56,8 +57,12 @@ Result<const store::VersionRecord*> VerifyVersionRecord(std::span<const std::byt
 // Name of a body type for logs and errors ("Update", "Fetch", ...).
 std::string_view BodyName(wire::Body type);
 
-// The values of a Dense tensor, in place. Empty span if the tensor has no values.
+// The values of a tensor (all elements for Dense, the carried ones otherwise), in place.
+// Empty span if the tensor has no values.
 std::span<const float> DenseValues(const wire::Tensor& tensor);
+// Sparse: the flat indices; RankSlice: the rank indices. In place; empty if absent.
+std::span<const uint32_t> Indices(const wire::Tensor& tensor);
+std::span<const uint32_t> Ranks(const wire::Tensor& tensor);
 std::vector<uint32_t> Shape(const wire::Tensor& tensor);
 
 AdapterSpec SpecFromWire(const wire::AdapterSpec* spec);
@@ -71,6 +76,7 @@ struct GlobalInfo {
   uint64_t consumed_seq = 0;
   wire::Mode mode = wire::Mode::FedBuff;
   bool final = false;
+  MethodState method;
 };
 struct DecodedGlobal {
   GlobalInfo info;
@@ -98,8 +104,20 @@ struct UpdateHeader {
   float train_loss = 0;
 };
 
+// One tensor of an update in one of the update encodings (see Encoding in fedlora.fbs):
+// Dense: values holds every element; Sparse: indices (flat, increasing) with one value each;
+// RankSlice: indices are the rank indices, values the selected rows of A / columns of B.
+struct EncodedTensor {
+  std::string name;
+  std::vector<uint32_t> shape;   // the full logical shape
+  wire::Encoding encoding = wire::Encoding::Dense;
+  std::vector<uint32_t> indices;
+  std::vector<float> values;
+};
+
 // Dense update: every tensor of `delta` in full.
 Bytes BuildUpdate(const UpdateHeader& header, const AdapterState& delta);
+Bytes BuildUpdate(const UpdateHeader& header, const std::vector<EncodedTensor>& tensors);
 Bytes BuildGlobal(const GlobalInfo& info, const AdapterSpec& spec, const AdapterState& state);
 Bytes BuildHello(wire::Role role, std::string_view client_id);
 Bytes BuildAck(std::string_view update_id, uint64_t seq, bool duplicate);

@@ -24,6 +24,80 @@ Status ValidateId(std::string_view what, std::string_view id, size_t max_length)
   return Status::Ok();
 }
 
+namespace {
+
+// Checks that `values` are finite; names the first offender.
+Status CheckFinite(std::string_view name, std::span<const float> values) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      return InvalidArgument(fmt::format("tensor '{}' has a non-finite value at index {}", name, i));
+    }
+  }
+  return Status::Ok();
+}
+
+// Strictly increasing and below `limit`.
+Status CheckIndexList(std::string_view name, std::string_view what, std::span<const uint32_t> list,
+                      uint64_t limit) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (list[i] >= limit) {
+      return InvalidArgument(fmt::format("tensor '{}': {} {} at position {} is out of range (limit {})",
+                                         name, what, list[i], i, limit));
+    }
+    if (i > 0 && list[i] <= list[i - 1]) {
+      return InvalidArgument(fmt::format("tensor '{}': {} are not strictly increasing at position {} ({} after {})",
+                                         name, what, i, list[i], list[i - 1]));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status ValidateTensorValues(const wire::Tensor& t, const TensorSpec& ts) {
+  const std::string_view name = ts.name;
+  const auto values = codec::DenseValues(t);
+  switch (t.encoding()) {
+    case wire::Encoding::Dense:
+      if (values.size() != ts.numel()) {
+        return InvalidArgument(fmt::format("tensor '{}' has {} values, its shape needs {}", name,
+                                           values.size(), ts.numel()));
+      }
+      break;
+    case wire::Encoding::Sparse: {
+      const auto indices = codec::Indices(t);
+      if (t.ranks() != nullptr) return InvalidArgument(fmt::format("sparse tensor '{}' carries ranks", name));
+      if (indices.size() != values.size()) {
+        return InvalidArgument(fmt::format("sparse tensor '{}' has {} indices but {} values", name,
+                                           indices.size(), values.size()));
+      }
+      RETURN_IF_ERROR(CheckIndexList(name, "indices", indices, ts.numel()));
+      break;
+    }
+    case wire::Encoding::RankSlice: {
+      if (ts.role == TensorRole::kDense || ts.shape.size() != 2) {
+        return InvalidArgument(fmt::format("tensor '{}' is not a LoRA factor and cannot be sent as rank slices", name));
+      }
+      if (t.indices() != nullptr) return InvalidArgument(fmt::format("rank-slice tensor '{}' carries indices", name));
+      const auto ranks = codec::Ranks(t);
+      // A is r x k (rank = rows), B is d x r (rank = columns).
+      const bool is_a = ts.role == TensorRole::kLoraA;
+      const uint32_t rank = is_a ? ts.shape[0] : ts.shape[1];
+      const uint64_t per_rank = is_a ? ts.shape[1] : ts.shape[0];
+      RETURN_IF_ERROR(CheckIndexList(name, "ranks", ranks, rank));
+      if (values.size() != ranks.size() * per_rank) {
+        return InvalidArgument(fmt::format("rank-slice tensor '{}' has {} values; {} ranks of {} need {}", name,
+                                           values.size(), ranks.size(), per_rank, ranks.size() * per_rank));
+      }
+      break;
+    }
+    default:
+      return Unimplemented(fmt::format("tensor '{}' uses encoding {}; this broker accepts Dense, Sparse "
+                                       "and RankSlice", name, wire::EnumNameEncoding(t.encoding())));
+  }
+  return CheckFinite(name, values);
+}
+
 Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint64_t latest_version,
                       const ValidationLimits& limits) {
   RETURN_IF_ERROR(ValidateId("update_id", update.update_id()->string_view(), limits.max_id_length));
@@ -51,20 +125,7 @@ Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint6
       return InvalidArgument(fmt::format("tensor '{}' has shape [{}], the adapter expects [{}]", name,
                                          fmt::join(shape, ","), fmt::join(ts.shape, ",")));
     }
-    if (t->encoding() != wire::Encoding::Dense) {
-      return Unimplemented(fmt::format("tensor '{}' uses encoding {}; this broker accepts Dense",
-                                       name, wire::EnumNameEncoding(t->encoding())));
-    }
-    const auto values = codec::DenseValues(*t);
-    if (values.size() != ts.numel()) {
-      return InvalidArgument(fmt::format("tensor '{}' has {} values, its shape needs {}", name,
-                                         values.size(), ts.numel()));
-    }
-    for (size_t i = 0; i < values.size(); ++i) {
-      if (!std::isfinite(values[i])) {
-        return InvalidArgument(fmt::format("tensor '{}' has a non-finite value at index {}", name, i));
-      }
-    }
+    RETURN_IF_ERROR(ValidateTensorValues(*t, ts));
   }
   return Status::Ok();
 }

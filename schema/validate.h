@@ -19,12 +19,17 @@ struct ValidationLimits {
 };
 
 // Checks identifiers (non-empty, bounded, printable, no NUL), that every tensor is one of
-// the spec's (each at most once) with the spec's shape, that dense tensors carry exactly
-// one finite value per element, that num_samples > 0, and that base_version is not newer
-// than `latest_version`. Non-dense encodings are rejected with kUnimplemented in schema
-// version 1. Errors: kInvalidArgument / kUnimplemented, with a reason naming the field.
+// the spec's (each at most once) with the spec's shape and valid values (see
+// ValidateTensorValues), that num_samples > 0, and that base_version is not newer than
+// `latest_version`. Errors: kInvalidArgument / kUnimplemented, with a reason naming the field.
 Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint64_t latest_version,
                       const ValidationLimits& limits = {});
+
+// Checks one tensor's encoding against its spec: Dense carries one value per element; Sparse
+// carries strictly increasing flat indices below numel with one value each; RankSlice is only
+// for LoRA factors and carries strictly increasing ranks below r with a full row of A / column
+// of B per rank. Every value must be finite. Q8 is kUnimplemented.
+Status ValidateTensorValues(const wire::Tensor& tensor, const TensorSpec& spec);
 
 // Identifier syntax shared by adapter, client and update ids: 1..max_length characters from
 // [A-Za-z0-9._:-].

@@ -12,6 +12,7 @@
 #include "schema/codec.h"
 #include "schema/transport.h"
 #include "schema/validate.h"
+#include "worker/method.h"
 #include "worker/model.h"
 #include "worker/train.h"
 
@@ -105,17 +106,19 @@ class WorkerImpl final : public Worker {
       train.lr = options_.training.lr;
       train.speed_factor = options_.training.speed_factor;
       train.seed = Mix(Mix(options_.seed, HashString(options_.client_id)), counter);
-      RETURN_IF_ERROR(model_->LoadAdapter(global->state));
-      LocalTrainResult trained = TrainLocal(*model_, *data_, shard_, train, stop);
-      if (trained.stopped) break;
+      const ClientMethodOptions client{options_.heterogeneity.rank, options_.heterogeneity.upload_density,
+                                       options_.heterogeneity.rank_budget};
+      ASSIGN_OR_RETURN(LocalRound round,
+                       RunLocalRound(*model_, global->spec, global->state, global->info.method, client,
+                                     &personal_, *data_, shard_, train, stop));
+      if (round.trained.stopped) break;
       last_trained_base = static_cast<int64_t>(global->info.version);
-
-      AdapterState delta = model_->ExportAdapter();
-      for (size_t t = 0; t < delta.tensors.size(); ++t) {
-        auto& d = delta.tensors[t].values;
-        const auto& g = global->state.tensors[t].values;
-        for (size_t i = 0; i < d.size(); ++i) d[i] -= g[i];
+      const LocalTrainResult& trained = round.trained;
+      if (round.upload.empty()) {
+        // Nothing changed that this method uploads (e.g. every kept value was zero): train on.
+        continue;
       }
+
       codec::UpdateHeader header;
       header.update_id = fmt::format("{}-{}-{}", options_.client_id, session_, counter++);
       header.client_id = options_.client_id;
@@ -124,7 +127,7 @@ class WorkerImpl final : public Worker {
       header.num_samples = trained.samples;
       header.local_steps = trained.steps;
       header.train_loss = trained.mean_loss;
-      codec::Bytes update = codec::BuildUpdate(header, delta);
+      codec::Bytes update = codec::BuildUpdate(header, round.upload);
       ASSIGN_OR_RETURN(bool keep_going, PublishUntilAcked(stop, header, update, trained.mean_loss));
       if (!keep_going) break;
 
@@ -169,6 +172,7 @@ class WorkerImpl final : public Worker {
     mo.lora_alpha = g.spec.alpha;
     mo.lora_seed = g.spec.seed;
     mo.target_modules = g.spec.target_modules;
+    mo.full = g.spec.rank == 0;
     ASSIGN_OR_RETURN(model_, Model::Create(mo));
     RETURN_IF_ERROR(model_->LoadBase(options_.base_path).WithContext("load base model"));
     model_->SetPretraining(false);
@@ -328,6 +332,7 @@ class WorkerImpl final : public Worker {
   std::optional<zmq::socket_t> socket_;
   std::optional<zmq::socket_t> sub_;
   std::unique_ptr<Model> model_;
+  PersonalState personal_;  // fedsa: this client's B factors
   WorkerStats stats_;
 };
 
@@ -347,6 +352,10 @@ Result<std::unique_ptr<Worker>> Worker::Create(WorkerOptions options, std::share
   }
   if (!(options.training.speed_factor >= 1.0)) return InvalidArgument("speed factor must be >= 1");
   if (!(options.training.lr > 0)) return InvalidArgument("learning rate must be positive");
+  const auto& h = options.heterogeneity;
+  if (!(h.upload_density >= 0 && h.upload_density <= 1)) {
+    return InvalidArgument(fmt::format("upload density {} is outside [0, 1]", h.upload_density));
+  }
   return std::unique_ptr<Worker>(new WorkerImpl(std::move(options), std::move(data), std::move(shard)));
 }
 

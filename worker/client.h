@@ -32,6 +32,13 @@ struct WorkerTraining {
   double speed_factor = 1.0;    // >= 1: emulate a device this many times slower
 };
 
+// This client's heterogeneity beyond speed (see worker/method.h ClientMethodOptions).
+struct WorkerHeterogeneity {
+  uint32_t rank = 0;           // LoRA rank this client trains (<= the adapter's); 0: the adapter's
+  float upload_density = 0;    // FLASC upload density; 0: the global's
+  uint32_t rank_budget = 0;    // LoRA-A2 ranks per module; 0: the global's
+};
+
 struct WorkerEvent {
   enum class Kind { kFetched, kPublished, kRejected, kFinal };
   Kind kind = Kind::kFetched;
@@ -51,6 +58,7 @@ struct WorkerOptions {
   std::string adapter_id = "default";
   std::string base_path = "fedlora-data/base/vit-tiny.pt";
   WorkerTraining training;
+  WorkerHeterogeneity heterogeneity;
   uint64_t seed = 1;                 // batch sampling; combined with client id and run number
   uint64_t max_updates = 0;          // leave after this many acknowledged updates; 0: until final
   std::chrono::milliseconds request_timeout{4000};  // then reconnect and resend

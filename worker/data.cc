@@ -273,6 +273,48 @@ Result<std::vector<std::vector<size_t>>> DirichletPartition(const Dataset& train
   return parts;
 }
 
+Result<std::vector<std::vector<size_t>>> PathologicalPartition(const Dataset& train,
+                                                               const std::vector<size_t>& indices,
+                                                               int num_clients, int classes_per_client,
+                                                               uint64_t seed) {
+  if (num_clients <= 0 || classes_per_client <= 0) {
+    return InvalidArgument("pathological split needs positive client and classes-per-client counts");
+  }
+  const size_t shards = static_cast<size_t>(num_clients) * static_cast<size_t>(classes_per_client);
+  if (indices.size() < shards) {
+    return InvalidArgument(fmt::format("{} examples cannot fill {} shards", indices.size(), shards));
+  }
+  std::vector<size_t> sorted;
+  sorted.reserve(indices.size());
+  for (size_t index : indices) {
+    if (index >= train.size()) {
+      return InvalidArgument(fmt::format("index {} is out of range for a dataset of {}", index, train.size()));
+    }
+    sorted.push_back(index);
+  }
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [&](size_t a, size_t b) { return train.labels[a] < train.labels[b]; });
+  std::vector<size_t> order(shards);
+  for (size_t i = 0; i < shards; ++i) order[i] = i;
+  std::mt19937_64 rng(seed);
+  for (size_t i = shards; i > 1; --i) {
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % i;
+    uint64_t x = rng();
+    while (x >= limit) x = rng();
+    std::swap(order[i - 1], order[x % i]);
+  }
+  std::vector<std::vector<size_t>> parts(static_cast<size_t>(num_clients));
+  for (size_t j = 0; j < shards; ++j) {
+    const size_t shard = order[j];
+    const size_t begin = shard * sorted.size() / shards;
+    const size_t end = (shard + 1) * sorted.size() / shards;
+    auto& part = parts[j / static_cast<size_t>(classes_per_client)];
+    part.insert(part.end(), sorted.begin() + static_cast<ptrdiff_t>(begin), sorted.begin() + static_cast<ptrdiff_t>(end));
+  }
+  for (auto& part : parts) std::sort(part.begin(), part.end());
+  return parts;
+}
+
 std::vector<size_t> ClassHistogram(const Dataset& data, const std::vector<size_t>& indices) {
   std::vector<size_t> histogram(kNumClasses, 0);
   for (size_t index : indices) {

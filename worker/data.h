@@ -63,6 +63,15 @@ Result<std::vector<std::vector<size_t>>> DirichletPartition(const Dataset& train
                                                             uint64_t seed,
                                                             size_t min_per_client = 10);
 
+// The pathological split (McMahan et al. 2017): `indices` sorted by label are cut into
+// num_clients x classes_per_client equal shards and each client gets classes_per_client of
+// them at random, so a client holds about that many classes. Deterministic in all arguments.
+// Errors: kInvalidArgument (num_clients or classes_per_client 0, fewer indices than shards).
+Result<std::vector<std::vector<size_t>>> PathologicalPartition(const Dataset& train,
+                                                               const std::vector<size_t>& indices,
+                                                               int num_clients, int classes_per_client,
+                                                               uint64_t seed);
+
 // Per-class counts of `indices` (size kNumClasses), for logs and tests.
 std::vector<size_t> ClassHistogram(const Dataset& data, const std::vector<size_t>& indices);
 

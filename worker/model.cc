@@ -417,6 +417,8 @@ class TorchModel final : public Model {
     net_->head()->bias.set_requires_grad(true);
   }
 
+  std::vector<torch::Tensor> AdapterTensors() override { return adapter_tensors_; }
+
   std::vector<torch::Tensor> TrainableParameters() override {
     std::vector<torch::Tensor> trainable;
     for (const auto& p : net_->parameters()) {
@@ -520,13 +522,15 @@ Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
     return InvalidArgument(fmt::format("unknown model architecture '{}' (expected '{}' or '{}')",
                                        options.arch, kArchVitTiny, kArchMlp));
   }
-  if (options.lora_rank == 0) return InvalidArgument("LoRA rank must be positive");
+  if (options.lora_rank == 0 && !options.full) return InvalidArgument("LoRA rank must be positive");
   if (!(options.lora_alpha > 0) || !std::isfinite(options.lora_alpha)) {
     return InvalidArgument(fmt::format("LoRA alpha must be positive, got {}", options.lora_alpha));
   }
   const std::vector<std::string> candidates = LoraModulesOf(options.arch);
   std::set<std::string> targets;
-  if (options.target_modules.empty()) {
+  if (options.full) {
+    if (!options.target_modules.empty()) return InvalidArgument("full fine-tuning takes no LoRA target modules");
+  } else if (options.target_modules.empty()) {
     targets.insert(candidates.begin(), candidates.end());
   } else {
     for (const auto& name : options.target_modules) {
@@ -539,8 +543,9 @@ Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
   }
 
   try {
-    const LoraConfig lora{&targets, static_cast<int64_t>(options.lora_rank),
-                          static_cast<double>(options.lora_alpha) / options.lora_rank};
+    const uint32_t rank = options.full ? 0 : options.lora_rank;
+    const LoraConfig lora{&targets, static_cast<int64_t>(rank),
+                          rank == 0 ? 1.0 : static_cast<double>(options.lora_alpha) / rank};
     std::shared_ptr<NetImpl> net;
     if (options.arch == kArchVitTiny) {
       auto vit = std::make_shared<VitTinyImpl>(lora);
@@ -552,7 +557,7 @@ Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
 
     AdapterSpec spec;
     spec.model = options.arch;
-    spec.rank = options.lora_rank;
+    spec.rank = rank;
     spec.alpha = options.lora_alpha;
     spec.seed = options.lora_seed;
     for (const auto& item : net->named_modules()) {
@@ -565,8 +570,14 @@ Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
       spec.tensors.push_back({item.key() + ".lora_A", ShapeOf(layer->lora_A), TensorRole::kLoraA});
       spec.tensors.push_back({item.key() + ".lora_B", ShapeOf(layer->lora_B), TensorRole::kLoraB});
     }
-    spec.tensors.push_back({"head.weight", ShapeOf(net->head()->weight), TensorRole::kDense});
-    spec.tensors.push_back({"head.bias", ShapeOf(net->head()->bias), TensorRole::kDense});
+    if (options.full) {
+      for (const auto& item : net->named_parameters()) {
+        spec.tensors.push_back({item.key(), ShapeOf(item.value()), TensorRole::kDense});
+      }
+    } else {
+      spec.tensors.push_back({"head.weight", ShapeOf(net->head()->weight), TensorRole::kDense});
+      spec.tensors.push_back({"head.bias", ShapeOf(net->head()->bias), TensorRole::kDense});
+    }
     return std::unique_ptr<Model>(std::make_unique<TorchModel>(std::move(net), std::move(spec)));
   } catch (const c10::Error& e) {
     return Internal(fmt::format("building model '{}': {}", options.arch, e.what_without_backtrace()));

@@ -31,6 +31,9 @@ struct ModelOptions {
   float lora_alpha = 16.0f;                 // scale = alpha / r
   uint64_t lora_seed = 1;                   // seed of the A initialisation
   std::vector<std::string> target_modules;  // empty: every projection that can carry LoRA
+  // Full fine-tuning (method "full"): no LoRA; every parameter of the network is an adapter
+  // tensor (role Dense) and trains. The spec then has rank 0 and no target modules.
+  bool full = false;
   // Seed of the base weights' initialisation. Only pretraining depends on it: fine-tuning
   // loads the pretrained base over these values.
   uint64_t init_seed = 0;
@@ -56,6 +59,8 @@ class Model {
   // fine-tuning mode freezes the base and trains only the adapter tensors.
   virtual void SetPretraining(bool pretraining) = 0;
   virtual std::vector<torch::Tensor> TrainableParameters() = 0;
+  // The live adapter tensors, in Spec() order (for methods that freeze or mask parts of them).
+  virtual std::vector<torch::Tensor> AdapterTensors() = 0;
 
   // The frozen base (every non-LoRA weight, head included) as a file. LoadBase checks the
   // architecture matches. Errors: kNotFound, kDataLoss, kInvalidArgument.

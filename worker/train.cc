@@ -112,9 +112,11 @@ LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector
     auto [images, labels] = MakeBatch(data, sampler.Next(options.batch_size));
     optimizer.zero_grad();
     torch::Tensor loss = torch::nn::functional::cross_entropy(model.Forward(images), labels);
-    loss.backward();
-    optimizer.step();
     loss_sum += loss.item<double>();
+    if (options.regularizer) loss = loss + options.regularizer();
+    loss.backward();
+    if (options.after_backward) options.after_backward();
+    optimizer.step();
     ++result.steps;
     result.samples += options.batch_size;
     if (options.speed_factor > 1.0) {
@@ -128,6 +130,20 @@ LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector
   }
   if (result.steps > 0) result.mean_loss = static_cast<float>(loss_sum / result.steps);
   return result;
+}
+
+void AccumulateGradients(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+                         uint32_t batches, uint32_t batch_size, uint64_t seed) {
+  model.Train(true);
+  for (auto& p : model.TrainableParameters()) {
+    if (p.grad().defined()) p.mutable_grad().zero_();
+  }
+  if (indices.empty() || batch_size == 0) return;
+  BatchSampler sampler(indices, seed);
+  for (uint32_t i = 0; i < batches; ++i) {
+    auto [images, labels] = MakeBatch(data, sampler.Next(batch_size));
+    torch::nn::functional::cross_entropy(model.Forward(images), labels).backward();
+  }
 }
 
 EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples) {

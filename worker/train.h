@@ -22,6 +22,10 @@ struct LocalTrainOptions {
   float lr = 1e-3f;          // learning rate of the local optimizer (Adam, fresh every run)
   uint64_t seed = 1;         // batch sampling seed (combine with client id and run counter)
   double speed_factor = 1.0; // >= 1: after each step sleep (factor - 1) x step time, to emulate slow devices
+  // Optional, for the methods: a term added to every step's loss (SA-FedLoRA's proximal term),
+  // and a hook between backward and the optimizer step (gradient masks of frozen ranks).
+  std::function<torch::Tensor()> regularizer;
+  std::function<void()> after_backward;
 };
 
 struct LocalTrainResult {
@@ -41,6 +45,11 @@ struct EvalResult {
   double loss = 0;      // mean cross-entropy
   size_t samples = 0;
 };
+
+// Sums the gradients of model.TrainableParameters() over `batches` batches sampled like
+// TrainLocal's (without an optimizer step), leaving them in each parameter's grad().
+void AccumulateGradients(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+                         uint32_t batches, uint32_t batch_size, uint64_t seed);
 
 // Evaluates on the first min(max_samples, data.size()) examples (0: all), in batches.
 EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples = 0);

@@ -97,7 +97,7 @@ Figure BrokerIngest(const std::string& dir, size_t update_bytes, int publishers,
     zmq::socket_t agg(ctx, zmq::socket_type::dealer);
     agg.set(zmq::sockopt::linger, 1000);
     agg.connect(ep.backend);
-    fedlora::codec::GlobalInfo info{"bench", 0, "", 0, fedlora::wire::Mode::FedBuff, false};
+    fedlora::codec::GlobalInfo info{"bench", 0, "", 0, fedlora::wire::Mode::FedBuff, false, {}};
     fedlora::codec::Bytes g = fedlora::codec::BuildGlobal(info, spec, StateOf(spec, 0));
     agg.send(zmq::buffer(g.data(), g.size()), zmq::send_flags::none);
   }

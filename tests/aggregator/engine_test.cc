@@ -221,8 +221,9 @@ TEST(EngineTest, RejectsInvalidOptions) {
   o.fedasync_alpha = 1.5;
   EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
   o = EngineOptions{};
-  o.method = "mystery";
+  o.method.upload_density = 0;
   EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
+  EXPECT_EQ(ParseMethod("mystery").status().code(), Code::kInvalidArgument);
 }
 
 }  // namespace

@@ -85,7 +85,7 @@ class Peer {
 };
 
 codec::Bytes Global(uint64_t version) {
-  codec::GlobalInfo info{"default", version, "hash", 0, wire::Mode::FedBuff, false};
+  codec::GlobalInfo info{"default", version, "hash", 0, wire::Mode::FedBuff, false, {}};
   return codec::BuildGlobal(info, SmallSpec(), FilledState(SmallSpec(), 0));
 }
 
@@ -155,7 +155,17 @@ TEST_F(BrokerTest, RejectsBadInputWithCodeAndReasonAndKeepsServing) {
   AdapterState nan = FilledState(SmallSpec(), 0);
   nan.tensors[0].values[0] = std::numeric_limits<float>::quiet_NaN();
   const std::string valid = str(MakeUpdate("ok", "c1", 0, FilledState(SmallSpec(), 0)));
+  auto encoded = [&](const std::string& id, codec::EncodedTensor t) {
+    codec::UpdateHeader h{id, "c1", "default", 0, 10, 1, 0.5f};
+    return str(codec::BuildUpdate(h, {std::move(t)}));
+  };
   std::vector<Case> cases = {
+      {"unsorted sparse indices", encoded("u", {"head.weight", {2, 4}, wire::Encoding::Sparse, {4, 2}, {1, 2}}),
+       Code::kInvalidArgument},
+      {"sparse index out of range", encoded("u", {"head.weight", {2, 4}, wire::Encoding::Sparse, {8}, {1}}),
+       Code::kInvalidArgument},
+      {"rank out of range", encoded("u", {"m.lora_A", {2, 3}, wire::Encoding::RankSlice, {2}, {1, 2, 3}}),
+       Code::kInvalidArgument},
       {"random bytes", std::string(64, '\x5a'), Code::kInvalidArgument},
       {"truncated", valid.substr(0, valid.size() / 2), Code::kInvalidArgument},
       {"oversize", std::string(1536 << 10, 'x'), Code::kResourceExhausted},
@@ -176,7 +186,11 @@ TEST_F(BrokerTest, RejectsBadInputWithCodeAndReasonAndKeepsServing) {
   const auto* e = worker.Reply();
   ASSERT_TRUE(e);
   EXPECT_EQ(e->body_type(), wire::Body::Ack);
-  EXPECT_EQ(broker.stats().updates_logged.load(), 1u);
+  worker.SendRaw(encoded("sparse-ok", {"head.weight", {2, 4}, wire::Encoding::Sparse, {2, 4}, {1, 2}}));
+  e = worker.Reply();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->body_type(), wire::Body::Ack);
+  EXPECT_EQ(broker.stats().updates_logged.load(), 2u);
 }
 
 TEST_F(BrokerTest, FetchReturnsTheGlobalOrSaysItIsCurrent) {

@@ -49,7 +49,7 @@ TEST(CodecTest, DenseValuesAreReadInPlace) {
 TEST(CodecTest, GlobalRoundTripKeepsSpecAndState) {
   const AdapterSpec spec = SmallSpec();
   const AdapterState state = FilledState(spec, 1.0f);
-  codec::GlobalInfo info{"default", 12, "abc", 99, wire::Mode::Sync, true};
+  codec::GlobalInfo info{"default", 12, "abc", 99, wire::Mode::Sync, true, {}};
   const codec::Bytes bytes = codec::BuildGlobal(info, spec, state);
   auto env = codec::VerifyEnvelope(codec::AsBytes(bytes));
   ASSERT_TRUE(env.ok());

@@ -298,3 +298,36 @@ TEST(ClassHistogramTest, CountsLabelsOfTheGivenIndices) {
 
 }  // namespace
 }  // namespace fedlora::worker
+
+namespace fedlora::worker {
+namespace {
+
+TEST(PathologicalPartitionTest, EachClientHoldsAboutItsShardsClassesAndEveryIndexLandsOnce) {
+  Dataset data;
+  for (int c = 0; c < kNumClasses; ++c) {
+    for (int i = 0; i < 100; ++i) data.labels.push_back(static_cast<uint8_t>(c));
+  }
+  data.images.resize(data.labels.size() * kImagePixels);
+  std::vector<size_t> all(data.labels.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  auto parts = PathologicalPartition(data, all, 5, 2, 3);
+  ASSERT_TRUE(parts.ok()) << parts.status().ToString();
+  ASSERT_EQ(parts->size(), 5u);
+  std::vector<int> seen(all.size(), 0);
+  for (const auto& p : *parts) {
+    EXPECT_EQ(p.size(), 200u);
+    size_t classes = 0;
+    for (size_t n : ClassHistogram(data, p)) classes += n > 0;
+    EXPECT_LE(classes, 2u);  // 10 shards of exactly one class each
+    for (size_t i : p) ++seen[i];
+  }
+  EXPECT_TRUE(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+  auto again = PathologicalPartition(data, all, 5, 2, 3);
+  EXPECT_EQ(*again, *parts);
+  EXPECT_NE(*PathologicalPartition(data, all, 5, 2, 4), *parts);
+  EXPECT_EQ(PathologicalPartition(data, all, 0, 2, 3).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(PathologicalPartition(data, {1, 2}, 5, 2, 3).status().code(), Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace fedlora::worker

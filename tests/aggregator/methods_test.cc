@@ -1,0 +1,229 @@
+// The server half of each method: what the engine folds, exactly, and what it refuses.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+
+#include "aggregator/engine.h"
+#include "aggregator/lowrank.h"
+#include "tests/testing/fixtures.h"
+
+namespace fedlora::aggregator {
+namespace {
+
+using testing::AsUpdate;
+
+// One LoRA module "m" with A 4x5 and B 6x4 (rank 4), and a dense "head.bias" (3).
+AdapterSpec Rank4Spec() {
+  AdapterSpec spec;
+  spec.model = "test";
+  spec.rank = 4;
+  spec.alpha = 8;
+  spec.target_modules = {"m"};
+  spec.tensors = {{"m.lora_A", {4, 5}, TensorRole::kLoraA},
+                  {"m.lora_B", {6, 4}, TensorRole::kLoraB},
+                  {"head.bias", {3}, TensorRole::kDense}};
+  return spec;
+}
+
+// A random, B zero (as a fresh LoRA adapter), head zero.
+AdapterState FreshState(const AdapterSpec& spec, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(-0.5f, 0.5f);
+  AdapterState s;
+  for (const auto& t : spec.tensors) {
+    DenseTensor d{t.name, t.shape, std::vector<float>(t.numel(), 0.0f)};
+    if (t.role == TensorRole::kLoraA) {
+      for (float& v : d.values) v = dist(rng);
+    }
+    s.tensors.push_back(std::move(d));
+  }
+  return s;
+}
+
+std::vector<float> RandomValues(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+codec::Bytes Update(const std::string& id, const std::string& client, uint64_t base, uint64_t samples,
+                    const std::vector<codec::EncodedTensor>& tensors) {
+  codec::UpdateHeader h;
+  h.update_id = id;
+  h.client_id = client;
+  h.adapter_id = "default";
+  h.base_version = base;
+  h.num_samples = samples;
+  return codec::BuildUpdate(h, tensors);
+}
+
+class Harness {
+ public:
+  Harness(EngineOptions options, AdapterSpec spec, AdapterState initial) {
+    versions_[0] = std::make_shared<const AdapterState>(initial);
+    auto e = Engine::Create(options, "default", std::move(spec), std::move(initial), 0, 0,
+                            [this](uint64_t v) -> Result<std::shared_ptr<const AdapterState>> {
+                              auto it = versions_.find(v);
+                              if (it == versions_.end()) return NotFound("no such version");
+                              return it->second;
+                            });
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    engine_ = std::move(*e);
+  }
+  std::optional<codec::VersionInfo> Feed(const codec::Bytes& update) {
+    auto r = engine_->Consume(engine_->next_seq(), AsUpdate(update));
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (r.ok() && *r) versions_[(*r)->version] = std::make_shared<const AdapterState>(engine_->state());
+    return r.ok() ? *r : std::nullopt;
+  }
+  Engine& engine() { return *engine_; }
+
+ private:
+  std::map<uint64_t, std::shared_ptr<const AdapterState>> versions_;
+  std::unique_ptr<Engine> engine_;
+};
+
+EngineOptions Options(Method method, uint32_t k) {
+  EngineOptions o;
+  o.mode = wire::Mode::FedBuff;
+  o.buffer_size = k;
+  o.method.method = method;
+  o.staleness.fn = StalenessFn::kConstant;
+  return o;
+}
+
+// B A (6 x 5) of a state in Rank4Spec's layout.
+std::vector<double> ProductOf(const AdapterState& s) {
+  lowrank::Factors f{6, 5, 4, {}, {}};
+  f.a.assign(s.tensors[0].values.begin(), s.tensors[0].values.end());
+  f.b.assign(s.tensors[1].values.begin(), s.tensors[1].values.end());
+  return lowrank::Product(f);
+}
+
+TEST(MethodsTest, FfaAggregationIsTheWeightedMeanOfTheClientsProducts) {
+  const AdapterSpec spec = Rank4Spec();
+  const AdapterState x0 = FreshState(spec, 1);
+  Harness h(Options(Method::kFfa, 2), spec, x0);
+  const auto d1 = RandomValues(24, 2), d2 = RandomValues(24, 3);
+  EXPECT_FALSE(h.Feed(Update("u1", "c1", 0, 30, {{"m.lora_B", {6, 4}, wire::Encoding::Dense, {}, d1}})));
+  ASSERT_TRUE(h.Feed(Update("u2", "c2", 0, 10, {{"m.lora_B", {6, 4}, wire::Encoding::Dense, {}, d2}})));
+  // Each client's model is (B0 + d_k) A0: the weighted mean of those products.
+  AdapterState c1 = x0, c2 = x0;
+  for (size_t i = 0; i < 24; ++i) {
+    c1.tensors[1].values[i] += d1[i];
+    c2.tensors[1].values[i] += d2[i];
+  }
+  const auto p1 = ProductOf(c1), p2 = ProductOf(c2), got = ProductOf(h.engine().state());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], 0.75 * p1[i] + 0.25 * p2[i], 1e-5);
+  EXPECT_EQ(h.engine().state().tensors[0].values, x0.tensors[0].values);  // A never moves
+}
+
+TEST(MethodsTest, EachMethodDropsUploadsThatBreakItsExactness) {
+  const AdapterSpec spec = Rank4Spec();
+  const codec::EncodedTensor a{"m.lora_A", {4, 5}, wire::Encoding::Dense, {}, RandomValues(20, 4)};
+  const codec::EncodedTensor b{"m.lora_B", {6, 4}, wire::Encoding::Dense, {}, RandomValues(24, 5)};
+  const codec::EncodedTensor b_slice{"m.lora_B", {6, 4}, wire::Encoding::RankSlice, {0, 1}, RandomValues(12, 6)};
+  const codec::EncodedTensor head{"head.bias", {3}, wire::Encoding::Dense, {}, {1, 2, 3}};
+  struct Case {
+    Method method;
+    std::vector<codec::EncodedTensor> tensors;
+    std::string reason;
+  };
+  const std::vector<Case> cases = {
+      {Method::kFfa, {a, head}, "ffa keeps lora_A frozen"},
+      {Method::kFedSa, {a, b}, "fedsa shares lora_A only"},
+      {Method::kLoraA2, {a, b}, "one factor per phase"},
+      {Method::kFlora, {b, head}, "needs both factors"},
+      {Method::kFlora, {a, b_slice}, "different ranks"},
+  };
+  for (const auto& c : cases) {
+    Harness h(Options(c.method, 1), spec, FreshState(spec, 1));
+    EXPECT_FALSE(h.Feed(Update("bad", "c1", 0, 10, c.tensors))) << MethodName(c.method);
+    auto v = h.Feed(Update("good", "c1", 0, 10, {head}));
+    ASSERT_TRUE(v) << MethodName(c.method);
+    ASSERT_EQ(v->dropped.size(), 1u);
+    EXPECT_NE(v->dropped[0].reason.find(c.reason), std::string::npos) << v->dropped[0].reason;
+    EXPECT_EQ(v->method, MethodName(c.method));
+  }
+}
+
+TEST(MethodsTest, SparseAndRankSliceUpdatesMoveOnlyWhatTheyCarry) {
+  const AdapterSpec spec = Rank4Spec();
+  const AdapterState x0 = FreshState(spec, 1);
+  Harness h(Options(Method::kFlasc, 2), spec, x0);
+  h.Feed(Update("u1", "c1", 0, 10, {{"m.lora_A", {4, 5}, wire::Encoding::Sparse, {3, 17}, {1.0f, 2.0f}}}));
+  h.Feed(Update("u2", "c2", 0, 30, {{"m.lora_B", {6, 4}, wire::Encoding::RankSlice, {2},
+                                     {1, 2, 3, 4, 5, 6}}}));
+  const AdapterState& x = h.engine().state();
+  for (size_t i = 0; i < 20; ++i) {
+    const float expected = x0.tensors[0].values[i] + (i == 3 ? 0.25f : i == 17 ? 0.5f : 0.0f);
+    EXPECT_FLOAT_EQ(x.tensors[0].values[i], expected) << i;
+  }
+  for (size_t row = 0; row < 6; ++row) {
+    for (size_t r = 0; r < 4; ++r) {
+      const float expected = r == 2 ? 0.75f * static_cast<float>(row + 1) : 0.0f;
+      EXPECT_FLOAT_EQ(x.tensors[1].values[row * 4 + r], expected) << row << "," << r;
+    }
+  }
+}
+
+TEST(MethodsTest, FloraFoldsHeterogeneousRanksExactlyInProductSpace) {
+  const AdapterSpec spec = Rank4Spec();
+  AdapterState x0 = FreshState(spec, 1);
+  Harness h(Options(Method::kFlora, 2), spec, x0);
+  // Client 1 holds rank 1 (rank slice {0}), client 2 rank 2 ({0, 1}); B starts at zero.
+  const auto a1 = RandomValues(5, 7), b1 = RandomValues(6, 8);
+  const auto a2 = RandomValues(10, 9), b2 = RandomValues(12, 10);
+  h.Feed(Update("u1", "c1", 0, 10, {{"m.lora_A", {4, 5}, wire::Encoding::RankSlice, {0}, a1},
+                                    {"m.lora_B", {6, 4}, wire::Encoding::RankSlice, {0}, b1}}));
+  ASSERT_TRUE(h.Feed(Update("u2", "c2", 0, 30, {{"m.lora_A", {4, 5}, wire::Encoding::RankSlice, {0, 1}, a2},
+                                                {"m.lora_B", {6, 4}, wire::Encoding::RankSlice, {0, 1}, b2}})));
+  // Expected: sum_k p_k (B'_k A'_k - B_k A_k) with B_k = 0, A'_k = A0[S_k] + dA_k, B'_k = dB_k.
+  auto client_product = [&](const std::vector<uint32_t>& ranks, const std::vector<float>& da,
+                            const std::vector<float>& db) {
+    lowrank::Factors f{6, 5, static_cast<uint32_t>(ranks.size()), {}, {}};
+    for (size_t j = 0; j < ranks.size(); ++j) {
+      for (size_t c = 0; c < 5; ++c) f.a.push_back(x0.tensors[0].values[ranks[j] * 5 + c] + da[j * 5 + c]);
+    }
+    f.b.assign(db.begin(), db.end());  // d x |ranks| row-major, as sent
+    return lowrank::Product(f);
+  };
+  const auto p1 = client_product({0}, a1, b1), p2 = client_product({0, 1}, a2, b2);
+  const auto got = ProductOf(h.engine().state());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], 0.25 * p1[i] + 0.75 * p2[i], 1e-5) << i;
+}
+
+TEST(MethodsTest, HetLoraWeighsEachUpdateByItsProductNorm) {
+  const AdapterSpec spec = Rank4Spec();
+  Harness h(Options(Method::kHetLora, 2), spec, FreshState(spec, 1));
+  std::vector<float> small(24, 0.01f), large(24, 0.04f);
+  h.Feed(Update("u1", "c1", 0, 10, {{"m.lora_B", {6, 4}, wire::Encoding::Dense, {}, small}}));
+  auto v = h.Feed(Update("u2", "c2", 0, 10, {{"m.lora_B", {6, 4}, wire::Encoding::Dense, {}, large}}));
+  ASSERT_TRUE(v);
+  // Same data weight, products of norm ratio 4: weights 0.2 and 0.8.
+  EXPECT_NEAR(v->applied[0].weight, 0.2f, 1e-5);
+  EXPECT_NEAR(v->applied[1].weight, 0.8f, 1e-5);
+  EXPECT_NEAR(h.engine().state().tensors[1].values[0], 0.2f * 0.01f + 0.8f * 0.04f, 1e-7);
+}
+
+TEST(MethodsTest, FullFineTuningNeedsAnAdapterWithoutLoraAndLoraMethodsNeedLora) {
+  const AdapterSpec lora = Rank4Spec();
+  auto e = Engine::Create(Options(Method::kFull, 1), "default", lora, FreshState(lora, 1), 0, 0, {});
+  EXPECT_EQ(e.status().code(), Code::kInvalidArgument);
+  AdapterSpec dense;
+  dense.model = "test";
+  dense.rank = 0;
+  dense.tensors = {{"w", {2, 2}, TensorRole::kDense}};
+  AdapterState s;
+  s.tensors = {{"w", {2, 2}, {0, 0, 0, 0}}};
+  EXPECT_TRUE(Engine::Create(Options(Method::kFull, 1), "default", dense, s, 0, 0, {}).ok());
+  EXPECT_EQ(Engine::Create(Options(Method::kFedAvg, 1), "default", dense, s, 0, 0, {}).status().code(),
+            Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace fedlora::aggregator

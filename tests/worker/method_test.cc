@@ -1,0 +1,230 @@
+// The worker half of each method on the real (mlp) model: what trains, what stays frozen, and
+// what is uploaded in which encoding.
+#include "worker/method.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+namespace fedlora::worker {
+namespace {
+
+// Four classes, each lighting up its own band of rows, plus noise.
+Dataset BandData(size_t n) {
+  std::mt19937_64 rng(3);
+  Dataset data;
+  data.images.resize(n * kImagePixels);
+  for (size_t i = 0; i < n; ++i) {
+    const int label = static_cast<int>(i % 4);
+    data.labels.push_back(static_cast<uint8_t>(label));
+    for (int p = 0; p < kImagePixels; ++p) {
+      const int row = p / kImageCols;
+      const bool lit = row >= 4 + 5 * label && row < 8 + 5 * label;
+      data.images[i * kImagePixels + static_cast<size_t>(p)] = static_cast<uint8_t>((lit ? 180 : 0) + rng() % 60);
+    }
+  }
+  return data;
+}
+
+struct Fixture {
+  std::unique_ptr<Model> model;
+  AdapterState global;
+  Dataset data = BandData(128);
+  std::vector<size_t> shard;
+  LocalTrainOptions train;
+
+  explicit Fixture(bool full = false) {
+    ModelOptions mo;
+    mo.arch = "mlp";
+    mo.full = full;
+    model = std::move(Model::Create(mo)).value();
+    global = model->ExportAdapter();
+    // A non-zero B, as any version after the first has.
+    std::mt19937_64 rng(5);
+    std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
+    for (size_t t = 0; t < global.tensors.size(); ++t) {
+      if (model->Spec().tensors[t].role == TensorRole::kLoraB) {
+        for (float& v : global.tensors[t].values) v = dist(rng);
+      }
+    }
+    for (size_t i = 0; i < data.size(); ++i) shard.push_back(i);
+    train.steps = 3;
+    train.batch_size = 16;
+    train.lr = 1e-2f;
+  }
+
+  LocalRound Run(const MethodState& m, ClientMethodOptions client = {}, PersonalState* personal = nullptr) {
+    auto r = RunLocalRound(*model, model->Spec(), global, m, client, personal, data, shard, train);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? std::move(*r) : LocalRound{};
+  }
+
+  TensorRole RoleOf(const std::string& name) const { return model->Spec().tensors[model->Spec().Find(name)].role; }
+};
+
+MethodState StateOf(Method m) {
+  MethodState s;
+  s.method = m;
+  return s;
+}
+
+TEST(WorkerMethodTest, FedAvgUploadsEveryTensorDense) {
+  Fixture f;
+  const LocalRound r = f.Run(StateOf(Method::kFedAvg));
+  EXPECT_EQ(r.upload.size(), f.model->Spec().tensors.size());
+  for (const auto& t : r.upload) EXPECT_EQ(t.encoding, wire::Encoding::Dense) << t.name;
+  EXPECT_EQ(r.values_uploaded, f.model->Spec().numel());
+}
+
+TEST(WorkerMethodTest, FfaKeepsAFrozenAndUploadsOnlyBAndTheHead) {
+  Fixture f;
+  const LocalRound r = f.Run(StateOf(Method::kFfa));
+  for (const auto& t : r.upload) EXPECT_NE(f.RoleOf(t.name), TensorRole::kLoraA) << t.name;
+  const AdapterState after = f.model->ExportAdapter();
+  size_t b_changed = 0;
+  for (size_t t = 0; t < after.tensors.size(); ++t) {
+    const auto role = f.model->Spec().tensors[t].role;
+    if (role == TensorRole::kLoraA) {
+      EXPECT_EQ(after.tensors[t].values, f.global.tensors[t].values);
+    }
+    if (role == TensorRole::kLoraB && after.tensors[t].values != f.global.tensors[t].values) ++b_changed;
+  }
+  EXPECT_GT(b_changed, 0u);
+}
+
+TEST(WorkerMethodTest, FlascUploadsExactlyTheTopKOfTheDelta) {
+  Fixture f;
+  MethodState m = StateOf(Method::kFlasc);
+  m.upload_density = 0.1f;
+  const LocalRound r = f.Run(m);
+  EXPECT_EQ(r.values_uploaded, static_cast<uint64_t>(std::floor(0.1 * f.model->Spec().numel())));
+  for (const auto& t : r.upload) EXPECT_EQ(t.encoding, wire::Encoding::Sparse);
+  // A client override of the density wins.
+  const LocalRound r2 = f.Run(m, ClientMethodOptions{0, 0.05f, 0});
+  EXPECT_EQ(r2.values_uploaded, static_cast<uint64_t>(std::floor(0.05 * f.model->Spec().numel())));
+}
+
+TEST(WorkerMethodTest, TopKSparseKeepsTheKLargestMagnitudes) {
+  AdapterState delta;
+  delta.tensors = {{"x", {5}, {0.1f, -3.0f, 0.2f, 2.0f, -0.05f}}, {"y", {4}, {-2.5f, 0.0f, 1.0f, 0.3f}}};
+  const auto kept = TopKSparse(delta, 0.4);  // floor(0.4 * 9) = 3
+  std::vector<float> values;
+  for (const auto& t : kept) {
+    EXPECT_TRUE(std::is_sorted(t.indices.begin(), t.indices.end()));
+    values.insert(values.end(), t.values.begin(), t.values.end());
+  }
+  std::sort(values.begin(), values.end());
+  EXPECT_EQ(values, (std::vector<float>{-3.0f, -2.5f, 2.0f}));
+  ASSERT_EQ(kept.size(), 2u);
+  EXPECT_EQ(kept[0].indices, (std::vector<uint32_t>{1, 3}));
+  EXPECT_EQ(kept[1].indices, (std::vector<uint32_t>{0}));
+}
+
+TEST(WorkerMethodTest, LoraA2ScoreIsTheFrobeniusNormOfTheRankOuterProduct) {
+  const uint32_t d = 3, r = 2, k = 4;
+  const std::vector<float> b = {1, 2, -1, 0.5f, 3, 1};         // d x r
+  const std::vector<float> a = {0.2f, -1, 2, 1, 1, 1, -1, 0};  // r x k
+  for (uint32_t i = 0; i < r; ++i) {
+    double sq = 0;
+    for (uint32_t row = 0; row < d; ++row) {
+      for (uint32_t c = 0; c < k; ++c) {
+        const double outer = static_cast<double>(b[row * r + i]) * a[i * k + c];
+        sq += outer * outer;
+      }
+    }
+    EXPECT_NEAR(RankScore(b, a, d, r, k, i), std::sqrt(sq), 1e-9);
+  }
+}
+
+TEST(WorkerMethodTest, LoraA2UploadsItsRankBudgetOfThePhasesFactorOnly) {
+  Fixture f;
+  MethodState m = StateOf(Method::kLoraA2);
+  m.rank_budget = 1;
+  m.probe_batches = 1;
+  m.a_lr_ratio = 0.2f;
+  for (uint8_t phase : {0, 1}) {
+    m.phase = phase;
+    const LocalRound r = f.Run(m);
+    const TensorRole trained = phase == 0 ? TensorRole::kLoraB : TensorRole::kLoraA;
+    size_t ranks = 0;
+    for (const auto& t : r.upload) {
+      const TensorRole role = f.RoleOf(t.name);
+      if (role == TensorRole::kDense) continue;
+      EXPECT_EQ(role, trained) << t.name;
+      EXPECT_EQ(t.encoding, wire::Encoding::RankSlice);
+      ranks += t.indices.size();
+    }
+    // Budget 1 rank per module, chosen over the 2 modules together.
+    EXPECT_EQ(ranks, 2u);
+  }
+}
+
+TEST(WorkerMethodTest, SaFedLoraKeepsItsBudgetPerModuleInBothFactors) {
+  Fixture f;
+  MethodState m = StateOf(Method::kSaFedLora);
+  m.rank_budget = 3;
+  m.probe_batches = 1;
+  m.proximal_mu = 0.1f;
+  const LocalRound r = f.Run(m);
+  size_t factors = 0;
+  for (const auto& t : r.upload) {
+    if (f.RoleOf(t.name) == TensorRole::kDense) continue;
+    ++factors;
+    EXPECT_EQ(t.encoding, wire::Encoding::RankSlice) << t.name;
+    EXPECT_EQ(t.indices.size(), 3u) << t.name;
+  }
+  EXPECT_EQ(factors, 4u);  // A and B of fc1 and fc2
+}
+
+TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
+  Fixture f;
+  const LocalRound r = f.Run(StateOf(Method::kFlora), ClientMethodOptions{2, 0, 0});
+  for (const auto& t : r.upload) {
+    if (f.RoleOf(t.name) == TensorRole::kDense) continue;
+    EXPECT_EQ(t.encoding, wire::Encoding::RankSlice);
+    EXPECT_EQ(t.indices, (std::vector<uint32_t>{0, 1})) << t.name;
+  }
+  // Its model holds B's other ranks at zero.
+  const AdapterState after = f.model->ExportAdapter();
+  const auto& b = after.tensors[static_cast<size_t>(f.model->Spec().Find("fc2.lora_B"))].values;
+  for (size_t row = 0; row < 64; ++row) {
+    for (size_t i = 2; i < 8; ++i) EXPECT_EQ(b[row * 8 + i], 0.0f);
+  }
+  ClientMethodOptions too_big{16, 0, 0};
+  EXPECT_EQ(RunLocalRound(*f.model, f.model->Spec(), f.global, StateOf(Method::kFlora), too_big, nullptr, f.data,
+                          f.shard, f.train)
+                .status()
+                .code(),
+            Code::kInvalidArgument);
+}
+
+TEST(WorkerMethodTest, FedSaKeepsBPersonalAndUploadsA) {
+  Fixture f;
+  PersonalState personal;
+  const LocalRound r = f.Run(StateOf(Method::kFedSa), {}, &personal);
+  for (const auto& t : r.upload) EXPECT_NE(f.RoleOf(t.name), TensorRole::kLoraB) << t.name;
+  ASSERT_EQ(personal.tensors.size(), 2u);
+  // The next round starts from the personal B, not the global's.
+  const std::vector<float> mine = personal.tensors.at("fc1.lora_B");
+  EXPECT_NE(mine, f.global.tensors[static_cast<size_t>(f.model->Spec().Find("fc1.lora_B"))].values);
+  f.train.steps = 1;
+  f.train.lr = 1e-9f;
+  f.Run(StateOf(Method::kFedSa), {}, &personal);
+  const auto& again = personal.tensors.at("fc1.lora_B");
+  for (size_t i = 0; i < mine.size(); ++i) EXPECT_NEAR(again[i], mine[i], 1e-5);
+}
+
+TEST(WorkerMethodTest, FullFineTuningTrainsAndUploadsEveryParameter) {
+  Fixture f(/*full=*/true);
+  EXPECT_EQ(f.model->Spec().rank, 0u);
+  for (const auto& t : f.model->Spec().tensors) EXPECT_EQ(t.role, TensorRole::kDense);
+  EXPECT_GE(f.model->Spec().Find("fc1.weight"), 0);
+  const LocalRound r = f.Run(StateOf(Method::kFull));
+  EXPECT_EQ(r.values_uploaded, f.model->Spec().numel());
+  EXPECT_GT(f.model->Spec().numel(), 100000u);  // the whole mlp, not an adapter
+}
+
+}  // namespace
+}  // namespace fedlora::worker
