@@ -78,6 +78,13 @@ struct MethodState {
   float proximal_mu = 0.0f;   // > 0 during SA-FedLoRA's initiating stage
 };
 
+// A client's own heterogeneity, on top of what the global's method state says.
+struct ClientSettings {
+  uint32_t rank = 0;           // LoRA rank this client trains (<= the adapter's); 0: the adapter's
+  float upload_density = 0;    // FLASC upload density of this client; 0: the global's
+  uint32_t rank_budget = 0;    // LoRA-A2 ranks per module of this client; 0: the global's
+};
+
 // The state of `config` at `version` of an adapter of LoRA rank `rank`.
 MethodState MethodStateAt(const MethodConfig& config, uint32_t rank, uint64_t version);
 

@@ -106,30 +106,18 @@ class WorkerImpl final : public Worker {
       train.lr = options_.training.lr;
       train.speed_factor = options_.training.speed_factor;
       train.seed = Mix(Mix(options_.seed, HashString(options_.client_id)), counter);
-      const ClientMethodOptions client{options_.heterogeneity.rank, options_.heterogeneity.upload_density,
-                                       options_.heterogeneity.rank_budget};
       ASSIGN_OR_RETURN(LocalRound round,
-                       RunLocalRound(*model_, global->spec, global->state, global->info.method, client,
-                                     &personal_, *data_, shard_, train, stop));
+                       RunLocalRound(*model_, global->spec, global->state, global->info.method,
+                                     options_.heterogeneity, &personal_, *data_, shard_, train, stop));
       if (round.trained.stopped) break;
       last_trained_base = static_cast<int64_t>(global->info.version);
-      const LocalTrainResult& trained = round.trained;
       if (round.upload.empty()) {
-        // Nothing changed that this method uploads (e.g. every kept value was zero): train on.
-        continue;
+        // Nothing this method uploads was kept (no rank selected): publish nothing this time.
+        ++counter;
+      } else {
+        ASSIGN_OR_RETURN(bool keep_going, Publish(stop, round, global->info.version, counter++));
+        if (!keep_going) break;
       }
-
-      codec::UpdateHeader header;
-      header.update_id = fmt::format("{}-{}-{}", options_.client_id, session_, counter++);
-      header.client_id = options_.client_id;
-      header.adapter_id = options_.adapter_id;
-      header.base_version = global->info.version;
-      header.num_samples = trained.samples;
-      header.local_steps = trained.steps;
-      header.train_loss = trained.mean_loss;
-      codec::Bytes update = codec::BuildUpdate(header, round.upload);
-      ASSIGN_OR_RETURN(bool keep_going, PublishUntilAcked(stop, header, update, trained.mean_loss));
-      if (!keep_going) break;
 
       ASSIGN_OR_RETURN(auto newer, Fetch(stop, static_cast<int64_t>(global->info.version)));
       if (newer) {
@@ -141,6 +129,21 @@ class WorkerImpl final : public Worker {
   }
 
  private:
+  // Builds the update of one local round and publishes it until acknowledged. Returns false
+  // when the worker should stop.
+  Result<bool> Publish(std::stop_token stop, const LocalRound& round, uint64_t base_version, uint64_t counter) {
+    codec::UpdateHeader header;
+    header.update_id = fmt::format("{}-{}-{}", options_.client_id, session_, counter);
+    header.client_id = options_.client_id;
+    header.adapter_id = options_.adapter_id;
+    header.base_version = base_version;
+    header.num_samples = round.trained.samples;
+    header.local_steps = round.trained.steps;
+    header.train_loss = round.trained.mean_loss;
+    codec::Bytes update = codec::BuildUpdate(header, round.upload);
+    return PublishUntilAcked(stop, header, update, round.trained.mean_loss);
+  }
+
   void Emit(WorkerEvent e) {
     if (options_.on_event) options_.on_event(e);
   }

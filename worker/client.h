@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "schema/method.h"
 #include "schema/status.h"
 #include "worker/data.h"
 
@@ -30,13 +31,6 @@ struct WorkerTraining {
   uint32_t batch_size = 32;
   float lr = 2e-3f;             // Adam, fresh each local run
   double speed_factor = 1.0;    // >= 1: emulate a device this many times slower
-};
-
-// This client's heterogeneity beyond speed (see worker/method.h ClientMethodOptions).
-struct WorkerHeterogeneity {
-  uint32_t rank = 0;           // LoRA rank this client trains (<= the adapter's); 0: the adapter's
-  float upload_density = 0;    // FLASC upload density; 0: the global's
-  uint32_t rank_budget = 0;    // LoRA-A2 ranks per module; 0: the global's
 };
 
 struct WorkerEvent {
@@ -58,7 +52,7 @@ struct WorkerOptions {
   std::string adapter_id = "default";
   std::string base_path = "fedlora-data/base/vit-tiny.pt";
   WorkerTraining training;
-  WorkerHeterogeneity heterogeneity;
+  ClientSettings heterogeneity;  // rank, FLASC density, LoRA-A2 budget of this client
   uint64_t seed = 1;                 // batch sampling; combined with client id and run number
   uint64_t max_updates = 0;          // leave after this many acknowledged updates; 0: until final
   std::chrono::milliseconds request_timeout{4000};  // then reconnect and resend

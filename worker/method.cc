@@ -159,7 +159,7 @@ std::vector<codec::EncodedTensor> TopKSparse(const AdapterState& delta, double d
 }
 
 Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const AdapterState& global,
-                                 const MethodState& method, const ClientMethodOptions& client,
+                                 const MethodState& method, const ClientSettings& client,
                                  PersonalState* personal, const Dataset& data,
                                  const std::vector<size_t>& shard, const LocalTrainOptions& train,
                                  std::stop_token stop) {

@@ -19,13 +19,6 @@
 
 namespace fedlora::worker {
 
-// This client's own heterogeneity, on top of what the global says.
-struct ClientMethodOptions {
-  uint32_t rank = 0;           // LoRA rank this client trains (<= the adapter's); 0: the adapter's
-  float upload_density = 0;    // FLASC upload density of this client; 0: the global's
-  uint32_t rank_budget = 0;    // LoRA-A2 ranks per module of this client; 0: the global's
-};
-
 // What a client keeps between versions: FedSA-LoRA's personal B factors (by tensor name).
 struct PersonalState {
   std::map<std::string, std::vector<float>> tensors;
@@ -42,7 +35,7 @@ struct LocalRound {
 // upload. `personal` is read and updated for fedsa (may be null otherwise).
 // Errors: kInvalidArgument (client rank above the adapter's, the model does not match).
 Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const AdapterState& global,
-                                 const MethodState& method, const ClientMethodOptions& client,
+                                 const MethodState& method, const ClientSettings& client,
                                  PersonalState* personal, const Dataset& data,
                                  const std::vector<size_t>& shard, const LocalTrainOptions& train,
                                  std::stop_token stop = {});

@@ -55,7 +55,7 @@ struct Fixture {
     train.lr = 1e-2f;
   }
 
-  LocalRound Run(const MethodState& m, ClientMethodOptions client = {}, PersonalState* personal = nullptr) {
+  LocalRound Run(const MethodState& m, ClientSettings client = {}, PersonalState* personal = nullptr) {
     auto r = RunLocalRound(*model, model->Spec(), global, m, client, personal, data, shard, train);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? std::move(*r) : LocalRound{};
@@ -102,7 +102,7 @@ TEST(WorkerMethodTest, FlascUploadsExactlyTheTopKOfTheDelta) {
   EXPECT_EQ(r.values_uploaded, static_cast<uint64_t>(std::floor(0.1 * f.model->Spec().numel())));
   for (const auto& t : r.upload) EXPECT_EQ(t.encoding, wire::Encoding::Sparse);
   // A client override of the density wins.
-  const LocalRound r2 = f.Run(m, ClientMethodOptions{0, 0.05f, 0});
+  const LocalRound r2 = f.Run(m, ClientSettings{0, 0.05f, 0});
   EXPECT_EQ(r2.values_uploaded, static_cast<uint64_t>(std::floor(0.05 * f.model->Spec().numel())));
 }
 
@@ -180,7 +180,7 @@ TEST(WorkerMethodTest, SaFedLoraKeepsItsBudgetPerModuleInBothFactors) {
 
 TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
   Fixture f;
-  const LocalRound r = f.Run(StateOf(Method::kFlora), ClientMethodOptions{2, 0, 0});
+  const LocalRound r = f.Run(StateOf(Method::kFlora), ClientSettings{2, 0, 0});
   for (const auto& t : r.upload) {
     if (f.RoleOf(t.name) == TensorRole::kDense) continue;
     EXPECT_EQ(t.encoding, wire::Encoding::RankSlice);
@@ -192,7 +192,7 @@ TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
   for (size_t row = 0; row < 64; ++row) {
     for (size_t i = 2; i < 8; ++i) EXPECT_EQ(b[row * 8 + i], 0.0f);
   }
-  ClientMethodOptions too_big{16, 0, 0};
+  ClientSettings too_big{16, 0, 0};
   EXPECT_EQ(RunLocalRound(*f.model, f.model->Spec(), f.global, StateOf(Method::kFlora), too_big, nullptr, f.data,
                           f.shard, f.train)
                 .status()
