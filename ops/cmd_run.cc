@@ -8,7 +8,9 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "broker/broker.h"
@@ -21,13 +23,6 @@ namespace fedlora::ops {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string HumanBytes(double bytes) {
-  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
-  if (bytes >= 1e6) return fmt::format("{:.1f} MB", bytes / 1e6);
-  if (bytes >= 1e3) return fmt::format("{:.1f} KB", bytes / 1e3);
-  return fmt::format("{:.0f} B", bytes);
-}
 
 // What the aggregator has committed so far, as the progress line and the summary need it.
 struct Progress {
@@ -140,6 +135,7 @@ void RegisterRun(CLI::App& app) {
     size_t eval_samples = 2000;
     bool fresh = false;
     bool verbose = false;
+    std::string summary;
     std::string adapter = "default";
   };
   auto f = std::make_shared<Flags>();
@@ -162,6 +158,7 @@ void RegisterRun(CLI::App& app) {
                   "Test images per periodic evaluation (0: all 10,000); version 0 and the final version "
                   "are always evaluated on all of them")
       ->capture_default_str();
+  cmd->add_option("--summary", f->summary, "Also write the summary as JSON to this file");
   cmd->add_flag("--fresh", f->fresh, "Delete the store's log and adapters first (the base model is kept)");
   cmd->add_flag("--verbose,-v", f->verbose, "Log every component's messages");
   cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
@@ -423,6 +420,27 @@ void RegisterRun(CLI::App& app) {
                progress->folded ? progress->staleness_sum / progress->folded : 0.0, progress->staleness_max);
     fmt::print("  wall time                    {:.1f} s\n", wall);
     fmt::print("  store                        {} (see: fedlora history --store {})\n", f->store.dir, f->store.dir);
+    if (!f->summary.empty()) {
+      const nlohmann::json j = {
+          {"method", f->engine.method},
+          {"mode", f->engine.mode},
+          {"stop_reason", stop_reason},
+          {"federated_seconds", fed_seconds},
+          {"base_accuracy", base_accuracy},
+          {"final_accuracy", final_accuracy},
+          {"final_version", last.version},
+          {"versions_committed", last.version - start_version},
+          {"updates_logged", bs.updates_logged.load()},
+          {"updates_folded", progress->folded},
+          {"updates_dropped", progress->dropped},
+          {"bytes_uploaded", bytes},
+          {"mean_staleness", progress->folded ? progress->staleness_sum / progress->folded : 0.0},
+          {"max_staleness", progress->staleness_max},
+      };
+      std::ofstream out(f->summary);
+      out << j.dump(2) << "\n";
+      if (!out) Fail("run", Unavailable("cannot write --summary " + f->summary));
+    }
   });
 }
 

@@ -4,6 +4,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <string>
+
 #include "schema/status.h"
 
 namespace fedlora::ops {
@@ -15,6 +17,10 @@ void RegisterAggregator(CLI::App& app);
 void RegisterWorker(CLI::App& app);
 void RegisterHistory(CLI::App& app);
 void RegisterLog(CLI::App& app);
+void RegisterCompare(CLI::App& app);
+
+// "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
+std::string HumanBytes(double bytes);
 
 // Prints "fedlora <command>: <status>" to stderr and throws CLI::RuntimeError(exit_code).
 [[noreturn]] void Fail(std::string_view command, const Status& status, int exit_code = 1);

@@ -13,6 +13,14 @@ void Fail(std::string_view command, const Status& status, int exit_code) {
   throw CLI::RuntimeError(exit_code);
 }
 
+std::string HumanBytes(double bytes) {
+  if (bytes < 0) return "-";
+  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
+  if (bytes >= 1e6) return fmt::format("{:.1f} MB", bytes / 1e6);
+  if (bytes >= 1e3) return fmt::format("{:.1f} KB", bytes / 1e3);
+  return fmt::format("{:.0f} B", bytes);
+}
+
 }  // namespace fedlora::ops
 
 int main(int argc, char** argv) {
@@ -20,7 +28,8 @@ int main(int argc, char** argv) {
       "fedlora: asynchronous federated LoRA fine-tuning with a durable, replayable update log.\n"
       "Start with `fedlora run` (the whole federation on this machine), or run the roles as\n"
       "separate processes: `fedlora pretrain`, `fedlora broker`, `fedlora aggregator`,\n"
-      "`fedlora worker`. Inspect a store with `fedlora history` and `fedlora log`.",
+      "`fedlora worker`. Inspect a store with `fedlora history` and `fedlora log`; compare the\n"
+      "federation methods on one task with `fedlora compare`.",
       "fedlora"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "fedlora 0.1.0");
@@ -31,6 +40,7 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterWorker(app);
   fedlora::ops::RegisterHistory(app);
   fedlora::ops::RegisterLog(app);
+  fedlora::ops::RegisterCompare(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

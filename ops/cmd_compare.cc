@@ -1,0 +1,365 @@
+// `fedlora compare`: runs several methods on the same task, seeds, partition, worker speeds and
+// time budget (one `fedlora run` process each, so no run can disturb another's state), then
+// reads every run's store and writes a table (Markdown and JSON) and a plot of test accuracy
+// against uploaded bytes (SVG).
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "ops/commands.h"
+#include "ops/flags.h"
+#include "schema/method.h"
+#include "storage/adapter_store.h"
+#include "storage/update_log.h"
+
+extern char** environ;
+
+namespace fedlora::ops {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct Point {
+  double bytes = 0;     // uploaded (logged) bytes folded up to this version
+  double accuracy = 0;  // on the periodic evaluation's test images
+  uint64_t version = 0;
+};
+
+struct MethodResult {
+  std::string method;
+  std::string error;             // non-empty when the run failed
+  double base_accuracy = -1;
+  double final_accuracy = -1;    // on all 10,000 test images
+  uint64_t final_version = 0;
+  uint64_t updates = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;
+  std::vector<Point> curve;
+  double bytes_to_target = -1;   // -1: never reached
+  double BytesPerUpdate() const { return updates ? static_cast<double>(bytes) / static_cast<double>(updates) : 0; }
+};
+
+// Runs `args` (argv[0] is this executable) with stdout and stderr appended to `log_path`.
+// Returns the exit status, or -1 when it could not start. Stops the child on SIGINT/SIGTERM.
+int RunChild(const std::vector<std::string>& args, const std::string& log_path, const std::string& label) {
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) return -1;
+  const bool tty = isatty(STDOUT_FILENO);
+  const auto started = Clock::now();
+  int status = 0;
+  bool signalled = false;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (StopSignalled() && !signalled) {
+      kill(pid, SIGINT);
+      signalled = true;
+    }
+    if (tty) {
+      fmt::print("\r  {} ... {:.0f} s", label, std::chrono::duration<double>(Clock::now() - started).count());
+      std::fflush(stdout);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  if (tty) fmt::print("\r");
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// The evaluated versions of a finished run with the bytes logged up to each one's position.
+Status ReadCurve(const std::string& store_dir, const std::string& adapter, MethodResult& r) {
+  StoreLayout store{store_dir};
+  storage::UpdateLogOptions lo;
+  lo.path = store.log();
+  lo.read_only = true;
+  ASSIGN_OR_RETURN(auto log, storage::UpdateLog::Open(lo));
+  std::vector<double> cumulative{0.0};  // cumulative[seq] = bytes of records 1..seq
+  for (uint64_t next = 1;;) {
+    ASSIGN_OR_RETURN(auto batch, log->Read(adapter, next, 4096, 64u << 20));
+    if (batch.empty()) break;
+    for (const auto& rec : batch) {
+      cumulative.resize(rec.seq + 1, cumulative.back());
+      cumulative[rec.seq] = cumulative[rec.seq - 1] + static_cast<double>(rec.bytes.size());
+      next = rec.seq + 1;
+    }
+  }
+  storage::AdapterStoreOptions so;
+  so.path = store.adapters();
+  so.read_only = true;
+  ASSIGN_OR_RETURN(auto adapters, storage::AdapterStore::Open(so));
+  ASSIGN_OR_RETURN(auto cursor, adapters->GetCursor(adapter));
+  if (!cursor) return NotFound("the run committed no version");
+  for (uint64_t v = 0; v <= cursor->version; ++v) {
+    ASSIGN_OR_RETURN(auto info, storage::ReadVersionInfo(*adapters, adapter, v));
+    if (info.test_accuracy < 0) continue;
+    const double bytes = info.consumed_seq < cumulative.size() ? cumulative[info.consumed_seq] : cumulative.back();
+    r.curve.push_back({bytes, info.test_accuracy, v});
+  }
+  return Status::Ok();
+}
+
+// Accuracy against uploaded bytes, log-scaled x, one polyline per method.
+std::string Plot(const std::vector<MethodResult>& results, double target, const std::string& title) {
+  constexpr double kW = 760, kH = 460, kLeft = 70, kRight = 190, kTop = 40, kBottom = 60;
+  static const char* kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+  double xmin = INFINITY, xmax = 0, ymin = 1, ymax = 0;
+  for (const auto& r : results) {
+    for (const auto& p : r.curve) {
+      ymin = std::min(ymin, p.accuracy);
+      ymax = std::max(ymax, p.accuracy);
+      if (p.bytes > 0) {
+        xmin = std::min(xmin, p.bytes);
+        xmax = std::max(xmax, p.bytes);
+      }
+    }
+  }
+  if (!(xmax > 0)) return "";
+  const double lx0 = std::floor(std::log10(xmin)), lx1 = std::ceil(std::log10(xmax));
+  ymin = std::floor(ymin * 20) / 20;
+  ymax = std::ceil(ymax * 20) / 20;
+  if (ymax <= ymin) ymax = ymin + 0.05;
+  auto X = [&](double b) { return kLeft + (std::log10(b) - lx0) / std::max(1.0, lx1 - lx0) * (kW - kLeft - kRight); };
+  auto Y = [&](double a) { return kH - kBottom - (a - ymin) / (ymax - ymin) * (kH - kTop - kBottom); };
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
+      "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+      "<text x=\"{}\" y=\"22\" font-size=\"14\">{}</text>\n",
+      kW, kH, kLeft, title);
+  for (double e = lx0; e <= lx1; e += 1) {
+    const double x = X(std::pow(10.0, e));
+    svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>"
+                       "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
+                       x, kTop, kH - kBottom, kH - kBottom + 16, HumanBytes(std::pow(10.0, e)));
+  }
+  for (double a = ymin; a <= ymax + 1e-9; a += 0.05) {
+    svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#ddd\"/>"
+                       "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\">{5:.2f}</text>\n",
+                       kLeft, Y(a), kW - kRight, kLeft - 6, Y(a) + 4, a);
+  }
+  if (target > ymin && target < ymax) {
+    svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#444\" "
+                       "stroke-dasharray=\"4 4\"/><text x=\"{2}\" y=\"{3:.1f}\" text-anchor=\"end\">target {4:.2f}</text>\n",
+                       kLeft, Y(target), kW - kRight, Y(target) - 4, target);
+  }
+  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">uploaded bytes (log scale)</text>\n",
+                     (kLeft + kW - kRight) / 2, kH - 18);
+  svg += fmt::format("<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">test "
+                     "accuracy</text>\n", (kTop + kH - kBottom) / 2, (kTop + kH - kBottom) / 2);
+  for (size_t i = 0; i < results.size(); ++i) {
+    const char* color = kColors[i % std::size(kColors)];
+    std::string points;
+    for (const auto& p : results[i].curve) {
+      if (p.bytes > 0) points += fmt::format("{:.1f},{:.1f} ", X(p.bytes), Y(p.accuracy));
+    }
+    svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", color, points);
+    const double ly = kTop + 10 + 18.0 * static_cast<double>(i);
+    svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"{3}\" stroke-width=\"3\"/>"
+                       "<text x=\"{4}\" y=\"{5:.1f}\">{6}</text>\n",
+                       kW - kRight + 12, ly, kW - kRight + 36, color, kW - kRight + 42, ly + 4, results[i].method);
+  }
+  return svg + "</svg>\n";
+}
+
+}  // namespace
+
+void RegisterCompare(CLI::App& app) {
+  struct Flags {
+    std::string out = "fedlora-compare";
+    std::string methods;
+    double duration_s = 100;
+    double target = 0.80;
+    TaskOptions task;
+    std::string speeds = "1,1.5,2,3,5,8";
+    uint32_t eval_every = 5;
+    size_t eval_samples = 2000;
+    std::vector<std::string> extra;
+  };
+  auto f = std::make_shared<Flags>();
+  for (Method m : kAllMethods) f->methods += fmt::format("{}{}", f->methods.empty() ? "" : ",", MethodName(m));
+  auto* cmd = app.add_subcommand(
+      "compare",
+      "Run several methods on the same task, seeds, partition, worker speeds and time budget (one `fedlora run` "
+      "each, in turn) and write a table and a plot of test accuracy against uploaded bytes. Arguments after `--` "
+      "go to every run (e.g. -- --ranks 4,8,16 --mode sync).");
+  cmd->add_option("--out", f->out, "Directory for the runs' stores, logs and the results")->capture_default_str();
+  cmd->add_option("--methods", f->methods, "Comma-separated methods to run, in order")->capture_default_str();
+  cmd->add_option("--duration", f->duration_s, "Seconds of federated training per method")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--target", f->target, "Accuracy whose first crossing reports the bytes uploaded until then")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--workers", f->task.num_clients, "Workers per run")->check(CLI::Range(1, 256))->capture_default_str();
+  cmd->add_option("--speeds", f->speeds, "Slowdown factors, assigned to workers in turn")->capture_default_str();
+  cmd->add_option("--dirichlet", f->task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--arch", f->task.arch, "Base model: vit-tiny or mlp")
+      ->check(CLI::IsMember({"vit-tiny", "mlp"}))
+      ->capture_default_str();
+  cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--eval-every", f->eval_every, "Evaluate every N versions (points of the curve)")->capture_default_str();
+  cmd->add_option("--eval-samples", f->eval_samples, "Test images per periodic evaluation (the final accuracy uses "
+                                                     "all 10,000)")
+      ->capture_default_str();
+  cmd->add_option("extra", f->extra, "Arguments passed to every `fedlora run` (after --)");
+  cmd->callback([f] {
+    InstallStopSignals();
+    std::vector<std::string> methods;
+    for (size_t pos = 0; pos <= f->methods.size();) {
+      const size_t comma = std::min(f->methods.find(',', pos), f->methods.size());
+      const std::string name = f->methods.substr(pos, comma - pos);
+      if (!name.empty()) {
+        if (auto m = ParseMethod(name); !m.ok()) Fail("compare", m.status(), 2);
+        methods.push_back(name);
+      }
+      pos = comma + 1;
+    }
+    if (methods.empty()) Fail("compare", InvalidArgument("--methods is empty"), 2);
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) Fail("compare", Internal("cannot find the fedlora executable: " + ec.message()));
+    const fs::path out(f->out);
+    fs::create_directories(out / "runs", ec);
+    if (ec) Fail("compare", Unavailable(fmt::format("cannot create '{}': {}", f->out, ec.message())));
+
+    // One frozen base for every run.
+    const std::string base = BasePath(out.string(), f->task.arch);
+    if (!fs::exists(base)) {
+      fmt::print("pretraining the {} base once for every run (log: {})\n", f->task.arch, (out / "pretrain.log").string());
+      std::fflush(stdout);
+      const int rc = RunChild({exe.string(), "pretrain", "--store", out.string(), "--arch", f->task.arch, "--data-dir",
+                               f->task.data_dir},
+                              (out / "pretrain.log").string(), "pretraining");
+      if (rc != 0) Fail("compare", Internal(fmt::format("pretraining failed (exit {}); see {}", rc, (out / "pretrain.log").string())));
+    }
+
+    fmt::print("comparing {} methods: {} s each, {} workers (speeds x{}), Dirichlet({}), {}; results in {}\n",
+               methods.size(), f->duration_s, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, f->task.arch,
+               f->out);
+    std::fflush(stdout);
+    std::vector<MethodResult> results;
+    for (size_t i = 0; i < methods.size() && !StopSignalled(); ++i) {
+      MethodResult r;
+      r.method = methods[i];
+      const fs::path store = out / "runs" / r.method;
+      fs::remove_all(store, ec);
+      fs::create_directories(store / "base", ec);
+      fs::copy_file(base, BasePath(store.string(), f->task.arch), fs::copy_options::overwrite_existing, ec);
+      if (ec) Fail("compare", Unavailable(fmt::format("cannot copy the base model: {}", ec.message())));
+      const std::string summary = (store / "summary.json").string();
+      std::vector<std::string> args = {exe.string(), "run", "--store", store.string(), "--method", r.method,
+                                       "--duration", fmt::format("{}", f->duration_s), "--workers",
+                                       std::to_string(f->task.num_clients), "--speeds", f->speeds, "--dirichlet",
+                                       fmt::format("{}", f->task.dirichlet_alpha), "--arch", f->task.arch,
+                                       "--data-dir", f->task.data_dir, "--eval-every", std::to_string(f->eval_every),
+                                       "--eval-samples", std::to_string(f->eval_samples), "--summary", summary};
+      args.insert(args.end(), f->extra.begin(), f->extra.end());
+      const std::string label = fmt::format("[{}/{}] {:<10}", i + 1, methods.size(), r.method);
+      const int rc = RunChild(args, (store / "run.log").string(), label);
+      if (rc != 0) {
+        r.error = fmt::format("exit {}; see {}", rc, (store / "run.log").string());
+      } else {
+        std::ifstream in(summary);
+        const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+        if (j.is_discarded()) {
+          r.error = "unreadable " + summary;
+        } else {
+          r.base_accuracy = j.value("base_accuracy", -1.0);
+          r.final_accuracy = j.value("final_accuracy", -1.0);
+          r.final_version = j.value("final_version", uint64_t{0});
+          r.updates = j.value("updates_logged", uint64_t{0});
+          r.bytes = j.value("bytes_uploaded", uint64_t{0});
+          r.seconds = j.value("federated_seconds", 0.0);
+        }
+        if (Status s = ReadCurve(store.string(), "default", r); !s.ok() && r.error.empty()) r.error = s.ToString();
+      }
+      for (const auto& p : r.curve) {
+        if (p.accuracy >= f->target) {
+          r.bytes_to_target = p.bytes;
+          break;
+        }
+      }
+      if (r.error.empty()) {
+        fmt::print("{}  final accuracy {:.4f}  {} per update  {} uploaded  {} versions\n", label, r.final_accuracy,
+                   HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), r.final_version);
+      } else {
+        fmt::print("{}  FAILED: {}\n", label, r.error);
+      }
+      std::fflush(stdout);
+      results.push_back(std::move(r));
+    }
+
+    auto find = [&](const std::string& name) -> const MethodResult* {
+      for (const auto& r : results) {
+        if (r.method == name && r.error.empty()) return &r;
+      }
+      return nullptr;
+    };
+    const MethodResult* fedavg = find("fedavg");
+    const MethodResult* full = find("full");
+    std::string table = fmt::format(
+        "Fashion-MNIST, {}, {} workers (speeds x{}), Dirichlet({}), {} s per method{}; final accuracy on the 10,000 "
+        "test images; bytes are logged update bytes.\n\n"
+        "| method | final accuracy | vs fedavg | bytes / update | uploaded | fewer bytes / update than fedavg | "
+        "than full | bytes to {:.2f} | updates | versions |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        f->task.arch, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, f->duration_s,
+        f->extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(f->extra, " ")), f->target);
+    nlohmann::json json = nlohmann::json::array();
+    for (const auto& r : results) {
+      if (!r.error.empty()) {
+        table += fmt::format("| {} | failed: {} | | | | | | | | |\n", r.method, r.error);
+        continue;
+      }
+      auto ratio = [&](const MethodResult* ref) {
+        return ref && r.BytesPerUpdate() > 0 ? fmt::format("{:.1f}x", ref->BytesPerUpdate() / r.BytesPerUpdate()) : "-";
+      };
+      const std::string delta = fedavg ? fmt::format("{:+.1f} pt", 100.0 * (r.final_accuracy - fedavg->final_accuracy)) : "-";
+      table += fmt::format("| {} | {:.4f} | {} | {} | {} | {} | {} | {} | {} | {} |\n", r.method, r.final_accuracy, delta,
+                           HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), ratio(fedavg),
+                           ratio(full), HumanBytes(r.bytes_to_target), r.updates, r.final_version);
+      nlohmann::json curve = nlohmann::json::array();
+      for (const auto& p : r.curve) curve.push_back({{"version", p.version}, {"bytes", p.bytes}, {"accuracy", p.accuracy}});
+      json.push_back({{"method", r.method}, {"final_accuracy", r.final_accuracy}, {"base_accuracy", r.base_accuracy},
+                      {"updates", r.updates}, {"bytes", r.bytes}, {"bytes_per_update", r.BytesPerUpdate()},
+                      {"bytes_to_target", r.bytes_to_target}, {"versions", r.final_version},
+                      {"federated_seconds", r.seconds}, {"curve", curve}});
+    }
+    std::ofstream(out / "results.md") << table;
+    std::ofstream(out / "results.json") << nlohmann::json{{"target", f->target}, {"dirichlet", f->task.dirichlet_alpha},
+                                                          {"duration_s", f->duration_s}, {"extra", f->extra},
+                                                          {"methods", json}}
+                                               .dump(2)
+                                        << "\n";
+    const std::string svg = Plot(results, f->target,
+                                 fmt::format("Test accuracy vs uploaded bytes, Dirichlet({})", f->task.dirichlet_alpha));
+    if (!svg.empty()) std::ofstream(out / "accuracy_vs_bytes.svg") << svg;
+    fmt::print("\n{}\nwrote {}, {} and {}\n", table, (out / "results.md").string(), (out / "results.json").string(),
+               (out / "accuracy_vs_bytes.svg").string());
+    if (StopSignalled()) Fail("compare", Status(Code::kCancelled, "interrupted"));
+  });
+}
+
+}  // namespace fedlora::ops
