@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <limits>
 #include <thread>
 #include <zmq.hpp>
@@ -93,11 +94,14 @@ codec::Bytes Global(uint64_t version) {
 void Register(RunningBroker& broker, Peer& worker, uint64_t version = 0) {
   Peer agg(broker.endpoints().backend);
   agg.Send(Global(version));
-  for (int i = 0; i < 100; ++i) {
+  // The aggregator peer connects asynchronously: poll for up to 10 s (a busy machine can take
+  // far longer than 100 quick round trips to finish the connection).
+  for (int i = 0; i < 500; ++i) {
     worker.Send(codec::BuildFetch("default", -1));
     const auto* e = worker.Reply();  // exactly one reply per fetch: none may be left over
     ASSERT_TRUE(e) << "no reply to fetch";
     if (e->body_type() == wire::Body::GlobalAdapter && e->body_as_GlobalAdapter()->version() == version) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   FAIL() << "adapter never registered";
 }

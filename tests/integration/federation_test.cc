@@ -22,13 +22,12 @@ namespace {
 
 using nlohmann::json;
 using testing::Process;
+using testing::Quote;
 using testing::RunCapture;
 using testing::WaitUntil;
 
 constexpr const char* kBinary = FEDLORA_BINARY;
 constexpr int kVersions = 40;
-
-std::string Quote(const std::string& s) { return "'" + s + "'"; }
 
 json History(const std::string& store) {
   int rc = -1;

@@ -89,6 +89,9 @@ inline bool WaitUntil(const std::function<bool()>& ready, std::chrono::milliseco
 }
 
 // Runs a command to completion and returns its stdout (stderr goes to the test's stderr).
+// Single-quotes a path for a shell command line (paths here never contain quotes).
+inline std::string Quote(const std::string& s) { return "'" + s + "'"; }
+
 inline std::string RunCapture(const std::string& command, int* exit_code = nullptr) {
   std::string out;
   FILE* pipe = popen(command.c_str(), "r");
