@@ -5,45 +5,18 @@
 #include <map>
 
 #include "schema/hash.h"
+#include "tests/testing/engine_harness.h"
 #include "tests/testing/fixtures.h"
 
 namespace fedlora::aggregator {
 namespace {
 
 using testing::ConstantState;
+using testing::EngineHarness;
 using testing::FilledState;
 using testing::MakeUpdate;
 using testing::SmallSpec;
 
-// Feeds updates to an engine and remembers every committed state, for FedAsync's base lookup.
-class EngineHarness {
- public:
-  explicit EngineHarness(EngineOptions options, AdapterState initial = FilledState(SmallSpec(), 1.0f)) {
-    versions_[0] = std::make_shared<const AdapterState>(initial);
-    auto e = Engine::Create(options, "default", SmallSpec(), std::move(initial), 0, 0,
-                            [this](uint64_t v) -> Result<std::shared_ptr<const AdapterState>> {
-                              auto it = versions_.find(v);
-                              if (it == versions_.end()) return NotFound("no such version");
-                              return it->second;
-                            });
-    EXPECT_TRUE(e.ok()) << e.status().ToString();
-    engine_ = std::move(*e);
-  }
-
-  std::optional<codec::VersionInfo> Feed(const codec::Bytes& update) {
-    auto r = engine_->Consume(engine_->next_seq(), testing::AsUpdate(update));
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    if (r.ok() && *r) versions_[(*r)->version] = std::make_shared<const AdapterState>(engine_->state());
-    return r.ok() ? *r : std::nullopt;
-  }
-
-  Engine& engine() { return *engine_; }
-  const AdapterState& version(uint64_t v) { return *versions_.at(v); }
-
- private:
-  std::map<uint64_t, std::shared_ptr<const AdapterState>> versions_;
-  std::unique_ptr<Engine> engine_;
-};
 
 EngineOptions FedBuff(uint32_t k) {
   EngineOptions o;

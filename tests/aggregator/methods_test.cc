@@ -7,12 +7,14 @@
 
 #include "aggregator/engine.h"
 #include "aggregator/lowrank.h"
+#include "tests/testing/engine_harness.h"
 #include "tests/testing/fixtures.h"
 
 namespace fedlora::aggregator {
 namespace {
 
 using testing::AsUpdate;
+using Harness = testing::EngineHarness;
 
 // One LoRA module "m" with A 4x5 and B 6x4 (rank 4), and a dense "head.bias" (3).
 AdapterSpec Rank4Spec() {
@@ -61,31 +63,6 @@ codec::Bytes Update(const std::string& id, const std::string& client, uint64_t b
   return codec::BuildUpdate(h, tensors);
 }
 
-class Harness {
- public:
-  Harness(EngineOptions options, AdapterSpec spec, AdapterState initial) {
-    versions_[0] = std::make_shared<const AdapterState>(initial);
-    auto e = Engine::Create(options, "default", std::move(spec), std::move(initial), 0, 0,
-                            [this](uint64_t v) -> Result<std::shared_ptr<const AdapterState>> {
-                              auto it = versions_.find(v);
-                              if (it == versions_.end()) return NotFound("no such version");
-                              return it->second;
-                            });
-    EXPECT_TRUE(e.ok()) << e.status().ToString();
-    engine_ = std::move(*e);
-  }
-  std::optional<codec::VersionInfo> Feed(const codec::Bytes& update) {
-    auto r = engine_->Consume(engine_->next_seq(), AsUpdate(update));
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    if (r.ok() && *r) versions_[(*r)->version] = std::make_shared<const AdapterState>(engine_->state());
-    return r.ok() ? *r : std::nullopt;
-  }
-  Engine& engine() { return *engine_; }
-
- private:
-  std::map<uint64_t, std::shared_ptr<const AdapterState>> versions_;
-  std::unique_ptr<Engine> engine_;
-};
 
 EngineOptions Options(Method method, uint32_t k) {
   EngineOptions o;
