@@ -49,7 +49,8 @@ struct Progress {
   }
 };
 
-std::vector<double> ParseSpeeds(const std::string& text) {
+// "1,1.5,2" -> {1, 1.5, 2}; throws std::invalid_argument on a non-number.
+std::vector<double> ParseNumbers(const std::string& text) {
   std::vector<double> out;
   size_t pos = 0;
   while (pos <= text.size()) {
@@ -186,9 +187,9 @@ void RegisterRun(CLI::App& app) {
     f->task.full = f->engine.engine.method.method == Method::kFull;
     std::vector<double> ranks, densities, budgets;
     try {
-      ranks = ParseSpeeds(f->ranks);
-      densities = ParseSpeeds(f->densities);
-      budgets = ParseSpeeds(f->budgets);
+      ranks = ParseNumbers(f->ranks);
+      densities = ParseNumbers(f->densities);
+      budgets = ParseNumbers(f->budgets);
     } catch (const std::exception&) {
       Fail("run", InvalidArgument("--ranks, --upload-densities and --rank-budgets take comma-separated numbers"), 2);
     }
@@ -204,7 +205,7 @@ void RegisterRun(CLI::App& app) {
     }
     std::vector<double> speeds;
     try {
-      speeds = ParseSpeeds(f->speeds);
+      speeds = ParseNumbers(f->speeds);
     } catch (const std::exception&) {
       Fail("run", InvalidArgument("--speeds must be a comma-separated list of numbers, e.g. 1,2,4"), 2);
     }

@@ -228,3 +228,48 @@ TEST(WorkerMethodTest, FullFineTuningTrainsAndUploadsEveryParameter) {
 
 }  // namespace
 }  // namespace fedlora::worker
+
+namespace fedlora::worker {
+namespace {
+
+TEST(WorkerMethodTest, FlascStartsFromTheGlobalMaskedToItsDownloadDensity) {
+  Fixture f;
+  MethodState m = StateOf(Method::kFlasc);
+  m.download_density = 0.25f;
+  f.train.steps = 1;
+  f.train.lr = 1e-12f;  // the model stays where it started, to within 1e-12
+  f.Run(m);
+  size_t lora = 0, kept = 0;
+  const AdapterState after = f.model->ExportAdapter();
+  for (size_t t = 0; t < after.tensors.size(); ++t) {
+    if (f.model->Spec().tensors[t].role == TensorRole::kDense) continue;
+    for (float v : after.tensors[t].values) {
+      ++lora;
+      kept += std::abs(v) > 1e-9f;
+    }
+  }
+  EXPECT_EQ(kept, static_cast<size_t>(std::floor(0.25 * static_cast<double>(lora))));
+}
+
+TEST(WorkerMethodTest, SaFedLoraProximalTermHoldsTheModelNearTheGlobal) {
+  auto distance = [](float mu) {
+    Fixture f;
+    f.train.steps = 6;
+    MethodState m = StateOf(Method::kSaFedLora);
+    m.proximal_mu = mu;
+    f.Run(m);
+    const AdapterState after = f.model->ExportAdapter();
+    double sq = 0;
+    for (size_t t = 0; t < after.tensors.size(); ++t) {
+      for (size_t i = 0; i < after.tensors[t].values.size(); ++i) {
+        const double d = after.tensors[t].values[i] - f.global.tensors[t].values[i];
+        sq += d * d;
+      }
+    }
+    return std::sqrt(sq);
+  };
+  EXPECT_LT(distance(1e4f), 0.5 * distance(0.0f));
+}
+
+}  // namespace
+}  // namespace fedlora::worker
