@@ -51,10 +51,18 @@ class AggregatorImpl final : public Aggregator {
           options_.adapter_id, options_.store_path, MethodName(current.info.method.method),
           MethodName(options_.engine.method.method)));
     }
-    ASSIGN_OR_RETURN(engine_, Engine::Create(
-                                  options_.engine, options_.adapter_id, std::move(current.spec),
-                                  std::move(current.state), cursor->version, cursor->consumed_seq,
-                                  [this](uint64_t v) { return BaseVersion(v); }));
+    ServerOptimizerState server_state;
+    ASSIGN_OR_RETURN(std::optional<std::string> stored_state, store_->GetServerState(options_.adapter_id));
+    if (stored_state) {
+      ASSIGN_OR_RETURN(server_state, DecodeServerState(codec::AsBytes(*stored_state), current.spec));
+    }
+    auto engine = Engine::Create(options_.engine, options_.adapter_id, std::move(current.spec),
+                                 std::move(current.state), cursor->version, cursor->consumed_seq,
+                                 [this](uint64_t v) { return BaseVersion(v); }, std::move(server_state));
+    if (!engine.ok()) {
+      return engine.status().WithContext(fmt::format("adapter '{}' in '{}'", options_.adapter_id, options_.store_path));
+    }
+    engine_ = std::move(*engine);
     version_ = engine_->version();
     Log()->info("adapter={} resumes at version={} consumed_seq={} mode={} final={}", options_.adapter_id,
                 cursor->version, cursor->consumed_seq, codec::ModeName(options_.engine.mode), final_);
@@ -116,6 +124,7 @@ class AggregatorImpl final : public Aggregator {
     info.version = 0;
     info.mode = options_.engine.mode;
     info.method = std::string(MethodName(options_.engine.method.method));
+    info.server_optimizer = std::string(ServerOptimizerName(options_.engine.server_optimizer.kind));
     info.content_hash = ToHex(HashAdapter(options_.initial->state));
     return CommitVersion(info, options_.initial->spec, options_.initial->state, false);
   }
@@ -138,8 +147,14 @@ class AggregatorImpl final : public Aggregator {
                         MethodStateAt(options_.engine.method, spec.rank, info.version)};
     codec::Bytes global = codec::BuildGlobal(g, spec, state);
     codec::Bytes record = codec::BuildVersionRecord(info);
+    // Adam's moments belong to the version: same atomic write (version 0 has none yet).
+    codec::Bytes server_state;
+    if (engine_ && !engine_->server_state().empty()) {
+      server_state = EncodeServerState(options_.adapter_id, spec, engine_->server_state());
+    }
     RETURN_IF_ERROR(store_->Commit({options_.adapter_id, info.version, info.consumed_seq,
-                                    codec::AsBytes(global), codec::AsBytes(record)}));
+                                    codec::AsBytes(global), codec::AsBytes(record),
+                                    codec::AsBytes(server_state)}));
     latest_global_ = std::make_shared<const std::string>(reinterpret_cast<const char*>(global.data()), global.size());
     version_ = info.version;
     if (options_.on_commit) options_.on_commit(info);

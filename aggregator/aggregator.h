@@ -20,6 +20,7 @@
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include "aggregator/engine.h"
 #include "schema/adapter.h"
@@ -32,6 +33,7 @@ struct EvalOutcome {
   double accuracy = 0;
   double loss = 0;
   size_t samples = 0;
+  std::vector<double> class_accuracy;  // per label (labels absent from the sample: 0)
 };
 using Evaluator = std::function<Result<EvalOutcome>(const AdapterSpec&, const AdapterState&)>;
 

@@ -19,6 +19,15 @@ Status ValidateEngineOptions(const EngineOptions& o) {
   if (!(o.fedasync_alpha > 0 && o.fedasync_alpha <= 1)) return InvalidArgument("FedAsync alpha must be in (0, 1]");
   if (!(o.server_lr > 0) || !std::isfinite(o.server_lr)) return InvalidArgument("server learning rate must be positive");
   if (o.staleness.a < 0 || o.staleness.b < 0) return InvalidArgument("staleness parameters must be non-negative");
+  RETURN_IF_ERROR(ValidateServerOptimizer(o.server_optimizer));
+  if (o.server_optimizer.kind != ServerOptimizerKind::kSgd) {
+    if (o.mode == wire::Mode::FedAsync) {
+      return InvalidArgument("a server optimizer steps FedBuff and sync; fedasync mixes each update in (use sgd)");
+    }
+    if (o.method.method == Method::kFlora) {
+      return InvalidArgument("flora re-factorises in product space; it has no per-element server step (use sgd)");
+    }
+  }
   return Status::Ok();
 }
 
@@ -134,7 +143,8 @@ double ProductNorm(const lowrank::Factors& f) {
 class EngineImpl final : public Engine {
  public:
   EngineImpl(EngineOptions options, std::string adapter_id, AdapterSpec spec, AdapterState state,
-             uint64_t version, uint64_t consumed_seq, BaseLookup base_lookup, std::vector<Module> modules)
+             uint64_t version, uint64_t consumed_seq, BaseLookup base_lookup, std::vector<Module> modules,
+             ServerOptimizer optimizer)
       : options_(std::move(options)),
         adapter_id_(std::move(adapter_id)),
         spec_(std::move(spec)),
@@ -142,7 +152,8 @@ class EngineImpl final : public Engine {
         version_(version),
         next_seq_(consumed_seq + 1),
         base_lookup_(std::move(base_lookup)),
-        modules_(std::move(modules)) {
+        modules_(std::move(modules)),
+        optimizer_(std::move(optimizer)) {
     for (size_t i = 0; i < spec_.tensors.size(); ++i) index_[spec_.tensors[i].name] = i;
     module_of_.assign(spec_.tensors.size(), -1);
     for (size_t m = 0; m < modules_.size(); ++m) {
@@ -157,6 +168,7 @@ class EngineImpl final : public Engine {
   uint64_t next_seq() const override { return next_seq_; }
   size_t buffered() const override { return buffer_.size(); }
   MethodState method_state() const override { return MethodStateAt(options_.method, spec_.rank, version_); }
+  const ServerOptimizerState& server_state() const override { return optimizer_.state(); }
 
   Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& u) override {
     if (seq != next_seq_) {
@@ -365,6 +377,10 @@ class EngineImpl final : public Engine {
       acc_.resize(state_.tensors.size());
       for (size_t i = 0; i < acc_.size(); ++i) acc_[i].assign(state_.tensors[i].values.size(), 0.0f);
       pending_.assign(modules_.size(), {});
+      if (optimizer_.stateful()) {
+        carried_.resize(state_.tensors.size());
+        for (size_t i = 0; i < carried_.size(); ++i) carried_[i].assign(state_.tensors[i].values.size(), 0);
+      }
     }
     const double s = options_.mode == wire::Mode::Sync ? 1.0 : StalenessWeight(options_.staleness, tau);
     double n = static_cast<double>(u.num_samples());
@@ -378,7 +394,15 @@ class EngineImpl final : public Engine {
       const size_t idx = index_.at(t->name()->str());
       if (method() == Method::kFlora && module_of_[idx] >= 0) continue;
       auto& acc = acc_[idx];
-      ForEachCarried(*t, spec_.tensors[idx], [&](size_t i, float d) { acc[i] += w * d; });
+      if (optimizer_.stateful()) {
+        auto& carried = carried_[idx];
+        ForEachCarried(*t, spec_.tensors[idx], [&](size_t i, float d) {
+          acc[i] += w * d;
+          carried[i] = 1;
+        });
+      } else {
+        ForEachCarried(*t, spec_.tensors[idx], [&](size_t i, float d) { acc[i] += w * d; });
+      }
     }
     if (method() == Method::kFlora) {
       for (auto& c : PairChanges(u, *base)) {
@@ -391,17 +415,15 @@ class EngineImpl final : public Engine {
     if (buffer_.size() < target) return std::optional<codec::VersionInfo>();
 
     // sum_n_ is 0 only when every HetLoRA product was zero: nothing to move.
-    const double scale = sum_n_ > 0 ? options_.server_lr / sum_n_ : 0.0;
+    const double mean = sum_n_ > 0 ? 1.0 / sum_n_ : 0.0;
+    const double scale = options_.server_lr * mean;  // flora's product-space step; lineage weights
     const AdapterState before = method() == Method::kFlora ? state_ : AdapterState{};
     double sq = 0;
-    const float fscale = static_cast<float>(scale);
-    for (size_t t = 0; t < acc_.size(); ++t) {
-      if (method() == Method::kFlora && module_of_[t] >= 0) continue;
-      auto& x = state_.tensors[t].values;
-      for (size_t i = 0; i < x.size(); ++i) {
-        const float step = fscale * acc_[t][i];
-        x[i] += step;
-        sq += static_cast<double>(step) * step;
+    if (sum_n_ > 0) {
+      for (size_t t = 0; t < acc_.size(); ++t) {
+        if (method() == Method::kFlora && module_of_[t] >= 0) continue;
+        sq += optimizer_.Apply(t, state_.tensors[t].values, acc_[t], mean,
+                               optimizer_.stateful() ? &carried_[t] : nullptr);
       }
     }
     if (method() == Method::kFlora && scale > 0) {
@@ -421,6 +443,7 @@ class EngineImpl final : public Engine {
     for (auto& item : applied) item.weight = static_cast<float>(item.weight * scale);
     buffer_.clear();
     acc_.clear();
+    carried_.clear();
     pending_.clear();
     sum_n_ = 0;
     round_clients_.clear();
@@ -434,6 +457,7 @@ class EngineImpl final : public Engine {
     info.version = ++version_;
     info.mode = options_.mode;
     info.method = std::string(MethodName(method()));
+    info.server_optimizer = std::string(ServerOptimizerName(options_.server_optimizer.kind));
     info.consumed_seq = seq;
     double sum_tau = 0;
     for (const auto& a : applied) {
@@ -445,6 +469,7 @@ class EngineImpl final : public Engine {
     info.dropped = std::move(dropped_);
     dropped_.clear();
     info.update_norm = static_cast<float>(norm);
+    optimizer_.Finish(version_);
     const Digest128 digest = HashAdapter(state_);
     info.content_hash = ToHex(digest);
     return info;
@@ -462,11 +487,13 @@ class EngineImpl final : public Engine {
   std::map<std::string, size_t, std::less<>> index_;
   // FedBuff / Sync buffer.
   std::vector<std::vector<float>> acc_;
+  std::vector<std::vector<uint8_t>> carried_;  // stateful optimizer: elements some update carried
   std::vector<std::vector<std::pair<double, PairChange>>> pending_;  // flora, per module
   double sum_n_ = 0;
   std::vector<codec::LineageItem> buffer_;
   std::set<std::string> round_clients_;
   std::vector<codec::DropItem> dropped_;
+  ServerOptimizer optimizer_;
 };
 
 bool EndsWith(std::string_view s, std::string_view suffix) {
@@ -503,7 +530,8 @@ Result<std::vector<Module>> FindModules(const AdapterSpec& spec) {
 
 Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std::string adapter_id,
                                                AdapterSpec spec, AdapterState state, uint64_t version,
-                                               uint64_t consumed_seq, BaseLookup base_lookup) {
+                                               uint64_t consumed_seq, BaseLookup base_lookup,
+                                               ServerOptimizerState server_state) {
   RETURN_IF_ERROR(ValidateEngineOptions(options));
   RETURN_IF_ERROR(CheckStateMatchesSpec(spec, state).WithContext("initial global"));
   ASSIGN_OR_RETURN(std::vector<Module> modules, FindModules(spec));
@@ -515,9 +543,12 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std
     return InvalidArgument(fmt::format("method '{}' needs LoRA factors; this adapter has none",
                                        MethodName(options.method.method)));
   }
+  ASSIGN_OR_RETURN(ServerOptimizer optimizer, ServerOptimizer::Create(options.server_optimizer, options.server_lr,
+                                                                      spec, std::move(server_state), version));
   return std::unique_ptr<Engine>(new EngineImpl(options, std::move(adapter_id), std::move(spec),
                                                 std::move(state), version, consumed_seq,
-                                                std::move(base_lookup), std::move(modules)));
+                                                std::move(base_lookup), std::move(modules),
+                                                std::move(optimizer)));
 }
 
 }  // namespace fedlora::aggregator

@@ -7,11 +7,11 @@
 //  - FedAsync: every accepted update makes a version:
 //      x <- (1 - a_t) x + a_t (x_base + delta),  a_t = alpha * s(tau)
 //    (only the tensors the update carries are mixed).
-//  - FedBuff: buffer K accepted updates, then
-//      x <- x + eta * sum_k s(tau_k) (n_k / sum_j n_j) delta_k
+//  - FedBuff: buffer K accepted updates, then step the server optimizer (server_optimizer.h)
+//    by g = sum_k s(tau_k) (n_k / sum_j n_j) delta_k; with SGD, x <- x + eta * g
 //  - Sync (the barrier baseline, classic FedAvg rounds): only updates trained from the current
-//    version count, one per client; after `round_size` of them
-//      x <- x + eta * sum_k (n_k / sum_j n_j) delta_k
+//    version count, one per client; after `round_size` of them the server optimizer steps by
+//      g = sum_k (n_k / sum_j n_j) delta_k
 // The method (schema/method.h) decides what "delta" means and how it is folded:
 //  - fedavg, ffa, flasc, lora-a2, sa-fedlora, fedsa, full: element-wise, over exactly the
 //    elements an update carries (dense tensors, sparse entries, rank slices; zero-padded);
@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/server_optimizer.h"
 #include "aggregator/staleness.h"
 #include "schema/adapter.h"
 #include "schema/codec.h"
@@ -53,7 +54,8 @@ struct EngineOptions {
   // points, mean staleness 4.5); K = 6 is stable with mean staleness 1.
   uint32_t buffer_size = 6;
   double fedasync_alpha = 0.6;     // FedAsync mixing weight alpha
-  double server_lr = 1.0;          // eta: server SGD step of FedBuff and Sync
+  double server_lr = 1.0;          // eta: server step size of FedBuff and Sync (adam: ~1e-3)
+  ServerOptimizerOptions server_optimizer;  // sgd, adam or adamw (not fedasync, not flora)
   StalenessOptions staleness;
   uint32_t round_size = 6;         // Sync: distinct clients per round
 };
@@ -66,11 +68,15 @@ class Engine {
   // The global state of an older version, for FedAsync's x_base (read from the store).
   using BaseLookup = std::function<Result<std::shared_ptr<const AdapterState>>(uint64_t version)>;
 
-  // `state` is the committed global at `version`, which consumed the log up to `consumed_seq`.
+  // `state` is the committed global at `version`, which consumed the log up to `consumed_seq`;
+  // `server_state` the server optimizer's moments committed with it (empty for sgd and at
+  // version 0). Errors: kInvalidArgument (options, spec), kFailedPrecondition (moments of
+  // another optimizer or version), kDataLoss.
   static Result<std::unique_ptr<Engine>> Create(const EngineOptions& options, std::string adapter_id,
                                                 AdapterSpec spec, AdapterState state,
                                                 uint64_t version, uint64_t consumed_seq,
-                                                BaseLookup base_lookup);
+                                                BaseLookup base_lookup,
+                                                ServerOptimizerState server_state = {});
   virtual ~Engine() = default;
 
   // Consumes record `seq`, which must be next_seq(). When the server rule completes a version,
@@ -85,6 +91,8 @@ class Engine {
   virtual uint64_t next_seq() const = 0;
   // What workers must know to train from the current version (carried in the global).
   virtual MethodState method_state() const = 0;
+  // The server optimizer's moments at version() (empty for sgd): commit them with the version.
+  virtual const ServerOptimizerState& server_state() const = 0;
   // Accepted updates waiting in the FedBuff buffer or the current synchronous round.
   virtual size_t buffered() const = 0;
 };

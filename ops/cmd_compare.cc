@@ -44,6 +44,8 @@ struct MethodResult {
   std::string error;             // non-empty when the run failed
   double base_accuracy = -1;
   double final_accuracy = -1;    // on all 10,000 test images
+  double client_accuracy = -1;   // mean over clients of the accuracy on their own label mix
+  bool personal = false;         // client_accuracy uses each client's personal model (fedsa)
   uint64_t final_version = 0;
   uint64_t updates = 0;
   uint64_t bytes = 0;
@@ -288,6 +290,8 @@ void RegisterCompare(CLI::App& app) {
         } else {
           r.base_accuracy = j.value("base_accuracy", -1.0);
           r.final_accuracy = j.value("final_accuracy", -1.0);
+          r.client_accuracy = j.value("client_accuracy_mean", -1.0);
+          r.personal = j.value("client_models", std::string()) == "personal";
           r.final_version = j.value("final_version", uint64_t{0});
           r.updates = j.value("updates_logged", uint64_t{0});
           r.bytes = j.value("bytes_uploaded", uint64_t{0});
@@ -321,28 +325,31 @@ void RegisterCompare(CLI::App& app) {
     const MethodResult* full = find("full");
     std::string table = fmt::format(
         "Fashion-MNIST, {}, {} workers (speeds x{}), Dirichlet({}), {} s per method{}; final accuracy on the 10,000 "
-        "test images; bytes are logged update bytes.\n\n"
-        "| method | final accuracy | vs fedavg | bytes / update | uploaded | fewer bytes / update than fedavg | "
+        "test images; on clients' mix: the mean over clients of the accuracy on their own label mix (fedsa: with "
+        "each client's own B); bytes are logged update bytes.\n\n"
+        "| method | final accuracy | on clients' mix | vs fedavg | bytes / update | uploaded | fewer bytes / update than fedavg | "
         "than full | bytes to {:.2f} | updates | versions |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         f->task.arch, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, f->duration_s,
         f->extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(f->extra, " ")), f->target);
     nlohmann::json json = nlohmann::json::array();
     for (const auto& r : results) {
       if (!r.error.empty()) {
-        table += fmt::format("| {} | failed: {} | | | | | | | | |\n", r.method, r.error);
+        table += fmt::format("| {} | failed: {} | | | | | | | | | |\n", r.method, r.error);
         continue;
       }
       auto ratio = [&](const MethodResult* ref) {
         return ref && r.BytesPerUpdate() > 0 ? fmt::format("{:.1f}x", ref->BytesPerUpdate() / r.BytesPerUpdate()) : "-";
       };
       const std::string delta = fedavg ? fmt::format("{:+.1f} pt", 100.0 * (r.final_accuracy - fedavg->final_accuracy)) : "-";
-      table += fmt::format("| {} | {:.4f} | {} | {} | {} | {} | {} | {} | {} | {} |\n", r.method, r.final_accuracy, delta,
+      const std::string mix = r.client_accuracy >= 0 ? fmt::format("{:.4f}{}", r.client_accuracy, r.personal ? " (personal)" : "") : "-";
+      table += fmt::format("| {} | {:.4f} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", r.method, r.final_accuracy, mix, delta,
                            HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), ratio(fedavg),
                            ratio(full), HumanBytes(r.bytes_to_target), r.updates, r.final_version);
       nlohmann::json curve = nlohmann::json::array();
       for (const auto& p : r.curve) curve.push_back({{"version", p.version}, {"bytes", p.bytes}, {"accuracy", p.accuracy}});
-      json.push_back({{"method", r.method}, {"final_accuracy", r.final_accuracy}, {"base_accuracy", r.base_accuracy},
+      json.push_back({{"method", r.method}, {"final_accuracy", r.final_accuracy}, {"client_accuracy", r.client_accuracy},
+                      {"client_models", r.personal ? "personal" : "global"}, {"base_accuracy", r.base_accuracy},
                       {"updates", r.updates}, {"bytes", r.bytes}, {"bytes_per_update", r.BytesPerUpdate()},
                       {"bytes_to_target", r.bytes_to_target}, {"versions", r.final_version},
                       {"federated_seconds", r.seconds}, {"curve", curve}});

@@ -29,6 +29,7 @@ nlohmann::json VersionJson(const codec::VersionInfo& v) {
                       {"commit_unix_ms", v.commit_unix_ms},
                       {"mode", codec::ModeName(v.mode)},
                       {"method", v.method},
+                      {"server_optimizer", v.server_optimizer},
                       {"consumed_seq", v.consumed_seq},
                       {"updates", v.applied.size()},
                       {"dropped", v.dropped.size()},

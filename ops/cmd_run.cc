@@ -11,6 +11,7 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <thread>
 
 #include "broker/broker.h"
@@ -404,6 +405,32 @@ void RegisterRun(CLI::App& app) {
     auto final_r = (*full_eval)(latest->first.spec, latest->first.state);
     if (!final_r.ok()) Fail("run", final_r.status());
     const double final_accuracy = final_r->accuracy;
+    // Each client's accuracy on its own label mix, with the model it would use: the global,
+    // or under fedsa the global with the client's personal B factors.
+    const bool personalised = f->engine.engine.method.method == Method::kFedSa;
+    if (personalised) {
+      fmt::print("evaluating each client's personal model (global A, its own B) on the test set...\n");
+      std::fflush(stdout);
+    }
+    std::vector<double> client_accuracy;
+    for (size_t i = 0; i < workers.size(); ++i) {
+      std::vector<double> per_class = final_r->class_accuracy;
+      const auto factors = workers[i]->PersonalFactors();
+      if (!factors.empty()) {
+        AdapterState mine = latest->first.state;
+        for (auto& t : mine.tensors) {
+          auto it = factors.find(t.name);
+          if (it != factors.end() && it->second.size() == t.values.size()) t.values = it->second;
+        }
+        auto r = (*full_eval)(latest->first.spec, mine);
+        if (!r.ok()) Fail("run", r.status());
+        per_class = r->class_accuracy;
+      }
+      client_accuracy.push_back(MixAccuracy(*train_data, (*shards)[i], per_class));
+    }
+    const double client_mean =
+        client_accuracy.empty() ? 0.0
+                                : std::accumulate(client_accuracy.begin(), client_accuracy.end(), 0.0) / client_accuracy.size();
     std::lock_guard lock(progress->mu);
     const double wall = std::chrono::duration<double>(Clock::now() - started).count();
     fmt::print("\nfedlora run: {} after {:.1f} s of federated training\n", stop_reason, fed_seconds);
@@ -411,6 +438,12 @@ void RegisterRun(CLI::App& app) {
     fmt::print("  final accuracy (version {})  {:.4f}", last.version, final_accuracy);
     if (base_accuracy >= 0) fmt::print("  ({:+.1f} points)", 100.0 * (final_accuracy - base_accuracy));
     fmt::print("\n");
+    if (!client_accuracy.empty()) {
+      fmt::print("  on each client's label mix   mean {:.4f} (min {:.4f}, max {:.4f}; {})\n", client_mean,
+                 *std::min_element(client_accuracy.begin(), client_accuracy.end()),
+                 *std::max_element(client_accuracy.begin(), client_accuracy.end()),
+                 personalised ? "global A with each client's own B" : "the global model");
+    }
     fmt::print("  latest version               {} ({} committed by this run)\n", last.version, last.version - start_version);
     fmt::print("  updates logged               {} (duplicates {}, rejected {})\n", bs.updates_logged.load(),
                bs.updates_duplicate.load(), bs.messages_rejected.load());
@@ -425,10 +458,15 @@ void RegisterRun(CLI::App& app) {
       const nlohmann::json j = {
           {"method", f->engine.method},
           {"mode", f->engine.mode},
+          {"server_optimizer", f->engine.server_optimizer},
+          {"server_lr", f->engine.engine.server_lr},
           {"stop_reason", stop_reason},
           {"federated_seconds", fed_seconds},
           {"base_accuracy", base_accuracy},
           {"final_accuracy", final_accuracy},
+          {"client_accuracy_mean", client_mean},
+          {"client_accuracies", client_accuracy},
+          {"client_models", personalised ? "personal" : "global"},
           {"final_version", last.version},
           {"versions_committed", last.version - start_version},
           {"updates_logged", bs.updates_logged.load()},

@@ -78,7 +78,11 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
         }
         RETURN_IF_ERROR(state->model->LoadAdapter(adapter));
         const worker::EvalResult r = worker::Evaluate(*state->model, *test, max_samples);
-        return aggregator::EvalOutcome{r.accuracy, r.loss, r.samples};
+        aggregator::EvalOutcome out{r.accuracy, r.loss, r.samples, {}};
+        for (size_t c = 0; c < r.class_total.size(); ++c) {
+          out.class_accuracy.push_back(r.class_total[c] ? static_cast<double>(r.class_correct[c]) / r.class_total[c] : 0.0);
+        }
+        return out;
       });
 }
 
@@ -94,6 +98,17 @@ Result<std::vector<std::vector<size_t>>> ClientShards(const worker::Dataset& tra
   }
   return worker::DirichletPartition(train, split.private_indices, task.num_clients, task.dirichlet_alpha,
                                     task.partition_seed);
+}
+
+double MixAccuracy(const worker::Dataset& train, const std::vector<size_t>& shard,
+                   const std::vector<double>& class_accuracy) {
+  if (shard.empty()) return 0;
+  double sum = 0;
+  for (size_t i : shard) {
+    const size_t label = train.labels[i];
+    if (label < class_accuracy.size()) sum += class_accuracy[label];
+  }
+  return sum / static_cast<double>(shard.size());
 }
 
 void SetTorchThreads(int threads) {

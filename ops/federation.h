@@ -50,6 +50,11 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
 // Every client's shard of the private training split (deterministic in `task`).
 Result<std::vector<std::vector<size_t>>> ClientShards(const worker::Dataset& train, const TaskOptions& task);
 
+// A client's accuracy on its own label mix: sum_c p(c) acc(c), p the label distribution of
+// train[shard] and acc the per-class test accuracy of the model it would use.
+double MixAccuracy(const worker::Dataset& train, const std::vector<size_t>& shard,
+                   const std::vector<double>& class_accuracy);
+
 // Intra-op threads of LibTorch for this process.
 void SetTorchThreads(int threads);
 

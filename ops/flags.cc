@@ -75,7 +75,17 @@ void AddEngineFlags(CLI::App* app, EngineFlags& f) {
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
   app->add_option("--fedasync-alpha", f.engine.fedasync_alpha, "FedAsync mixing weight")->capture_default_str();
-  app->add_option("--server-lr", f.engine.server_lr, "Server step size of FedBuff and sync")->capture_default_str();
+  app->add_option("--server-optimizer", f.server_optimizer,
+                  "Server step of fedbuff and sync: sgd, adam or adamw (lazy: only carried elements move; "
+                  "moments are stored with every version)")
+      ->check(CLI::IsMember({"sgd", "adam", "adamw"}))
+      ->capture_default_str();
+  app->add_option("--server-lr", f.server_lr, "Server step size [default: 1 for sgd, 1e-3 for adam and adamw]");
+  auto& so = f.engine.server_optimizer;
+  app->add_option("--server-beta1", so.beta1, "adam, adamw: first-moment decay")->capture_default_str();
+  app->add_option("--server-beta2", so.beta2, "adam, adamw: second-moment decay")->capture_default_str();
+  app->add_option("--server-eps", so.eps, "adam, adamw: denominator epsilon")->capture_default_str();
+  app->add_option("--server-weight-decay", so.weight_decay, "adamw: decoupled weight decay")->capture_default_str();
   app->add_option("--staleness", f.staleness, "Staleness weight: constant, polynomial, hinge")
       ->check(CLI::IsMember({"constant", "polynomial", "hinge"}))
       ->capture_default_str();
@@ -98,6 +108,8 @@ Status ResolveEngineFlags(EngineFlags& f) {
   }
   ASSIGN_OR_RETURN(f.engine.staleness.fn, aggregator::ParseStalenessFn(f.staleness));
   ASSIGN_OR_RETURN(f.engine.method.method, ParseMethod(f.method));
+  ASSIGN_OR_RETURN(f.engine.server_optimizer.kind, aggregator::ParseServerOptimizer(f.server_optimizer));
+  f.engine.server_lr = f.server_lr.value_or(aggregator::DefaultServerLr(f.engine.server_optimizer.kind));
   return aggregator::ValidateEngineOptions(f.engine);
 }
 

@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <optional>
 #include <string>
 
 #include "aggregator/aggregator.h"
@@ -24,12 +25,15 @@ void AddTaskFlags(CLI::App* app, TaskOptions& task);
 // --partition and --classes-per-client (part of AddTaskFlags; `run` adds them on their own).
 void AddPartitionFlags(CLI::App* app, TaskOptions& task);
 
-// Server rule flags: --method and its hyperparameters, --mode, --buffer-size, --fedasync-alpha, --server-lr, --staleness,
-// --staleness-a, --staleness-b, --max-staleness, --round-size.
+// Server rule flags: --method and its hyperparameters, --mode, --buffer-size, --fedasync-alpha,
+// --server-optimizer and its hyperparameters, --staleness, --staleness-a, --staleness-b,
+// --max-staleness, --round-size.
 struct EngineFlags {
   std::string method = "fedavg";
   std::string mode = "fedbuff";
   std::string staleness = "polynomial";
+  std::string server_optimizer = "sgd";
+  std::optional<double> server_lr;  // unset: the optimizer's default
   aggregator::EngineOptions engine;
 };
 void AddEngineFlags(CLI::App* app, EngineFlags& flags);

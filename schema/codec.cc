@@ -344,7 +344,7 @@ Bytes BuildVersionRecord(const VersionInfo& v) {
       b, b.CreateString(v.adapter_id), v.version, v.parent_version, v.commit_unix_ms, v.mode,
       b.CreateString(v.method), v.consumed_seq, b.CreateVector(applied), b.CreateVector(dropped),
       v.mean_staleness, v.max_staleness, v.update_norm, b.CreateString(v.content_hash),
-      v.test_accuracy, v.test_loss, v.eval_samples);
+      v.test_accuracy, v.test_loss, v.eval_samples, b.CreateString(v.server_optimizer));
   b.Finish(rec, store::VersionRecordIdentifier());
   return b.Release();
 }
@@ -377,6 +377,7 @@ VersionInfo DecodeVersionRecord(const store::VersionRecord& r) {
   v.test_accuracy = r.test_accuracy();
   v.test_loss = r.test_loss();
   v.eval_samples = r.eval_samples();
+  v.server_optimizer = r.server_optimizer() ? Str(r.server_optimizer()) : "sgd";
   return v;
 }
 

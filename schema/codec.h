@@ -166,6 +166,7 @@ struct VersionInfo {
   float test_accuracy = -1;
   float test_loss = -1;
   uint32_t eval_samples = 0;
+  std::string server_optimizer = "sgd";
 };
 Bytes BuildVersionRecord(const VersionInfo& info);
 VersionInfo DecodeVersionRecord(const store::VersionRecord& record);

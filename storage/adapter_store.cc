@@ -12,7 +12,7 @@ namespace {
 
 using internal::FromRocks;
 
-enum Cf { kDefault = 0, kVersions = 1, kLineage = 2, kCursors = 3 };
+enum Cf { kDefault = 0, kVersions = 1, kLineage = 2, kCursors = 3, kServerState = 4 };
 
 std::string CursorValue(const Cursor& c) {
   std::string v;
@@ -60,6 +60,10 @@ class RocksAdapterStore final : public AdapterStore {
     batch.Put(db_->handles[kLineage], key, AsSlice(c.record));
     batch.Put(db_->handles[kCursors], rocksdb::Slice(c.adapter_id.data(), c.adapter_id.size()),
               CursorValue({c.version, c.consumed_seq}));
+    if (!c.server_state.empty()) {
+      batch.Put(db_->handles[kServerState], rocksdb::Slice(c.adapter_id.data(), c.adapter_id.size()),
+                AsSlice(c.server_state));
+    }
     rocksdb::WriteOptions wo;
     wo.sync = options_.sync;
     return FromRocks(db_->db->Write(wo, &batch), "commit adapter version");
@@ -74,6 +78,15 @@ class RocksAdapterStore final : public AdapterStore {
     if (v.size() != 16) return DataLoss(fmt::format("cursor of '{}' is corrupt", adapter_id));
     return std::optional<Cursor>(
         Cursor{internal::ReadBigEndian64(v), internal::ReadBigEndian64(std::string_view(v).substr(8))});
+  }
+
+  Result<std::optional<std::string>> GetServerState(std::string_view adapter_id) override {
+    std::string v;
+    rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), db_->handles[kServerState],
+                                     rocksdb::Slice(adapter_id.data(), adapter_id.size()), &v);
+    if (s.IsNotFound()) return std::optional<std::string>();
+    RETURN_IF_ERROR(FromRocks(s, "read server optimizer state"));
+    return std::optional<std::string>(std::move(v));
   }
 
   Result<std::string> GetGlobal(std::string_view adapter_id, uint64_t version) override {
@@ -147,8 +160,8 @@ Result<codec::VersionInfo> ReadVersionInfo(AdapterStore& store, std::string_view
 
 Result<std::unique_ptr<AdapterStore>> AdapterStore::Open(const AdapterStoreOptions& options) {
   ASSIGN_OR_RETURN(auto db, internal::Open(options.path, options.read_only,
-                                           {rocksdb::kDefaultColumnFamilyName, "versions", "lineage", "cursors"},
-                                           {"versions"}, 4096));
+                                           {rocksdb::kDefaultColumnFamilyName, "versions", "lineage", "cursors", "server_state"},
+                                           {"versions"}, 4096));  // server_state is overwritten: no blob files
   return std::unique_ptr<AdapterStore>(new RocksAdapterStore(std::move(db), options));
 }
 

@@ -1,7 +1,8 @@
 // AdapterStore holds every version of every global adapter with its lineage (which updates,
 // with which staleness and weight, made it; which were dropped and why) and each adapter's
-// cursor: the last version and the last update-log position it has consumed. Commit()
-// writes all three in one atomic, synced write, which is what makes aggregation
+// cursor: the last version and the last update-log position it has consumed, and the server
+// optimizer's state after the latest version (Adam's moments; none for SGD). Commit()
+// writes them all in one atomic, synced write, which is what makes aggregation
 // exactly-once: after a crash the cursor says precisely which log records are already in
 // the latest version.
 //
@@ -38,6 +39,9 @@ struct VersionCommit {
   uint64_t consumed_seq = 0;
   std::span<const std::byte> global;  // GlobalAdapter envelope
   std::span<const std::byte> record;  // VersionRecord (lineage)
+  // The server optimizer's state after this version (ServerState); empty: the optimizer is
+  // stateless and any stored state is left as it is.
+  std::span<const std::byte> server_state = {};
 };
 
 class AdapterStore {
@@ -52,6 +56,8 @@ class AdapterStore {
   virtual Status Commit(const VersionCommit& commit) = 0;
 
   virtual Result<std::optional<Cursor>> GetCursor(std::string_view adapter_id) = 0;
+  // The server optimizer state committed with the latest version; nullopt when none was.
+  virtual Result<std::optional<std::string>> GetServerState(std::string_view adapter_id) = 0;
   // Errors: kNotFound.
   virtual Result<std::string> GetGlobal(std::string_view adapter_id, uint64_t version) = 0;
   virtual Result<std::string> GetRecord(std::string_view adapter_id, uint64_t version) = 0;

@@ -70,6 +70,7 @@ class WorkerImpl final : public Worker {
       : options_(std::move(options)), data_(std::move(data)), shard_(std::move(shard)), session_(SessionTag()) {}
 
   const WorkerStats& Stats() const override { return stats_; }
+  std::map<std::string, std::vector<float>> PersonalFactors() const override { return personal_.tensors; }
 
   Status Run(std::stop_token stop) override {
     Connect();

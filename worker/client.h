@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <stop_token>
 #include <string>
@@ -82,6 +83,9 @@ class Worker {
   // every update is reported per update through on_event, not as an error.
   virtual Status Run(std::stop_token stop) = 0;
   virtual const WorkerStats& Stats() const = 0;
+  // FedSA-LoRA: this client's personal B factors by tensor name (empty under other methods).
+  // Call only after Run() has returned.
+  virtual std::map<std::string, std::vector<float>> PersonalFactors() const = 0;
 };
 
 }  // namespace fedlora::worker

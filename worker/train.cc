@@ -161,7 +161,19 @@ EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples) {
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
-    correct += static_cast<size_t>(logits.argmax(1).eq(labels).sum().item<int64_t>());
+    const torch::Tensor hit = logits.argmax(1).eq(labels);
+    correct += static_cast<size_t>(hit.sum().item<int64_t>());
+    const int64_t classes = logits.size(1);
+    if (result.class_total.empty()) {
+      result.class_total.assign(static_cast<size_t>(classes), 0);
+      result.class_correct.assign(static_cast<size_t>(classes), 0);
+    }
+    const torch::Tensor total = torch::bincount(labels, {}, classes);
+    const torch::Tensor right = torch::bincount(labels.masked_select(hit), {}, classes);
+    for (int64_t c = 0; c < classes; ++c) {
+      result.class_total[static_cast<size_t>(c)] += static_cast<size_t>(total[c].item<int64_t>());
+      result.class_correct[static_cast<size_t>(c)] += static_cast<size_t>(right[c].item<int64_t>());
+    }
   }
   result.samples = n;
   result.accuracy = static_cast<double>(correct) / static_cast<double>(n);

@@ -44,6 +44,8 @@ struct EvalResult {
   double accuracy = 0;  // in [0, 1]
   double loss = 0;      // mean cross-entropy
   size_t samples = 0;
+  std::vector<size_t> class_correct;  // per label: correctly classified examples
+  std::vector<size_t> class_total;    // per label: examples
 };
 
 // Sums the gradients of model.TrainableParameters() over `batches` batches sampled like

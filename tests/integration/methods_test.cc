@@ -67,6 +67,13 @@ TEST_P(MethodsEndToEnd, CommitsVersionsFoldingEveryUpdate) {
   EXPECT_EQ(summary["method"], method);
   EXPECT_GE(summary["updates_folded"].get<uint64_t>(), 9u);  // 3 versions x 3 updates
   EXPECT_GT(summary["final_accuracy"].get<double>(), 0.3);
+  // Each client's accuracy on its own label mix; fedsa's uses the client's personal B.
+  EXPECT_EQ(summary["client_models"], method == "fedsa" ? "personal" : "global");
+  ASSERT_EQ(summary["client_accuracies"].size(), 3u);
+  for (const auto& a : summary["client_accuracies"]) {
+    EXPECT_GT(a.get<double>(), 0.0);
+    EXPECT_LE(a.get<double>(), 1.0);
+  }
 
   const std::string text = RunCapture(std::string(kBinary) + " history --json --store " + Quote(store) + " 2>/dev/null", &rc);
   ASSERT_EQ(rc, 0);
@@ -97,6 +104,38 @@ INSTANTIATE_TEST_SUITE_P(
       }
       return name;
     });
+
+// A server optimizer with state (FLASC's AdamW): a run stopped by its time budget resumes
+// with the moments committed with its latest version, and a resume that would silently drop
+// them (sgd on an adamw store) is refused with a message naming the store's optimizer.
+TEST(ServerOptimizerEndToEnd, AdamWMomentsResumeWithTheStoreAndAreNotDroppedSilently) {
+  testing::TempDir dir;
+  const std::string store = dir.path("store");
+  int rc = -1;
+  std::string out = RunCapture(std::string(kBinary) + " pretrain --arch mlp --epochs 1 --store " + Quote(store) + " 2>&1", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string run = std::string(kBinary) +
+                          " run --arch mlp --workers 2 --speeds 1 --local-steps 4 --eval-every 1 "
+                          "--eval-samples 300 --buffer-size 2 --method flasc --store " + Quote(store);
+  const auto versions = [&] {
+    const std::string text = RunCapture(std::string(kBinary) + " history --json --store " + Quote(store) + " 2>/dev/null", &rc);
+    return json::parse(text, nullptr, false);
+  };
+  out = RunCapture(run + " --server-optimizer adamw --duration 6 2>&1", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const uint64_t stopped_at = versions().back()["version"];
+  ASSERT_GE(stopped_at, 1u) << out;
+  out = RunCapture(run + " --server-optimizer adamw --duration 240 --max-versions " + std::to_string(stopped_at + 2) + " 2>&1", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("resuming the stored run at version " + std::to_string(stopped_at)), std::string::npos) << out;
+  out = RunCapture(run + " --server-optimizer sgd --duration 240 --max-versions " + std::to_string(stopped_at + 4) + " 2>&1", &rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("server optimizer 'adamw'"), std::string::npos) << out;
+
+  const json history = versions();
+  ASSERT_TRUE(history.is_array() && history.size() == stopped_at + 3) << history.dump();
+  for (const auto& v : history) EXPECT_EQ(v["server_optimizer"], "adamw") << v.dump();
+}
 
 }  // namespace
 }  // namespace fedlora

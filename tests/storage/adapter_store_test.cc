@@ -78,5 +78,23 @@ TEST(AdapterStoreTest, CommittedVersionsSurviveReopenAndAreReadableReadOnly) {
   EXPECT_EQ(ro->GetGlobal("a", 7).status().code(), Code::kNotFound);
 }
 
+TEST(AdapterStoreTest, ServerStateIsCommittedWithItsVersionAndOnlyWithIt) {
+  testing::TempDir dir;
+  auto store = OpenStore(dir.path("adapters"));
+  const std::string g = "g", s1 = "moments-1", s2 = "moments-2";
+  ASSERT_TRUE(store->Commit({"a", 0, 0, B(g), B(g)}).ok());
+  EXPECT_FALSE(store->GetServerState("a")->has_value());
+  ASSERT_TRUE(store->Commit({"a", 1, 4, B(g), B(g), B(s1)}).ok());
+  EXPECT_EQ(**store->GetServerState("a"), s1);
+  // A refused commit writes none of its parts, the state included.
+  EXPECT_EQ(store->Commit({"a", 3, 9, B(g), B(g), B(s2)}).code(), Code::kFailedPrecondition);
+  EXPECT_EQ(**store->GetServerState("a"), s1);
+  ASSERT_TRUE(store->Commit({"a", 2, 9, B(g), B(g), B(s2)}).ok());
+  EXPECT_EQ(**store->GetServerState("a"), s2);
+  EXPECT_FALSE(store->GetServerState("b")->has_value());
+  store.reset();
+  EXPECT_EQ(**OpenStore(dir.path("adapters"), true)->GetServerState("a"), s2);
+}
+
 }  // namespace
 }  // namespace fedlora::storage

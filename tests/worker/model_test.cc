@@ -463,5 +463,22 @@ TEST(EvaluateTest, CountsAtMostMaxSamples) {
   EXPECT_GT(all.loss, 0.0);
 }
 
+TEST(EvaluateTest, PerClassCountsAddUpToTheLabelsAndTheAccuracy) {
+  auto model = MakeModel("mlp");
+  const Dataset data = SeparableData(2100, 3);  // three evaluation batches
+  const EvalResult r = Evaluate(*model, data);
+  ASSERT_EQ(r.class_total.size(), 10u);
+  ASSERT_EQ(r.class_correct.size(), 10u);
+  std::vector<size_t> labels(10, 0);
+  for (uint8_t l : data.labels) ++labels[l];
+  EXPECT_EQ(r.class_total, labels);
+  size_t correct = 0;
+  for (size_t c = 0; c < 10; ++c) {
+    EXPECT_LE(r.class_correct[c], r.class_total[c]);
+    correct += r.class_correct[c];
+  }
+  EXPECT_DOUBLE_EQ(r.accuracy, static_cast<double>(correct) / 2100.0);
+}
+
 }  // namespace
 }  // namespace fedlora::worker
