@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
       "Start with `fedlora run` (the whole federation on this machine), or run the roles as\n"
       "separate processes: `fedlora pretrain`, `fedlora broker`, `fedlora aggregator`,\n"
       "`fedlora worker`. Inspect a store with `fedlora history` and `fedlora log`; compare the\n"
-      "federation methods on one task with `fedlora compare`.",
+      "federation methods on one task with `fedlora compare`; plan a private run with\n"
+      "`fedlora privacy`.",
       "fedlora"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "fedlora 0.1.0");
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterHistory(app);
   fedlora::ops::RegisterLog(app);
   fedlora::ops::RegisterCompare(app);
+  fedlora::ops::RegisterPrivacy(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
