@@ -440,7 +440,9 @@ class EngineImpl final : public Engine {
       sq *= sq;
     }
     std::vector<codec::LineageItem> applied = std::move(buffer_);
-    for (auto& item : applied) item.weight = static_cast<float>(item.weight * scale);
+    // Lineage weight: the update's share of the step (SGD: eta p_k; Adam: p_k in its mean g).
+    const double share = optimizer_.stateful() ? mean : scale;
+    for (auto& item : applied) item.weight = static_cast<float>(item.weight * share);
     buffer_.clear();
     acc_.clear();
     carried_.clear();

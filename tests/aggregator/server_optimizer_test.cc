@@ -49,7 +49,12 @@ TEST(ServerOptimizerTest, AdamStepsAreTheBiasCorrectedMomentRatio) {
   const AdapterState x0 = h.engine().state();
   // Step 1: mean delta g1 = (10 * 1 + 30 * 5) / 40 = 4. Step 2: g2 = -2.
   h.Feed(MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 1.0f), 10));
-  ASSERT_TRUE(h.Feed(MakeUpdate("u2", "c2", 0, ConstantState(SmallSpec(), 5.0f), 30)));
+  auto v1 = h.Feed(MakeUpdate("u2", "c2", 0, ConstantState(SmallSpec(), 5.0f), 30));
+  ASSERT_TRUE(v1);
+  // Lineage: each update's share of the mean g (Adam's lr does not scale it).
+  ASSERT_EQ(v1->applied.size(), 2u);
+  EXPECT_NEAR(v1->applied[0].weight, 0.25, 1e-6);
+  EXPECT_NEAR(v1->applied[1].weight, 0.75, 1e-6);
   // First Adam step: m^ = g, v^ = g^2, so every element moves by lr * g / (|g| + eps) ~ lr.
   const double step1 = lr * 4.0 / (4.0 + eps);
   EXPECT_NEAR(h.engine().state().tensors[2].values[3], x0.tensors[2].values[3] + step1, 1e-6);
