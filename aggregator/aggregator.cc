@@ -51,11 +51,14 @@ class AggregatorImpl final : public Aggregator {
           options_.adapter_id, options_.store_path, MethodName(current.info.method.method),
           MethodName(options_.engine.method.method)));
     }
-    ServerOptimizerState server_state;
+    ServerState server_state;
     ASSIGN_OR_RETURN(std::optional<std::string> stored_state, store_->GetServerState(options_.adapter_id));
     if (stored_state) {
       ASSIGN_OR_RETURN(server_state, DecodeServerState(codec::AsBytes(*stored_state), current.spec));
     }
+    // The privacy ledger lives in the version's record.
+    ASSIGN_OR_RETURN(codec::VersionInfo latest, storage::ReadVersionInfo(*store_, options_.adapter_id, cursor->version));
+    server_state.ledger = std::move(latest.privacy);
     auto engine = Engine::Create(options_.engine, options_.adapter_id, std::move(current.spec),
                                  std::move(current.state), cursor->version, cursor->consumed_seq,
                                  [this](uint64_t v) { return BaseVersion(v); }, std::move(server_state));
@@ -64,6 +67,14 @@ class AggregatorImpl final : public Aggregator {
     }
     engine_ = std::move(*engine);
     version_ = engine_->version();
+    if (!final_ && !engine_->CanAffordStep()) {
+      return FailedPrecondition(fmt::format(
+          "adapter '{}' in '{}' has spent its client-level privacy budget: epsilon {:.4g} of {:.4g} (delta {:g}) "
+          "leaves no room for another noised step at noise multiplier {:g}; raise the budget or the noise, or start "
+          "a new store",
+          options_.adapter_id, options_.store_path, engine_->client_epsilon(), options_.engine.client_dp.budget,
+          options_.engine.dp_delta, options_.engine.client_dp.noise_multiplier));
+    }
     Log()->info("adapter={} resumes at version={} consumed_seq={} mode={} final={}", options_.adapter_id,
                 cursor->version, cursor->consumed_seq, codec::ModeName(options_.engine.mode), final_);
     return Status::Ok();
@@ -74,6 +85,8 @@ class AggregatorImpl final : public Aggregator {
 
   Status Run(std::stop_token stop) override {
     if (final_ || ReachedMax()) {
+      Log()->info("adapter={} is already final at version={}: nothing to aggregate", options_.adapter_id,
+                  version_.load());
       finished_ = true;
       return Status::Ok();
     }
@@ -144,13 +157,18 @@ class AggregatorImpl final : public Aggregator {
     }
     codec::GlobalInfo g{options_.adapter_id, info.version, info.content_hash, info.consumed_seq,
                         options_.engine.mode, final,
-                        MethodStateAt(options_.engine.method, spec.rank, info.version)};
+                        engine_ ? engine_->method_state()
+                                : MethodStateAt(options_.engine.method, spec.rank, info.version)};
     codec::Bytes global = codec::BuildGlobal(g, spec, state);
     codec::Bytes record = codec::BuildVersionRecord(info);
-    // Adam's moments belong to the version: same atomic write (version 0 has none yet).
+    // Adam's moments, the noise seed and AS-LoRA's scores belong to the version: same atomic
+    // write (version 0 has none yet).
     codec::Bytes server_state;
-    if (engine_ && !engine_->server_state().empty()) {
-      server_state = EncodeServerState(options_.adapter_id, spec, engine_->server_state());
+    if (engine_) {
+      const ServerState saved = engine_->saved_state();
+      if (!saved.empty()) {
+        server_state = EncodeServerState(options_.adapter_id, spec, info.version, saved);
+      }
     }
     RETURN_IF_ERROR(store_->Commit({options_.adapter_id, info.version, info.consumed_seq,
                                     codec::AsBytes(global), codec::AsBytes(record),
@@ -241,12 +259,21 @@ class AggregatorImpl final : public Aggregator {
       ASSIGN_OR_RETURN(auto info, engine_->Consume(seq, *(*rec)->body_as_Update()));
       progressed = true;
       if (info) {
-        const bool final = options_.max_versions > 0 && info->version >= options_.max_versions;
+        const bool budget_spent = !engine_->CanAffordStep();
+        const bool final = (options_.max_versions > 0 && info->version >= options_.max_versions) || budget_spent;
         RETURN_IF_ERROR(CommitVersion(*info, engine_->spec(), engine_->state(), final));
         SendGlobal();
         if (final) {
           finished_ = true;
-          Log()->info("adapter={} final version={} committed", options_.adapter_id, info->version);
+          if (budget_spent) {
+            Log()->warn("adapter={} privacy budget spent: client-level epsilon {:.4g} of {:.4g} (delta {:g}) after {} "
+                        "noised steps; version={} is final and no more training is accepted",
+                        options_.adapter_id, engine_->client_epsilon(), options_.engine.client_dp.budget,
+                        options_.engine.dp_delta, info->privacy && info->privacy->client ? info->privacy->client->steps : 0,
+                        info->version);
+          } else {
+            Log()->info("adapter={} final version={} committed", options_.adapter_id, info->version);
+          }
         }
       }
     }

@@ -2,10 +2,13 @@
 
 #include <fmt/format.h>
 
+#include <array>
 #include <cmath>
 #include <map>
+#include <algorithm>
 #include <set>
 
+#include "aggregator/factor_selection.h"
 #include "aggregator/lowrank.h"
 #include "schema/hash.h"
 #include "schema/validate.h"
@@ -20,6 +23,20 @@ Status ValidateEngineOptions(const EngineOptions& o) {
   if (!(o.server_lr > 0) || !std::isfinite(o.server_lr)) return InvalidArgument("server learning rate must be positive");
   if (o.staleness.a < 0 || o.staleness.b < 0) return InvalidArgument("staleness parameters must be non-negative");
   RETURN_IF_ERROR(ValidateServerOptimizer(o.server_optimizer));
+  RETURN_IF_ERROR(ValidateClientDp(o.client_dp, o.dp_delta));
+  if (o.client_dp.noise_multiplier > 0) {
+    if (o.mode == wire::Mode::FedAsync) {
+      return InvalidArgument("client-level DP noises one server step of many clients: use fedbuff or sync, not fedasync");
+    }
+    if (o.method.method == Method::kFlora || o.method.method == Method::kHetLora) {
+      return InvalidArgument(fmt::format("client-level DP is not supported with '{}': its aggregation weights or "
+                                         "product-space step have no fixed per-client sensitivity",
+                                         MethodName(o.method.method)));
+    }
+  }
+  if (o.method.method == Method::kAsLora && o.mode == wire::Mode::FedAsync) {
+    return InvalidArgument("as-lora scores aggregated server steps: use fedbuff or sync, not fedasync");
+  }
   if (o.server_optimizer.kind != ServerOptimizerKind::kSgd) {
     if (o.mode == wire::Mode::FedAsync) {
       return InvalidArgument("a server optimizer steps FedBuff and sync; fedasync mixes each update in (use sgd)");
@@ -144,7 +161,8 @@ class EngineImpl final : public Engine {
  public:
   EngineImpl(EngineOptions options, std::string adapter_id, AdapterSpec spec, AdapterState state,
              uint64_t version, uint64_t consumed_seq, BaseLookup base_lookup, std::vector<Module> modules,
-             ServerOptimizer optimizer)
+             ServerOptimizer optimizer, PrivacyLedger ledger, std::optional<uint64_t> noise_seed,
+             std::optional<FactorSelector> selector, std::vector<size_t> a_order)
       : options_(std::move(options)),
         adapter_id_(std::move(adapter_id)),
         spec_(std::move(spec)),
@@ -153,8 +171,14 @@ class EngineImpl final : public Engine {
         next_seq_(consumed_seq + 1),
         base_lookup_(std::move(base_lookup)),
         modules_(std::move(modules)),
-        optimizer_(std::move(optimizer)) {
+        optimizer_(std::move(optimizer)),
+        ledger_(std::move(ledger)),
+        noise_seed_(noise_seed),
+        selector_(std::move(selector)),
+        a_order_(std::move(a_order)) {
     for (size_t i = 0; i < spec_.tensors.size(); ++i) index_[spec_.tensors[i].name] = i;
+    position_.assign(modules_.size(), 0);
+    for (size_t p = 0; p < a_order_.size(); ++p) position_[a_order_[p]] = p;
     module_of_.assign(spec_.tensors.size(), -1);
     for (size_t m = 0; m < modules_.size(); ++m) {
       module_of_[modules_[m].a] = static_cast<int>(m);
@@ -167,14 +191,35 @@ class EngineImpl final : public Engine {
   uint64_t version() const override { return version_; }
   uint64_t next_seq() const override { return next_seq_; }
   size_t buffered() const override { return buffer_.size(); }
-  MethodState method_state() const override { return MethodStateAt(options_.method, spec_.rank, version_); }
+  MethodState method_state() const override {
+    MethodState s = MethodStateAt(options_.method, spec_.rank, version_);
+    if (selector_) s.active = selector_->ActiveVector();
+    return s;
+  }
   const ServerOptimizerState& server_state() const override { return optimizer_.state(); }
+  ServerState saved_state() const override {
+    ServerState s;
+    s.version = version_;
+    s.optimizer = optimizer_.state();
+    s.noise_seed = noise_seed_;
+    if (selector_) s.factors = selector_->state();
+    s.ledger = ledger_.Snapshot();
+    return s;
+  }
+  std::optional<codec::PrivacyLedger> ledger() const override { return ledger_.Snapshot(); }
+  bool CanAffordStep() const override { return ledger_.CanAffordServerStep(); }
+  double client_epsilon() const override { return ledger_.client_epsilon(); }
 
   Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& u) override {
     if (seq != next_seq_) {
       return FailedPrecondition(fmt::format("engine expects log record {}, got {}", next_seq_, seq));
     }
     next_seq_ = seq + 1;
+    // Every logged update was released to the server, applied or not: it counts.
+    if (Status s = ledger_.AccountUpdate(u.client_id()->str(), codec::DpReportOf(u)); !s.ok()) {
+      const uint64_t b = u.base_version();
+      return Drop(seq, u, b <= version_ ? version_ - b : 0, "invalid: " + s.message());
+    }
     const uint64_t base = u.base_version();
     if (base > version_) return Drop(seq, u, 0, "future-base");
     const uint64_t tau = version_ - base;
@@ -197,6 +242,30 @@ class EngineImpl final : public Engine {
 
  private:
   Method method() const { return options_.method.method; }
+  bool dp() const { return options_.client_dp.noise_multiplier > 0; }
+  // Only the coordinates the method may move at this version are folded (client-level DP noises
+  // exactly those; as-lora keeps the inactive factor exact).
+  bool restricted() const { return dp() || method() == Method::kAsLora; }
+
+  // Whether the method may move tensor t at the current version: a function of the options and
+  // the version only (never of which updates arrived), so DP noise covers a public set.
+  bool Movable(size_t t) const {
+    const TensorRole role = spec_.tensors[t].role;
+    if (role == TensorRole::kDense) return true;
+    switch (method()) {
+      case Method::kFfa: return role == TensorRole::kLoraB;
+      case Method::kFedSa: return role == TensorRole::kLoraA;
+      case Method::kLoraA2: {
+        const uint8_t phase = MethodStateAt(options_.method, spec_.rank, version_).phase;
+        return (phase == 0) == (role == TensorRole::kLoraB);
+      }
+      case Method::kAsLora: {
+        const uint8_t active = selector_->active(position_[static_cast<size_t>(module_of_[t])]);
+        return (active == kFactorA) == (role == TensorRole::kLoraA);
+      }
+      default: return true;
+    }
+  }
 
   // What each method refuses because it would break the method's exactness.
   Status CheckMethodRules(const wire::Update& u) const {
@@ -229,6 +298,14 @@ class EngineImpl final : public Engine {
           }
           if (CarriedRanks(*p.first, spec_.rank) != CarriedRanks(*p.second, spec_.rank)) {
             return InvalidArgument(fmt::format("flora: the factors of module '{}' carry different ranks", modules_[m].name));
+          }
+        }
+        break;
+      case Method::kAsLora:
+        for (const auto& [m, p] : pairs) {
+          if (p.first && p.second) {
+            return InvalidArgument(fmt::format("as-lora trains one factor per module; the update carries both of '{}'",
+                                               modules_[m].name));
           }
         }
         break;
@@ -377,23 +454,31 @@ class EngineImpl final : public Engine {
       acc_.resize(state_.tensors.size());
       for (size_t i = 0; i < acc_.size(); ++i) acc_[i].assign(state_.tensors[i].values.size(), 0.0f);
       pending_.assign(modules_.size(), {});
+      carried_weight_.assign(modules_.size(), {0.0, 0.0});
       if (optimizer_.stateful()) {
         carried_.resize(state_.tensors.size());
         for (size_t i = 0; i < carried_.size(); ++i) carried_[i].assign(state_.tensors[i].values.size(), 0);
       }
     }
     const double s = options_.mode == wire::Mode::Sync ? 1.0 : StalenessWeight(options_.staleness, tau);
-    double n = static_cast<double>(u.num_samples());
+    // Under client-level DP every update weighs s(tau): sample counts are private.
+    double n = dp() ? 1.0 : static_cast<double>(u.num_samples());
     std::shared_ptr<const AdapterState> base;
     if (method() == Method::kHetLora || method() == Method::kFlora) {
       ASSIGN_OR_RETURN(base, BaseOf(u, tau));
     }
     if (method() == Method::kHetLora) n *= HetLoraNorm(u, *base);
     const float w = static_cast<float>(s * n);
+    // DP: each client's contributions are summed apart, to be clipped together at the step.
+    std::vector<std::vector<float>>& target = dp() ? ClientSum(u.client_id()->str()) : acc_;
     for (const auto* t : *u.tensors()) {
       const size_t idx = index_.at(t->name()->str());
       if (method() == Method::kFlora && module_of_[idx] >= 0) continue;
-      auto& acc = acc_[idx];
+      if (restricted() && !Movable(idx)) continue;
+      if (module_of_[idx] >= 0) {
+        carried_weight_[module_of_[idx]][spec_.tensors[idx].role == TensorRole::kLoraA ? kFactorA : kFactorB] += w;
+      }
+      auto& acc = target[idx];
       if (optimizer_.stateful()) {
         auto& carried = carried_[idx];
         ForEachCarried(*t, spec_.tensors[idx], [&](size_t i, float d) {
@@ -411,15 +496,66 @@ class EngineImpl final : public Engine {
     }
     sum_n_ += n;
     buffer_.push_back(Lineage(seq, u, tau, s * n));  // weight normalised at flush
-    const size_t target = options_.mode == wire::Mode::Sync ? options_.round_size : options_.buffer_size;
-    if (buffer_.size() < target) return std::optional<codec::VersionInfo>();
+    const size_t target_size = options_.mode == wire::Mode::Sync ? options_.round_size : options_.buffer_size;
+    if (buffer_.size() < target_size) return std::optional<codec::VersionInfo>();
+    return Step(seq, static_cast<double>(target_size));
+  }
 
-    // sum_n_ is 0 only when every HetLoRA product was zero: nothing to move.
-    const double mean = sum_n_ > 0 ? 1.0 / sum_n_ : 0.0;
+  // The zeroed per-tensor sums of one client for this step (DP), sized for movable tensors only.
+  std::vector<std::vector<float>>& ClientSum(const std::string& client_id) {
+    auto [it, fresh] = client_sums_.try_emplace(client_id);
+    if (fresh) {
+      it->second.resize(state_.tensors.size());
+      for (size_t t = 0; t < state_.tensors.size(); ++t) {
+        if (Movable(t)) it->second[t].assign(state_.tensors[t].values.size(), 0.0f);
+      }
+    }
+    return it->second;
+  }
+
+  // Client-level DP: clips every client's sum to C into acc_, then adds N(0, (zC)^2) to every
+  // movable coordinate. Returns each client's clip factor.
+  std::map<std::string, double> ClipAndNoise() {
+    const double clip = options_.client_dp.clip;
+    std::map<std::string, double> factors;
+    for (const auto& [client, sums] : client_sums_) {
+      double sq = 0;
+      for (const auto& v : sums) {
+        for (float x : v) sq += static_cast<double>(x) * x;
+      }
+      const double norm = std::sqrt(sq);
+      const double factor = norm > clip ? clip / norm : 1.0;
+      factors[client] = factor;
+      const float f = static_cast<float>(factor);
+      for (size_t t = 0; t < sums.size(); ++t) {
+        for (size_t i = 0; i < sums[t].size(); ++i) acc_[t][i] += f * sums[t][i];
+      }
+    }
+    const double std_dev = options_.client_dp.noise_multiplier * clip;
+    SeededGaussian noise(*noise_seed_, version_ + 1);
+    for (size_t t = 0; t < acc_.size(); ++t) {
+      if (!Movable(t)) continue;
+      for (float& x : acc_[t]) x += static_cast<float>(std_dev * noise.Next());
+      if (optimizer_.stateful()) std::fill(carried_[t].begin(), carried_[t].end(), 1);
+    }
+    return factors;
+  }
+
+  // One server step of FedBuff / Sync over the buffer; `k` is its target size.
+  Result<std::optional<codec::VersionInfo>> Step(uint64_t seq, double k) {
+    std::map<std::string, double> clip_factors;
+    double mean = 0;  // g = mean * acc_
+    if (dp()) {
+      clip_factors = ClipAndNoise();
+      mean = 1.0 / k;
+      ledger_.AccountServerStep();
+    } else if (sum_n_ > 0) {  // 0 only when every HetLoRA product was zero: nothing to move
+      mean = 1.0 / sum_n_;
+    }
     const double scale = options_.server_lr * mean;  // flora's product-space step; lineage weights
     const AdapterState before = method() == Method::kFlora ? state_ : AdapterState{};
     double sq = 0;
-    if (sum_n_ > 0) {
+    if (mean > 0) {
       for (size_t t = 0; t < acc_.size(); ++t) {
         if (method() == Method::kFlora && module_of_[t] >= 0) continue;
         sq += optimizer_.Apply(t, state_.tensors[t].values, acc_[t], mean,
@@ -439,17 +575,43 @@ class EngineImpl final : public Engine {
       sq = StepNorm(before, state_);
       sq *= sq;
     }
+    if (selector_) ObserveFactors();
     std::vector<codec::LineageItem> applied = std::move(buffer_);
     // Lineage weight: the update's share of the step (SGD: eta p_k; Adam: p_k in its mean g).
     const double share = optimizer_.stateful() ? mean : scale;
-    for (auto& item : applied) item.weight = static_cast<float>(item.weight * share);
+    for (auto& item : applied) {
+      const auto it = clip_factors.find(item.client_id);
+      const double clipped = it == clip_factors.end() ? 1.0 : it->second;
+      item.weight = static_cast<float>(item.weight * share * clipped);
+    }
     buffer_.clear();
     acc_.clear();
     carried_.clear();
     pending_.clear();
+    client_sums_.clear();
+    carried_weight_.clear();
     sum_n_ = 0;
     round_clients_.clear();
     return std::optional<codec::VersionInfo>(NewVersion(seq, std::move(applied), std::sqrt(sq)));
+  }
+
+  // AS-LoRA: each module's active factor, as aggregated in this step (the sum over the updates
+  // that carried it, per unit of their weight), feeds the selector. A module whose active
+  // factor no update of the buffer carried (they were all trained before a switch) is not
+  // observed this time.
+  void ObserveFactors() {
+    const double z = options_.client_dp.noise_multiplier * options_.client_dp.clip;
+    for (size_t p = 0; p < a_order_.size(); ++p) {
+      const size_t m = a_order_[p];
+      const int factor = selector_->active(p);
+      const double weight = carried_weight_[m][factor];
+      if (!(weight > 0)) continue;
+      const auto& sum = acc_[factor == kFactorA ? modules_[m].a : modules_[m].b];
+      std::vector<float> g(sum.size());
+      for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>(sum[i] / weight);
+      const double noise_sd = dp() ? z / weight : 0.0;
+      selector_->Observe(p, factor, g, noise_sd * noise_sd);
+    }
   }
 
   codec::VersionInfo NewVersion(uint64_t seq, std::vector<codec::LineageItem> applied, double norm) {
@@ -472,6 +634,16 @@ class EngineImpl final : public Engine {
     dropped_.clear();
     info.update_norm = static_cast<float>(norm);
     optimizer_.Finish(version_);
+    if (selector_) {
+      selector_->Choose(version_);
+      for (const auto& f : selector_->state()) {
+        codec::FactorScore light = f;  // the record keeps the choice and scores, not the Fisher proxies
+        light.fisher[0].clear();
+        light.fisher[1].clear();
+        info.factors.push_back(std::move(light));
+      }
+    }
+    info.privacy = ledger_.Snapshot();
     const Digest128 digest = HashAdapter(state_);
     info.content_hash = ToHex(digest);
     return info;
@@ -491,11 +663,18 @@ class EngineImpl final : public Engine {
   std::vector<std::vector<float>> acc_;
   std::vector<std::vector<uint8_t>> carried_;  // stateful optimizer: elements some update carried
   std::vector<std::vector<std::pair<double, PairChange>>> pending_;  // flora, per module
+  std::map<std::string, std::vector<std::vector<float>>> client_sums_;  // client-level DP, per client
+  std::vector<std::array<double, 2>> carried_weight_;  // per module: weight that carried B, A
   double sum_n_ = 0;
   std::vector<codec::LineageItem> buffer_;
   std::set<std::string> round_clients_;
   std::vector<codec::DropItem> dropped_;
   ServerOptimizer optimizer_;
+  PrivacyLedger ledger_;
+  std::optional<uint64_t> noise_seed_;
+  std::optional<FactorSelector> selector_;  // as-lora
+  std::vector<size_t> a_order_;             // module indices in the spec order of their A factor
+  std::vector<size_t> position_;            // module index -> position in a_order_
 };
 
 bool EndsWith(std::string_view s, std::string_view suffix) {
@@ -533,7 +712,7 @@ Result<std::vector<Module>> FindModules(const AdapterSpec& spec) {
 Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std::string adapter_id,
                                                AdapterSpec spec, AdapterState state, uint64_t version,
                                                uint64_t consumed_seq, BaseLookup base_lookup,
-                                               ServerOptimizerState server_state) {
+                                               ServerState server_state) {
   RETURN_IF_ERROR(ValidateEngineOptions(options));
   RETURN_IF_ERROR(CheckStateMatchesSpec(spec, state).WithContext("initial global"));
   ASSIGN_OR_RETURN(std::vector<Module> modules, FindModules(spec));
@@ -545,12 +724,55 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std
     return InvalidArgument(fmt::format("method '{}' needs LoRA factors; this adapter has none",
                                        MethodName(options.method.method)));
   }
-  ASSIGN_OR_RETURN(ServerOptimizer optimizer, ServerOptimizer::Create(options.server_optimizer, options.server_lr,
-                                                                      spec, std::move(server_state), version));
+  ASSIGN_OR_RETURN(ServerOptimizer optimizer,
+                   ServerOptimizer::Create(options.server_optimizer, options.server_lr, spec,
+                                           std::move(server_state.optimizer), version));
+  ASSIGN_OR_RETURN(PrivacyLedger ledger, PrivacyLedger::Create(options.dp_delta, options.client_dp, server_state.ledger));
+  std::optional<uint64_t> seed = server_state.noise_seed;
+  if (options.client_dp.noise_multiplier > 0) {
+    if (options.client_dp.seed) {
+      if (seed && *seed != *options.client_dp.seed) {
+        return FailedPrecondition("the store's client-level DP noise seed differs from the one given: omit the seed "
+                                  "to use the stored one, or start a new store");
+      }
+      seed = options.client_dp.seed;
+    } else if (!seed) {
+      seed = RandomSeed();
+    }
+  }
+  // AS-LoRA's modules in the spec order of their A factors (the order of MethodState::active).
+  std::vector<size_t> a_order(modules.size());
+  for (size_t m = 0; m < modules.size(); ++m) a_order[m] = m;
+  std::sort(a_order.begin(), a_order.end(), [&](size_t x, size_t y) { return modules[x].a < modules[y].a; });
+  std::optional<FactorSelector> selector;
+  if (options.method.method == Method::kAsLora) {
+    if (version > 0 && server_state.factors.empty()) {
+      return DataLoss(fmt::format("version {} has no stored AS-LoRA state", version));
+    }
+    if (!server_state.factors.empty() && server_state.version != version) {
+      return FailedPrecondition(fmt::format("stored AS-LoRA state is of version {}, the global is at {}",
+                                            server_state.version, version));
+    }
+    std::vector<std::string> names;
+    std::vector<size_t> a_sizes, b_sizes;
+    for (size_t m : a_order) {
+      names.push_back(modules[m].name);
+      a_sizes.push_back(spec.tensors[modules[m].a].numel());
+      b_sizes.push_back(spec.tensors[modules[m].b].numel());
+    }
+    const FactorSelectionOptions fo{options.method.as_warmup, options.method.as_margin, options.method.as_beta,
+                                    options.server_lr};
+    const bool fresh = server_state.factors.empty();
+    ASSIGN_OR_RETURN(FactorSelector s, FactorSelector::Create(fo, std::move(names), std::move(a_sizes),
+                                                              std::move(b_sizes), std::move(server_state.factors)));
+    if (fresh) s.Choose(version);
+    selector = std::move(s);
+  }
   return std::unique_ptr<Engine>(new EngineImpl(options, std::move(adapter_id), std::move(spec),
                                                 std::move(state), version, consumed_seq,
                                                 std::move(base_lookup), std::move(modules),
-                                                std::move(optimizer)));
+                                                std::move(optimizer), std::move(ledger), seed,
+                                                std::move(selector), std::move(a_order)));
 }
 
 }  // namespace fedlora::aggregator

@@ -21,8 +21,17 @@
 //    trained factors minus the base version's factors over the same ranks), stacked exactly
 //    (FLoRA) with the global product, then re-factorised to the adapter's rank by a truncated
 //    SVD (FlexLoRA); A keeps orthogonal rows of the initialisation's norm.
+//  - as-lora: element-wise over the factor each module trains at this version
+//    (factor_selection.h picks it from the aggregated pseudo-gradients); the other factor's
+//    part of a stale update is left out, so every step is exact.
 // Each method also rejects uploads that would break its exactness (an A factor under ffa, a B
-// factor under fedsa, both factors under lora-a2, unpaired factors under flora).
+// factor under fedsa, both factors under lora-a2 or of one module under as-lora, unpaired
+// factors under flora).
+// Client-level DP (privacy.h, FedBuff and Sync): weights become s(tau) (sample counts are
+// private); each client's summed contributions to one step are clipped to C; N(0, (zC)^2) is
+// added to every coordinate the method may move at this version (from the seeded generator, so
+// replay is bit-exact); the sum is divided by the fixed K (or round size). Record-level DP
+// reports of every logged update are composed into the per-worker ledger.
 // tau = version - base_version. Updates from a future version, past max_staleness, stale in a
 // synchronous round, a repeat client within a round, or not matching the spec or method are
 // dropped, and each drop is recorded in the next version's lineage.
@@ -37,7 +46,9 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/privacy.h"
 #include "aggregator/server_optimizer.h"
+#include "aggregator/server_state.h"
 #include "aggregator/staleness.h"
 #include "schema/adapter.h"
 #include "schema/codec.h"
@@ -58,6 +69,8 @@ struct EngineOptions {
   ServerOptimizerOptions server_optimizer;  // sgd, adam or adamw (not fedasync, not flora)
   StalenessOptions staleness;
   uint32_t round_size = 6;         // Sync: distinct clients per round
+  ClientDpOptions client_dp;       // off unless noise_multiplier > 0
+  double dp_delta = 1e-5;          // delta of every epsilon in the privacy ledger
 };
 
 // Validates option ranges. Errors: kInvalidArgument naming the option.
@@ -69,14 +82,14 @@ class Engine {
   using BaseLookup = std::function<Result<std::shared_ptr<const AdapterState>>(uint64_t version)>;
 
   // `state` is the committed global at `version`, which consumed the log up to `consumed_seq`;
-  // `server_state` the server optimizer's moments committed with it (empty for sgd and at
-  // version 0). Errors: kInvalidArgument (options, spec), kFailedPrecondition (moments of
-  // another optimizer or version), kDataLoss.
+  // `server_state` what was committed with it (empty at version 0). Errors: kInvalidArgument
+  // (options, spec), kFailedPrecondition (moments of another optimizer, state of another
+  // version, another noise seed), kDataLoss.
   static Result<std::unique_ptr<Engine>> Create(const EngineOptions& options, std::string adapter_id,
                                                 AdapterSpec spec, AdapterState state,
                                                 uint64_t version, uint64_t consumed_seq,
                                                 BaseLookup base_lookup,
-                                                ServerOptimizerState server_state = {});
+                                                ServerState server_state = {});
   virtual ~Engine() = default;
 
   // Consumes record `seq`, which must be next_seq(). When the server rule completes a version,
@@ -91,8 +104,15 @@ class Engine {
   virtual uint64_t next_seq() const = 0;
   // What workers must know to train from the current version (carried in the global).
   virtual MethodState method_state() const = 0;
-  // The server optimizer's moments at version() (empty for sgd): commit them with the version.
+  // The server optimizer's moments at version() (empty for sgd).
   virtual const ServerOptimizerState& server_state() const = 0;
+  // Everything to commit with version() besides the global and its record (ledger included).
+  virtual ServerState saved_state() const = 0;
+  // The privacy ledger after version() (nullopt: no DP so far).
+  virtual std::optional<codec::PrivacyLedger> ledger() const = 0;
+  // Whether one more noised server step fits the client-level DP budget (true without one).
+  virtual bool CanAffordStep() const = 0;
+  virtual double client_epsilon() const = 0;
   // Accepted updates waiting in the FedBuff buffer or the current synchronous round.
   virtual size_t buffered() const = 0;
 };

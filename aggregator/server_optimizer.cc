@@ -34,54 +34,6 @@ Status ValidateServerOptimizer(const ServerOptimizerOptions& o) {
   return Status::Ok();
 }
 
-codec::Bytes EncodeServerState(std::string_view adapter_id, const AdapterSpec& spec, const ServerOptimizerState& s) {
-  size_t floats = 0;
-  for (const auto& m : s.m) floats += m.size();
-  flatbuffers::FlatBufferBuilder b(1024 + 8 * floats);
-  std::vector<flatbuffers::Offset<store::OptimizerTensor>> tensors;
-  for (size_t t = 0; t < s.steps.size(); ++t) {
-    tensors.push_back(store::CreateOptimizerTensor(b, b.CreateString(spec.tensors[t].name), s.steps[t],
-                                                   b.CreateVector(s.m[t]), b.CreateVector(s.v[t])));
-  }
-  auto root = store::CreateServerState(b, b.CreateString(adapter_id), s.version, b.CreateString(s.optimizer),
-                                       b.CreateVector(tensors));
-  b.Finish(root, store::VersionRecordIdentifier());
-  return b.Release();
-}
-
-Result<ServerOptimizerState> DecodeServerState(std::span<const std::byte> bytes, const AdapterSpec& spec) {
-  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
-  if (bytes.size() < 8 || !flatbuffers::BufferHasIdentifier(data, store::VersionRecordIdentifier())) {
-    return DataLoss("stored server optimizer state has no FLS1 identifier");
-  }
-  flatbuffers::Verifier verifier(data, bytes.size());
-  if (!verifier.VerifyBuffer<store::ServerState>(store::VersionRecordIdentifier())) {
-    return DataLoss("stored server optimizer state fails verification");
-  }
-  const auto* root = flatbuffers::GetRoot<store::ServerState>(data);
-  ServerOptimizerState s;
-  s.optimizer = root->optimizer() ? root->optimizer()->str() : "";
-  s.version = root->version();
-  const auto* tensors = root->tensors();
-  if (!tensors || tensors->size() != spec.tensors.size()) {
-    return DataLoss(fmt::format("stored server optimizer state has {} tensors, the spec {}",
-                                tensors ? tensors->size() : 0, spec.tensors.size()));
-  }
-  for (size_t t = 0; t < spec.tensors.size(); ++t) {
-    const auto* e = tensors->Get(static_cast<flatbuffers::uoffset_t>(t));
-    const size_t n = spec.tensors[t].numel();
-    if (!e->name() || e->name()->string_view() != spec.tensors[t].name || !e->m() || !e->v() ||
-        e->m()->size() != n || e->v()->size() != n) {
-      return DataLoss(fmt::format("stored server optimizer moments of tensor {} do not match '{}'", t,
-                                  spec.tensors[t].name));
-    }
-    s.steps.push_back(e->step());
-    s.m.emplace_back(e->m()->begin(), e->m()->end());
-    s.v.emplace_back(e->v()->begin(), e->v()->end());
-  }
-  return s;
-}
-
 Result<ServerOptimizer> ServerOptimizer::Create(const ServerOptimizerOptions& options, double lr,
                                                 const AdapterSpec& spec, ServerOptimizerState state,
                                                 uint64_t version) {

@@ -55,12 +55,6 @@ struct ServerOptimizerState {
   bool empty() const { return steps.empty(); }
 };
 
-// Stored form (store.fbs ServerState, identifier "FLS1").
-codec::Bytes EncodeServerState(std::string_view adapter_id, const AdapterSpec& spec,
-                               const ServerOptimizerState& state);
-// Errors: kDataLoss (unreadable bytes, or moments not matching `spec`).
-Result<ServerOptimizerState> DecodeServerState(std::span<const std::byte> bytes, const AdapterSpec& spec);
-
 class ServerOptimizer {
  public:
   // `state` is what was committed with `version` (empty: fresh moments, allowed only for sgd,

@@ -22,6 +22,45 @@ std::string FormatTime(uint64_t unix_ms) {
   return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z", tm, static_cast<int>(unix_ms % 1000));
 }
 
+// The ledger without its Renyi vectors (they are for the accountant, not for people).
+nlohmann::json PrivacyJson(const std::optional<codec::PrivacyLedger>& ledger) {
+  if (!ledger) return nullptr;
+  nlohmann::json j = {{"delta", ledger->delta}};
+  if (const auto& c = ledger->client) {
+    j["client"] = {{"epsilon", c->epsilon},
+                   {"steps", c->steps},
+                   {"noise_multiplier", c->noise_multiplier},
+                   {"clip", c->clip},
+                   {"budget", c->budget > 0 ? nlohmann::json(c->budget) : nlohmann::json(nullptr)}};
+  }
+  auto& workers = j["workers"] = nlohmann::json::array();
+  for (const auto& w : ledger->workers) {
+    workers.push_back({{"client_id", w.client_id},
+                       {"epsilon", w.non_private_updates == 0 ? nlohmann::json(w.epsilon) : nlohmann::json(nullptr)},
+                       {"steps", w.steps},
+                       {"updates", w.updates},
+                       {"non_private_updates", w.non_private_updates},
+                       {"noise_multiplier", w.noise_multiplier},
+                       {"sample_rate", w.sample_rate}});
+  }
+  return j;
+}
+
+// "-" without that kind of DP; "inf" where a worker published without DP.
+std::string ClientEpsilon(const codec::VersionInfo& v) {
+  if (!v.privacy || !v.privacy->client) return "-";
+  return fmt::format("{:.3f}", v.privacy->client->epsilon);
+}
+std::string WorkerEpsilon(const codec::VersionInfo& v) {
+  if (!v.privacy || v.privacy->workers.empty()) return "-";
+  double max_eps = 0;
+  for (const auto& w : v.privacy->workers) {
+    if (w.non_private_updates > 0) return "inf";
+    max_eps = std::max(max_eps, w.epsilon);
+  }
+  return fmt::format("{:.3f}", max_eps);
+}
+
 nlohmann::json VersionJson(const codec::VersionInfo& v) {
   nlohmann::json j = {{"version", v.version},
                       {"parent_version", v.parent_version},
@@ -51,6 +90,16 @@ nlohmann::json VersionJson(const codec::VersionInfo& v) {
                        {"num_samples", a.num_samples},
                        {"train_loss", a.train_loss}});
   }
+  j["privacy"] = PrivacyJson(v.privacy);
+  if (!v.factors.empty()) {
+    auto& factors = j["factors"] = nlohmann::json::array();
+    for (const auto& f : v.factors) {
+      factors.push_back({{"module", f.module},
+                         {"active", f.active == 1 ? "A" : "B"},
+                         {"score_a", f.seen[1] ? nlohmann::json(f.score[1]) : nlohmann::json(nullptr)},
+                         {"score_b", f.seen[0] ? nlohmann::json(f.score[0]) : nlohmann::json(nullptr)}});
+    }
+  }
   auto& dropped = j["dropped_updates"] = nlohmann::json::array();
   for (const auto& d : v.dropped) {
     dropped.push_back({{"seq", d.seq},
@@ -76,7 +125,9 @@ void RegisterHistory(CLI::App& app) {
   };
   auto f = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("history", "List the versions of an adapter: commit time, updates folded in, "
-                                            "staleness, accuracy; --json adds each version's lineage");
+                                            "staleness, accuracy, privacy spent (client-level epsilon, and the "
+                                            "largest record-level epsilon of any worker); --json adds each "
+                                            "version's lineage, privacy ledger and AS-LoRA choices");
   cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
   cmd->add_option("--from", f->from, "First version to list")->capture_default_str();
@@ -100,8 +151,9 @@ void RegisterHistory(CLI::App& app) {
     if (!records.ok()) Fail("history", records.status());
     nlohmann::json out = nlohmann::json::array();
     if (!f->json) {
-      fmt::print("{:>7}  {:<24}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>8}\n", "version", "committed (UTC)", "updates",
-                 "dropped", "stale avg", "stale max", "norm", "accuracy");
+      fmt::print("{:>7}  {:<24}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>8}  {:>10}  {:>10}\n", "version",
+                 "committed (UTC)", "updates", "dropped", "stale avg", "stale max", "norm", "accuracy", "eps client",
+                 "eps worker");
     }
     for (const auto& bytes : *records) {
       auto rec = codec::VerifyVersionRecord(codec::AsBytes(bytes));
@@ -117,9 +169,9 @@ void RegisterHistory(CLI::App& app) {
         continue;
       }
       const std::string acc = v.test_accuracy >= 0 ? fmt::format("{:.4f}", v.test_accuracy) : "-";
-      fmt::print("{:>7}  {:<24}  {:>7}  {:>7}  {:>9.2f}  {:>9}  {:>9.4f}  {:>8}\n", v.version,
+      fmt::print("{:>7}  {:<24}  {:>7}  {:>7}  {:>9.2f}  {:>9}  {:>9.4f}  {:>8}  {:>10}  {:>10}\n", v.version,
                  FormatTime(v.commit_unix_ms), v.applied.size(), v.dropped.size(), v.mean_staleness, v.max_staleness,
-                 v.update_norm, acc);
+                 v.update_norm, acc, ClientEpsilon(v), WorkerEpsilon(v));
     }
     if (f->json) fmt::print("{}\n", out.dump(2));
   });

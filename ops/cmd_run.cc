@@ -180,11 +180,16 @@ void RegisterRun(CLI::App& app) {
   cmd->add_option("--rank-budgets", f->budgets, "lora-a2: per-worker ranks per module, assigned in turn")
       ->capture_default_str();
   AddEngineFlags(cmd, f->engine);
-  AddTrainingFlags(cmd, f->training);
+  AddTrainingFlags(cmd, f->training, /*delta_flag=*/false);
   cmd->callback([f] {
     SetupLogging(f->verbose);
     InstallStopSignals();
     if (Status s = ResolveEngineFlags(f->engine); !s.ok()) Fail("run", s, 2);
+    f->training.dp.delta = f->engine.engine.dp_delta;
+    if (f->training.dp.enabled() && f->engine.engine.method.method == Method::kFull) {
+      Fail("run", InvalidArgument("record-level DP-SGD covers LoRA factors and the head; method 'full' trains every "
+                                  "weight (use a LoRA method)"), 2);
+    }
     f->task.full = f->engine.engine.method.method == Method::kFull;
     std::vector<double> ranks, densities, budgets;
     try {
@@ -358,6 +363,10 @@ void RegisterRun(CLI::App& app) {
       const auto now = Clock::now();
       if (StopSignalled()) { stop_reason = "interrupted"; break; }
       if ((*agg)->Finished()) { stop_reason = "final version committed"; break; }
+      if (std::all_of(workers.begin(), workers.end(), [](const auto& w) { return w->Stats().budget_spent.load(); })) {
+        stop_reason = "every worker's privacy budget is spent";
+        break;
+      }
       {
         std::lock_guard lock(err_mu);
         if (!first_error.ok()) { stop_reason = "error"; break; }
@@ -452,6 +461,36 @@ void RegisterRun(CLI::App& app) {
                HumanBytes(bs.updates_logged ? static_cast<double>(bytes) / bs.updates_logged : 0.0));
     fmt::print("  staleness                    mean {:.2f}, max {}\n",
                progress->folded ? progress->staleness_sum / progress->folded : 0.0, progress->staleness_max);
+    // The privacy ledger of the final version (what `fedlora history` shows per version).
+    nlohmann::json privacy_json = nullptr;
+    if (const auto& ledger = last.privacy) {
+      privacy_json = {{"delta", ledger->delta}};
+      if (const auto& c = ledger->client) {
+        fmt::print("  client-level DP              epsilon {:.4g} (delta {:g}) after {} noised steps, z {:g}, C {:g}{}\n",
+                   c->epsilon, ledger->delta, c->steps, c->noise_multiplier, c->clip,
+                   c->budget > 0 ? fmt::format(", budget {:g}", c->budget) : "");
+        privacy_json["client_epsilon"] = c->epsilon;
+        privacy_json["client_noise_multiplier"] = c->noise_multiplier;
+        privacy_json["server_steps"] = c->steps;
+      }
+      if (!ledger->workers.empty()) {
+        double max_eps = 0;
+        nlohmann::json per_worker = nlohmann::json::object();
+        bool all_private = true;
+        for (const auto& w : ledger->workers) {
+          max_eps = std::max(max_eps, w.epsilon);
+          all_private &= w.non_private_updates == 0;
+          per_worker[w.client_id] = {{"epsilon", w.epsilon},     {"steps", w.steps},
+                                     {"updates", w.updates},     {"noise_multiplier", w.noise_multiplier},
+                                     {"sample_rate", w.sample_rate}, {"non_private_updates", w.non_private_updates}};
+        }
+        fmt::print("  record-level DP-SGD          epsilon at most {:.4g} per worker (delta {:g}; {} workers{})\n",
+                   max_eps, ledger->delta, ledger->workers.size(),
+                   all_private ? "" : "; some published updates without DP: their data is not protected");
+        privacy_json["worker_epsilon_max"] = max_eps;
+        privacy_json["workers"] = per_worker;
+      }
+    }
     fmt::print("  wall time                    {:.1f} s\n", wall);
     fmt::print("  store                        {} (see: fedlora history --store {})\n", f->store.dir, f->store.dir);
     if (!f->summary.empty()) {
@@ -475,6 +514,7 @@ void RegisterRun(CLI::App& app) {
           {"bytes_uploaded", bytes},
           {"mean_staleness", progress->folded ? progress->staleness_sum / progress->folded : 0.0},
           {"max_staleness", progress->staleness_max},
+          {"privacy", privacy_json},
       };
       std::ofstream out(f->summary);
       out << j.dump(2) << "\n";

@@ -68,6 +68,32 @@ void AddEngineFlags(CLI::App* app, EngineFlags& f) {
   app->add_option("--min-budget", m.min_budget, "sa-fedlora: ranks per module kept after cooling")->capture_default_str();
   app->add_option("--probe-batches", m.probe_batches, "lora-a2, sa-fedlora: batches that score the ranks")
       ->capture_default_str();
+  app->add_option("--as-warmup", m.as_warmup, "as-lora: versions that train B everywhere before any choice")
+      ->capture_default_str();
+  app->add_option("--as-margin", m.as_margin,
+                  "as-lora: a module switches factor when the other's smoothed score beats the active one's by "
+                  "this fraction")
+      ->capture_default_str();
+  app->add_option("--as-beta", m.as_beta, "as-lora: EMA weight on the past of the scores and Fisher proxies")
+      ->capture_default_str();
+  auto& dp = f.engine.client_dp;
+  app->add_option("--client-dp-noise", dp.noise_multiplier,
+                  "Client-level DP (fedbuff, sync): noise multiplier z; each server step adds N(0, (z C)^2) to the "
+                  "sum of clipped client contributions (0: off; plan z with `fedlora privacy`)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("--client-dp-clip", dp.clip, "Client-level DP: L2 bound C on each client's contribution to a step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app->add_option("--client-dp-budget", dp.budget,
+                  "Client-level DP: epsilon at which the adapter is made final and training stops (0: none)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("--client-dp-seed", dp.seed,
+                  "Client-level DP: the server's secret noise seed [default: the store's, else a fresh random one]");
+  app->add_option("--dp-delta", f.engine.dp_delta, "delta of every epsilon reported (client- and record-level)")
+      ->check(CLI::Range(1e-300, 0.5))
+      ->capture_default_str();
   app->add_option("--mode", f.mode, "Aggregation: fedbuff, fedasync or sync (barrier baseline)")
       ->check(CLI::IsMember({"fedbuff", "fedasync", "sync"}))
       ->capture_default_str();
@@ -113,12 +139,36 @@ Status ResolveEngineFlags(EngineFlags& f) {
   return aggregator::ValidateEngineOptions(f.engine);
 }
 
-void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& t) {
+void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& t, bool delta_flag) {
   app->add_option("--local-steps", t.steps, "Optimizer steps per local run")->check(CLI::Range(1, 1000000))
       ->capture_default_str();
-  app->add_option("--batch-size", t.batch_size, "Local batch size")->check(CLI::Range(1, 65536))
+  app->add_option("--batch-size", t.batch_size, "Local batch size (DP-SGD: the expected Poisson batch size)")
+      ->check(CLI::Range(1, 65536))
       ->capture_default_str();
   app->add_option("--lr", t.lr, "Local learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  auto& dp = t.dp;
+  app->add_option("--dp-noise", dp.noise_multiplier,
+                  "Record-level DP-SGD: noise multiplier sigma of each worker's local training (0: off, or derived "
+                  "from --dp-epsilon and --dp-steps)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("--dp-epsilon", dp.epsilon,
+                  "Record-level DP-SGD: epsilon budget of each worker's data; a worker stops before a local run "
+                  "that would exceed it (0: none)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app->add_option("--dp-steps", dp.planned_steps,
+                  "Record-level DP-SGD: DP-SGD steps the epsilon is planned for; without --dp-noise the noise is "
+                  "the smallest that spends exactly --dp-epsilon over them")
+      ->capture_default_str();
+  app->add_option("--dp-clip", dp.clip, "Record-level DP-SGD: per-example L2 clip norm")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  if (delta_flag) {
+    app->add_option("--dp-delta", dp.delta, "delta of the epsilon reported")
+        ->check(CLI::Range(1e-300, 0.5))
+        ->capture_default_str();
+  }
 }
 
 namespace {

@@ -27,7 +27,7 @@ void AddPartitionFlags(CLI::App* app, TaskOptions& task);
 
 // Server rule flags: --method and its hyperparameters, --mode, --buffer-size, --fedasync-alpha,
 // --server-optimizer and its hyperparameters, --staleness, --staleness-a, --staleness-b,
-// --max-staleness, --round-size.
+// --max-staleness, --round-size, as-lora's --as-*, client-level DP (--client-dp-*), --dp-delta.
 struct EngineFlags {
   std::string method = "fedavg";
   std::string mode = "fedbuff";
@@ -40,7 +40,10 @@ void AddEngineFlags(CLI::App* app, EngineFlags& flags);
 // Parses the string flags into flags.engine. Errors: kInvalidArgument.
 Status ResolveEngineFlags(EngineFlags& flags);
 
-void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& training);
+// --local-steps, --batch-size, --lr and record-level DP-SGD (--dp-noise, --dp-epsilon,
+// --dp-steps, --dp-clip, and --dp-delta unless `delta_flag` is false: a command that also has
+// AddEngineFlags' --dp-delta copies EngineOptions::dp_delta into training.dp.delta itself).
+void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& training, bool delta_flag = true);
 
 // Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process.
 void InstallStopSignals();

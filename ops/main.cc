@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterLog(app);
   fedlora::ops::RegisterCompare(app);
   fedlora::ops::RegisterPrivacy(app);
+  fedlora::ops::RegisterInspect(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

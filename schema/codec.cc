@@ -203,6 +203,7 @@ Result<DecodedGlobal> DecodeGlobal(const wire::GlobalAdapter& global) {
     out.info.method.rank_budget = m->rank_budget();
     out.info.method.probe_batches = m->probe_batches();
     out.info.method.proximal_mu = m->proximal_mu();
+    if (m->active() != nullptr) out.info.method.active.assign(m->active()->begin(), m->active()->end());
   }
   out.spec = SpecFromWire(global.spec());
   ASSIGN_OR_RETURN(out.state, DenseState(global.tensors()));
@@ -220,6 +221,21 @@ Status StatusFromError(const wire::Error& error) {
   return {code, Str(error.reason())};
 }
 
+namespace {
+
+flatbuffers::Offset<wire::DpReport> BuildDp(flatbuffers::FlatBufferBuilder& b, const std::optional<DpReport>& dp) {
+  if (!dp) return 0;
+  return wire::CreateDpReport(b, dp->noise_multiplier, dp->sample_rate, dp->steps, dp->clip);
+}
+
+}  // namespace
+
+std::optional<DpReport> DpReportOf(const wire::Update& update) {
+  const auto* dp = update.dp();
+  if (dp == nullptr) return std::nullopt;
+  return DpReport{dp->noise_multiplier(), dp->sample_rate(), dp->steps(), dp->clip()};
+}
+
 Bytes BuildUpdate(const UpdateHeader& h, const AdapterState& delta) {
   size_t bytes = 256;
   for (const auto& t : delta.tensors) bytes += t.values.size() * 4 + t.name.size() + 64;
@@ -227,7 +243,7 @@ Bytes BuildUpdate(const UpdateHeader& h, const AdapterState& delta) {
   auto tensors = DenseTensors(b, delta);
   auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
                                    b.CreateString(h.adapter_id), h.base_version, h.num_samples,
-                                   h.local_steps, h.train_loss, tensors);
+                                   h.local_steps, h.train_loss, tensors, BuildDp(b, h.dp));
   return Finish(b, wire::Body::Update, update.Union());
 }
 
@@ -256,7 +272,7 @@ Bytes BuildUpdate(const UpdateHeader& h, const std::vector<EncodedTensor>& tenso
   auto tensor_vec = b.CreateVector(ts);
   auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
                                    b.CreateString(h.adapter_id), h.base_version, h.num_samples,
-                                   h.local_steps, h.train_loss, tensor_vec);
+                                   h.local_steps, h.train_loss, tensor_vec, BuildDp(b, h.dp));
   return Finish(b, wire::Body::Update, update.Union());
 }
 
@@ -267,7 +283,8 @@ Bytes BuildGlobal(const GlobalInfo& info, const AdapterSpec& spec, const Adapter
   const MethodState& m = info.method;
   auto method = wire::CreateMethod(b, b.CreateString(MethodName(m.method)), m.download_density,
                                    m.upload_density, m.phase, m.a_lr_ratio, m.rank_budget,
-                                   m.probe_batches, m.proximal_mu);
+                                   m.probe_batches, m.proximal_mu,
+                                   m.active.empty() ? 0 : b.CreateVector(m.active));
   auto g = wire::CreateGlobalAdapter(b, b.CreateString(info.adapter_id), info.version, spec_off,
                                      tensors, b.CreateString(info.content_hash),
                                      info.consumed_seq, info.mode, info.final, method);
@@ -340,11 +357,31 @@ Bytes BuildVersionRecord(const VersionInfo& v) {
                                              b.CreateString(d.update_id), d.base_version,
                                              d.staleness, b.CreateString(d.reason)));
   }
+  flatbuffers::Offset<store::PrivacyLedger> privacy = 0;
+  if (v.privacy) {
+    const PrivacyLedger& l = *v.privacy;
+    flatbuffers::Offset<store::ClientPrivacy> client = 0;
+    if (l.client) {
+      const ClientPrivacy& c = *l.client;
+      client = store::CreateClientPrivacy(b, c.noise_multiplier, c.clip, c.steps, c.epsilon, c.budget,
+                                          b.CreateVector(c.rdp));
+    }
+    std::vector<flatbuffers::Offset<store::WorkerPrivacy>> workers;
+    for (const auto& w : l.workers) {
+      workers.push_back(store::CreateWorkerPrivacy(b, b.CreateString(w.client_id), w.updates, w.non_private_updates,
+                                                   w.steps, w.noise_multiplier, w.sample_rate, w.epsilon,
+                                                   b.CreateVector(w.rdp)));
+    }
+    privacy = store::CreatePrivacyLedger(b, l.delta, b.CreateVector(l.orders), client, b.CreateVector(workers));
+  }
+  std::vector<flatbuffers::Offset<store::FactorScore>> factors;
+  for (const auto& f : v.factors) factors.push_back(BuildFactorScore(b, f, false));
   auto rec = store::CreateVersionRecord(
       b, b.CreateString(v.adapter_id), v.version, v.parent_version, v.commit_unix_ms, v.mode,
       b.CreateString(v.method), v.consumed_seq, b.CreateVector(applied), b.CreateVector(dropped),
       v.mean_staleness, v.max_staleness, v.update_norm, b.CreateString(v.content_hash),
-      v.test_accuracy, v.test_loss, v.eval_samples, b.CreateString(v.server_optimizer));
+      v.test_accuracy, v.test_loss, v.eval_samples, b.CreateString(v.server_optimizer),
+      privacy, factors.empty() ? 0 : b.CreateVector(factors));
   b.Finish(rec, store::VersionRecordIdentifier());
   return b.Release();
 }
@@ -378,7 +415,53 @@ VersionInfo DecodeVersionRecord(const store::VersionRecord& r) {
   v.test_loss = r.test_loss();
   v.eval_samples = r.eval_samples();
   v.server_optimizer = r.server_optimizer() ? Str(r.server_optimizer()) : "sgd";
+  if (const auto* l = r.privacy(); l != nullptr) {
+    PrivacyLedger ledger;
+    ledger.delta = l->delta();
+    if (l->orders()) ledger.orders.assign(l->orders()->begin(), l->orders()->end());
+    if (const auto* c = l->client(); c != nullptr) {
+      ClientPrivacy cp{c->noise_multiplier(), c->clip(), c->steps(), c->epsilon(), c->budget(), {}};
+      if (c->rdp()) cp.rdp.assign(c->rdp()->begin(), c->rdp()->end());
+      ledger.client = std::move(cp);
+    }
+    if (l->workers()) {
+      for (const auto* w : *l->workers()) {
+        WorkerPrivacy wp{Str(w->client_id()), w->updates(), w->non_private_updates(), w->steps(),
+                         w->noise_multiplier(), w->sample_rate(), w->epsilon(), {}};
+        if (w->rdp()) wp.rdp.assign(w->rdp()->begin(), w->rdp()->end());
+        ledger.workers.push_back(std::move(wp));
+      }
+    }
+    v.privacy = std::move(ledger);
+  }
+  if (r.factors()) {
+    for (const auto* f : *r.factors()) v.factors.push_back(DecodeFactorScore(*f));
+  }
   return v;
+}
+
+flatbuffers::Offset<store::FactorScore> BuildFactorScore(flatbuffers::FlatBufferBuilder& b, const FactorScore& f,
+                                                         bool with_fisher) {
+  flatbuffers::Offset<flatbuffers::Vector<float>> fisher_b = 0, fisher_a = 0;
+  if (with_fisher) {
+    fisher_b = b.CreateVector(f.fisher[0]);
+    fisher_a = b.CreateVector(f.fisher[1]);
+  }
+  return store::CreateFactorScore(b, b.CreateString(f.module), f.active, f.seen[0], f.seen[1], f.score[0],
+                                  f.score[1], fisher_b, fisher_a);
+}
+
+FactorScore DecodeFactorScore(const store::FactorScore& f) {
+  FactorScore out;
+  out.module = Str(f.module_name());
+  out.active = f.active();
+  out.seen[0] = f.seen_b();
+  out.seen[1] = f.seen_a();
+  out.score[0] = f.score_b();
+  out.score[1] = f.score_a();
+  if (f.fisher_b()) out.fisher[0].assign(f.fisher_b()->begin(), f.fisher_b()->end());
+  if (f.fisher_a()) out.fisher[1].assign(f.fisher_a()->begin(), f.fisher_a()->end());
+  return out;
 }
 
 std::string_view ModeName(wire::Mode mode) {

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -94,6 +95,15 @@ Status StatusFromError(const wire::Error& error);
 
 // --- encoding -------------------------------------------------------------------------------
 
+// Record-level DP-SGD of one update (wire::DpReport).
+struct DpReport {
+  double noise_multiplier = 0;
+  double sample_rate = 0;
+  uint32_t steps = 0;
+  float clip = 0;
+};
+std::optional<DpReport> DpReportOf(const wire::Update& update);
+
 struct UpdateHeader {
   std::string update_id;
   std::string client_id;
@@ -102,6 +112,7 @@ struct UpdateHeader {
   uint64_t num_samples = 0;
   uint32_t local_steps = 0;
   float train_loss = 0;
+  std::optional<DpReport> dp;  // set when the update was trained with record-level DP
 };
 
 // One tensor of an update in one of the update encodings (see Encoding in fedlora.fbs):
@@ -149,6 +160,43 @@ struct DropItem {
   uint32_t staleness = 0;
   std::string reason;
 };
+// The privacy ledger of a version (store.fbs PrivacyLedger).
+struct ClientPrivacy {
+  double noise_multiplier = 0;
+  double clip = 0;
+  uint64_t steps = 0;
+  double epsilon = 0;
+  double budget = 0;  // 0: none
+  std::vector<double> rdp;
+};
+struct WorkerPrivacy {
+  std::string client_id;
+  uint32_t updates = 0;
+  uint32_t non_private_updates = 0;
+  uint64_t steps = 0;
+  double noise_multiplier = 0;
+  double sample_rate = 0;
+  double epsilon = 0;
+  std::vector<double> rdp;
+};
+struct PrivacyLedger {
+  double delta = 0;
+  std::vector<double> orders;
+  std::optional<ClientPrivacy> client;
+  std::vector<WorkerPrivacy> workers;  // sorted by client_id
+};
+// AS-LoRA's state of one module (store.fbs FactorScore); index 0 is B, 1 is A.
+struct FactorScore {
+  std::string module;
+  uint8_t active = 0;
+  bool seen[2] = {false, false};
+  double score[2] = {0, 0};
+  std::vector<float> fisher[2];
+};
+flatbuffers::Offset<store::FactorScore> BuildFactorScore(flatbuffers::FlatBufferBuilder& b, const FactorScore& f,
+                                                         bool with_fisher);
+FactorScore DecodeFactorScore(const store::FactorScore& f);
+
 struct VersionInfo {
   std::string adapter_id;
   uint64_t version = 0;
@@ -167,6 +215,8 @@ struct VersionInfo {
   float test_loss = -1;
   uint32_t eval_samples = 0;
   std::string server_optimizer = "sgd";
+  std::optional<PrivacyLedger> privacy;  // absent: no DP so far
+  std::vector<FactorScore> factors;      // AS-LoRA: the choice after this version (no Fisher)
 };
 Bytes BuildVersionRecord(const VersionInfo& info);
 VersionInfo DecodeVersionRecord(const store::VersionRecord& record);

@@ -16,6 +16,7 @@ std::string_view MethodName(Method method) {
     case Method::kHetLora: return "hetlora";
     case Method::kFlora: return "flora";
     case Method::kFedSa: return "fedsa";
+    case Method::kAsLora: return "as-lora";
     case Method::kFull: return "full";
   }
   return "unknown";
@@ -31,6 +32,7 @@ std::string_view MethodSummary(Method method) {
     case Method::kHetLora: return "HetLoRA: per-client ranks, zero-padded norm-weighted mean";
     case Method::kFlora: return "FLoRA/FlexLoRA: exact product sum, truncated-SVD refactor";
     case Method::kFedSa: return "FedSA-LoRA: share A only, B stays personal";
+    case Method::kAsLora: return "AS-LoRA: server picks A or B per module by curvature score";
     case Method::kFull: return "full fine-tuning of every parameter (reference)";
   }
   return "";
@@ -65,6 +67,10 @@ Status ValidateMethodConfig(const MethodConfig& c) {
   }
   if (c.cooling_until < c.heating_until) {
     return InvalidArgument("SA-FedLoRA cooling must end after heating ends");
+  }
+  if (!(std::isfinite(c.as_margin) && c.as_margin >= 0)) return InvalidArgument("AS-LoRA margin must be >= 0");
+  if (!(std::isfinite(c.as_beta) && c.as_beta >= 0 && c.as_beta < 1)) {
+    return InvalidArgument("AS-LoRA EMA weight beta must be in [0, 1)");
   }
   return Status::Ok();
 }

@@ -23,12 +23,14 @@ enum class Method : uint8_t {
   kHetLora,   // HetLoRA: per-client ranks, zero-padded averaging weighted by the product's norm
   kFlora,     // FLoRA stacking: exact product aggregation, truncated-SVD re-factorisation
   kFedSa,     // FedSA-LoRA: upload and average A; B stays on the client
+  kAsLora,    // AS-LoRA: per module and version the server picks the factor that trains (exact)
   kFull,      // full fine-tuning: every base parameter trained and uploaded (reference)
 };
 
 inline constexpr Method kAllMethods[] = {Method::kFedAvg,    Method::kFfa,     Method::kFlasc,
                                          Method::kLoraA2,    Method::kSaFedLora, Method::kHetLora,
-                                         Method::kFlora,     Method::kFedSa,   Method::kFull};
+                                         Method::kFlora,     Method::kFedSa,   Method::kAsLora,
+                                         Method::kFull};
 
 std::string_view MethodName(Method method);  // "fedavg", "ffa", "flasc", "lora-a2", ...
 // Errors: kInvalidArgument listing the known names.
@@ -61,6 +63,12 @@ struct MethodConfig {
   uint32_t max_budget = 0;
   // Batches whose summed gradients score the ranks (LoRA-A2, SA-FedLoRA).
   uint32_t probe_batches = 2;
+  // AS-LoRA: B trains everywhere for the first as_warmup versions; afterwards each module
+  // switches factor only when the other factor's smoothed score beats the active one's by
+  // as_margin (relative); scores and Fisher proxies are EMAs with weight as_beta on the past.
+  uint32_t as_warmup = 5;
+  float as_margin = 0.1f;
+  float as_beta = 0.9f;
 };
 
 // Errors: kInvalidArgument naming the option.
@@ -76,6 +84,9 @@ struct MethodState {
   uint32_t rank_budget = 0;   // LoRA-A2 ranks per module; SA-FedLoRA b(t); 0: every rank
   uint32_t probe_batches = 0;
   float proximal_mu = 0.0f;   // > 0 during SA-FedLoRA's initiating stage
+  // AS-LoRA: per LoRA module (spec order of the lora_A tensors) 0 = B trains, 1 = A trains.
+  // Empty or shorter than the module count: B for the modules it does not cover.
+  std::vector<uint8_t> active;
 };
 
 // A client's own heterogeneity, on top of what the global's method state says.

@@ -14,6 +14,7 @@
 #include "schema/validate.h"
 #include "worker/method.h"
 #include "worker/model.h"
+#include "schema/accountant.h"
 #include "worker/train.h"
 
 namespace fedlora::worker {
@@ -67,9 +68,16 @@ void WaitFor(std::stop_token stop, std::chrono::milliseconds d) {
 class WorkerImpl final : public Worker {
  public:
   WorkerImpl(WorkerOptions options, std::shared_ptr<const Dataset> data, std::vector<size_t> shard)
-      : options_(std::move(options)), data_(std::move(data)), shard_(std::move(shard)), session_(SessionTag()) {}
+      : options_(std::move(options)), data_(std::move(data)), shard_(std::move(shard)), session_(SessionTag()) {
+    if (options_.training.dp.enabled()) {
+      sample_rate_ = DpSampleRate(options_.training.batch_size, shard_.size());
+    }
+  }
 
   const WorkerStats& Stats() const override { return stats_; }
+  std::pair<double, double> DpParameters() const override {
+    return {options_.training.dp.noise_multiplier, sample_rate_};
+  }
   std::map<std::string, std::vector<float>> PersonalFactors() const override { return personal_.tensors; }
 
   Status Run(std::stop_token stop) override {
@@ -101,12 +109,33 @@ class WorkerImpl final : public Worker {
         continue;
       }
 
+      const RecordDp& dp = options_.training.dp;
+      if (dp.enabled() && dp.epsilon > 0) {
+        // Would this run (its probe batches included) still fit the budget?
+        privacy::RdpAccountant next = accountant_;
+        RETURN_IF_ERROR(next.Compose(sample_rate_, dp.noise_multiplier,
+                                     options_.training.steps + global->info.method.probe_batches));
+        ASSIGN_OR_RETURN(const privacy::EpsilonAt after, next.Epsilon(dp.delta));
+        if (after.epsilon > dp.epsilon) {
+          stats_.budget_spent = true;
+          Emit(Event(WorkerEvent::Kind::kBudgetSpent, global->info.version));
+          Log()->warn("client={} privacy budget spent: epsilon {:.4g} of {:.4g} (delta {:g}) after {} DP-SGD steps; "
+                      "another local run would reach {:.4g}, so this worker stops training",
+                      options_.client_id, stats_.epsilon.load(), dp.epsilon, dp.delta, stats_.dp_steps.load(),
+                      after.epsilon);
+          break;
+        }
+      }
       LocalTrainOptions train;
       train.steps = options_.training.steps;
       train.batch_size = options_.training.batch_size;
       train.lr = options_.training.lr;
       train.speed_factor = options_.training.speed_factor;
       train.seed = Mix(Mix(options_.seed, HashString(options_.client_id)), counter);
+      if (dp.enabled()) {
+        train.dp.noise_multiplier = dp.noise_multiplier;
+        train.dp.clip = dp.clip;  // seed 0: sampling and noise from the OS, never the public seed
+      }
       ASSIGN_OR_RETURN(LocalRound round,
                        RunLocalRound(*model_, global->spec, global->state, global->info.method,
                                      options_.heterogeneity, &personal_, *data_, shard_, train, stop));
@@ -141,6 +170,15 @@ class WorkerImpl final : public Worker {
     header.num_samples = round.trained.samples;
     header.local_steps = round.trained.steps;
     header.train_loss = round.trained.mean_loss;
+    const RecordDp& dp = options_.training.dp;
+    if (dp.enabled()) {
+      header.dp = codec::DpReport{dp.noise_multiplier, sample_rate_, round.dp_steps, static_cast<float>(dp.clip)};
+      // Released once it leaves this process, whatever the broker answers.
+      RETURN_IF_ERROR(accountant_.Compose(sample_rate_, dp.noise_multiplier, round.dp_steps));
+      ASSIGN_OR_RETURN(const privacy::EpsilonAt spent, accountant_.Epsilon(dp.delta));
+      stats_.epsilon = spent.epsilon;
+      stats_.dp_steps += round.dp_steps;
+    }
     codec::Bytes update = codec::BuildUpdate(header, round.upload);
     return PublishUntilAcked(stop, header, update, round.trained.mean_loss);
   }
@@ -338,6 +376,8 @@ class WorkerImpl final : public Worker {
   std::unique_ptr<Model> model_;
   PersonalState personal_;  // fedsa: this client's B factors
   WorkerStats stats_;
+  double sample_rate_ = 0;              // DP-SGD's q
+  privacy::RdpAccountant accountant_;   // record-level DP of this worker's published updates
 };
 
 }  // namespace
@@ -356,6 +396,28 @@ Result<std::unique_ptr<Worker>> Worker::Create(WorkerOptions options, std::share
   }
   if (!(options.training.speed_factor >= 1.0)) return InvalidArgument("speed factor must be >= 1");
   if (!(options.training.lr > 0)) return InvalidArgument("learning rate must be positive");
+  RecordDp& dp = options.training.dp;
+  if (dp.enabled()) {
+    if (!(dp.clip > 0) || !std::isfinite(dp.clip)) return InvalidArgument("DP-SGD clip norm must be positive");
+    if (!(dp.delta > 0 && dp.delta < 1)) return InvalidArgument("DP delta must be in (0, 1)");
+    if (!(dp.noise_multiplier >= 0) || !std::isfinite(dp.noise_multiplier) || !(dp.epsilon >= 0) ||
+        !std::isfinite(dp.epsilon)) {
+      return InvalidArgument("DP-SGD noise multiplier and epsilon must be finite and non-negative");
+    }
+    if (dp.noise_multiplier == 0) {
+      if (dp.planned_steps == 0) {
+        return InvalidArgument("a DP-SGD epsilon without a noise multiplier needs the planned number of DP-SGD steps");
+      }
+      const double q = DpSampleRate(options.training.batch_size, shard.size());
+      auto sigma = privacy::NoiseForEpsilon(q, dp.planned_steps, dp.epsilon, dp.delta);
+      if (!sigma.ok()) {
+        return InvalidArgument(fmt::format("client '{}': no noise multiplier reaches epsilon {} over {} DP-SGD steps at "
+                                           "sampling rate {:.4g}: {}", options.client_id, dp.epsilon, dp.planned_steps,
+                                           q, sigma.status().message()));
+      }
+      dp.noise_multiplier = *sigma;
+    }
+  }
   const auto& h = options.heterogeneity;
   if (!(h.upload_density >= 0 && h.upload_density <= 1)) {
     return InvalidArgument(fmt::format("upload density {} is outside [0, 1]", h.upload_density));

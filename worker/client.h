@@ -27,15 +27,30 @@
 
 namespace fedlora::worker {
 
+// Record-level DP-SGD of a worker's own data (docs/privacy.md). Sampling rate
+// q = batch_size / shard size. Either the noise multiplier is given, or a target epsilon with
+// the DP-SGD steps it must last (the noise multiplier is then the smallest that spends exactly
+// epsilon over planned_steps). With an epsilon the worker keeps its own ledger and stops, with
+// a message, before a local run that would spend more.
+struct RecordDp {
+  double noise_multiplier = 0;  // sigma; 0: derived from epsilon and planned_steps, or DP off
+  double epsilon = 0;           // budget of the worker's data; 0: none
+  uint64_t planned_steps = 0;   // DP-SGD steps the budget is planned for (with epsilon, no sigma)
+  double clip = 1.0;            // per-example L2 clip norm C
+  double delta = 1e-5;
+  bool enabled() const { return noise_multiplier > 0 || epsilon > 0; }
+};
+
 struct WorkerTraining {
   uint32_t steps = 20;          // optimizer steps per local run
   uint32_t batch_size = 32;
   float lr = 2e-3f;             // Adam, fresh each local run
   double speed_factor = 1.0;    // >= 1: emulate a device this many times slower
+  RecordDp dp;                  // off by default
 };
 
 struct WorkerEvent {
-  enum class Kind { kFetched, kPublished, kRejected, kFinal };
+  enum class Kind { kFetched, kPublished, kRejected, kFinal, kBudgetSpent };
   Kind kind = Kind::kFetched;
   uint64_t version = 0;         // global version fetched / trained from
   std::string update_id;
@@ -67,12 +82,16 @@ struct WorkerStats {
   std::atomic<uint64_t> bytes_uploaded{0};   // bytes of acknowledged updates
   std::atomic<uint64_t> retries{0};
   std::atomic<uint64_t> latest_version{0};
+  std::atomic<double> epsilon{0};            // record-level DP spent on this worker's data
+  std::atomic<uint64_t> dp_steps{0};
+  std::atomic<bool> budget_spent{false};     // stopped because the next run would exceed it
 };
 
 class Worker {
  public:
   // `data` must outlive the worker; `shard` indexes this client's examples in it.
-  // Errors: kInvalidArgument (empty shard or client id, bad training options).
+  // Errors: kInvalidArgument (empty shard or client id, bad training or DP options; an epsilon
+  // that no noise multiplier up to 1e4 reaches over the planned steps).
   static Result<std::unique_ptr<Worker>> Create(WorkerOptions options,
                                                 std::shared_ptr<const Dataset> data,
                                                 std::vector<size_t> shard);
@@ -83,6 +102,8 @@ class Worker {
   // every update is reported per update through on_event, not as an error.
   virtual Status Run(std::stop_token stop) = 0;
   virtual const WorkerStats& Stats() const = 0;
+  // DP-SGD's noise multiplier and sampling rate this worker trains with (0, 0 without DP).
+  virtual std::pair<double, double> DpParameters() const = 0;
   // FedSA-LoRA: this client's personal B factors by tensor name (empty under other methods).
   // Call only after Run() has returned.
   virtual std::map<std::string, std::vector<float>> PersonalFactors() const = 0;

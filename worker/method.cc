@@ -205,6 +205,13 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
     }
     if (kind == Method::kFedSa && role == TensorRole::kLoraB) uploads[t] = false;  // trains, stays here
   }
+  if (kind == Method::kAsLora) {
+    for (size_t m = 0; m < pairs.size(); ++m) {
+      const bool a_trains = m < method.active.size() && method.active[m] == 1;
+      trains[pairs[m].a] = uploads[pairs[m].a] = a_trains;
+      trains[pairs[m].b] = uploads[pairs[m].b] = !a_trains;
+    }
+  }
 
   // 3. Which ranks: everything below my_rank, narrowed by the score for LoRA-A2 / SA-FedLoRA.
   std::vector<std::vector<uint32_t>> ranks(pairs.size());
@@ -218,7 +225,11 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
   LocalRound round;
   if (scored) {
     for (auto& t : tensors) t.set_requires_grad(true);
-    AccumulateGradients(model, data, shard, method.probe_batches, train.batch_size, train.seed ^ 0x5eedULL);
+    // Under DP-SGD the scores come from noised gradients too (each probe batch is one more
+    // application of the mechanism): the ranks a client uploads must not leak its data.
+    RETURN_IF_ERROR(
+        AccumulateGradients(model, data, shard, method.probe_batches, train.batch_size, train.seed ^ 0x5eedULL, train.dp));
+    if (train.dp.enabled()) round.dp_steps += method.probe_batches;
     std::vector<std::vector<double>> scores(pairs.size(), std::vector<double>(rank, -1.0));
     for (size_t m = 0; m < pairs.size(); ++m) {
       const auto& as = spec.tensors[pairs[m].a];
@@ -257,13 +268,7 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
     if (trains[pairs[m].b]) masks.emplace_back(tensors[pairs[m].b], keep.view({1, -1}));
   }
   LocalTrainOptions options = train;
-  if (!masks.empty()) {
-    options.after_backward = [&masks] {
-      for (auto& [param, mask] : masks) {
-        if (param.grad().defined()) param.mutable_grad().mul_(mask);
-      }
-    };
-  }
+  options.grad_masks = masks;
   std::vector<std::pair<torch::Tensor, torch::Tensor>> anchors;  // (parameter, its start value)
   if (method.proximal_mu > 0) {
     for (size_t t = 0; t < spec.tensors.size(); ++t) {
@@ -279,7 +284,8 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
   if (kind == Method::kLoraA2 && method.phase == 1) options.lr = train.lr * method.a_lr_ratio;
 
   // 4. Train.
-  round.trained = TrainLocal(model, data, shard, options, stop);
+  ASSIGN_OR_RETURN(round.trained, TrainLocal(model, data, shard, options, stop));
+  if (train.dp.enabled()) round.dp_steps += round.trained.steps;
   for (auto& t : tensors) t.set_requires_grad(true);
   if (round.trained.stopped) return round;
 

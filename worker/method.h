@@ -29,6 +29,7 @@ struct LocalRound {
   LocalTrainResult trained;
   uint64_t values_uploaded = 0;              // carried values (sparse/rank slices: only those)
   std::vector<uint32_t> kept_ranks;          // LoRA-A2 / SA-FedLoRA: ranks kept per module (for logs)
+  uint32_t dp_steps = 0;                     // DP-SGD: applications of the mechanism (probes included)
 };
 
 // Prepares `model` from `global` under `method`, trains it on data[shard], and returns the

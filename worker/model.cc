@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <set>
 #include <string_view>
@@ -145,21 +146,32 @@ class LoraLinearImpl : public torch::nn::Module {
     // The LoRA pair is folded into the weight, W + scale * B A: one product with the
     // activations instead of three, and the pair's gradients come from the weight's gradient
     // through two small matrix products.
-    if (rank_ > 0 && lora_enabled_) {
-      return Dense(x, weight + scale_ * torch::mm(lora_B, lora_A), bias);
+    torch::Tensor y = rank_ > 0 && lora_enabled_ ? Dense(x, weight + scale_ * torch::mm(lora_B, lora_A), bias)
+                                                 : Dense(x, weight, bias);
+    if (capture_) {
+      captured_input = x.detach();
+      captured_output = y;
     }
-    return Dense(x, weight, bias);
+    return y;
   }
 
   bool has_lora() const { return rank_ > 0; }
+  double scale() const { return scale_; }
   void set_lora_enabled(bool enabled) { lora_enabled_ = enabled; }
+  // Per-example gradients: keep the next forward's input and output.
+  void set_capture(bool capture) {
+    capture_ = capture;
+    if (!capture) captured_input = captured_output = torch::Tensor();
+  }
 
   torch::Tensor weight, bias, lora_A, lora_B;
+  torch::Tensor captured_input, captured_output;
 
  private:
   int64_t rank_;
   double scale_;
   bool lora_enabled_ = true;
+  bool capture_ = false;
 };
 TORCH_MODULE(LoraLinear);
 
@@ -355,7 +367,81 @@ class TorchModel final : public Model {
     for (const auto& item : net_->named_buffers()) base_tensors_.emplace_back(item.key(), item.value());
     const auto params = net_->named_parameters();
     for (const auto& t : spec_.tensors) adapter_tensors_.push_back(params[t.name]);
+    // Which layer and which of its tensors each adapter tensor is (for per-example gradients).
+    std::map<std::string, LoraLinearImpl*> layers;
+    for (const auto& item : net_->named_modules()) {
+      if (auto* layer = item.value()->as<LoraLinearImpl>(); layer != nullptr) layers[item.key()] = layer;
+    }
+    for (const auto& t : spec_.tensors) {
+      Owner owner;
+      for (const auto& [suffix, part] : {std::pair<std::string_view, Part>{".lora_A", Part::kA},
+                                         {".lora_B", Part::kB}, {".weight", Part::kWeight}, {".bias", Part::kBias}}) {
+        if (!EndsWith(t.name, suffix)) continue;
+        const auto it = layers.find(t.name.substr(0, t.name.size() - suffix.size()));
+        if (it == layers.end()) continue;
+        // A base linear's weight/bias is an adapter tensor only in full fine-tuning; only the
+        // head's (or a LoRA factor) has a per-example rule here.
+        if ((part == Part::kWeight || part == Part::kBias) && it->second != net_->head().get()) continue;
+        owner = {it->second, part};
+      }
+      owners_.push_back(owner);
+    }
     SetPretraining(false);
+  }
+
+  Result<std::vector<torch::Tensor>> PerExampleGradients(const torch::Tensor& images, const torch::Tensor& labels,
+                                                         torch::Tensor* losses) override {
+    std::vector<LoraLinearImpl*> captured;
+    for (size_t i = 0; i < spec_.tensors.size(); ++i) {
+      if (!adapter_tensors_[i].requires_grad()) continue;
+      if (owners_[i].layer == nullptr) {
+        return FailedPrecondition(fmt::format("no per-example gradient rule for trainable tensor '{}' (DP-SGD "
+                                              "covers LoRA factors and the head)", spec_.tensors[i].name));
+      }
+      if (std::find(captured.begin(), captured.end(), owners_[i].layer) == captured.end()) {
+        captured.push_back(owners_[i].layer);
+      }
+    }
+    std::vector<torch::Tensor> out(spec_.tensors.size());
+    if (captured.empty()) return out;
+    for (auto* layer : captured) layer->set_capture(true);
+    struct Release {
+      std::vector<LoraLinearImpl*>& layers;
+      ~Release() {
+        for (auto* layer : layers) layer->set_capture(false);
+      }
+    } release{captured};
+    torch::Tensor per_example = torch::nn::functional::cross_entropy(
+        Forward(images), labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    std::vector<torch::Tensor> outputs;
+    for (auto* layer : captured) outputs.push_back(layer->captured_output);
+    const std::vector<torch::Tensor> grads = torch::autograd::grad({per_example.sum()}, outputs);
+    const int64_t n = images.size(0);
+    for (size_t i = 0; i < spec_.tensors.size(); ++i) {
+      if (!adapter_tensors_[i].requires_grad()) continue;
+      LoraLinearImpl* layer = owners_[i].layer;
+      const size_t c = static_cast<size_t>(std::find(captured.begin(), captured.end(), layer) - captured.begin());
+      // [N, T, in] and [N, T, out] (T = 1 for a layer applied once per example).
+      const torch::Tensor x = layer->captured_input.reshape({n, -1, layer->captured_input.size(-1)});
+      const torch::Tensor g = grads[c].reshape({n, -1, grads[c].size(-1)});
+      torch::NoGradGuard no_grad;
+      switch (owners_[i].part) {
+        case Part::kB:  // s * sum_t g_t (A x_t)^T: [N, out, r]
+          out[i] = torch::bmm(g.transpose(1, 2), torch::matmul(x, layer->lora_A.t())) * layer->scale();
+          break;
+        case Part::kA:  // s * sum_t (B^T g_t) x_t^T: [N, r, in]
+          out[i] = torch::bmm(torch::matmul(g, layer->lora_B).transpose(1, 2), x) * layer->scale();
+          break;
+        case Part::kWeight:  // sum_t g_t x_t^T: [N, out, in]
+          out[i] = torch::bmm(g.transpose(1, 2), x);
+          break;
+        case Part::kBias:
+          out[i] = g.sum(1);
+          break;
+      }
+    }
+    if (losses != nullptr) *losses = per_example.detach();
+    return out;
   }
 
   torch::Tensor Forward(const torch::Tensor& images) override {
@@ -509,6 +595,12 @@ class TorchModel final : public Model {
  private:
   std::shared_ptr<NetImpl> net_;
   AdapterSpec spec_;
+  enum class Part { kA, kB, kWeight, kBias };
+  struct Owner {
+    LoraLinearImpl* layer = nullptr;  // owned by net_; null: no per-example rule
+    Part part = Part::kA;
+  };
+  std::vector<Owner> owners_;                   // Spec() order
   std::vector<LoraLinearImpl*> lora_layers_;    // owned by net_
   std::vector<torch::Tensor> adapter_tensors_;  // Spec() order
   std::vector<torch::Tensor> base_only_params_;  // frozen while fine-tuning

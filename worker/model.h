@@ -68,6 +68,18 @@ class Model {
   virtual Status LoadBase(const std::string& path) = 0;
 
   virtual void Train(bool on) = 0;  // train/eval mode (dropout etc.)
+
+  // Per-example gradients for DP-SGD: for every adapter tensor (Spec() order) that requires
+  // grad, the gradient of each example's cross-entropy, [N, ...shape]; an undefined tensor for
+  // the others. `losses` receives the per-example losses [N]. One forward and one backward to
+  // the LoRA layers' and the head's outputs; each factor's per-example gradient is then a
+  // batched product of the captured layer input with the output gradient (for B,
+  // s * g^T (x A^T); for A, s * (g B)^T x), O(N T r (d_in + d_out)) per layer, never a loop
+  // over examples. Errors: kFailedPrecondition (a trainable tensor that is neither a LoRA
+  // factor nor the head, as in full fine-tuning).
+  virtual Result<std::vector<torch::Tensor>> PerExampleGradients(const torch::Tensor& images,
+                                                                 const torch::Tensor& labels,
+                                                                 torch::Tensor* losses) = 0;
 };
 
 }  // namespace fedlora::worker

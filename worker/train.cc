@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <random>
 
 namespace fedlora::worker {
@@ -91,8 +92,115 @@ void SleepUnlessStopped(std::chrono::nanoseconds duration, const std::stop_token
 
 }  // namespace
 
-LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
-                            const LocalTrainOptions& options, std::stop_token stop) {
+double DpSampleRate(uint32_t batch_size, size_t shard_size) {
+  if (shard_size == 0) return 1.0;
+  return std::min(1.0, static_cast<double>(batch_size) / static_cast<double>(shard_size));
+}
+
+namespace {
+
+// One DP-SGD gradient: a Poisson batch of data[indices] at rate q, each example's gradient
+// (masked) clipped to C, summed, noised with N(0, (sigma C)^2) and divided by the expected
+// batch size. The result is added to each trainable parameter's grad(). Returns the batch's
+// mean loss (0 for an empty batch).
+class DpSgd {
+ public:
+  DpSgd(Model& model, const Dataset& data, const std::vector<size_t>& indices, uint32_t batch_size,
+        const DpSgdOptions& dp, const std::vector<std::pair<torch::Tensor, torch::Tensor>>& masks)
+      : model_(model),
+        data_(data),
+        indices_(indices),
+        q_(DpSampleRate(batch_size, indices.size())),
+        expected_batch_(q_ * static_cast<double>(indices.size())),
+        dp_(dp),
+        rng_(dp.seed != 0 ? dp.seed : (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()),
+        tensors_(model.AdapterTensors()) {
+    masks_.resize(tensors_.size());
+    for (const auto& [param, mask] : masks) {
+      for (size_t i = 0; i < tensors_.size(); ++i) {
+        if (tensors_[i].is_same(param)) masks_[i] = mask;
+      }
+    }
+  }
+
+  Result<double> AddGradient() {
+    std::vector<size_t> batch;
+    for (size_t i : indices_) {
+      if (static_cast<double>(rng_() >> 11) * 0x1.0p-53 < q_) batch.push_back(i);
+    }
+    std::vector<torch::Tensor> sums(tensors_.size());
+    double mean_loss = 0;
+    if (!batch.empty()) {
+      auto [images, labels] = MakeBatch(data_, batch);
+      torch::Tensor losses;
+      ASSIGN_OR_RETURN(std::vector<torch::Tensor> per_example, model_.PerExampleGradients(images, labels, &losses));
+      torch::NoGradGuard no_grad;
+      const int64_t n = static_cast<int64_t>(batch.size());
+      torch::Tensor sq = torch::zeros({n}, torch::kDouble);
+      for (size_t i = 0; i < per_example.size(); ++i) {
+        if (!per_example[i].defined()) continue;
+        if (masks_[i].defined()) per_example[i] = per_example[i] * masks_[i].unsqueeze(0);
+        sq += per_example[i].reshape({n, -1}).to(torch::kDouble).pow(2).sum(1);
+      }
+      // Scale each example to norm <= C (Opacus's convention: C / (norm + 1e-6), at most 1).
+      const torch::Tensor factor = (dp_.clip / (sq.sqrt() + 1e-6)).clamp_max(1.0).to(torch::kFloat);
+      for (size_t i = 0; i < per_example.size(); ++i) {
+        if (!per_example[i].defined()) continue;
+        std::vector<int64_t> shape(static_cast<size_t>(per_example[i].dim()), 1);
+        shape[0] = n;
+        sums[i] = (per_example[i] * factor.view(shape)).sum(0);
+      }
+      mean_loss = losses.mean().item<double>();
+    }
+    torch::NoGradGuard no_grad;
+    const double std_dev = dp_.noise_multiplier * dp_.clip;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+      torch::Tensor& p = tensors_[i];
+      if (!p.requires_grad()) continue;
+      torch::Tensor g = sums[i].defined() ? sums[i] : torch::zeros_like(p);
+      torch::Tensor noise = torch::empty_like(p);
+      float* z = noise.data_ptr<float>();
+      for (int64_t j = 0; j < noise.numel(); ++j) z[j] = static_cast<float>(std_dev * normal_(rng_));
+      if (masks_[i].defined()) noise.mul_(masks_[i]);  // masked coordinates do not move at all
+      g = (g + noise) / expected_batch_;
+      if (p.grad().defined()) {
+        p.mutable_grad().add_(g);
+      } else {
+        p.mutable_grad() = g.clone();
+      }
+    }
+    return mean_loss;
+  }
+
+ private:
+  Model& model_;
+  const Dataset& data_;
+  const std::vector<size_t>& indices_;
+  double q_;
+  double expected_batch_;
+  DpSgdOptions dp_;
+  std::mt19937_64 rng_;
+  std::normal_distribution<double> normal_;
+  std::vector<torch::Tensor> tensors_;
+  std::vector<torch::Tensor> masks_;  // per adapter tensor; undefined: no mask
+};
+
+void ZeroGradients(Model& model) {
+  for (auto& p : model.TrainableParameters()) {
+    if (p.grad().defined()) p.mutable_grad().zero_();
+  }
+}
+
+void ApplyMasks(const std::vector<std::pair<torch::Tensor, torch::Tensor>>& masks) {
+  for (const auto& [param, mask] : masks) {
+    if (param.grad().defined()) const_cast<torch::Tensor&>(param).mutable_grad().mul_(mask);
+  }
+}
+
+}  // namespace
+
+Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+                                    const LocalTrainOptions& options, std::stop_token stop) {
   LocalTrainResult result;
   if (indices.empty() || options.steps == 0 || options.batch_size == 0) return result;
 
@@ -102,6 +210,8 @@ LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector
   // every run, it beat SGD with momentum in the tuning runs (see LocalTrainOptions).
   torch::optim::Adam optimizer(model.TrainableParameters(), torch::optim::AdamOptions(options.lr));
   BatchSampler sampler(indices, options.seed);
+  std::optional<DpSgd> dp;
+  if (options.dp.enabled()) dp.emplace(model, data, indices, options.batch_size, options.dp, options.grad_masks);
   double loss_sum = 0;
   for (uint32_t step = 0; step < options.steps; ++step) {
     if (stop.stop_requested()) {
@@ -109,16 +219,25 @@ LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector
       break;
     }
     const auto started = std::chrono::steady_clock::now();
-    auto [images, labels] = MakeBatch(data, sampler.Next(options.batch_size));
     optimizer.zero_grad();
-    torch::Tensor loss = torch::nn::functional::cross_entropy(model.Forward(images), labels);
-    loss_sum += loss.item<double>();
-    if (options.regularizer) loss = loss + options.regularizer();
-    loss.backward();
+    if (dp) {
+      // The regulariser does not touch the data: its gradient needs no clipping or noise.
+      if (options.regularizer) options.regularizer().backward();
+      ASSIGN_OR_RETURN(const double loss, dp->AddGradient());
+      loss_sum += loss;
+      result.samples += options.batch_size;  // expected batch size (the actual one is private)
+    } else {
+      auto [images, labels] = MakeBatch(data, sampler.Next(options.batch_size));
+      torch::Tensor loss = torch::nn::functional::cross_entropy(model.Forward(images), labels);
+      loss_sum += loss.item<double>();
+      if (options.regularizer) loss = loss + options.regularizer();
+      loss.backward();
+      ApplyMasks(options.grad_masks);
+      result.samples += options.batch_size;
+    }
     if (options.after_backward) options.after_backward();
     optimizer.step();
     ++result.steps;
-    result.samples += options.batch_size;
     if (options.speed_factor > 1.0) {
       const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - started;
       // Capped so that absurd factors cannot overflow the clock arithmetic.
@@ -132,18 +251,22 @@ LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector
   return result;
 }
 
-void AccumulateGradients(Model& model, const Dataset& data, const std::vector<size_t>& indices,
-                         uint32_t batches, uint32_t batch_size, uint64_t seed) {
+Status AccumulateGradients(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+                           uint32_t batches, uint32_t batch_size, uint64_t seed, const DpSgdOptions& dp) {
   model.Train(true);
-  for (auto& p : model.TrainableParameters()) {
-    if (p.grad().defined()) p.mutable_grad().zero_();
+  ZeroGradients(model);
+  if (indices.empty() || batch_size == 0) return Status::Ok();
+  if (dp.enabled()) {
+    DpSgd sgd(model, data, indices, batch_size, dp, {});
+    for (uint32_t i = 0; i < batches; ++i) RETURN_IF_ERROR(sgd.AddGradient().status());
+    return Status::Ok();
   }
-  if (indices.empty() || batch_size == 0) return;
   BatchSampler sampler(indices, seed);
   for (uint32_t i = 0; i < batches; ++i) {
     auto [images, labels] = MakeBatch(data, sampler.Next(batch_size));
     torch::nn::functional::cross_entropy(model.Forward(images), labels).backward();
   }
+  return Status::Ok();
 }
 
 EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples) {

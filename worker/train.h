@@ -14,6 +14,18 @@
 
 namespace fedlora::worker {
 
+// Record-level DP-SGD (Abadi et al. 2016) in local training: each step samples a Poisson batch
+// (every example of the shard independently with probability q = batch_size / shard size),
+// clips every example's gradient over the trainable adapter tensors to L2 norm `clip`, adds
+// N(0, (noise_multiplier * clip)^2) to the sum, and divides by the expected batch size. The
+// sampling and the noise draw from a secret seed, never from the public batch seed.
+struct DpSgdOptions {
+  double noise_multiplier = 0;  // sigma; 0: DP-SGD off
+  double clip = 1.0;            // C
+  uint64_t seed = 0;            // sampling and noise; 0: a fresh one from the OS per run
+  bool enabled() const { return noise_multiplier > 0; }
+};
+
 // Defaults tuned on vit-tiny (LoRA rank 8, alpha 16): a fresh Adam at 1e-3 per run beat
 // Adam at 5e-4 and 2e-3 and SGD with momentum at 0.01 and 0.05.
 struct LocalTrainOptions {
@@ -26,18 +38,23 @@ struct LocalTrainOptions {
   // and a hook between backward and the optimizer step (gradient masks of frozen ranks).
   std::function<torch::Tensor()> regularizer;
   std::function<void()> after_backward;
+  // Gradient masks (parameter, 0/1 mask broadcastable to it): LoRA-A2's unselected ranks. Under
+  // DP-SGD they apply to every example's gradient before clipping.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> grad_masks;
+  DpSgdOptions dp;
 };
 
 struct LocalTrainResult {
-  uint32_t steps = 0;
+  uint32_t steps = 0;      // optimizer steps (DP-SGD: each one application of the mechanism)
   uint64_t samples = 0;  // examples seen
   float mean_loss = 0;   // mean training loss over the steps
   bool stopped = false;  // the stop token fired before all steps ran
 };
 
 // Trains model.TrainableParameters() on batches sampled (with a seeded RNG) from
-// data[indices]. Returns early, with stopped = true, when `stop` is requested.
-LocalTrainResult TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+// data[indices], or with DP-SGD when options.dp is enabled. Returns early, with stopped = true,
+// when `stop` is requested. Errors (DP-SGD only): those of Model::PerExampleGradients.
+Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
                             const LocalTrainOptions& options, std::stop_token stop = {});
 
 struct EvalResult {
@@ -49,9 +66,14 @@ struct EvalResult {
 };
 
 // Sums the gradients of model.TrainableParameters() over `batches` batches sampled like
-// TrainLocal's (without an optimizer step), leaving them in each parameter's grad().
-void AccumulateGradients(Model& model, const Dataset& data, const std::vector<size_t>& indices,
-                         uint32_t batches, uint32_t batch_size, uint64_t seed);
+// TrainLocal's (without an optimizer step), leaving them in each parameter's grad(). With `dp`
+// enabled each batch is a DP-SGD gradient (Poisson batch, clipped, noised) and counts as one
+// application of the mechanism. Errors: those of Model::PerExampleGradients.
+Status AccumulateGradients(Model& model, const Dataset& data, const std::vector<size_t>& indices,
+                           uint32_t batches, uint32_t batch_size, uint64_t seed, const DpSgdOptions& dp = {});
+
+// DP-SGD's sampling rate for a shard: min(1, batch_size / shard size).
+double DpSampleRate(uint32_t batch_size, size_t shard_size);
 
 // Evaluates on the first min(max_samples, data.size()) examples (0: all), in batches.
 EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples = 0);

@@ -123,7 +123,8 @@ TEST(ServerOptimizerTest, RestartFromCommittedMomentsFollowsTheSameTrajectory) {
   EngineHarness first(o);
   for (size_t i = 0; i < 6; ++i) first.Feed(log[i]);
   ASSERT_EQ(first.engine().version(), 3u);
-  const codec::Bytes stored = EncodeServerState("default", SmallSpec(), first.engine().server_state());
+  const codec::Bytes stored =
+      EncodeServerState("default", SmallSpec(), 3, first.engine().saved_state());
   auto moments = DecodeServerState(codec::AsBytes(stored), SmallSpec());
   ASSERT_TRUE(moments.ok()) << moments.status().ToString();
   auto resumed = Engine::Create(o, "default", SmallSpec(), first.engine().state(), 3, 6,
@@ -141,7 +142,7 @@ TEST(ServerOptimizerTest, RestartFromCommittedMomentsFollowsTheSameTrajectory) {
 
   // Fresh moments instead of the stored ones: a different trajectory (what the store prevents).
   auto forgetful = Engine::Create(o, "default", SmallSpec(), first.engine().state(), 3, 6, nullptr,
-                                  ServerOptimizerState{});
+                                  ServerState{});
   EXPECT_EQ(forgetful.status().code(), Code::kFailedPrecondition);
 }
 
@@ -151,7 +152,8 @@ TEST(ServerOptimizerTest, MomentsOfAnotherOptimizerOrVersionAreRefused) {
   const ServerOptimizerState adam = h.engine().server_state();
   const AdapterState x1 = h.engine().state();
   auto create = [&](ServerOptimizerKind kind, uint64_t version, ServerOptimizerState s) {
-    return Engine::Create(AdamOptions(kind, 1), "default", SmallSpec(), x1, version, 1, nullptr, std::move(s))
+    return Engine::Create(AdamOptions(kind, 1), "default", SmallSpec(), x1, version, 1, nullptr,
+                          ServerState{.optimizer = std::move(s)})
         .status()
         .code();
   };
@@ -166,7 +168,7 @@ TEST(ServerOptimizerTest, MomentsOfAnotherOptimizerOrVersionAreRefused) {
   // Stored bytes that do not match the spec are data loss, not a silent reset.
   AdapterSpec other = SmallSpec();
   other.tensors[3].shape = {3};
-  const codec::Bytes stored = EncodeServerState("default", SmallSpec(), adam);
+  const codec::Bytes stored = EncodeServerState("default", SmallSpec(), 1, ServerState{.optimizer = adam});
   EXPECT_EQ(DecodeServerState(codec::AsBytes(stored), other).status().code(), Code::kDataLoss);
   const std::string junk = "not a server state at all";
   EXPECT_EQ(DecodeServerState({reinterpret_cast<const std::byte*>(junk.data()), junk.size()}, SmallSpec())

@@ -349,7 +349,7 @@ TEST(ModelTrainTest, FineTuningModeTrainsOnlyTheAdapter) {
     options.steps = 3;
     options.batch_size = 4;
     options.lr = 1e-2f;
-    const LocalTrainResult result = TrainLocal(*model, data, Range(data.size()), options);
+    const LocalTrainResult result = *TrainLocal(*model, data, Range(data.size()), options);
     EXPECT_EQ(result.steps, 3u);
     EXPECT_EQ(result.samples, 12u);
     EXPECT_FALSE(result.stopped);
@@ -382,7 +382,7 @@ TEST(ModelTrainTest, PretrainingModeTrainsTheBaseAndNotTheLora) {
   options.steps = 3;
   options.batch_size = 4;
   options.lr = 1e-2f;
-  TrainLocal(*model, data, Range(data.size()), options);
+  ASSERT_TRUE(TrainLocal(*model, data, Range(data.size()), options).ok());
   const AdapterState after = model->ExportAdapter();
   for (size_t i = 0; i + 2 < adapter_tensors; ++i) {
     EXPECT_EQ(after.tensors[i].values, initial.tensors[i].values) << after.tensors[i].name;
@@ -397,7 +397,7 @@ TEST(ModelTrainTest, TrainLocalReducesLossOnSeparableData) {
   LocalTrainOptions options;
   options.steps = 30;
   options.batch_size = 16;
-  const LocalTrainResult result = TrainLocal(*model, data, Range(data.size()), options);
+  const LocalTrainResult result = *TrainLocal(*model, data, Range(data.size()), options);
   EXPECT_EQ(result.steps, 30u);
   EXPECT_TRUE(std::isfinite(result.mean_loss));
   const EvalResult after = Evaluate(*model, data);
@@ -413,12 +413,12 @@ TEST(ModelTrainTest, TrainLocalIsDeterministicForASeed) {
   options.seed = 77;
   auto a = MakeModel("mlp");
   auto b = MakeModel("mlp");
-  TrainLocal(*a, data, Range(data.size()), options);
-  TrainLocal(*b, data, Range(data.size()), options);
+  ASSERT_TRUE(TrainLocal(*a, data, Range(data.size()), options).ok());
+  ASSERT_TRUE(TrainLocal(*b, data, Range(data.size()), options).ok());
   EXPECT_TRUE(SameAdapter(a->ExportAdapter(), b->ExportAdapter()));
   auto c = MakeModel("mlp");
   options.seed = 78;
-  TrainLocal(*c, data, Range(data.size()), options);
+  ASSERT_TRUE(TrainLocal(*c, data, Range(data.size()), options).ok());
   EXPECT_FALSE(SameAdapter(a->ExportAdapter(), c->ExportAdapter()));
 }
 
@@ -429,7 +429,7 @@ TEST(ModelTrainTest, TrainLocalReturnsAtOnceWhenStopWasRequested) {
   std::stop_source stop;
   stop.request_stop();
   const LocalTrainResult result =
-      TrainLocal(*model, data, Range(data.size()), LocalTrainOptions{}, stop.get_token());
+      *TrainLocal(*model, data, Range(data.size()), LocalTrainOptions{}, stop.get_token());
   EXPECT_TRUE(result.stopped);
   EXPECT_EQ(result.steps, 0u);
   EXPECT_TRUE(SameAdapter(model->ExportAdapter(), initial));
@@ -446,7 +446,7 @@ TEST(ModelTrainTest, StopWakesASlowDeviceFromItsEmulatedDelay) {
   // Fires before the first step or during the first delay; either way TrainLocal must return.
   std::jthread stopper([&] { stop.request_stop(); });
   const LocalTrainResult result =
-      TrainLocal(*model, data, Range(data.size()), options, stop.get_token());
+      *TrainLocal(*model, data, Range(data.size()), options, stop.get_token());
   EXPECT_TRUE(result.stopped);
   EXPECT_LE(result.steps, 1u);
 }
@@ -478,6 +478,126 @@ TEST(EvaluateTest, PerClassCountsAddUpToTheLabelsAndTheAccuracy) {
     correct += r.class_correct[c];
   }
   EXPECT_DOUBLE_EQ(r.accuracy, static_cast<double>(correct) / 2100.0);
+}
+
+// --- DP-SGD ----------------------------------------------------------------------------------
+
+// The gradient of every adapter tensor, flattened in Spec() order (zeros where none).
+std::vector<float> Gradients(Model& model) {
+  std::vector<float> out;
+  for (auto& t : model.AdapterTensors()) {
+    torch::Tensor g = t.grad().defined() ? t.grad().contiguous() : torch::zeros_like(t);
+    out.insert(out.end(), g.data_ptr<float>(), g.data_ptr<float>() + g.numel());
+  }
+  return out;
+}
+
+TEST(DpSgdTest, PerExampleGradientsEqualOneExampleAtATime) {
+  for (const std::string arch : {"mlp", "vit-tiny"}) {
+    auto model = MakeModel(arch);
+    ASSERT_TRUE(model->LoadAdapter(RandomAdapter(*model, 3)).ok());  // B non-zero: A has a gradient
+    model->Train(true);
+    const torch::Tensor images = RandomImages(3, 4);
+    const torch::Tensor labels = torch::tensor({1, 7, 3}, torch::kLong);
+    torch::Tensor losses;
+    auto per_example = model->PerExampleGradients(images, labels, &losses);
+    ASSERT_TRUE(per_example.ok()) << per_example.status().ToString();
+    auto tensors = model->AdapterTensors();
+    for (int64_t n = 0; n < 3; ++n) {
+      for (auto& t : tensors) {
+        if (t.grad().defined()) t.mutable_grad().zero_();
+      }
+      torch::Tensor loss = torch::nn::functional::cross_entropy(model->Forward(images.slice(0, n, n + 1)),
+                                                                labels.slice(0, n, n + 1));
+      EXPECT_NEAR(losses[n].item<double>(), loss.item<double>(), 1e-5);
+      loss.backward();
+      for (size_t i = 0; i < tensors.size(); ++i) {
+        const torch::Tensor mine = (*per_example)[i][n];
+        const torch::Tensor reference = tensors[i].grad();
+        const double scale = std::max(1e-3, reference.abs().max().item<double>());
+        EXPECT_LT((mine - reference).abs().max().item<double>(), 1e-4 * scale)
+            << arch << " " << model->Spec().tensors[i].name << " example " << n;
+      }
+    }
+  }
+}
+
+TEST(DpSgdTest, FrozenTensorsHaveNoPerExampleGradient) {
+  auto model = MakeModel("mlp");
+  auto tensors = model->AdapterTensors();
+  tensors[0].set_requires_grad(false);  // fc1.lora_A, as FFA-LoRA freezes it
+  auto per_example = model->PerExampleGradients(RandomImages(2, 1), torch::tensor({0, 1}, torch::kLong), nullptr);
+  ASSERT_TRUE(per_example.ok());
+  EXPECT_FALSE((*per_example)[0].defined());
+  EXPECT_TRUE((*per_example)[1].defined());
+}
+
+// A shard of 8 with batch size 8: q = 1, every example in every batch.
+struct DpFixture {
+  std::unique_ptr<Model> model = MakeModel("mlp");
+  Dataset data = SeparableData(8, 11);
+  DpFixture() { EXPECT_TRUE(model->LoadAdapter(RandomAdapter(*model, 5)).ok()); }
+  std::vector<float> DpGradient(double sigma, double clip, uint64_t seed) {
+    DpSgdOptions dp;
+    dp.noise_multiplier = sigma;
+    dp.clip = clip;
+    dp.seed = seed;
+    EXPECT_TRUE(AccumulateGradients(*model, data, Range(8), 1, 8, 1, dp).ok());
+    return Gradients(*model);
+  }
+};
+
+TEST(DpSgdTest, WithoutClippingOrNoiseItIsTheBatchMeanGradient) {
+  DpFixture f;
+  ASSERT_TRUE(AccumulateGradients(*f.model, f.data, Range(8), 1, 8, 1).ok());
+  const std::vector<float> mean = Gradients(*f.model);
+  const std::vector<float> dp = f.DpGradient(1e-12, 1e9, 3);
+  ASSERT_EQ(dp.size(), mean.size());
+  double max_abs = 0, max_diff = 0;
+  for (size_t i = 0; i < dp.size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(static_cast<double>(mean[i])));
+    max_diff = std::max(max_diff, std::abs(static_cast<double>(dp[i]) - mean[i]));
+  }
+  EXPECT_GT(max_abs, 1e-4);
+  EXPECT_LT(max_diff, 1e-4 * max_abs);
+}
+
+TEST(DpSgdTest, EveryExampleIsClippedToC) {
+  DpFixture f;
+  const double clip = 1e-3;  // far below every example's gradient norm
+  const std::vector<float> g = f.DpGradient(1e-12, clip, 3);
+  double sq = 0;
+  for (float x : g) sq += static_cast<double>(x) * x;
+  // The mean of 8 vectors of norm C has norm at most C (and here close to it: the examples'
+  // gradients point in broadly similar directions, so it is not ~0 either).
+  EXPECT_LE(std::sqrt(sq), clip * (1 + 1e-4));
+  EXPECT_GT(std::sqrt(sq), 0.1 * clip);
+}
+
+TEST(DpSgdTest, NoiseHasTheConfiguredStandardDeviation) {
+  DpFixture f;
+  const double sigma = 2.0, clip = 0.5;
+  // Same batch (q = 1), different noise: the difference is (n1 - n2) / 8, std sqrt(2) sigma C / 8.
+  const std::vector<float> a = f.DpGradient(sigma, clip, 1);
+  const std::vector<float> b = f.DpGradient(sigma, clip, 2);
+  double sq = 0;
+  for (size_t i = 0; i < a.size(); ++i) sq += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+  const double sd = std::sqrt(sq / static_cast<double>(a.size()));
+  const double expected = std::sqrt(2.0) * sigma * clip / 8;
+  EXPECT_GT(a.size(), 9000u);  // mlp: ~9,500 adapter values
+  EXPECT_NEAR(sd, expected, 0.03 * expected);
+  // The same secret seed reproduces the same gradient (the worker draws a fresh one per run).
+  EXPECT_EQ(f.DpGradient(sigma, clip, 1), a);
+}
+
+TEST(DpSgdTest, FullFineTuningHasNoPerExampleRule) {
+  ModelOptions options;
+  options.arch = "mlp";
+  options.full = true;
+  auto model = Model::Create(options);
+  ASSERT_TRUE(model.ok());
+  auto r = (*model)->PerExampleGradients(RandomImages(2, 1), torch::tensor({0, 1}, torch::kLong), nullptr);
+  EXPECT_EQ(r.status().code(), Code::kFailedPrecondition);
 }
 
 }  // namespace
