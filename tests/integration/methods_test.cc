@@ -95,7 +95,7 @@ TEST_P(MethodsEndToEnd, CommitsVersionsFoldingEveryUpdate) {
 INSTANTIATE_TEST_SUITE_P(
     AllMethods, MethodsEndToEnd,
     ::testing::Combine(::testing::Values("fedavg", "ffa", "flasc", "lora-a2", "sa-fedlora", "hetlora", "flora", "fedsa",
-                                         "full"),
+                                         "as-lora", "full"),
                        ::testing::Values("fedbuff", "sync")),
     [](const auto& info) {
       std::string name = std::get<0>(info.param) + "_" + std::get<1>(info.param);
