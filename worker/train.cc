@@ -209,9 +209,13 @@ Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std
   // Adam: its per-tensor step sizes suit LoRA factors and the head alike, and, fresh for
   // every run, it beat SGD with momentum in the tuning runs (see LocalTrainOptions).
   torch::optim::Adam optimizer(model.TrainableParameters(), torch::optim::AdamOptions(options.lr));
-  BatchSampler sampler(indices, options.seed);
+  std::optional<BatchSampler> sampler;  // DP-SGD samples its own Poisson batches instead
   std::optional<DpSgd> dp;
-  if (options.dp.enabled()) dp.emplace(model, data, indices, options.batch_size, options.dp, options.grad_masks);
+  if (options.dp.enabled()) {
+    dp.emplace(model, data, indices, options.batch_size, options.dp, options.grad_masks);
+  } else {
+    sampler.emplace(indices, options.seed);
+  }
   double loss_sum = 0;
   for (uint32_t step = 0; step < options.steps; ++step) {
     if (stop.stop_requested()) {
@@ -227,7 +231,7 @@ Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std
       loss_sum += loss;
       result.samples += options.batch_size;  // expected batch size (the actual one is private)
     } else {
-      auto [images, labels] = MakeBatch(data, sampler.Next(options.batch_size));
+      auto [images, labels] = MakeBatch(data, sampler->Next(options.batch_size));
       torch::Tensor loss = torch::nn::functional::cross_entropy(model.Forward(images), labels);
       loss_sum += loss.item<double>();
       if (options.regularizer) loss = loss + options.regularizer();

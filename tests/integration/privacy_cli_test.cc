@@ -140,5 +140,24 @@ TEST(PrivacyRun, RecordLevelDpSgdWithAsLoraFillsEachWorkersLedgerAndInspectShows
   EXPECT_NE(rc, 0) << out;  // --factors is the view to ask for
 }
 
+TEST(PrivacyRun, WorkersStopAtTheirRecordLevelBudgetAndTheRunEnds) {
+  TempDir dir;
+  const std::string store = dir.path() + "/store";
+  int rc = -1;
+  // 5 steps per local run, a budget planned for 20: each worker affords 4 runs, then stops.
+  const std::string out = RunCapture(std::string(kBinary) + " run --arch mlp --local-steps 5 --store " + Quote(store) +
+                                         " --dp-epsilon 1 --dp-steps 20 --duration 120 2>&1",
+                                     &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("every worker's privacy budget is spent"), std::string::npos) << out;
+  EXPECT_NE(out.find("privacy budget spent: epsilon"), std::string::npos) << out;
+  const json last = History(store).back();
+  ASSERT_EQ(last["privacy"]["workers"].size(), 6u);
+  for (const auto& w : last["privacy"]["workers"]) {
+    EXPECT_EQ(w["steps"].get<uint64_t>(), 20u) << w.dump();
+    EXPECT_LE(w["epsilon"].get<double>(), 1.0 + 1e-9);
+  }
+}
+
 }  // namespace
 }  // namespace fedlora
