@@ -6,6 +6,7 @@
 #include <list>
 #include <zmq.hpp>
 
+#include "aggregator/commit.h"
 #include "schema/hash.h"
 #include "schema/transport.h"
 #include "storage/adapter_store.h"
@@ -43,29 +44,13 @@ class AggregatorImpl final : public Aggregator {
       RETURN_IF_ERROR(CommitVersionZero());
       ASSIGN_OR_RETURN(cursor, store_->GetCursor(options_.adapter_id));
     }
-    ASSIGN_OR_RETURN(auto current, storage::ReadVersion(*store_, options_.adapter_id, cursor->version));
-    final_ = current.info.final;
-    if (current.info.method.method != options_.engine.method.method) {
-      return FailedPrecondition(fmt::format(
-          "adapter '{}' in '{}' is trained with method '{}', not '{}': use that method or another store",
-          options_.adapter_id, options_.store_path, MethodName(current.info.method.method),
-          MethodName(options_.engine.method.method)));
+    auto resumed = ResumeEngine(*store_, options_.engine, options_.adapter_id,
+                                [this](uint64_t v) { return BaseVersion(v); });
+    if (!resumed.ok()) {
+      return resumed.status().WithContext(fmt::format("adapter '{}' in '{}'", options_.adapter_id, options_.store_path));
     }
-    ServerState server_state;
-    ASSIGN_OR_RETURN(std::optional<std::string> stored_state, store_->GetServerState(options_.adapter_id));
-    if (stored_state) {
-      ASSIGN_OR_RETURN(server_state, DecodeServerState(codec::AsBytes(*stored_state), current.spec));
-    }
-    // The privacy ledger lives in the version's record.
-    ASSIGN_OR_RETURN(codec::VersionInfo latest, storage::ReadVersionInfo(*store_, options_.adapter_id, cursor->version));
-    server_state.ledger = std::move(latest.privacy);
-    auto engine = Engine::Create(options_.engine, options_.adapter_id, std::move(current.spec),
-                                 std::move(current.state), cursor->version, cursor->consumed_seq,
-                                 [this](uint64_t v) { return BaseVersion(v); }, std::move(server_state));
-    if (!engine.ok()) {
-      return engine.status().WithContext(fmt::format("adapter '{}' in '{}'", options_.adapter_id, options_.store_path));
-    }
-    engine_ = std::move(*engine);
+    final_ = resumed->final;
+    engine_ = std::move(resumed->engine);
     version_ = engine_->version();
     if (!final_ && !engine_->CanAffordStep()) {
       return FailedPrecondition(fmt::format(
@@ -155,25 +140,9 @@ class AggregatorImpl final : public Aggregator {
         Log()->error("evaluation of version={} failed: {}", info.version, eval.status().ToString());
       }
     }
-    codec::GlobalInfo g{options_.adapter_id, info.version, info.content_hash, info.consumed_seq,
-                        options_.engine.mode, final,
-                        engine_ ? engine_->method_state()
-                                : MethodStateAt(options_.engine.method, spec.rank, info.version)};
-    codec::Bytes global = codec::BuildGlobal(g, spec, state);
-    codec::Bytes record = codec::BuildVersionRecord(info);
-    // Adam's moments, the noise seed and AS-LoRA's scores belong to the version: same atomic
-    // write (version 0 has none yet).
-    codec::Bytes server_state;
-    if (engine_) {
-      const ServerState saved = engine_->saved_state();
-      if (!saved.empty()) {
-        server_state = EncodeServerState(options_.adapter_id, spec, info.version, saved);
-      }
-    }
-    RETURN_IF_ERROR(store_->Commit({options_.adapter_id, info.version, info.consumed_seq,
-                                    codec::AsBytes(global), codec::AsBytes(record),
-                                    codec::AsBytes(server_state)}));
-    latest_global_ = std::make_shared<const std::string>(reinterpret_cast<const char*>(global.data()), global.size());
+    info.adapter_id = options_.adapter_id;
+    ASSIGN_OR_RETURN(latest_global_,
+                     aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final));
     version_ = info.version;
     if (options_.on_commit) options_.on_commit(info);
     return Status::Ok();

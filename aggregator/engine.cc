@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include <array>
 #include <cmath>
 #include <map>
@@ -210,22 +212,24 @@ class EngineImpl final : public Engine {
   bool CanAffordStep() const override { return ledger_.CanAffordServerStep(); }
   double client_epsilon() const override { return ledger_.client_epsilon(); }
 
-  Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& u) override {
+  Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& u,
+                                                    std::optional<uint64_t> base_version) override {
     if (seq != next_seq_) {
       return FailedPrecondition(fmt::format("engine expects log record {}, got {}", next_seq_, seq));
     }
     next_seq_ = seq + 1;
+    base_ = base_version.value_or(u.base_version());
     // Every logged update was released to the server, applied or not: it counts.
     if (Status s = ledger_.AccountUpdate(u.client_id()->str(), codec::DpReportOf(u)); !s.ok()) {
-      const uint64_t b = u.base_version();
-      return Drop(seq, u, b <= version_ ? version_ - b : 0, "invalid: " + s.message());
+      return Drop(seq, u, base_ <= version_ ? version_ - base_ : 0, "invalid: " + s.message());
     }
-    const uint64_t base = u.base_version();
+    const uint64_t base = base_;
     if (base > version_) return Drop(seq, u, 0, "future-base");
     const uint64_t tau = version_ - base;
     if (options_.mode == wire::Mode::Sync && tau > 0) return Drop(seq, u, tau, "stale-round");
     if (tau > options_.staleness.max_staleness) return Drop(seq, u, tau, "max-staleness");
-    if (Status s = ValidateUpdate(u, spec_, version_); !s.ok()) {
+    // The base version was checked above (it may be re-based by a what-if replay).
+    if (Status s = ValidateUpdate(u, spec_, std::numeric_limits<uint64_t>::max()); !s.ok()) {
       return Drop(seq, u, tau, "invalid: " + s.message());
     }
     if (Status s = CheckMethodRules(u); !s.ok()) return Drop(seq, u, tau, "invalid: " + s.message());
@@ -316,23 +320,23 @@ class EngineImpl final : public Engine {
   }
 
   codec::LineageItem Lineage(uint64_t seq, const wire::Update& u, uint64_t tau, double weight) const {
-    return {seq, u.client_id()->str(), u.update_id()->str(), u.base_version(),
+    return {seq, u.client_id()->str(), u.update_id()->str(), base_,
             static_cast<uint32_t>(tau), static_cast<float>(weight), u.num_samples(), u.train_loss()};
   }
 
   Result<std::optional<codec::VersionInfo>> Drop(uint64_t seq, const wire::Update& u, uint64_t tau,
                                                  std::string reason) {
-    dropped_.push_back({seq, u.client_id()->str(), u.update_id()->str(), u.base_version(),
+    dropped_.push_back({seq, u.client_id()->str(), u.update_id()->str(), base_,
                         static_cast<uint32_t>(std::min<uint64_t>(tau, UINT32_MAX)), std::move(reason)});
     return std::optional<codec::VersionInfo>();
   }
 
-  // The global state `u` was trained from (the current one when tau = 0).
-  Result<std::shared_ptr<const AdapterState>> BaseOf(const wire::Update& u, uint64_t tau) {
+  // The global state the update being consumed was trained from (the current one when tau = 0).
+  Result<std::shared_ptr<const AdapterState>> BaseOf(uint64_t tau) {
     if (tau == 0) return std::shared_ptr<const AdapterState>(std::shared_ptr<void>(), &state_);
-    ASSIGN_OR_RETURN(auto base, base_lookup_(u.base_version()));
+    ASSIGN_OR_RETURN(auto base, base_lookup_(base_));
     if (Status s = CheckStateMatchesSpec(spec_, *base); !s.ok()) {
-      return DataLoss(fmt::format("stored version {} does not match the spec: {}", u.base_version(), s.message()));
+      return DataLoss(fmt::format("stored version {} does not match the spec: {}", base_, s.message()));
     }
     return base;
   }
@@ -415,7 +419,7 @@ class EngineImpl final : public Engine {
 
   Result<std::optional<codec::VersionInfo>> ApplyFedAsync(uint64_t seq, const wire::Update& u, uint64_t tau) {
     const double alpha = options_.fedasync_alpha * StalenessWeight(options_.staleness, tau);
-    ASSIGN_OR_RETURN(std::shared_ptr<const AdapterState> base, BaseOf(u, tau));
+    ASSIGN_OR_RETURN(std::shared_ptr<const AdapterState> base, BaseOf(tau));
     const bool flora = method() == Method::kFlora;
     const AdapterState before = flora ? state_ : AdapterState{};
     const float a = static_cast<float>(alpha);
@@ -465,7 +469,7 @@ class EngineImpl final : public Engine {
     double n = dp() ? 1.0 : static_cast<double>(u.num_samples());
     std::shared_ptr<const AdapterState> base;
     if (method() == Method::kHetLora || method() == Method::kFlora) {
-      ASSIGN_OR_RETURN(base, BaseOf(u, tau));
+      ASSIGN_OR_RETURN(base, BaseOf(tau));
     }
     if (method() == Method::kHetLora) n *= HetLoraNorm(u, *base);
     const float w = static_cast<float>(s * n);
@@ -672,6 +676,7 @@ class EngineImpl final : public Engine {
   ServerOptimizer optimizer_;
   PrivacyLedger ledger_;
   std::optional<uint64_t> noise_seed_;
+  uint64_t base_ = 0;  // the version the update being consumed counts as trained from
   std::optional<FactorSelector> selector_;  // as-lora
   std::vector<size_t> a_order_;             // module indices in the spec order of their A factor
   std::vector<size_t> position_;            // module index -> position in a_order_

@@ -94,9 +94,15 @@ class Engine {
 
   // Consumes record `seq`, which must be next_seq(). When the server rule completes a version,
   // the engine adopts it as its current state and returns its lineage (commit_unix_ms and
-  // evaluation fields are left for the caller). Errors: kFailedPrecondition (out-of-order
-  // seq), errors of the base lookup. An invalid update is not an error: it is dropped.
-  virtual Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& update) = 0;
+  // evaluation fields are left for the caller). `base_version` overrides the version the update
+  // says it was trained from (a what-if replay maps it onto its own timeline). Errors:
+  // kFailedPrecondition (out-of-order seq), errors of the base lookup. An invalid update is not
+  // an error: it is dropped.
+  virtual Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& update,
+                                                            std::optional<uint64_t> base_version) = 0;
+  Result<std::optional<codec::VersionInfo>> Consume(uint64_t seq, const wire::Update& update) {
+    return Consume(seq, update, std::nullopt);
+  }
 
   virtual const AdapterSpec& spec() const = 0;
   virtual const AdapterState& state() const = 0;

@@ -75,7 +75,8 @@ nlohmann::json VersionJson(const codec::VersionInfo& v) {
                       {"mean_staleness", v.mean_staleness},
                       {"max_staleness", v.max_staleness},
                       {"update_norm", v.update_norm},
-                      {"content_hash", v.content_hash}};
+                      {"content_hash", v.content_hash},
+                      {"config", v.config}};
   j["test_accuracy"] = v.test_accuracy >= 0 ? nlohmann::json(v.test_accuracy) : nlohmann::json(nullptr);
   j["test_loss"] = v.test_loss >= 0 ? nlohmann::json(v.test_loss) : nlohmann::json(nullptr);
   j["eval_samples"] = v.eval_samples;

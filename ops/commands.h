@@ -20,6 +20,8 @@ void RegisterLog(CLI::App& app);
 void RegisterCompare(CLI::App& app);
 void RegisterPrivacy(CLI::App& app);
 void RegisterInspect(CLI::App& app);
+void RegisterReplay(CLI::App& app);
+void RegisterLoadgen(CLI::App& app);
 
 // "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
 std::string HumanBytes(double bytes);

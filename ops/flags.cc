@@ -4,7 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <cctype>
 #include <csignal>
+#include <thread>
 
 namespace fedlora::ops {
 
@@ -66,6 +68,8 @@ void AddEngineFlags(CLI::App* app, EngineFlags& f) {
   app->add_option("--cooling-until", m.cooling_until, "sa-fedlora: the cubic budget reaches its minimum here")
       ->capture_default_str();
   app->add_option("--min-budget", m.min_budget, "sa-fedlora: ranks per module kept after cooling")->capture_default_str();
+  app->add_option("--max-budget", m.max_budget, "sa-fedlora: ranks per module while heating (0: the adapter's rank)")
+      ->capture_default_str();
   app->add_option("--probe-batches", m.probe_batches, "lora-a2, sa-fedlora: batches that score the ranks")
       ->capture_default_str();
   app->add_option("--as-warmup", m.as_warmup, "as-lora: versions that train B everywhere before any choice")
@@ -139,6 +143,47 @@ Status ResolveEngineFlags(EngineFlags& f) {
   return aggregator::ValidateEngineOptions(f.engine);
 }
 
+Result<aggregator::EngineOptions> ParseEngineConfig(const std::vector<std::string>& args) {
+  CLI::App app("engine settings");
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  EngineFlags flags;
+  AddEngineFlags(&app, flags);
+  std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 consumes from the back
+  try {
+    app.parse(reversed);
+  } catch (const CLI::ParseError& e) {
+    return InvalidArgument(fmt::format("engine settings '{}': {}", fmt::join(args, " "), e.what()));
+  }
+  RETURN_IF_ERROR(ResolveEngineFlags(flags));
+  return flags.engine;
+}
+
+std::vector<std::string> SplitFlags(std::string_view text) {
+  std::vector<std::string> out;
+  bool comment = false;
+  std::string token;
+  auto flush = [&] {
+    if (!token.empty()) out.push_back(std::move(token));
+    token.clear();
+  };
+  for (char c : text) {
+    if (c == '\n') {
+      flush();
+      comment = false;
+    } else if (comment) {
+      continue;
+    } else if (c == '#' && token.empty()) {
+      comment = true;
+    } else if (std::isspace(static_cast<unsigned char>(c))) {
+      flush();
+    } else {
+      token.push_back(c);
+    }
+  }
+  flush();
+  return out;
+}
+
 void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& t, bool delta_flag) {
   app->add_option("--local-steps", t.steps, "Optimizer steps per local run")->check(CLI::Range(1, 1000000))
       ->capture_default_str();
@@ -182,6 +227,21 @@ void InstallStopSignals() {
 }
 
 bool StopSignalled() { return g_stop.load(); }
+
+Status RunUntilSignalled(const std::function<Status(std::stop_token)>& body) {
+  InstallStopSignals();
+  Status result;
+  std::atomic<bool> done{false};
+  std::jthread thread([&](std::stop_token stop) {
+    result = body(stop);
+    done = true;
+  });
+  // Signal handlers can only set a flag; check it a few times a second.
+  while (!done && !StopSignalled()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  thread.request_stop();
+  thread.join();
+  return result;
+}
 
 void SetupLogging(bool verbose) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");

@@ -4,7 +4,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <functional>
 #include <optional>
+#include <stop_token>
 #include <string>
 
 #include "aggregator/aggregator.h"
@@ -39,6 +41,13 @@ struct EngineFlags {
 void AddEngineFlags(CLI::App* app, EngineFlags& flags);
 // Parses the string flags into flags.engine. Errors: kInvalidArgument.
 Status ResolveEngineFlags(EngineFlags& flags);
+// The EngineOptions that `fedlora aggregator` would run with given these engine flags (a
+// flag given twice: the last one counts), e.g. a version's recorded settings
+// (aggregator/engine_config.h) followed by what-if changes. Unset flags keep their defaults.
+// Errors: kInvalidArgument (an unknown flag, a bad value).
+Result<aggregator::EngineOptions> ParseEngineConfig(const std::vector<std::string>& args);
+// Splits a flags text into arguments at whitespace; lines starting with '#' are comments.
+std::vector<std::string> SplitFlags(std::string_view text);
 
 // --local-steps, --batch-size, --lr and record-level DP-SGD (--dp-noise, --dp-epsilon,
 // --dp-steps, --dp-clip, and --dp-delta unless `delta_flag` is false: a command that also has
@@ -48,6 +57,9 @@ void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& training, bool delt
 // Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process.
 void InstallStopSignals();
 bool StopSignalled();
+// Runs `body(stop)` on a thread until it returns or SIGINT/SIGTERM arrives (then requests stop
+// and waits for it).
+Status RunUntilSignalled(const std::function<Status(std::stop_token)>& body);
 
 // Logging: quiet components unless --verbose; "warn" by default for interactive commands.
 void SetupLogging(bool verbose);

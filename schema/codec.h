@@ -217,6 +217,9 @@ struct VersionInfo {
   std::string server_optimizer = "sgd";
   std::optional<PrivacyLedger> privacy;  // absent: no DP so far
   std::vector<FactorScore> factors;      // AS-LoRA: the choice after this version (no Fisher)
+  // The engine settings that made this version as canonical aggregator flags
+  // (aggregator/engine_config.h); empty in stores written before it was recorded.
+  std::string config;
 };
 Bytes BuildVersionRecord(const VersionInfo& info);
 VersionInfo DecodeVersionRecord(const store::VersionRecord& record);

@@ -1,0 +1,245 @@
+#include "aggregator/replay.h"
+
+#include <gtest/gtest.h>
+
+#include "aggregator/commit.h"
+#include "aggregator/engine_config.h"
+#include "aggregator/server_state.h"
+#include "schema/hash.h"
+#include "tests/testing/fixtures.h"
+
+namespace fedlora::aggregator {
+namespace {
+
+using testing::FilledState;
+using testing::MakeUpdate;
+using testing::SmallSpec;
+using testing::TempDir;
+
+constexpr const char* kAdapter = "default";
+
+EngineOptions Settings(uint32_t k, bool adam_and_dp) {
+  EngineOptions o;
+  o.mode = wire::Mode::FedBuff;
+  o.buffer_size = k;
+  if (adam_and_dp) {
+    o.server_optimizer.kind = ServerOptimizerKind::kAdam;
+    o.server_lr = 0.05;
+    o.client_dp.noise_multiplier = 0.3;
+    o.client_dp.clip = 2.0;
+  }
+  return o;
+}
+
+// An update whose delta differs per index, from clients c0..c3, trained from version `base`.
+codec::Bytes Update(int i, uint64_t base) {
+  AdapterState delta = FilledState(SmallSpec(), 0.01f * static_cast<float>(i % 5) - 0.02f);
+  for (auto& t : delta.tensors) t.values[0] += 0.1f * static_cast<float>(i % 3);
+  return MakeUpdate("u" + std::to_string(i), "c" + std::to_string(i % 4), base, delta, 10 + i);
+}
+
+struct Original {
+  TempDir dir;
+  std::unique_ptr<storage::UpdateLog> log;
+  std::unique_ptr<storage::AdapterStore> store;
+
+  Original() {
+    auto l = storage::UpdateLog::Open({dir.path("log"), false});
+    EXPECT_TRUE(l.ok()) << l.status().ToString();
+    log = std::move(*l);
+    store = OpenStore(dir.path("adapters"));
+  }
+
+  static std::unique_ptr<storage::AdapterStore> OpenStore(const std::string& path) {
+    storage::AdapterStoreOptions so;
+    so.path = path;
+    so.sync = false;
+    auto s = storage::AdapterStore::Open(so);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return std::move(*s);
+  }
+
+  void Append(int first, int count) {
+    for (int i = first; i < first + count; ++i) {
+      // Bases lag behind like real workers': every update trained from version (i / 4).
+      const codec::Bytes bytes = Update(i, static_cast<uint64_t>(i / 4));
+      const std::string id = "u" + std::to_string(i), client = "c" + std::to_string(i % 4);
+      storage::LogAppend item{kAdapter, client, id, codec::AsBytes(bytes)};
+      auto r = log->AppendBatch({&item, 1});
+      ASSERT_TRUE(r[0].ok()) << r[0].status().ToString();
+    }
+  }
+
+  void CommitVersionZero(const EngineOptions& o) {
+    codec::VersionInfo info;
+    info.adapter_id = kAdapter;
+    const AdapterState state = FilledState(SmallSpec(), 0.5f);
+    info.content_hash = ToHex(HashAdapter(state));
+    auto g = CommitVersion(*store, o, nullptr, info, SmallSpec(), state, false);
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+  }
+
+  // What an aggregator started with `o` does: resume from the store, fold the log, commit
+  // every version, until `until_version` (0: the end of the log).
+  void Aggregate(const EngineOptions& o, uint64_t until_version = 0) {
+    auto resumed = ResumeEngine(*store, o, kAdapter, [this](uint64_t v) -> Result<std::shared_ptr<const AdapterState>> {
+      ASSIGN_OR_RETURN(auto g, storage::ReadVersion(*store, kAdapter, v));
+      return std::make_shared<const AdapterState>(std::move(g.state));
+    });
+    ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+    Engine& engine = *resumed->engine;
+    auto records = log->Read(kAdapter, engine.next_seq(), 1000, 1 << 30);
+    ASSERT_TRUE(records.ok());
+    for (const auto& r : *records) {
+      auto made = engine.Consume(r.seq, *codec::VerifyEnvelope(codec::AsBytes(r.bytes)).value()->body_as_Update());
+      ASSERT_TRUE(made.ok()) << made.status().ToString();
+      if (!*made) continue;
+      auto g = CommitVersion(*store, o, &engine, **made, engine.spec(), engine.state(), false);
+      ASSERT_TRUE(g.ok()) << g.status().ToString();
+      if ((*made)->version == until_version) return;
+    }
+  }
+};
+
+// Settings from the recorded flags, which must be one of `known`.
+ReplayOptions FromRecorded(std::vector<EngineOptions> known) {
+  ReplayOptions ro;
+  ro.settings = [known](uint64_t version, const std::string& recorded) -> Result<EngineOptions> {
+    for (const auto& o : known) {
+      if (EngineConfigFlags(o) == recorded) return o;
+    }
+    return InvalidArgument("version " + std::to_string(version) + " recorded unknown settings: " + recorded);
+  };
+  return ro;
+}
+
+std::string Hash(storage::AdapterStore& store, uint64_t v) {
+  auto info = storage::ReadVersionInfo(store, kAdapter, v);
+  EXPECT_TRUE(info.ok()) << info.status().ToString();
+  return info.ok() ? info->content_hash : "";
+}
+
+TEST(ReplayTest, ReproducesEveryVersionAcrossARestartWithOtherSettings) {
+  Original original;
+  const EngineOptions k2 = Settings(2, true), k3 = Settings(3, true);
+  original.CommitVersionZero(k2);
+  original.Append(0, 6);
+  original.Aggregate(k2);  // versions 1..3
+  original.Append(6, 6);
+  original.Aggregate(k3);  // restarted with K = 3: versions 4, 5
+  auto cursor = original.store->GetCursor(kAdapter);
+  ASSERT_TRUE(cursor.ok() && *cursor);
+  ASSERT_EQ((*cursor)->version, 5u);
+
+  TempDir out_dir;
+  auto out = Original::OpenStore(out_dir.path("adapters"));
+  auto report = Replay(*original.log, original.store.get(), *out, FromRecorded({k2, k3}));
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->versions, 5u);
+  EXPECT_EQ(report->records, 12u);
+  EXPECT_EQ(report->setting_changes, 1u);
+  EXPECT_EQ(report->compared, 6u);
+  EXPECT_EQ(report->identical, 6u);
+  EXPECT_FALSE(report->first_difference);
+  // Checked here too, independently of the report: every stored version, tensors included.
+  for (uint64_t v = 0; v <= 5; ++v) {
+    EXPECT_EQ(Hash(*out, v), Hash(*original.store, v)) << "version " << v;
+    auto g = storage::ReadVersion(*out, kAdapter, v);
+    ASSERT_TRUE(g.ok());
+    EXPECT_EQ(ToHex(HashAdapter(g->state)), Hash(*original.store, v));
+  }
+  // The noise seed and Adam's moments after the last version are the original's too.
+  auto a = original.store->GetServerState(kAdapter);
+  auto b = out->GetServerState(kAdapter);
+  ASSERT_TRUE(a.ok() && b.ok() && *a && *b);
+  EXPECT_EQ(**a, **b);
+}
+
+TEST(ReplayTest, IgnoringTheRecordedChangeOfSettingsPartsAtTheFirstVersionAfterIt) {
+  Original original;
+  const EngineOptions k2 = Settings(2, false), k3 = Settings(3, false);
+  original.CommitVersionZero(k2);
+  original.Append(0, 6);
+  original.Aggregate(k2);
+  original.Append(6, 6);
+  original.Aggregate(k3);
+
+  TempDir out_dir;
+  auto out = Original::OpenStore(out_dir.path("adapters"));
+  ReplayOptions ro;
+  ro.settings = [&](uint64_t, const std::string&) -> Result<EngineOptions> { return k2; };
+  ro.stop_at_original_final = false;
+  auto report = Replay(*original.log, original.store.get(), *out, ro);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->versions, 6u);  // 12 records, K = 2 throughout
+  EXPECT_EQ(report->identical, 4u);  // versions 0..3
+  ASSERT_TRUE(report->first_difference);
+  EXPECT_EQ(*report->first_difference, 4u);
+}
+
+TEST(ReplayTest, AWhatIfWithAnotherKBuildsAnInternallyConsistentStore) {
+  Original original;
+  const EngineOptions k2 = Settings(2, false);
+  original.CommitVersionZero(k2);
+  original.Append(0, 12);  // update i was trained from the original's version i / 4
+  original.Aggregate(k2);
+
+  TempDir out_dir;
+  auto out = Original::OpenStore(out_dir.path("adapters"));
+  ReplayOptions ro;
+  ro.settings = [](uint64_t, const std::string&) -> Result<EngineOptions> { return Settings(6, false); };
+  ro.stop_at_original_final = false;
+  auto report = Replay(*original.log, original.store.get(), *out, ro);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->versions, 2u);
+  ASSERT_TRUE(report->first_difference);
+  EXPECT_EQ(*report->first_difference, 1u);
+  EXPECT_EQ(report->identical, 1u);  // version 0 only
+  // Update 4 says it was trained from version 1, which the original made after 2 records; at
+  // that log position this timeline was still at version 0, so it counts as trained from 0
+  // (not "from the future", which would drop it).
+  EXPECT_EQ(report->dropped, 0u);
+  for (uint64_t v = 1; v <= 2; ++v) {
+    auto info = storage::ReadVersionInfo(*out, kAdapter, v);
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->parent_version, v - 1);
+    EXPECT_EQ(info->consumed_seq, 6 * v);
+    ASSERT_EQ(info->applied.size(), 6u);
+    EXPECT_TRUE(info->dropped.empty());
+    for (const auto& a : info->applied) EXPECT_LT(a.base_version, v);
+    EXPECT_EQ(info->config, EngineConfigFlags(Settings(6, false)));
+    auto g = storage::ReadVersion(*out, kAdapter, v);
+    ASSERT_TRUE(g.ok());
+    EXPECT_EQ(ToHex(HashAdapter(g->state)), info->content_hash);
+    EXPECT_NE(info->content_hash, Hash(*original.store, v));
+  }
+  auto v1 = storage::ReadVersionInfo(*out, kAdapter, 1);
+  ASSERT_TRUE(v1.ok());
+  EXPECT_EQ(v1->applied[4].base_version, 0u);  // original base 1, re-based
+  EXPECT_EQ(v1->applied[4].staleness, 0u);
+}
+
+TEST(ReplayTest, RefusesAnOutputStoreThatAlreadyHoldsTheAdapterAndUnknownSettings) {
+  Original original;
+  original.CommitVersionZero(Settings(2, false));
+  original.Append(0, 4);
+  original.Aggregate(Settings(2, false));
+  TempDir out_dir;
+  auto out = Original::OpenStore(out_dir.path("adapters"));
+  ReplayOptions bad = FromRecorded({Settings(3, false)});
+  auto report = Replay(*original.log, original.store.get(), *out, bad);
+  ASSERT_FALSE(report.ok());
+  EXPECT_NE(report.status().message().find("recorded unknown settings"), std::string::npos);
+  // The settings of version 1 are resolved before anything is written.
+  auto cursor = out->GetCursor(kAdapter);
+  ASSERT_TRUE(cursor.ok());
+  EXPECT_FALSE(*cursor);
+
+  ASSERT_TRUE(Replay(*original.log, original.store.get(), *out, FromRecorded({Settings(2, false)})).ok());
+  auto again = Replay(*original.log, original.store.get(), *out, FromRecorded({Settings(2, false)}));
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), Code::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace fedlora::aggregator
