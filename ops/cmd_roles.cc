@@ -15,25 +15,6 @@
 #include "ops/flags.h"
 
 namespace fedlora::ops {
-namespace {
-
-// Runs `body(stop)` on a thread until it returns or SIGINT/SIGTERM arrives.
-Status RunUntilSignalled(const std::function<Status(std::stop_token)>& body) {
-  InstallStopSignals();
-  Status result;
-  std::atomic<bool> done{false};
-  std::jthread thread([&](std::stop_token stop) {
-    result = body(stop);
-    done = true;
-  });
-  // Signal handlers can only set a flag; check it a few times a second.
-  while (!done && !StopSignalled()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  thread.request_stop();
-  thread.join();
-  return result;
-}
-
-}  // namespace
 
 void RegisterBroker(CLI::App& app) {
   struct Flags {

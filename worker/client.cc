@@ -5,13 +5,11 @@
 
 #include <optional>
 #include <random>
-#include <condition_variable>
-#include <mutex>
 #include <zmq.hpp>
 
 #include "schema/codec.h"
-#include "schema/transport.h"
 #include "schema/validate.h"
+#include "worker/broker_client.h"
 #include "worker/method.h"
 #include "worker/model.h"
 #include "schema/accountant.h"
@@ -19,8 +17,6 @@
 
 namespace fedlora::worker {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 std::shared_ptr<spdlog::logger> Log() {
   static auto logger = [] {
@@ -55,15 +51,6 @@ WorkerEvent Event(WorkerEvent::Kind kind, uint64_t version) {
   return e;
 }
 
-std::string_view IdOf(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
-
-// Sleeps until `d` passes or `stop` is requested.
-void WaitFor(std::stop_token stop, std::chrono::milliseconds d) {
-  std::mutex m;
-  std::condition_variable_any cv;
-  std::unique_lock lock(m);
-  cv.wait_for(lock, stop, d, [] { return false; });
-}
 
 class WorkerImpl final : public Worker {
  public:
@@ -87,7 +74,7 @@ class WorkerImpl final : public Worker {
     int64_t last_trained_base = -1;
     while (!stop.stop_requested()) {
       if (!global) {
-        ASSIGN_OR_RETURN(global, FetchUntilAvailable(stop));
+        ASSIGN_OR_RETURN(global, Fetched(client_->FetchUntilAvailable(stop)));
         if (!global) break;  // stopped
         RETURN_IF_ERROR(PrepareModel(*global));
       }
@@ -101,7 +88,8 @@ class WorkerImpl final : public Worker {
       if (global->info.mode == wire::Mode::Sync &&
           static_cast<int64_t>(global->info.version) == last_trained_base) {
         // Barrier baseline: one contribution per version; wait for the next one.
-        ASSIGN_OR_RETURN(auto newer, WaitForNewer(stop, global->info.version));
+        ASSIGN_OR_RETURN(auto newer,
+                         Fetched(client_->WaitForNewer(stop, global->info.version, std::chrono::seconds(1))));
         if (newer) {
           global = std::move(newer);
           RETURN_IF_ERROR(model_->LoadAdapter(global->state));
@@ -149,7 +137,7 @@ class WorkerImpl final : public Worker {
         if (!keep_going) break;
       }
 
-      ASSIGN_OR_RETURN(auto newer, Fetch(stop, static_cast<int64_t>(global->info.version)));
+      ASSIGN_OR_RETURN(auto newer, Fetched(client_->Fetch(stop, static_cast<int64_t>(global->info.version))));
       if (newer) {
         global = std::move(newer);
         stats_.latest_version = global->info.version;
@@ -188,23 +176,14 @@ class WorkerImpl final : public Worker {
   }
 
   void Connect() {
-    socket_.emplace(ctx_, zmq::socket_type::dealer);
-    transport::Configure(*socket_, 100);
-    socket_->connect(options_.broker);
-    if (!sub_) {
-      sub_.emplace(ctx_, zmq::socket_type::sub);
-      transport::Configure(*sub_, 100);
-      sub_->set(zmq::sockopt::subscribe, options_.adapter_id);
-      sub_->connect(options_.announce);
-    }
-  }
-
-  // Lazy Pirate: a request that gets no reply in time is resent on a fresh socket, so a reply
-  // to an abandoned attempt can never be mistaken for the current one.
-  void Reconnect() {
-    stats_.retries++;
-    socket_.reset();
-    Connect();
+    BrokerClientOptions o;
+    o.broker = options_.broker;
+    o.announce = options_.announce;
+    o.adapter_id = options_.adapter_id;
+    o.client_id = options_.client_id;
+    o.request_timeout = options_.request_timeout;
+    o.max_backoff = options_.max_backoff;
+    client_.emplace(ctx_, std::move(o));
   }
 
   Status PrepareModel(const codec::DecodedGlobal& g) {
@@ -225,143 +204,41 @@ class WorkerImpl final : public Worker {
     return Status::Ok();
   }
 
-  // Sends `body` and waits for the first reply frame. nullopt on timeout (socket reset).
-  std::optional<zmq::message_t> Request(std::stop_token stop, const codec::Bytes& body,
-                                        const std::function<bool(const wire::Envelope&)>& matches) {
-    std::vector<zmq::message_t> frames;
-    frames.emplace_back(body.data(), body.size());
-    if (!transport::SendMultipart(*socket_, frames)) {
-      Reconnect();
-      return std::nullopt;
-    }
-    const auto deadline = Clock::now() + options_.request_timeout;
-    while (!stop.stop_requested() && Clock::now() < deadline) {
-      std::vector<zmq::pollitem_t> items = {{socket_->handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, std::chrono::milliseconds(100));
-      while (transport::TryRecvMultipart(*socket_, frames)) {
-        if (frames.size() != 1) continue;
-        auto env = codec::VerifyEnvelope(transport::View(frames[0]));
-        if (env.ok() && matches(**env)) return std::move(frames[0]);
-      }
-    }
-    if (!stop.stop_requested()) {
-      Log()->warn("client={} no reply from broker={} within {} ms; reconnecting", options_.client_id,
-                  options_.broker, options_.request_timeout.count());
-      Reconnect();
-    }
-    return std::nullopt;
-  }
-
-  // One fetch round trip. Returns the newer global, nullopt when `have` is current (or on a
-  // lost reply, which the next fetch repairs), or an error for an unusable global.
-  Result<std::optional<codec::DecodedGlobal>> Fetch(std::stop_token stop, int64_t have,
-                                                    Status* not_found = nullptr) {
-    auto reply = Request(stop, codec::BuildFetch(options_.adapter_id, have), [](const wire::Envelope& e) {
-      return e.body_type() == wire::Body::GlobalAdapter || e.body_type() == wire::Body::Announce ||
-             (e.body_type() == wire::Body::Error && IdOf(e.body_as_Error()->update_id()).empty());
-    });
-    if (!reply) return std::optional<codec::DecodedGlobal>();
-    const auto* env = wire::GetEnvelope(reply->data());
-    if (env->body_type() == wire::Body::Error) {
-      if (not_found) *not_found = codec::StatusFromError(*env->body_as_Error());
-      return std::optional<codec::DecodedGlobal>();
-    }
-    if (env->body_type() == wire::Body::Announce) return std::optional<codec::DecodedGlobal>();
-    ASSIGN_OR_RETURN(auto decoded, codec::DecodeGlobal(*env->body_as_GlobalAdapter()));
-    if (decoded.info.adapter_id != options_.adapter_id) {
-      return InvalidArgument(fmt::format("broker sent adapter '{}' for '{}'", decoded.info.adapter_id,
-                                         options_.adapter_id));
-    }
-    if (have >= 0 && decoded.info.version <= static_cast<uint64_t>(have)) {
-      return std::optional<codec::DecodedGlobal>();
-    }
-    Emit(Event(WorkerEvent::Kind::kFetched, decoded.info.version));
-    return std::optional<codec::DecodedGlobal>(std::move(decoded));
-  }
-
-  Result<std::optional<codec::DecodedGlobal>> FetchUntilAvailable(std::stop_token stop) {
-    auto backoff = std::chrono::milliseconds(200);
-    while (!stop.stop_requested()) {
-      Status not_found;
-      ASSIGN_OR_RETURN(auto g, Fetch(stop, -1, &not_found));
-      if (g) return g;
-      if (!not_found.ok()) {
-        Log()->info("client={} waiting for adapter={}: {}", options_.client_id, options_.adapter_id,
-                    not_found.message());
-      }
-      WaitFor(stop, backoff);
-      backoff = std::min(backoff * 2, options_.max_backoff);
-    }
-    return std::optional<codec::DecodedGlobal>();
-  }
-
-  Result<std::optional<codec::DecodedGlobal>> WaitForNewer(std::stop_token stop, uint64_t have) {
-    // An announcement wakes us early; a periodic fetch covers announcements lost to the PUB
-    // socket's slow-joiner window or a broker restart.
-    const auto until = Clock::now() + std::chrono::seconds(1);
-    std::vector<zmq::message_t> frames;
-    while (!stop.stop_requested() && Clock::now() < until) {
-      std::vector<zmq::pollitem_t> items = {{sub_->handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, std::chrono::milliseconds(100));
-      bool announced = false;
-      while (transport::TryRecvMultipart(*sub_, frames)) {
-        if (frames.size() != 2) continue;
-        auto env = codec::VerifyEnvelope(transport::View(frames[1]));
-        if (env.ok() && (*env)->body_type() == wire::Body::Announce &&
-            (*env)->body_as_Announce()->adapter_id()->string_view() == options_.adapter_id &&
-            (*env)->body_as_Announce()->version() > have) {
-          announced = true;
-        }
-      }
-      if (announced) break;
-    }
-    return Fetch(stop, static_cast<int64_t>(have));
+  // A newer global from the broker is announced to on_event.
+  Result<std::optional<codec::DecodedGlobal>> Fetched(Result<std::optional<codec::DecodedGlobal>> g) {
+    stats_.retries = client_->retries();
+    if (g.ok() && *g) Emit(Event(WorkerEvent::Kind::kFetched, (*g)->info.version));
+    return g;
   }
 
   // Returns false when the worker should stop (adapter final or stop requested).
   Result<bool> PublishUntilAcked(std::stop_token stop, const codec::UpdateHeader& header,
                                  const codec::Bytes& update, float loss) {
-    auto backoff = std::chrono::milliseconds(200);
-    const std::string& id = header.update_id;
-    while (!stop.stop_requested()) {
-      auto reply = Request(stop, update, [&id](const wire::Envelope& e) {
-        if (e.body_type() == wire::Body::Ack) return IdOf(e.body_as_Ack()->update_id()) == id;
-        if (e.body_type() == wire::Body::Error) return IdOf(e.body_as_Error()->update_id()) == id;
-        return false;
-      });
-      if (reply) {
-        const auto* env = wire::GetEnvelope(reply->data());
-        if (env->body_type() == wire::Body::Ack) {
-          const auto* ack = env->body_as_Ack();
-          stats_.updates_acked++;
-          if (!ack->duplicate()) stats_.bytes_uploaded += update.size();
-          WorkerEvent e = Event(WorkerEvent::Kind::kPublished, header.base_version);
-          e.update_id = id;
-          e.seq = ack->seq();
-          e.duplicate = ack->duplicate();
-          e.bytes = update.size();
-          e.train_loss = loss;
-          Emit(std::move(e));
-          return true;
-        }
-        const auto* err = env->body_as_Error();
-        Status s = codec::StatusFromError(*err);
-        if (s.code() == Code::kFailedPrecondition) {
-          Log()->info("client={} update={} not accepted: {}", options_.client_id, id, s.message());
-          return false;  // the adapter is final
-        }
-        if (err->retry_after_ms() == 0) {
-          Log()->error("client={} update={} rejected: {}", options_.client_id, id, s.ToString());
-          WorkerEvent e = Event(WorkerEvent::Kind::kRejected, header.base_version);
-          e.update_id = id;
-          e.status = s;
-          Emit(std::move(e));
-          return true;  // permanent: drop this update, train the next
-        }
-        backoff = std::chrono::milliseconds(err->retry_after_ms());
+    const PublishOutcome out = client_->PublishUntilAcked(stop, header.update_id, update);
+    stats_.retries = client_->retries();
+    switch (out.kind) {
+      case PublishOutcome::Kind::kAcked: {
+        stats_.updates_acked++;
+        if (!out.duplicate) stats_.bytes_uploaded += update.size();
+        WorkerEvent e = Event(WorkerEvent::Kind::kPublished, header.base_version);
+        e.update_id = header.update_id;
+        e.seq = out.seq;
+        e.duplicate = out.duplicate;
+        e.bytes = update.size();
+        e.train_loss = loss;
+        Emit(std::move(e));
+        return true;
       }
-      WaitFor(stop, backoff);
-      backoff = std::min(backoff * 2, options_.max_backoff);
+      case PublishOutcome::Kind::kRejected: {
+        WorkerEvent e = Event(WorkerEvent::Kind::kRejected, header.base_version);
+        e.update_id = header.update_id;
+        e.status = out.status;
+        Emit(std::move(e));
+        return true;  // permanent: drop this update, train the next
+      }
+      case PublishOutcome::Kind::kFinal:
+      case PublishOutcome::Kind::kStopped:
+        return false;
     }
     return false;
   }
@@ -371,8 +248,7 @@ class WorkerImpl final : public Worker {
   std::vector<size_t> shard_;
   std::string session_;
   zmq::context_t ctx_;
-  std::optional<zmq::socket_t> socket_;
-  std::optional<zmq::socket_t> sub_;
+  std::optional<BrokerClient> client_;
   std::unique_ptr<Model> model_;
   PersonalState personal_;  // fedsa: this client's B factors
   WorkerStats stats_;
