@@ -219,6 +219,32 @@ TEST(ReplayTest, AWhatIfWithAnotherKBuildsAnInternallyConsistentStore) {
   EXPECT_EQ(v1->applied[4].staleness, 0u);
 }
 
+TEST(ReplayTest, ALogAloneWithVersionZeroAndTheSettingsRebuildsTheVersions) {
+  Original original;
+  const EngineOptions k2 = Settings(2, false);
+  original.CommitVersionZero(k2);
+  original.Append(0, 8);
+  original.Aggregate(k2);
+
+  TempDir out_dir;
+  auto out = Original::OpenStore(out_dir.path("adapters"));
+  ReplayOptions ro;
+  ro.settings = [&](uint64_t, const std::string& recorded) -> Result<EngineOptions> {
+    EXPECT_TRUE(recorded.empty());  // nothing recorded without the original store
+    return k2;
+  };
+  ro.stop_at_original_final = false;
+  auto missing = Replay(*original.log, nullptr, *out, ro);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), Code::kFailedPrecondition);
+  ro.initial = InitialAdapter{SmallSpec(), FilledState(SmallSpec(), 0.5f)};
+  auto report = Replay(*original.log, nullptr, *out, ro);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->versions, 4u);
+  EXPECT_FALSE(report->original_last);
+  for (uint64_t v = 0; v <= 4; ++v) EXPECT_EQ(Hash(*out, v), Hash(*original.store, v)) << "version " << v;
+}
+
 TEST(ReplayTest, RefusesAnOutputStoreThatAlreadyHoldsTheAdapterAndUnknownSettings) {
   Original original;
   original.CommitVersionZero(Settings(2, false));
