@@ -3,11 +3,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include <list>
 #include <zmq.hpp>
 
 #include "aggregator/commit.h"
-#include "schema/hash.h"
 #include "schema/transport.h"
 #include "storage/adapter_store.h"
 
@@ -22,16 +20,13 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-uint64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 class AggregatorImpl final : public Aggregator {
  public:
   AggregatorImpl(AggregatorOptions options, std::unique_ptr<storage::AdapterStore> store)
-      : options_(std::move(options)), store_(std::move(store)), socket_(ctx_, zmq::socket_type::dealer) {}
+      : options_(std::move(options)),
+        store_(std::move(store)),
+        bases_(*store_, options_.adapter_id),
+        socket_(ctx_, zmq::socket_type::dealer) {}
 
   Status Init() {
     ASSIGN_OR_RETURN(auto cursor, store_->GetCursor(options_.adapter_id));
@@ -45,7 +40,7 @@ class AggregatorImpl final : public Aggregator {
       ASSIGN_OR_RETURN(cursor, store_->GetCursor(options_.adapter_id));
     }
     auto resumed = ResumeEngine(*store_, options_.engine, options_.adapter_id,
-                                [this](uint64_t v) { return BaseVersion(v); });
+                                [this](uint64_t v) { return bases_.Get(v); });
     if (!resumed.ok()) {
       return resumed.status().WithContext(fmt::format("adapter '{}' in '{}'", options_.adapter_id, options_.store_path));
     }
@@ -118,12 +113,7 @@ class AggregatorImpl final : public Aggregator {
     RETURN_IF_ERROR(CheckStateMatchesSpec(options_.initial->spec, options_.initial->state)
                         .WithContext("initial adapter"));
     codec::VersionInfo info;
-    info.adapter_id = options_.adapter_id;
-    info.version = 0;
-    info.mode = options_.engine.mode;
-    info.method = std::string(MethodName(options_.engine.method.method));
-    info.server_optimizer = std::string(ServerOptimizerName(options_.engine.server_optimizer.kind));
-    info.content_hash = ToHex(HashAdapter(options_.initial->state));
+    FillVersionZero(info, options_.adapter_id, options_.engine, options_.initial->state);
     return CommitVersion(info, options_.initial->spec, options_.initial->state, false);
   }
 
@@ -148,19 +138,6 @@ class AggregatorImpl final : public Aggregator {
     return Status::Ok();
   }
 
-  Result<std::shared_ptr<const AdapterState>> BaseVersion(uint64_t version) {
-    for (auto it = cache_.begin(); it != cache_.end(); ++it) {
-      if (it->first == version) {
-        cache_.splice(cache_.begin(), cache_, it);
-        return it->second;
-      }
-    }
-    ASSIGN_OR_RETURN(auto decoded, storage::ReadVersion(*store_, options_.adapter_id, version));
-    auto state = std::make_shared<const AdapterState>(std::move(decoded.state));
-    cache_.emplace_front(version, state);
-    if (cache_.size() > 4) cache_.pop_back();
-    return state;
-  }
 
   void Send(codec::Bytes&& body) {
     std::vector<zmq::message_t> frames;
@@ -251,11 +228,11 @@ class AggregatorImpl final : public Aggregator {
 
   AggregatorOptions options_;
   std::unique_ptr<storage::AdapterStore> store_;
+  VersionCache bases_;
   zmq::context_t ctx_;
   zmq::socket_t socket_;
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<const std::string> latest_global_;
-  std::list<std::pair<uint64_t, std::shared_ptr<const AdapterState>>> cache_;
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> finished_{false};
   bool final_ = false;

@@ -2,8 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
+
 #include "aggregator/engine_config.h"
 #include "aggregator/server_state.h"
+#include "schema/hash.h"
 
 namespace fedlora::aggregator {
 
@@ -28,6 +31,35 @@ Result<std::shared_ptr<const std::string>> CommitVersion(storage::AdapterStore& 
   RETURN_IF_ERROR(store.Commit({info.adapter_id, info.version, info.consumed_seq, codec::AsBytes(global),
                                 codec::AsBytes(record), codec::AsBytes(server_state)}));
   return std::make_shared<const std::string>(reinterpret_cast<const char*>(global.data()), global.size());
+}
+
+uint64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void FillVersionZero(codec::VersionInfo& info, const std::string& adapter_id, const EngineOptions& options,
+                     const AdapterState& state) {
+  info.adapter_id = adapter_id;
+  info.version = 0;
+  info.mode = options.mode;
+  info.method = std::string(MethodName(options.method.method));
+  info.server_optimizer = std::string(ServerOptimizerName(options.server_optimizer.kind));
+  info.content_hash = ToHex(HashAdapter(state));
+}
+
+Result<std::shared_ptr<const AdapterState>> VersionCache::Get(uint64_t version) {
+  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+    if (it->first == version) {
+      entries_.splice(entries_.begin(), entries_, it);
+      return it->second;
+    }
+  }
+  ASSIGN_OR_RETURN(codec::DecodedGlobal decoded, storage::ReadVersion(store_, adapter_id_, version));
+  auto state = std::make_shared<const AdapterState>(std::move(decoded.state));
+  entries_.emplace_front(version, state);
+  if (entries_.size() > capacity_) entries_.pop_back();
+  return state;
 }
 
 Result<ResumedEngine> ResumeEngine(storage::AdapterStore& store, const EngineOptions& options,

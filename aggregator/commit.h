@@ -5,8 +5,10 @@
 // Thread safety: as the store's Commit (serialised).
 #pragma once
 
+#include <list>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "aggregator/engine.h"
 #include "schema/codec.h"
@@ -23,6 +25,29 @@ Result<std::shared_ptr<const std::string>> CommitVersion(storage::AdapterStore& 
                                                          const Engine* engine, codec::VersionInfo& info,
                                                          const AdapterSpec& spec, const AdapterState& state,
                                                          bool final);
+
+// Milliseconds since the Unix epoch (commit times of versions).
+uint64_t NowUnixMs();
+
+// The record fields of version 0 of `state` under `options` (identity, method, content hash).
+void FillVersionZero(codec::VersionInfo& info, const std::string& adapter_id, const EngineOptions& options,
+                     const AdapterState& state);
+
+// The last few versions read back from a store, for the engine's base lookups (FedAsync's
+// x_base, the product-space methods' base factors): stale updates mostly name recent versions.
+// Thread safety: one thread.
+class VersionCache {
+ public:
+  VersionCache(storage::AdapterStore& store, std::string adapter_id, size_t capacity = 4)
+      : store_(store), adapter_id_(std::move(adapter_id)), capacity_(capacity) {}
+  Result<std::shared_ptr<const AdapterState>> Get(uint64_t version);
+
+ private:
+  storage::AdapterStore& store_;
+  std::string adapter_id_;
+  size_t capacity_;
+  std::list<std::pair<uint64_t, std::shared_ptr<const AdapterState>>> entries_;  // most recent first
+};
 
 struct ResumedEngine {
   std::unique_ptr<Engine> engine;

@@ -4,13 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
-#include <list>
 #include <utility>
 
 #include "aggregator/commit.h"
 #include "aggregator/engine_config.h"
 #include "aggregator/server_state.h"
-#include "schema/hash.h"
 
 namespace fedlora::aggregator {
 namespace {
@@ -18,36 +16,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-uint64_t NowUnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-// Earlier versions of the replayed store, for FedAsync's and the product-space methods' bases.
-class BaseCache {
- public:
-  BaseCache(storage::AdapterStore& store, std::string adapter_id) : store_(store), adapter_id_(std::move(adapter_id)) {}
-
-  Result<std::shared_ptr<const AdapterState>> Get(uint64_t version) {
-    for (auto it = cache_.begin(); it != cache_.end(); ++it) {
-      if (it->first == version) {
-        cache_.splice(cache_.begin(), cache_, it);
-        return it->second;
-      }
-    }
-    ASSIGN_OR_RETURN(codec::DecodedGlobal decoded, storage::ReadVersion(store_, adapter_id_, version));
-    auto state = std::make_shared<const AdapterState>(std::move(decoded.state));
-    cache_.emplace_front(version, state);
-    if (cache_.size() > 4) cache_.pop_back();
-    return state;
-  }
-
- private:
-  storage::AdapterStore& store_;
-  std::string adapter_id_;
-  std::list<std::pair<uint64_t, std::shared_ptr<const AdapterState>>> cache_;
-};
 
 class Replayer {
  public:
@@ -158,12 +126,7 @@ class Replayer {
     } else {
       return FailedPrecondition("replay without an original store needs the initial adapter (version 0)");
     }
-    info.adapter_id = id;
-    info.version = 0;
-    info.mode = options_now_.mode;
-    info.method = std::string(MethodName(options_now_.method.method));
-    info.server_optimizer = std::string(ServerOptimizerName(options_now_.server_optimizer.kind));
-    info.content_hash = ToHex(HashAdapter(state));
+    FillVersionZero(info, id, options_now_, state);
     info.commit_unix_ms = NowUnixMs();
     ASSIGN_OR_RETURN(auto global, CommitVersion(out_, options_now_, nullptr, info, spec, state, false));
     Compare(info);
@@ -255,7 +218,7 @@ class Replayer {
   storage::AdapterStore* original_;
   storage::AdapterStore& out_;
   const ReplayOptions& options_;
-  BaseCache bases_;
+  VersionCache bases_;
   const Clock::time_point start_ = Clock::now();
   std::vector<codec::VersionInfo> original_records_;
   std::vector<uint64_t> consumed_;  // log position consumed by each replayed version
