@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/fixtures.h"
@@ -106,6 +107,15 @@ TEST_F(ReplayCli, AWhatIfWithAnotherKBuildsADifferentConsistentStore) {
     // Everything else as recorded: adam stays adam.
     EXPECT_NE(b[v]["config"].get<std::string>().find("--server-optimizer adam"), std::string::npos);
   }
+
+  // The same what-if from a settings file builds the same store.
+  const std::string file = dir_->path("k2.flags");
+  std::ofstream(file) << "# what if K were 2\n--buffer-size 2\n";
+  const json from_file = Json(std::string(kBinary) + " replay --json --no-eval --log " + Quote(store_) + " --out " +
+                              Quote(dir_->path("k2-file")) + " --config " + Quote(file));
+  EXPECT_EQ(from_file["settings"], json::array({"--buffer-size", "2"}));
+  EXPECT_EQ(from_file["last_hash"], report["last_hash"]);
+  EXPECT_EQ(from_file["last_version"], report["last_version"]);
 }
 
 TEST_F(ReplayCli, BadSettingsAndAnOccupiedOutputAreRefusedBeforeAnythingIsWritten) {
