@@ -71,32 +71,41 @@ class AggregatorImpl final : public Aggregator {
       return Status::Ok();
     }
     try {
-      transport::Configure(socket_, options_.hwm);
-      socket_.connect(options_.broker);
+      Connect();
     } catch (const zmq::error_t& e) {
       return InvalidArgument(fmt::format("connect to broker '{}': {}", options_.broker, e.what()));
     }
-    auto last_heard = std::chrono::steady_clock::now();
+    using Clock = std::chrono::steady_clock;
+    const auto interval = options_.heartbeat_interval;
+    auto reconnect_after = interval * options_.heartbeat_liveness;
+    last_heard_ = last_sent_ = Clock::now();
     Subscribe();
-    std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
     std::vector<zmq::message_t> frames;
     while (!stop.stop_requested() && !finished_) {
       try {
-        zmq::poll(items, options_.poll_interval);
+        std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+        zmq::poll(items, std::min(options_.poll_interval, interval));
         bool delivered = false;
         while (!finished_ && transport::TryRecvMultipart(socket_, frames)) {
+          last_heard_ = Clock::now();
+          reconnect_after = interval * options_.heartbeat_liveness;
           ASSIGN_OR_RETURN(bool progressed, Handle(frames));
           delivered |= progressed;
         }
-        const auto now = std::chrono::steady_clock::now();
+        const auto now = Clock::now();
         if (delivered) {
-          last_heard = now;
           SendCredit(false);
-        } else if (now - last_heard > options_.resubscribe_after) {
-          // Either nothing is published, or the broker restarted and forgot us: re-introduce
-          // ourselves; duplicates that this may cause are skipped by sequence number.
-          last_heard = now;
+        } else if (now - last_heard_ > reconnect_after) {
+          // Paranoid Pirate: the broker is gone (or unreachable). A fresh socket drops whatever
+          // the old one queued; resubscribing from our cursor resumes exactly where we are.
+          Log()->warn("broker={} silent for {} ms; reconnecting", options_.broker,
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard_).count());
+          Connect();
           Subscribe();
+          last_heard_ = now;
+          reconnect_after = std::min(reconnect_after * 2, interval * 8);
+        } else if (now - last_sent_ >= interval) {
+          Send(codec::BuildHeartbeat(broker_incarnation_));
         }
       } catch (const zmq::error_t& e) {
         if (e.num() == ETERM) break;
@@ -139,10 +148,19 @@ class AggregatorImpl final : public Aggregator {
   }
 
 
+  // A fresh DEALER to the broker (the previous one, if any, is closed with what it queued).
+  void Connect() {
+    socket_ = zmq::socket_t(ctx_, zmq::socket_type::dealer);
+    transport::Configure(socket_, options_.hwm);
+    security::ApplyClient(socket_, options_.keys);
+    socket_.connect(options_.broker);
+  }
+
   void Send(codec::Bytes&& body) {
     std::vector<zmq::message_t> frames;
     frames.push_back(transport::Frame(std::move(body)));
     if (!transport::SendMultipart(socket_, frames)) Log()->warn("broker queue full; message dropped");
+    last_sent_ = std::chrono::steady_clock::now();
   }
 
   void SendGlobal() {
@@ -157,6 +175,7 @@ class AggregatorImpl final : public Aggregator {
     std::vector<zmq::message_t> frames;
     frames.push_back(transport::Frame(latest_global_));
     transport::SendMultipart(socket_, frames);
+    last_sent_ = std::chrono::steady_clock::now();
   }
 
   void SendCredit(bool resubscribe) {
@@ -179,6 +198,16 @@ class AggregatorImpl final : public Aggregator {
     }
     if ((*env)->body_type() == wire::Body::Error) {
       Log()->warn("broker error: {}", codec::StatusFromError(*(*env)->body_as_Error()).ToString());
+      return false;
+    }
+    if ((*env)->body_type() == wire::Body::Heartbeat) {
+      const uint64_t incarnation = (*env)->body_as_Heartbeat()->incarnation();
+      if (broker_incarnation_ != 0 && incarnation != broker_incarnation_) {
+        // A restarted broker has forgotten our subscription.
+        Log()->info("broker restarted (new incarnation); resubscribing from seq={}", engine_->next_seq());
+        Subscribe();
+      }
+      broker_incarnation_ = incarnation;
       return false;
     }
     if ((*env)->body_type() != wire::Body::Deliver) return false;
@@ -233,6 +262,8 @@ class AggregatorImpl final : public Aggregator {
   zmq::socket_t socket_;
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<const std::string> latest_global_;
+  uint64_t broker_incarnation_ = 0;  // from the broker's heartbeats; 0 until the first
+  std::chrono::steady_clock::time_point last_heard_, last_sent_;
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> finished_{false};
   bool final_ = false;

@@ -25,6 +25,7 @@
 #include "aggregator/engine.h"
 #include "schema/adapter.h"
 #include "schema/codec.h"
+#include "schema/security.h"
 #include "schema/status.h"
 
 namespace fedlora::aggregator {
@@ -53,7 +54,13 @@ struct AggregatorOptions {
   uint32_t eval_every = 10;         // evaluate every N versions (0: never); always the final one
   Evaluator evaluate;               // optional
   std::optional<InitialAdapter> initial;  // version 0, used only when the store is empty
-  std::chrono::milliseconds resubscribe_after{2000};  // idle time before re-sending Credit+global
+  // Paranoid Pirate liveness: with nothing to send for an interval, send a Heartbeat; the broker
+  // answers each. Silence from the broker for interval x liveness means it is gone: reconnect on
+  // a fresh socket (backing off up to 8 intervals) and resubscribe. A heartbeat answer with a
+  // new broker incarnation means it restarted: resubscribe at once.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  int heartbeat_liveness = 3;
+  security::ClientKeys keys;  // CURVE keys when the broker is secured
   std::chrono::milliseconds poll_interval{100};
   int hwm = 1000;
   // Called on the aggregator thread after each durable commit.

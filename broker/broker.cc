@@ -3,7 +3,13 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
 #include <vector>
 #include <zmq.hpp>
 
@@ -36,11 +42,103 @@ struct AdapterEntry {
   uint64_t send_limit = 1;    // exclusive bound granted by the last Credit
 };
 
-// An update waiting for the group commit; its frames stay alive until acknowledged.
+using Clock = std::chrono::steady_clock;
+
+// An update admitted to the ingest queue; its frames stay alive until it is durable.
 struct PendingUpdate {
   zmq::message_t identity;
-  zmq::message_t payload;
-  const wire::Update* update = nullptr;
+  zmq::message_t payload;  // a verified Update envelope
+  const wire::Update& update() const { return *wire::GetEnvelope(payload.data())->body_as_Update(); }
+};
+
+// The log writer's answer for one update, sent back by the I/O thread.
+struct WrittenUpdate {
+  zmq::message_t identity;
+  std::string update_id;
+  size_t bytes = 0;
+  Result<storage::AppendOutcome> outcome;
+};
+
+// Per-client token bucket.
+struct Bucket {
+  double tokens = 0;
+  Clock::time_point refilled;
+};
+
+// ZAP (RFC 27) handler: authenticates every CURVE connection against the allowlist, by socket
+// domain ("workers", "aggregators", or "subscribers", which admits either role). Runs on its
+// own thread so that handshakes never wait for the broker's loop.
+class ZapHandler {
+ public:
+  ZapHandler(zmq::context_t& ctx, security::Allowlist allow, BrokerStats& stats)
+      : socket_(ctx, zmq::socket_type::rep), allow_(std::move(allow)), stats_(stats) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.bind("inproc://zeromq.zap.01");
+    thread_ = std::jthread([this](std::stop_token stop) { Serve(stop); });
+  }
+
+ private:
+  void Serve(std::stop_token stop) {
+    std::vector<zmq::message_t> frames;
+    std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    while (!stop.stop_requested()) {
+      try {
+        zmq::poll(items, std::chrono::milliseconds(100));
+        if (!transport::TryRecvMultipart(socket_, frames)) continue;
+        Answer(frames);
+      } catch (const zmq::error_t& e) {
+        if (e.num() == ETERM) return;
+        Log()->error("zap handler: {}", e.what());
+      }
+    }
+  }
+
+  void Answer(std::vector<zmq::message_t>& f) {
+    auto text = [&](size_t i) { return i < f.size() ? f[i].to_string() : std::string(); };
+    // version, request id, domain, address, routing id, mechanism, credentials...
+    std::string status = "400", reason = "not allowed", user;
+    const std::string domain = text(2), address = text(3), mechanism = text(5);
+    if (f.size() >= 7 && mechanism == "CURVE" && f[6].size() == 32) {
+      auto it = allow_.find(f[6].to_string());
+      if (it != allow_.end()) {
+        const bool role_ok = domain == "subscribers" ||
+                             (domain == "workers" && it->second.role == security::Role::kWorker) ||
+                             (domain == "aggregators" && it->second.role == security::Role::kAggregator);
+        if (role_ok) {
+          status = "200";
+          reason = "OK";
+          user = it->second.name;
+        } else {
+          reason = fmt::format("'{}' is listed as {}", it->second.name, security::RoleName(it->second.role));
+        }
+      } else {
+        reason = "key not in the allowlist";
+      }
+    } else {
+      reason = fmt::format("mechanism {} is not accepted", mechanism);
+    }
+    if (status != "200") {
+      stats_.auth_denied++;
+      char z85[41] = {0};
+      if (f.size() >= 7 && f[6].size() == 32) zmq_z85_encode(z85, static_cast<const uint8_t*>(f[6].data()), 32);
+      Log()->warn("refused connection domain={} address={} key={} reason=\"{}\"", domain, address, z85, reason);
+    }
+    std::vector<zmq::message_t> reply;
+    reply.emplace_back(std::string_view("1.0"));
+    reply.push_back(std::move(f[1]));
+    reply.emplace_back(std::string_view(status));
+    reply.emplace_back(std::string_view(reason));
+    reply.emplace_back(std::string_view(user));
+    reply.emplace_back();
+    for (size_t i = 0; i < reply.size(); ++i) {
+      socket_.send(reply[i], i + 1 < reply.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+
+  zmq::socket_t socket_;
+  security::Allowlist allow_;
+  BrokerStats& stats_;
+  std::jthread thread_;
 };
 
 class BrokerImpl final : public Broker {
@@ -50,10 +148,38 @@ class BrokerImpl final : public Broker {
         log_(std::move(log)),
         frontend_(ctx_, zmq::socket_type::router),
         backend_(ctx_, zmq::socket_type::router),
-        announce_(ctx_, zmq::socket_type::pub) {}
+        announce_(ctx_, zmq::socket_type::pub),
+        wake_rx_(ctx_, zmq::socket_type::pair),
+        wake_tx_(ctx_, zmq::socket_type::pair),
+        incarnation_(std::random_device{}() * 0x100000000ull + std::random_device{}()) {}
 
   Status Bind() {
+    if (!options_.curve && !options_.insecure) {
+      for (const auto* ep : {&options_.frontend, &options_.backend, &options_.announce}) {
+        if (!security::IsLoopback(*ep)) {
+          return InvalidArgument(fmt::format(
+              "'{}' is reachable from other machines, and this broker has no CURVE keys: give it --curve-secret "
+              "and --allow (docs/security.md), or pass --insecure to accept plaintext on purpose",
+              *ep));
+        }
+      }
+    }
     try {
+      if (options_.curve) {
+        if (!zmq_has("curve")) return Unimplemented("this libzmq was built without CURVE support");
+        // The handler must be bound before the first handshake, and enforced: without a
+        // handler libzmq would admit every key.
+        zap_.emplace(ctx_, options_.curve->allow, stats_);
+        security::ApplyServer(frontend_, options_.curve->server, "workers");
+        security::ApplyServer(backend_, options_.curve->server, "aggregators");
+        security::ApplyServer(announce_, options_.curve->server, "subscribers");
+        // Where libzmq has the (draft) option, also refuse handshakes if the handler were gone.
+        constexpr int kZapEnforceDomain = 93;  // ZMQ_ZAP_ENFORCE_DOMAIN
+        const int on = 1;
+        for (auto* s : {&frontend_, &backend_, &announce_}) {
+          (void)zmq_setsockopt(s->handle(), kZapEnforceDomain, &on, sizeof(on));
+        }
+      }
       for (auto* s : {&frontend_, &backend_}) {
         transport::Configure(*s, options_.hwm);
         s->set(zmq::sockopt::router_mandatory, 1);
@@ -63,6 +189,9 @@ class BrokerImpl final : public Broker {
         s->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * options_.max_message_bytes));
       }
       transport::Configure(announce_, options_.hwm);
+      const std::string wake = fmt::format("inproc://broker-wake-{}", static_cast<const void*>(this));
+      wake_rx_.bind(wake);
+      wake_tx_.connect(wake);
       frontend_.bind(options_.frontend);
       backend_.bind(options_.backend);
       announce_.bind(options_.announce);
@@ -79,25 +208,36 @@ class BrokerImpl final : public Broker {
   const BrokerStats& Stats() const override { return stats_; }
 
   Status Run(std::stop_token stop) override {
-    Log()->info("serving frontend={} backend={} announce={} log={}", endpoints_.frontend,
-                endpoints_.backend, endpoints_.announce, options_.log_path);
+    Log()->info("serving frontend={} backend={} announce={} log={} curve={}", endpoints_.frontend,
+                endpoints_.backend, endpoints_.announce, options_.log_path, options_.curve ? "on" : "off");
+    std::jthread writer([this](std::stop_token s) { WriteLoop(s); });
     std::vector<zmq::pollitem_t> items = {{frontend_.handle(), 0, ZMQ_POLLIN, 0},
-                                          {backend_.handle(), 0, ZMQ_POLLIN, 0}};
-    while (!stop.stop_requested()) {
+                                          {backend_.handle(), 0, ZMQ_POLLIN, 0},
+                                          {wake_rx_.handle(), 0, ZMQ_POLLIN, 0}};
+    const auto timeout = std::min(options_.poll_interval, options_.heartbeat_interval);
+    Status failure;
+    while (!stop.stop_requested() && failure.ok()) {
       try {
-        zmq::poll(items, options_.poll_interval);
+        zmq::poll(items, timeout);
+        if (items[2].revents & ZMQ_POLLIN) AnswerWritten();
         if (items[1].revents & ZMQ_POLLIN) DrainBackend();
         if (items[0].revents & ZMQ_POLLIN) DrainFrontend();
-        RETURN_IF_ERROR(Dispatch());
+        ExpireSilentAggregators();
+        failure = Dispatch();
       } catch (const zmq::error_t& e) {
         if (e.num() == ETERM) break;
         // A socket-level failure is not the sender's fault and not fatal: log it and go on.
         Log()->error("zeromq error={}", e.what());
       }
     }
-    Log()->info("stopped logged={} rejected={} duplicates={}", stats_.updates_logged.load(),
-                stats_.messages_rejected.load(), stats_.updates_duplicate.load());
-    return Status::Ok();
+    // Whatever was admitted is still written and answered, so a clean stop loses no reply.
+    writer.request_stop();
+    queue_cv_.notify_all();
+    writer.join();
+    AnswerWritten();
+    Log()->info("stopped logged={} rejected={} duplicates={} retry_later={}", stats_.updates_logged.load(),
+                stats_.messages_rejected.load(), stats_.updates_duplicate.load(), stats_.retry_later.load());
+    return failure;
   }
 
  private:
@@ -145,12 +285,11 @@ class BrokerImpl final : public Broker {
 
   // --- workers --------------------------------------------------------------------------
 
+  // Reads what the frontend has queued (bounded, so the backend is never starved): fetches are
+  // answered at once; valid updates join the ingest queue for the log writer.
   void DrainFrontend() {
-    std::vector<PendingUpdate> pending;
-    size_t pending_bytes = 0;
     std::vector<zmq::message_t> frames;
-    while (pending.size() < options_.max_batch && pending_bytes < options_.max_batch_bytes &&
-           transport::TryRecvMultipart(frontend_, frames)) {
+    for (size_t n = 0; n < options_.max_batch && transport::TryRecvMultipart(frontend_, frames); ++n) {
       if (frames.size() != 2) {
         if (!frames.empty()) {
           Reject(frontend_, frames[0],
@@ -165,25 +304,17 @@ class BrokerImpl final : public Broker {
       }
       const wire::Envelope* e = *env;
       switch (e->body_type()) {
-        case wire::Body::Update: {
-          const auto* u = e->body_as_Update();
-          Status s = CheckUpdate(*u);
-          if (!s.ok()) {
-            const uint32_t retry = s.code() == Code::kNotFound ? 1000 : 0;
-            Reject(frontend_, frames[0], s, u->update_id()->string_view(), retry);
-            continue;
-          }
-          pending_bytes += frames[1].size();
-          pending.push_back({std::move(frames[0]), std::move(frames[1]), nullptr});
-          // Re-derive the view: a moved message may hold its bytes inline.
-          pending.back().update = wire::GetEnvelope(pending.back().payload.data())->body_as_Update();
+        case wire::Body::Update:
+          Admit(frames);
           break;
-        }
         case wire::Body::Fetch:
           HandleFetch(frames[0], *e->body_as_Fetch());
           break;
         case wire::Body::Hello:
           Reply(frontend_, frames[0], codec::BuildHello(wire::Role::Broker, "broker"));
+          break;
+        case wire::Body::Heartbeat:
+          Reply(frontend_, frames[0], codec::BuildHeartbeat(incarnation_));
           break;
         default:
           Reject(frontend_, frames[0],
@@ -191,7 +322,92 @@ class BrokerImpl final : public Broker {
                                              codec::BodyName(e->body_type()))));
       }
     }
-    if (!pending.empty()) CommitBatch(pending);
+  }
+
+  // The authenticated name of the connection a message came on (CURVE), or "".
+  static std::string_view UserId(zmq::message_t& m) {
+    const char* id = zmq_msg_gets(m.handle(), "User-Id");
+    return id ? std::string_view(id) : std::string_view();
+  }
+
+  void Admit(std::vector<zmq::message_t>& frames) {
+    const auto& u = *wire::GetEnvelope(frames[1].data())->body_as_Update();
+    const std::string_view id = u.update_id()->string_view();
+    Status s = CheckUpdate(u);
+    if (!s.ok()) {
+      Reject(frontend_, frames[0], s, id, s.code() == Code::kNotFound ? 1000 : 0);
+      return;
+    }
+    std::string_view who = u.client_id()->string_view();
+    if (options_.curve) {
+      const std::string_view user = UserId(frames[1]);
+      if (user != who) {
+        Reject(frontend_, frames[0],
+               PermissionDenied(fmt::format("this connection is authenticated as '{}' and cannot publish as '{}'",
+                                            user, who)),
+               id);
+        return;
+      }
+    }
+    if (uint32_t wait_ms = Throttle(who); wait_ms > 0) {
+      stats_.rate_limited++;
+      Reject(frontend_, frames[0],
+             ResourceExhausted(fmt::format("client '{}' is over its rate limit of {:g} updates/s", who,
+                                           options_.max_updates_per_s)),
+             id, wait_ms);
+      return;
+    }
+    const size_t size = frames[1].size();
+    uint64_t saturated_at = 0;  // the queue's size when it had no room, or 0
+    {
+      std::lock_guard lock(queue_mu_);
+      // An empty queue always admits, so one update never waits on a limit below its own size.
+      if (queued_bytes_ > 0 && queued_bytes_ + size > options_.ingest_queue_bytes) {
+        saturated_at = queued_bytes_;
+      } else {
+        queued_bytes_ += size;
+        stats_.ingest_queue_bytes = queued_bytes_;
+        if (queued_bytes_ > stats_.ingest_queue_peak) stats_.ingest_queue_peak = queued_bytes_;
+        queue_.push_back({std::move(frames[0]), std::move(frames[1])});
+      }
+    }
+    if (saturated_at == 0) {
+      queue_cv_.notify_one();
+      return;
+    }
+    stats_.retry_later++;
+    const auto retry = static_cast<uint32_t>(std::clamp<int64_t>(2 * last_commit_ms_.load() + 10, 20, 2000));
+    Reject(frontend_, frames[0],
+           ResourceExhausted(fmt::format("ingest is saturated: {:.1f} MiB wait for the log (limit {:.1f} MiB); "
+                                         "retry later",
+                                         saturated_at / 1048576.0, options_.ingest_queue_bytes / 1048576.0)),
+           id, retry);
+  }
+
+  // 0 when `client` may publish now; otherwise the milliseconds until its next token.
+  uint32_t Throttle(std::string_view client) {
+    const double rate = options_.max_updates_per_s;
+    if (rate <= 0) return 0;
+    const double burst = std::max(1.0, rate);
+    const auto now = Clock::now();
+    auto refill = [&](const Bucket& b) {
+      return std::min(burst, b.tokens + rate * std::chrono::duration<double>(now - b.refilled).count());
+    };
+    if (buckets_.size() >= bucket_sweep_at_ && !buckets_.contains(std::string(client))) {
+      // Forget clients whose buckets are full again: the table stays as large as the set of
+      // clients publishing at their limit, not of every id ever seen.
+      std::erase_if(buckets_, [&](const auto& kv) { return refill(kv.second) >= burst; });
+      bucket_sweep_at_ = std::max<size_t>(4096, 2 * buckets_.size());
+    }
+    auto [it, fresh] = buckets_.try_emplace(std::string(client), Bucket{burst, now});
+    Bucket& b = it->second;
+    b.tokens = refill(b);
+    b.refilled = now;
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return 0;
+    }
+    return static_cast<uint32_t>(std::ceil((1 - b.tokens) / rate * 1000));
   }
 
   Status CheckUpdate(const wire::Update& u) {
@@ -204,34 +420,83 @@ class BrokerImpl final : public Broker {
       return FailedPrecondition(fmt::format("adapter '{}' is final (version {}): training has ended",
                                             u.adapter_id()->string_view(), it->second.version));
     }
-    return ValidateUpdate(u, it->second.spec, it->second.version);
+    ValidationLimits limits;
+    limits.max_update_norm = options_.max_update_norm;
+    return ValidateUpdate(u, it->second.spec, it->second.version, limits);
   }
 
-  void CommitBatch(std::vector<PendingUpdate>& pending) {
-    std::vector<storage::LogAppend> items;
-    items.reserve(pending.size());
-    for (const auto& p : pending) {
-      items.push_back({p.update->adapter_id()->string_view(), p.update->client_id()->string_view(),
-                       p.update->update_id()->string_view(), transport::View(p.payload)});
+  // The log writer thread: takes what the queue holds (up to one batch), appends it with one
+  // synced write, and hands the outcomes to the I/O thread. Exits once stop is requested and
+  // the queue is empty.
+  void WriteLoop(std::stop_token stop) {
+    while (true) {
+      std::vector<PendingUpdate> batch;
+      size_t bytes = 0;
+      {
+        std::unique_lock lock(queue_mu_);
+        queue_cv_.wait(lock, stop, [&] { return !queue_.empty(); });
+        if (queue_.empty()) return;
+        while (!queue_.empty() && batch.size() < options_.max_batch &&
+               (batch.empty() || bytes + queue_.front().payload.size() <= options_.max_batch_bytes)) {
+          bytes += queue_.front().payload.size();
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+      std::vector<storage::LogAppend> items;
+      items.reserve(batch.size());
+      for (const auto& p : batch) {
+        const auto& u = p.update();
+        items.push_back({u.adapter_id()->string_view(), u.client_id()->string_view(), u.update_id()->string_view(),
+                         transport::View(p.payload)});
+      }
+      const auto started = Clock::now();
+      auto results = log_->AppendBatch(items);
+      last_commit_ms_ =
+          std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+      stats_.group_commits++;
+      std::vector<WrittenUpdate> written;
+      written.reserve(batch.size());
+      for (size_t i = 0; i < batch.size(); ++i) {
+        written.push_back({std::move(batch[i].identity), std::string(items[i].update_id), batch[i].payload.size(),
+                           std::move(results[i])});
+      }
+      batch.clear();  // the payloads are on disk: release them before the queue admits more
+      {
+        std::lock_guard lock(queue_mu_);
+        queued_bytes_ -= bytes;
+        stats_.ingest_queue_bytes = queued_bytes_;
+        for (auto& w : written) written_.push_back(std::move(w));
+      }
+      zmq::message_t ping;
+      (void)wake_tx_.send(ping, zmq::send_flags::dontwait);  // a full pipe already means "wake up"
     }
-    auto results = log_->AppendBatch(items);
-    stats_.group_commits++;
-    for (size_t i = 0; i < pending.size(); ++i) {
-      const auto update_id = pending[i].update->update_id()->string_view();
-      if (!results[i].ok()) {
-        const Status& s = results[i].status();
+  }
+
+  // Sends the acknowledgements (or errors) of everything the log writer has finished.
+  void AnswerWritten() {
+    zmq::message_t ping;
+    while (wake_rx_.recv(ping, zmq::recv_flags::dontwait)) {
+    }
+    std::vector<WrittenUpdate> written;
+    {
+      std::lock_guard lock(queue_mu_);
+      written.swap(written_);
+    }
+    for (auto& w : written) {
+      if (!w.outcome.ok()) {
+        const Status& s = w.outcome.status();
         const bool transient = s.code() == Code::kUnavailable || s.code() == Code::kResourceExhausted;
-        Reject(frontend_, pending[i].identity, s, update_id, transient ? 500 : 0);
+        Reject(frontend_, w.identity, s, w.update_id, transient ? 500 : 0);
         continue;
       }
-      if (results[i]->duplicate) {
+      if (w.outcome->duplicate) {
         stats_.updates_duplicate++;
       } else {
         stats_.updates_logged++;
-        stats_.bytes_logged += pending[i].payload.size();
+        stats_.bytes_logged += w.bytes;
       }
-      Reply(frontend_, pending[i].identity,
-            codec::BuildAck(update_id, results[i]->seq, results[i]->duplicate));
+      Reply(frontend_, w.identity, codec::BuildAck(w.update_id, w.outcome->seq, w.outcome->duplicate));
     }
   }
 
@@ -260,6 +525,8 @@ class BrokerImpl final : public Broker {
   void DrainBackend() {
     std::vector<zmq::message_t> frames;
     while (transport::TryRecvMultipart(backend_, frames)) {
+      if (frames.empty()) continue;
+      last_heard_[frames[0].to_string()] = Clock::now();
       if (frames.size() != 2) continue;
       auto env = codec::VerifyEnvelope(transport::View(frames[1]), options_.max_message_bytes);
       if (!env.ok()) {
@@ -278,6 +545,9 @@ class BrokerImpl final : public Broker {
           Log()->info("aggregator connected name={}", e->body_as_Hello()->client_id()
                                                           ? e->body_as_Hello()->client_id()->str()
                                                           : "");
+          break;
+        case wire::Body::Heartbeat:
+          Reply(backend_, frames[0], codec::BuildHeartbeat(incarnation_));
           break;
         default:
           Reply(backend_, frames[0],
@@ -321,6 +591,26 @@ class BrokerImpl final : public Broker {
     transport::SendMultipart(announce_, frames);
   }
 
+  // An aggregator that has sent nothing (not even a heartbeat) for interval x liveness is
+  // presumed dead: its subscriptions are dropped, so nothing more is sent into the void, and
+  // whichever aggregator subscribes next (a restarted or a standby process) takes over.
+  void ExpireSilentAggregators() {
+    const auto now = Clock::now();
+    if (now - last_expiry_check_ < options_.heartbeat_interval) return;
+    last_expiry_check_ = now;
+    const auto limit = options_.heartbeat_interval * options_.heartbeat_liveness;
+    for (auto& [adapter, e] : adapters_) {
+      if (e.owner.empty()) continue;
+      auto it = last_heard_.find(e.owner);
+      if (it != last_heard_.end() && now - it->second <= limit) continue;
+      Log()->warn("adapter={} aggregator silent for more than {} ms: subscription dropped until one resubscribes",
+                  adapter, std::chrono::duration_cast<std::chrono::milliseconds>(limit).count());
+      stats_.aggregators_expired++;
+      e.owner.clear();
+    }
+    std::erase_if(last_heard_, [&](const auto& kv) { return now - kv.second > limit; });
+  }
+
   Status Dispatch() {
     for (auto& [adapter, e] : adapters_) {
       if (e.owner.empty()) continue;
@@ -349,12 +639,27 @@ class BrokerImpl final : public Broker {
   BrokerOptions options_;
   std::unique_ptr<storage::UpdateLog> log_;
   zmq::context_t ctx_;
+  BrokerStats stats_;
+  std::optional<ZapHandler> zap_;  // before the sockets it authenticates, after the context
   zmq::socket_t frontend_;
   zmq::socket_t backend_;
   zmq::socket_t announce_;
+  zmq::socket_t wake_rx_;  // I/O thread: the log writer has answers
+  zmq::socket_t wake_tx_;  // log writer thread
+  const uint64_t incarnation_;
   BrokerEndpoints endpoints_;
-  BrokerStats stats_;
   std::map<std::string, AdapterEntry> adapters_;
+  std::unordered_map<std::string, Bucket> buckets_;
+  size_t bucket_sweep_at_ = 4096;
+  std::unordered_map<std::string, Clock::time_point> last_heard_;  // aggregator identity -> last message
+  Clock::time_point last_expiry_check_ = Clock::now();
+  // Shared with the log writer.
+  std::mutex queue_mu_;
+  std::condition_variable_any queue_cv_;
+  std::deque<PendingUpdate> queue_;
+  size_t queued_bytes_ = 0;  // queued or inside the batch being written
+  std::vector<WrittenUpdate> written_;
+  std::atomic<int64_t> last_commit_ms_{0};
 };
 
 }  // namespace

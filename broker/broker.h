@@ -10,17 +10,26 @@
 //    committed global back, which the broker keeps and serves.
 //  - announce (PUB `announce`): every new global version is announced to workers.
 //
-// docs/protocol.md describes every message. The broker has no LibTorch and one thread: Run()
-// owns all sockets. Thread safety: Stats() may be called from any thread.
+// docs/protocol.md describes every message. The broker has no LibTorch and three threads: Run()
+// owns every socket and does all validation; a log writer turns the admitted updates into
+// synced group commits (while it fsyncs, Run() keeps receiving, fetching and dispatching, and
+// what arrives meanwhile forms the next batch); with CURVE on, a ZAP handler authenticates
+// each connection against the allowlist. Memory is bounded: updates admitted but not yet
+// durable never exceed ingest_queue_bytes (beyond it senders get RESOURCE_EXHAUSTED with a
+// retry delay), every socket has a high-water mark, and aggregators receive only what their
+// credit window allows (the log absorbs any backlog on disk).
+// Thread safety: Stats() may be called from any thread.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 
+#include "schema/security.h"
 #include "schema/status.h"
 
 namespace fedlora::broker {
@@ -39,6 +48,27 @@ struct BrokerOptions {
   size_t deliver_max_bytes = 8u << 20;  // most record bytes in one Deliver message
   int hwm = 1000;                       // ZeroMQ high-water mark of every socket
   std::chrono::milliseconds poll_interval{100};
+  // Bytes of updates admitted but not yet durable (queued for, or inside, a group commit).
+  // An update that would exceed it is refused RESOURCE_EXHAUSTED with retry_after_ms.
+  size_t ingest_queue_bytes = 128u << 20;
+  // > 0: updates per second each client may publish (token bucket, a burst of one second's
+  // worth); beyond it RESOURCE_EXHAUSTED with retry_after_ms. Keyed by the authenticated name
+  // under CURVE, by client_id otherwise.
+  double max_updates_per_s = 0;
+  // > 0: refuse updates whose L2 norm exceeds this (INVALID_ARGUMENT).
+  double max_update_norm = 0;
+  // Paranoid Pirate liveness: an aggregator silent for interval x liveness loses its
+  // subscription (a restarted or standby aggregator takes over with a resubscribing Credit).
+  std::chrono::milliseconds heartbeat_interval{1000};
+  int heartbeat_liveness = 3;
+  // CURVE: encrypt every socket and admit only the allowlist's keys. Without it the broker
+  // binds only loopback endpoints unless `insecure` is set.
+  struct Curve {
+    security::KeyPair server;
+    security::Allowlist allow;
+  };
+  std::optional<Curve> curve;
+  bool insecure = false;  // allow plaintext on non-loopback endpoints
 };
 
 struct BrokerStats {
@@ -49,6 +79,12 @@ struct BrokerStats {
   std::atomic<uint64_t> group_commits{0};
   std::atomic<uint64_t> fetches{0};
   std::atomic<uint64_t> records_delivered{0};
+  std::atomic<uint64_t> retry_later{0};     // refused because the ingest queue was full
+  std::atomic<uint64_t> rate_limited{0};    // refused by the per-client rate limit
+  std::atomic<uint64_t> auth_denied{0};     // connections refused by the allowlist
+  std::atomic<uint64_t> aggregators_expired{0};  // subscriptions dropped for silence
+  std::atomic<uint64_t> ingest_queue_bytes{0};   // now
+  std::atomic<uint64_t> ingest_queue_peak{0};    // the most ever
 };
 
 struct BrokerEndpoints {
@@ -60,7 +96,8 @@ struct BrokerEndpoints {
 class Broker {
  public:
   // Opens the update log and binds the sockets. Errors: kUnavailable (address in use, store
-  // cannot be opened), kInvalidArgument (bad endpoint).
+  // cannot be opened), kInvalidArgument (bad endpoint, or a non-loopback endpoint without
+  // CURVE or `insecure`), kUnimplemented (CURVE asked of a libzmq without it).
   static Result<std::unique_ptr<Broker>> Create(const BrokerOptions& options);
   virtual ~Broker() = default;
 

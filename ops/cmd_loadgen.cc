@@ -39,6 +39,8 @@ struct LoadgenFlags {
   uint64_t seed = 1;
   std::string acked;
   bool json = false;
+  ClientKeyFlags keys;
+  security::ClientKeys loaded_keys;
 };
 
 struct Totals {
@@ -46,6 +48,7 @@ struct Totals {
   std::atomic<uint64_t> duplicates{0};
   std::atomic<uint64_t> rejected{0};
   std::atomic<uint64_t> bytes{0};
+  std::atomic<uint64_t> retry_later{0};  // "retry later" errors (saturated ingest, rate limit) waited out
   std::atomic<bool> final{false};
   std::mutex mu;                    // guards latencies and the acked file
   std::vector<double> latencies_ms;
@@ -61,7 +64,14 @@ Status RunClient(const LoadgenFlags& f, uint32_t index, zmq::context_t& ctx, Tot
   o.client_id = fmt::format("{}-{}", f.prefix, index);
   o.request_timeout = std::chrono::milliseconds(f.timeout_ms);
   o.max_backoff = std::chrono::milliseconds(std::max<uint32_t>(f.timeout_ms, 500));
+  o.keys = f.loaded_keys;
   worker::BrokerClient client(ctx, o);
+  // Counted when the client ends, however it ends.
+  struct CountRetries {
+    worker::BrokerClient& c;
+    Totals& t;
+    ~CountRetries() { t.retry_later += c.retry_laters(); }
+  } count_retries{client, totals};
   ASSIGN_OR_RETURN(auto global, client.FetchUntilAvailable(stop));
   if (!global) return Status::Ok();
   std::mt19937_64 rng(f.seed * 1000003u + index);
@@ -181,13 +191,15 @@ void RunLoadgen(const LoadgenFlags& f) {
     nlohmann::json j = {{"clients", f.clients},        {"acked", totals.acked.load()},
                         {"duplicates", totals.duplicates.load()}, {"rejected", totals.rejected.load()},
                         {"bytes", totals.bytes.load()},  {"seconds", seconds},
-                        {"updates_per_s", rate},         {"latency_ms_p50", Percentile(lat, 0.5)},
+                        {"updates_per_s", rate},         {"retry_later", totals.retry_later.load()},
+                        {"latency_ms_p50", Percentile(lat, 0.5)},
                         {"latency_ms_p99", Percentile(lat, 0.99)}, {"final", totals.final.load()}};
     fmt::print("{}\n", j.dump(2));
   } else {
-    fmt::print("loadgen: {} updates acknowledged ({} duplicates, {} rejected) from {} clients in {:.1f} s: {:.1f} "
-               "updates/s, {}/s; ack latency p50 {:.1f} ms, p99 {:.1f} ms{}\n",
-               totals.acked.load(), totals.duplicates.load(), totals.rejected.load(), f.clients, seconds, rate,
+    fmt::print("loadgen: {} updates acknowledged ({} duplicates, {} rejected, {} retry-later waits) from {} clients in "
+               "{:.1f} s: {:.1f} updates/s, {}/s; ack latency p50 {:.1f} ms, p99 {:.1f} ms{}\n",
+               totals.acked.load(), totals.duplicates.load(), totals.rejected.load(), totals.retry_later.load(),
+               f.clients, seconds, rate,
                HumanBytes(seconds > 0 ? static_cast<double>(totals.bytes) / seconds : 0), Percentile(lat, 0.5),
                Percentile(lat, 0.99), totals.final ? " (the adapter became final)" : "");
   }
@@ -220,8 +232,12 @@ void RegisterLoadgen(CLI::App& app) {
   cmd->add_option("--ack-log", f->acked,
                   "Append one JSON line {client_id, update_id, seq, duplicate} per acknowledgement, as it arrives");
   cmd->add_flag("--json", f->json, "Print the summary as JSON");
+  AddClientKeyFlags(cmd, f->keys);
   cmd->callback([f] {
     SetupLogging(false);
+    auto keys = security::LoadClientKeys(f->keys.broker_key, f->keys.key);
+    if (!keys.ok()) Fail("loadgen", keys.status(), 2);
+    f->loaded_keys = std::move(*keys);
     RunLoadgen(*f);
   });
 }

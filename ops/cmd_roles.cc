@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "broker/broker.h"
+#include "schema/security.h"
 #include "ops/commands.h"
 #include "ops/federation.h"
 #include "ops/flags.h"
@@ -22,6 +23,10 @@ void RegisterBroker(CLI::App& app) {
     broker::BrokerOptions options;
     bool no_sync = false;
     bool verbose = true;
+    std::string curve_secret;
+    std::string allow;
+    double ingest_queue_mib = 128;
+    int heartbeat_ms = 1000;
   };
   auto flags = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("broker", "Run the broker: ingest updates into the durable log, dispatch them "
@@ -33,10 +38,49 @@ void RegisterBroker(CLI::App& app) {
   cmd->add_option("--max-message-bytes", flags->options.max_message_bytes, "Reject larger messages")
       ->capture_default_str();
   cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync the log (unsafe: for benchmarks only)");
+  cmd->add_option("--ingest-queue-mib", flags->ingest_queue_mib,
+                  "Most MiB of updates admitted but not yet durable; beyond it publishers get RESOURCE_EXHAUSTED "
+                  "with a retry delay (the memory bound of ingest)")
+      ->check(CLI::Range(0.001, 65536.0))
+      ->capture_default_str();
+  cmd->add_option("--max-updates-per-s", flags->options.max_updates_per_s,
+                  "Per-client rate limit in updates/s, with a burst of one second's worth (0: none)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-update-norm", flags->options.max_update_norm,
+                  "Refuse updates whose L2 norm is larger (0: no bound)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--heartbeat-ms", flags->heartbeat_ms,
+                  "Heartbeat interval; an aggregator silent for 3 intervals loses its subscription")
+      ->check(CLI::Range(10, 600000))
+      ->capture_default_str();
+  cmd->add_option("--curve-secret", flags->curve_secret,
+                  "Turn on CURVE: this broker's secret key file (`fedlora keygen`); needs --allow")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--allow", flags->allow,
+                  "Allowlist of client keys, one `worker|aggregator NAME PUBLIC-KEY` per line (with --curve-secret)")
+      ->check(CLI::ExistingFile);
+  cmd->add_flag("--insecure", flags->options.insecure,
+                "Allow plaintext on endpoints other machines can reach (by default only loopback may be plaintext)");
   cmd->callback([flags] {
     SetupLogging(flags->verbose);
     flags->options.log_path = flags->store.log();
     flags->options.sync = !flags->no_sync;
+    flags->options.ingest_queue_bytes = static_cast<size_t>(flags->ingest_queue_mib * 1048576.0);
+    flags->options.heartbeat_interval = std::chrono::milliseconds(flags->heartbeat_ms);
+    if (flags->curve_secret.empty() != flags->allow.empty()) {
+      Fail("broker", InvalidArgument("--curve-secret and --allow go together: the key makes the broker a CURVE "
+                                     "server, the allowlist says which client keys it admits"), 2);
+    }
+    if (!flags->curve_secret.empty()) {
+      auto server = security::ReadKeyPair(flags->curve_secret);
+      if (!server.ok()) Fail("broker", server.status(), 2);
+      auto allow = security::ReadAllowlist(flags->allow);
+      if (!allow.ok()) Fail("broker", allow.status(), 2);
+      fmt::print("broker: CURVE on; public key {}; {} allowed keys\n", server->public_key, allow->size());
+      flags->options.curve = broker::BrokerOptions::Curve{std::move(*server), std::move(*allow)};
+    }
     auto broker = broker::Broker::Create(flags->options);
     if (!broker.ok()) Fail("broker", broker.status());
     const auto& ep = (*broker)->Endpoints();
@@ -46,8 +90,35 @@ void RegisterBroker(CLI::App& app) {
     Status s = RunUntilSignalled([&](std::stop_token stop) { return (*broker)->Run(stop); });
     if (!s.ok()) Fail("broker", s);
     const auto& st = (*broker)->Stats();
-    fmt::print("broker: stopped; updates logged={} duplicates={} rejected={}\n", st.updates_logged.load(),
-               st.updates_duplicate.load(), st.messages_rejected.load());
+    fmt::print("broker: stopped; updates logged={} duplicates={} rejected={} (retry-later {}, rate-limited {}) "
+               "refused connections={}\n",
+               st.updates_logged.load(), st.updates_duplicate.load(), st.messages_rejected.load(),
+               st.retry_later.load(), st.rate_limited.load(), st.auth_denied.load());
+  });
+}
+
+void RegisterKeygen(CLI::App& app) {
+  struct Flags {
+    std::string out;
+    std::string name;
+  };
+  auto flags = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand(
+      "keygen", "Make a CURVE key pair: OUT.key (secret, mode 0600) and OUT.pub (public). The broker takes its "
+                "own with --curve-secret; clients take theirs with --key and the broker's .pub with --broker-key; "
+                "client public keys go in the broker's --allow file");
+  cmd->add_option("--out", flags->out, "Path prefix of the two files (e.g. keys/worker-0)")->required();
+  cmd->add_option("--name", flags->name, "The identity the key stands for (default: the file name of --out)");
+  cmd->callback([flags] {
+    SetupLogging(false);
+    const std::string name =
+        flags->name.empty() ? std::filesystem::path(flags->out).filename().string() : flags->name;
+    auto keys = security::Generate();
+    if (!keys.ok()) Fail("keygen", keys.status());
+    if (Status s = security::WriteKeyFiles(flags->out, name, *keys); !s.ok()) Fail("keygen", s, 2);
+    fmt::print("keygen: wrote {0}.key (secret) and {0}.pub\n", flags->out);
+    fmt::print("keygen: public key {}\n", keys->public_key);
+    fmt::print("keygen: allowlist line for a worker: worker {} {}\n", name, keys->public_key);
   });
 }
 
@@ -59,6 +130,7 @@ void RegisterAggregator(CLI::App& app) {
     aggregator::AggregatorOptions options;
     size_t eval_samples = 2000;
     bool no_sync = false;
+    ClientKeyFlags keys;
   };
   auto flags = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("aggregator", "Run an aggregator: fold logged updates into new global versions "
@@ -75,11 +147,15 @@ void RegisterAggregator(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--window", flags->options.window, "Log records in flight from the broker")->capture_default_str();
   cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync commits (unsafe: for tests only)");
+  AddClientKeyFlags(cmd, flags->keys);
   AddTaskFlags(cmd, flags->task);
   AddEngineFlags(cmd, flags->engine);
   cmd->callback([flags] {
     SetupLogging(true);
     if (Status s = ResolveEngineFlags(flags->engine); !s.ok()) Fail("aggregator", s, 2);
+    auto keys = security::LoadClientKeys(flags->keys.broker_key, flags->keys.key);
+    if (!keys.ok()) Fail("aggregator", keys.status(), 2);
+    flags->options.keys = std::move(*keys);
     flags->task.full = flags->engine.engine.method.method == Method::kFull;
     SetTorchThreads(1);
     const std::string base = BasePath(flags->store.dir, flags->task.arch);
@@ -125,6 +201,7 @@ void RegisterWorker(CLI::App& app) {
     int index = 0;
     std::string base;
     std::string ack_log;
+    ClientKeyFlags keys;
   };
   auto flags = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("worker", "Run a training worker on its shard of the data: train, publish "
@@ -155,12 +232,16 @@ void RegisterWorker(CLI::App& app) {
   cmd->add_option("--client-rank-budget", flags->options.heterogeneity.rank_budget,
                   "lora-a2: this client's ranks per module (0: the adapter's)")
       ->capture_default_str();
+  AddClientKeyFlags(cmd, flags->keys);
   AddTaskFlags(cmd, flags->task);
   AddTrainingFlags(cmd, flags->options.training);
   cmd->callback([flags] {
     SetupLogging(true);
     SetTorchThreads(1);
     auto& o = flags->options;
+    auto keys = security::LoadClientKeys(flags->keys.broker_key, flags->keys.key);
+    if (!keys.ok()) Fail("worker", keys.status(), 2);
+    o.keys = std::move(*keys);
     if (o.client_id == "worker-0" && flags->index != 0) o.client_id = fmt::format("worker-{}", flags->index);
     o.base_path = flags->base.empty() ? BasePath(flags->store.dir, flags->task.arch) : flags->base;
     if (flags->index < 0 || flags->index >= flags->task.num_clients) {

@@ -221,6 +221,15 @@ std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 }  // namespace
 
+void AddClientKeyFlags(CLI::App* app, ClientKeyFlags& flags) {
+  app->add_option("--broker-key", flags.broker_key,
+                  "The secured broker's public key file (its .pub from `fedlora keygen`); needs --key")
+      ->check(CLI::ExistingFile);
+  app->add_option("--key", flags.key, "This client's secret key file (.key from `fedlora keygen`); its public key "
+                                      "must be in the broker's --allow list")
+      ->check(CLI::ExistingFile);
+}
+
 void InstallStopSignals() {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

@@ -54,6 +54,13 @@ std::vector<std::string> SplitFlags(std::string_view text);
 // AddEngineFlags' --dp-delta copies EngineOptions::dp_delta into training.dp.delta itself).
 void AddTrainingFlags(CLI::App* app, worker::WorkerTraining& training, bool delta_flag = true);
 
+// --broker-key FILE and --key FILE: CURVE keys of a client of a secured broker.
+struct ClientKeyFlags {
+  std::string broker_key;
+  std::string key;
+};
+void AddClientKeyFlags(CLI::App* app, ClientKeyFlags& flags);
+
 // Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process.
 void InstallStopSignals();
 bool StopSignalled();

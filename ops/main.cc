@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterInspect(app);
   fedlora::ops::RegisterReplay(app);
   fedlora::ops::RegisterLoadgen(app);
+  fedlora::ops::RegisterKeygen(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

@@ -333,6 +333,12 @@ Bytes BuildFetch(std::string_view adapter_id, int64_t have_version) {
   return Finish(b, wire::Body::Fetch, f.Union());
 }
 
+Bytes BuildHeartbeat(uint64_t incarnation) {
+  flatbuffers::FlatBufferBuilder b(64);
+  auto h = wire::CreateHeartbeat(b, incarnation);
+  return Finish(b, wire::Body::Heartbeat, h.Union());
+}
+
 Bytes BuildDeliver(std::string_view adapter_id, std::span<const uint64_t> seqs,
                    uint64_t log_head) {
   flatbuffers::FlatBufferBuilder b(128 + seqs.size() * 8);

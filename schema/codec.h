@@ -140,6 +140,7 @@ Bytes BuildAnnounce(std::string_view adapter_id, uint64_t version, std::string_v
                     bool final);
 Bytes BuildFetch(std::string_view adapter_id, int64_t have_version);
 Bytes BuildDeliver(std::string_view adapter_id, std::span<const uint64_t> seqs, uint64_t log_head);
+Bytes BuildHeartbeat(uint64_t incarnation);
 
 // Stored lineage of one version.
 struct LineageItem {

@@ -111,6 +111,7 @@ Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint6
   const auto* tensors = update.tensors();
   if (tensors == nullptr || tensors->size() == 0) return InvalidArgument("update carries no tensors");
   std::vector<bool> seen(spec.tensors.size(), false);
+  double sum_squares = 0;
   for (const auto* t : *tensors) {
     const std::string name = t->name()->str();
     const int idx = spec.Find(name);
@@ -126,6 +127,13 @@ Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint6
                                          fmt::join(shape, ","), fmt::join(ts.shape, ",")));
     }
     RETURN_IF_ERROR(ValidateTensorValues(*t, ts));
+    if (limits.max_update_norm > 0) {
+      for (float v : codec::DenseValues(*t)) sum_squares += static_cast<double>(v) * v;
+    }
+  }
+  if (limits.max_update_norm > 0 && std::sqrt(sum_squares) > limits.max_update_norm) {
+    return InvalidArgument(fmt::format("update norm {:.6g} exceeds the broker's bound {:.6g} (--max-update-norm)",
+                                       std::sqrt(sum_squares), limits.max_update_norm));
   }
   return Status::Ok();
 }

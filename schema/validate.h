@@ -16,12 +16,15 @@ namespace fedlora {
 
 struct ValidationLimits {
   size_t max_id_length = 128;
+  // > 0: refuse an update whose L2 norm over every value it carries is larger (a client that
+  // diverged, or one trying to dominate the average). 0: no bound.
+  double max_update_norm = 0;
 };
 
 // Checks identifiers (non-empty, bounded, printable, no NUL), that every tensor is one of
 // the spec's (each at most once) with the spec's shape and valid values (see
-// ValidateTensorValues), that num_samples > 0, and that base_version is not newer than
-// `latest_version`. Errors: kInvalidArgument / kUnimplemented, with a reason naming the field.
+// ValidateTensorValues), that num_samples > 0, that base_version is not newer than
+// `latest_version`, and that the update's norm is within limits.max_update_norm. Errors: kInvalidArgument / kUnimplemented, with a reason naming the field.
 Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint64_t latest_version,
                       const ValidationLimits& limits = {});
 

@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <random>
 #include <vector>
 
 #include "schema/transport.h"
@@ -40,10 +41,12 @@ BrokerClient::BrokerClient(zmq::context_t& ctx, BrokerClientOptions options) : c
 void BrokerClient::Connect() {
   socket_.emplace(ctx_, zmq::socket_type::dealer);
   transport::Configure(*socket_, options_.hwm);
+  security::ApplyClient(*socket_, options_.keys);
   socket_->connect(options_.broker);
   if (!sub_ && !options_.announce.empty()) {
     sub_.emplace(ctx_, zmq::socket_type::sub);
     transport::Configure(*sub_, options_.hwm);
+    security::ApplyClient(*sub_, options_.keys);
     sub_->set(zmq::sockopt::subscribe, options_.adapter_id);
     sub_->connect(options_.announce);
   }
@@ -175,7 +178,13 @@ PublishOutcome BrokerClient::PublishUntilAcked(std::stop_token stop, std::string
         out.kind = PublishOutcome::Kind::kRejected;
         return out;
       }
-      backoff = std::chrono::milliseconds(err->retry_after_ms());
+      // The broker said when. Up to 50% jitter keeps clients refused together from returning
+      // together; no doubling on top.
+      retry_laters_++;
+      thread_local std::mt19937 rng(std::random_device{}());
+      const double jitter = std::uniform_real_distribution<double>(1.0, 1.5)(rng);
+      WaitFor(stop, std::chrono::milliseconds(static_cast<int64_t>(err->retry_after_ms() * jitter)));
+      continue;
     }
     WaitFor(stop, backoff);
     backoff = std::min(backoff * 2, options_.max_backoff);

@@ -20,6 +20,7 @@
 #include <zmq.hpp>
 
 #include "schema/codec.h"
+#include "schema/security.h"
 #include "schema/status.h"
 
 namespace fedlora::worker {
@@ -32,6 +33,7 @@ struct BrokerClientOptions {
   std::chrono::milliseconds request_timeout{4000};
   std::chrono::milliseconds max_backoff{4000};
   int hwm = 100;
+  security::ClientKeys keys;  // CURVE keys when the broker is secured
 };
 
 struct PublishOutcome {
@@ -65,7 +67,11 @@ class BrokerClient {
   // good; "retry later" errors and silence back off and send again.
   PublishOutcome PublishUntilAcked(std::stop_token stop, std::string_view update_id, const codec::Bytes& update);
 
+  // Requests re-sent on a fresh socket after a timeout.
   uint64_t retries() const { return retries_.load(); }
+  // "Retry later" errors (retry_after_ms > 0: saturated ingest, rate limit, unknown adapter)
+  // waited out before sending again.
+  uint64_t retry_laters() const { return retry_laters_.load(); }
 
  private:
   void Connect();
@@ -78,6 +84,7 @@ class BrokerClient {
   std::optional<zmq::socket_t> socket_;
   std::optional<zmq::socket_t> sub_;
   std::atomic<uint64_t> retries_{0};
+  std::atomic<uint64_t> retry_laters_{0};
 };
 
 // Sleeps until `d` passes or `stop` is requested.

@@ -183,6 +183,7 @@ class WorkerImpl final : public Worker {
     o.client_id = options_.client_id;
     o.request_timeout = options_.request_timeout;
     o.max_backoff = options_.max_backoff;
+    o.keys = options_.keys;
     client_.emplace(ctx_, std::move(o));
   }
 

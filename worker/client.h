@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "schema/method.h"
+#include "schema/security.h"
 #include "schema/status.h"
 #include "worker/data.h"
 
@@ -73,6 +74,7 @@ struct WorkerOptions {
   uint64_t max_updates = 0;          // leave after this many acknowledged updates; 0: until final
   std::chrono::milliseconds request_timeout{4000};  // then reconnect and resend
   std::chrono::milliseconds max_backoff{4000};
+  security::ClientKeys keys;  // CURVE keys when the broker is secured
   // Called on the worker thread for every fetch, acknowledgement and rejection.
   std::function<void(const WorkerEvent&)> on_event;
 };

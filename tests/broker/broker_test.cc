@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
+#include <fstream>
 #include <limits>
+#include <set>
 #include <thread>
 #include <zmq.hpp>
 
@@ -17,16 +20,17 @@ using testing::FilledState;
 using testing::MakeUpdate;
 using testing::SmallSpec;
 
-// A broker on ephemeral loopback ports, served on its own thread.
+// A broker on ephemeral loopback ports, served on its own thread; `tweak` changes options.
 class RunningBroker {
  public:
-  explicit RunningBroker(const std::string& log_path) {
+  explicit RunningBroker(const std::string& log_path, const std::function<void(BrokerOptions&)>& tweak = {}) {
     BrokerOptions o;
     o.frontend = o.backend = o.announce = "tcp://127.0.0.1:*";
     o.log_path = log_path;
     o.sync = false;
     o.max_message_bytes = 1 << 20;
     o.poll_interval = std::chrono::milliseconds(20);
+    if (tweak) tweak(o);
     auto b = Broker::Create(o);
     EXPECT_TRUE(b.ok()) << b.status().ToString();
     broker_ = std::move(*b);
@@ -47,8 +51,10 @@ class RunningBroker {
 // A raw protocol peer (DEALER) with bounded waits.
 class Peer {
  public:
-  explicit Peer(const std::string& endpoint) : socket_(ctx_, zmq::socket_type::dealer) {
+  explicit Peer(const std::string& endpoint, const security::ClientKeys& keys = {})
+      : socket_(ctx_, zmq::socket_type::dealer) {
     transport::Configure(socket_, 1000);
+    security::ApplyClient(socket_, keys);
     socket_.connect(endpoint);
   }
   void Send(const codec::Bytes& bytes) { SendRaw({reinterpret_cast<const char*>(bytes.data()), bytes.size()}); }
@@ -57,11 +63,11 @@ class Peer {
     frames.emplace_back(bytes.data(), bytes.size());
     ASSERT_TRUE(transport::SendMultipart(socket_, frames));
   }
-  // Every frame of the next message, or empty after 20 s (a loaded CI machine can be slow;
-  // a test that times out fails rather than reading a stale reply later).
-  std::vector<zmq::message_t> Receive() {
+  // Every frame of the next message, or empty after `wait` (20 s by default: a loaded CI
+  // machine can be slow; a test that times out fails rather than reading a stale reply later).
+  std::vector<zmq::message_t> Receive(std::chrono::milliseconds wait = std::chrono::seconds(20)) {
     std::vector<zmq::message_t> frames;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    const auto deadline = std::chrono::steady_clock::now() + wait;
     while (std::chrono::steady_clock::now() < deadline) {
       std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
       zmq::poll(items, std::chrono::milliseconds(50));
@@ -70,8 +76,8 @@ class Peer {
     return {};
   }
   // The envelope of the next single-frame reply.
-  const wire::Envelope* Reply() {
-    auto frames = Receive();
+  const wire::Envelope* Reply(std::chrono::milliseconds wait = std::chrono::seconds(20)) {
+    auto frames = Receive(wait);
     if (frames.empty()) return nullptr;
     last_ = std::move(frames[0]);
     auto env = codec::VerifyEnvelope(transport::View(last_));
@@ -91,8 +97,8 @@ codec::Bytes Global(uint64_t version) {
 }
 
 // Registers the adapter the way an aggregator does and waits until the broker knows it.
-void Register(RunningBroker& broker, Peer& worker, uint64_t version = 0) {
-  Peer agg(broker.endpoints().backend);
+void Register(RunningBroker& broker, Peer& worker, uint64_t version = 0, const security::ClientKeys& agg_keys = {}) {
+  Peer agg(broker.endpoints().backend, agg_keys);
   agg.Send(Global(version));
   // The aggregator peer connects asynchronously: poll for up to 10 s (a busy machine can take
   // far longer than 100 quick round trips to finish the connection).
@@ -276,6 +282,276 @@ TEST_F(BrokerTest, RestartedBrokerServesTheStoredGlobalAndRemembersIds) {
   ASSERT_EQ(e->body_type(), wire::Body::Ack);
   EXPECT_TRUE(e->body_as_Ack()->duplicate());
   EXPECT_EQ(e->body_as_Ack()->seq(), 1u);
+}
+
+std::string Str(const codec::Bytes& b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+
+// The classes of bad input the first test does not cover, each answered with its code while
+// the broker goes on serving.
+TEST_F(BrokerTest, RefusesForeignSchemasNormsAndReusedIdsAndKeepsServing) {
+  // FilledState(spec, 0.5) has norm 9.82, FilledState(spec, 1) 12.05.
+  RunningBroker broker(dir_.path("log"), [](BrokerOptions& o) { o.max_update_norm = 11.0; });
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  const std::string valid = Str(MakeUpdate("ok", "c1", 0, FilledState(SmallSpec(), 0.5f)));
+
+  std::string wrong_identifier = valid;
+  wrong_identifier.replace(4, 4, "XXXX");  // the file identifier follows the root offset
+  // Schema version 2 of an envelope that is otherwise fine.
+  flatbuffers::FlatBufferBuilder b;
+  auto hello = wire::CreateHello(b, wire::Role::Worker, b.CreateString("c1"));
+  b.Finish(wire::CreateEnvelope(b, 2, wire::Body::Hello, hello.Union()), "FLR1");
+  const std::string newer_schema(reinterpret_cast<const char*>(b.GetBufferPointer()), b.GetSize());
+  AdapterState inf = FilledState(SmallSpec(), 0);
+  inf.tensors[2].values[3] = std::numeric_limits<float>::infinity();
+
+  struct Case {
+    std::string name;
+    std::string bytes;
+    Code code;
+    std::string reason;  // a part of the reason the sender must see
+  };
+  const std::vector<Case> cases = {
+      {"wrong file identifier", wrong_identifier, Code::kInvalidArgument, "identifier"},
+      {"newer schema version", newer_schema, Code::kFailedPrecondition, "schema"},
+      {"infinite value", Str(MakeUpdate("u", "c1", 0, inf)), Code::kInvalidArgument, "non-finite"},
+      {"norm beyond the bound", Str(MakeUpdate("big", "c1", 0, FilledState(SmallSpec(), 1.0f))),
+       Code::kInvalidArgument, "norm"},
+  };
+  for (const auto& c : cases) {
+    worker.SendRaw(c.bytes);
+    const Status s = ErrorOf(worker.Reply());
+    EXPECT_EQ(s.code(), c.code) << c.name << ": " << s.ToString();
+    EXPECT_NE(s.message().find(c.reason), std::string::npos) << c.name << ": " << s.ToString();
+  }
+  worker.SendRaw(valid);
+  const auto* e = worker.Reply();
+  ASSERT_TRUE(e);
+  ASSERT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+
+  // The same update id with other bytes: refused, and the log keeps the first.
+  worker.Send(MakeUpdate("ok", "c1", 0, FilledState(SmallSpec(), 0.25f)));
+  const Status reused = ErrorOf(worker.Reply());
+  EXPECT_EQ(reused.code(), Code::kAlreadyExists) << reused.ToString();
+  worker.Send(MakeUpdate("next", "c1", 0, FilledState(SmallSpec(), 0.25f)));
+  e = worker.Reply();
+  ASSERT_TRUE(e);
+  ASSERT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+  EXPECT_EQ(e->body_as_Ack()->seq(), 2u);
+  EXPECT_EQ(broker.stats().updates_logged.load(), 2u);
+}
+
+// With the ingest queue bounded to one update, a burst that outruns the synced log writer is
+// partly refused with "retry later"; re-sending what was refused logs every update once, and
+// the queue never held more than its bound.
+TEST_F(BrokerTest, SaturatedIngestSaysRetryLaterAndStaysWithinItsBound) {
+  const std::string one = Str(MakeUpdate("probe", "c1", 0, FilledState(SmallSpec(), 0.1f)));
+  RunningBroker broker(dir_.path("log"), [&](BrokerOptions& o) {
+    o.sync = true;  // a real fsync per group commit: the writer is the bottleneck
+    o.ingest_queue_bytes = one.size();
+  });
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  constexpr int kUpdates = 200;
+  std::set<std::string> pending;
+  for (int i = 0; i < kUpdates; ++i) pending.insert("u" + std::to_string(i));
+  uint64_t refused = 0;
+  for (int round = 0; round < 200 && !pending.empty(); ++round) {
+    for (const auto& id : pending) worker.Send(MakeUpdate(id, "c1", 0, FilledState(SmallSpec(), 0.1f)));
+    const size_t sent = pending.size();
+    for (size_t i = 0; i < sent; ++i) {
+      const auto* e = worker.Reply();
+      ASSERT_TRUE(e) << "no reply";
+      if (e->body_type() == wire::Body::Ack) {
+        pending.erase(e->body_as_Ack()->update_id()->str());
+        continue;
+      }
+      ASSERT_EQ(e->body_type(), wire::Body::Error);
+      const auto* err = e->body_as_Error();
+      ASSERT_EQ(codec::StatusFromError(*err).code(), Code::kResourceExhausted) << err->reason()->str();
+      EXPECT_GT(err->retry_after_ms(), 0u);
+      EXPECT_NE(err->reason()->str().find("retry later"), std::string::npos) << err->reason()->str();
+      refused++;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(pending.empty()) << pending.size() << " updates never acknowledged";
+  EXPECT_GT(refused, 0u) << "the burst never saturated the queue";
+  EXPECT_EQ(broker.stats().retry_later.load(), refused);
+  EXPECT_EQ(broker.stats().updates_logged.load(), static_cast<uint64_t>(kUpdates));
+  EXPECT_EQ(broker.stats().updates_duplicate.load(), 0u);
+  EXPECT_LE(broker.stats().ingest_queue_peak.load(), one.size());
+}
+
+TEST_F(BrokerTest, RateLimitRefusesTheExcessOfOneClientOnly) {
+  RunningBroker broker(dir_.path("log"), [](BrokerOptions& o) { o.max_updates_per_s = 2; });
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  int acked = 0, limited = 0;
+  for (int i = 0; i < 6; ++i) {
+    worker.Send(MakeUpdate("a" + std::to_string(i), "c1", 0, FilledState(SmallSpec(), 0.1f)));
+    const auto* e = worker.Reply();
+    ASSERT_TRUE(e);
+    if (e->body_type() == wire::Body::Ack) {
+      acked++;
+      continue;
+    }
+    const auto* err = e->body_as_Error();
+    ASSERT_TRUE(err);
+    EXPECT_EQ(codec::StatusFromError(*err).code(), Code::kResourceExhausted);
+    EXPECT_NE(err->reason()->str().find("rate limit"), std::string::npos) << err->reason()->str();
+    EXPECT_GT(err->retry_after_ms(), 0u);
+    limited++;
+  }
+  // A burst of two (one second's worth), then at most a refill of a few tokens while sending.
+  EXPECT_GE(acked, 2);
+  EXPECT_GE(limited, 1);
+  EXPECT_EQ(broker.stats().rate_limited.load(), static_cast<uint64_t>(limited));
+  worker.Send(MakeUpdate("b0", "c2", 0, FilledState(SmallSpec(), 0.1f)));  // another client is unaffected
+  EXPECT_EQ(worker.Reply()->body_type(), wire::Body::Ack);
+}
+
+TEST_F(BrokerTest, AnswersHeartbeatsWithItsIncarnationAndDropsSilentAggregators) {
+  uint64_t first = 0;
+  {
+    RunningBroker broker(dir_.path("log"), [](BrokerOptions& o) {
+      o.heartbeat_interval = std::chrono::milliseconds(50);
+    });
+    Peer worker(broker.endpoints().frontend);
+    Register(broker, worker);
+    worker.Send(MakeUpdate("u0", "c1", 0, FilledState(SmallSpec(), 0.1f)));
+    ASSERT_EQ(worker.Reply()->body_type(), wire::Body::Ack);
+    Peer agg(broker.endpoints().backend);
+    agg.Send(codec::BuildHeartbeat(0));
+    const auto* e = agg.Reply();
+    ASSERT_TRUE(e);
+    ASSERT_EQ(e->body_type(), wire::Body::Heartbeat);
+    first = e->body_as_Heartbeat()->incarnation();
+    EXPECT_NE(first, 0u);
+    agg.Send(codec::BuildCredit("default", 1, 10, true));
+    ASSERT_EQ(agg.Receive().size(), 2u);  // record 1
+    // Silent for well over 3 intervals: the subscription goes, and a new record is not sent.
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    EXPECT_EQ(broker.stats().aggregators_expired.load(), 1u);
+    worker.Send(MakeUpdate("u1", "c1", 0, FilledState(SmallSpec(), 0.1f)));
+    ASSERT_EQ(worker.Reply()->body_type(), wire::Body::Ack);
+    EXPECT_TRUE(agg.Receive(std::chrono::milliseconds(300)).empty());
+    // Resubscribing (what a restarted or standby aggregator does) resumes delivery.
+    agg.Send(codec::BuildCredit("default", 2, 10, true));
+    EXPECT_EQ(agg.Receive().size(), 2u);  // record 2
+  }
+  RunningBroker restarted(dir_.path("log"));
+  Peer agg(restarted.endpoints().backend);
+  agg.Send(codec::BuildHeartbeat(first));
+  const auto* e = agg.Reply();
+  ASSERT_TRUE(e);
+  ASSERT_EQ(e->body_type(), wire::Body::Heartbeat);
+  EXPECT_NE(e->body_as_Heartbeat()->incarnation(), first) << "a restart must be visible to peers";
+}
+
+TEST_F(BrokerTest, PlaintextBeyondLoopbackNeedsCurveOrInsecure) {
+  BrokerOptions o;
+  o.frontend = "tcp://0.0.0.0:*";
+  o.backend = o.announce = "tcp://127.0.0.1:*";
+  o.log_path = dir_.path("log");
+  o.sync = false;
+  auto refused = Broker::Create(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("--curve-secret"), std::string::npos) << refused.status().ToString();
+  o.insecure = true;
+  EXPECT_TRUE(Broker::Create(o).ok());
+  EXPECT_TRUE(security::IsLoopback("tcp://localhost:5555"));
+  EXPECT_TRUE(security::IsLoopback("tcp://[::1]:5555"));
+  EXPECT_TRUE(security::IsLoopback("ipc:///tmp/x"));
+  EXPECT_FALSE(security::IsLoopback("tcp://*:5555"));
+  EXPECT_FALSE(security::IsLoopback("tcp://10.0.0.1:5555"));
+}
+
+class CurveTest : public BrokerTest {
+ protected:
+  void SetUp() override {
+    for (auto* k : {&server_, &listed_, &unlisted_, &aggregator_}) {
+      auto kp = security::Generate();
+      ASSERT_TRUE(kp.ok()) << kp.status().ToString();
+      *k = *kp;
+    }
+    const std::string allow = dir_.path("allow.txt");
+    std::ofstream(allow) << "# role name key\nworker w1 " << listed_.public_key << "\naggregator agg "
+                         << aggregator_.public_key << "\n";
+    auto list = security::ReadAllowlist(allow);
+    ASSERT_TRUE(list.ok()) << list.status().ToString();
+    curve_ = BrokerOptions::Curve{server_, *list};
+  }
+  security::ClientKeys Keys(const security::KeyPair& own) const { return {server_.public_key, own}; }
+
+  security::KeyPair server_, listed_, unlisted_, aggregator_;
+  BrokerOptions::Curve curve_;
+};
+
+TEST_F(CurveTest, OnlyListedKeysGetInAndAWorkerPublishesOnlyAsItself) {
+  RunningBroker broker(dir_.path("log"), [&](BrokerOptions& o) { o.curve = curve_; });
+  Peer listed(broker.endpoints().frontend, Keys(listed_));
+  Register(broker, listed, 0, Keys(aggregator_));
+  listed.Send(MakeUpdate("u1", "w1", 0, FilledState(SmallSpec(), 0.1f)));
+  const auto* e = listed.Reply();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+
+  // Authenticated as w1, publishing as someone else.
+  listed.Send(MakeUpdate("u2", "w2", 0, FilledState(SmallSpec(), 0.1f)));
+  const Status spoof = ErrorOf(listed.Reply());
+  EXPECT_EQ(spoof.code(), Code::kPermissionDenied) << spoof.ToString();
+
+  // An unlisted key and a plaintext client never get an answer, and nothing they send is logged.
+  Peer unlisted(broker.endpoints().frontend, Keys(unlisted_));
+  unlisted.Send(MakeUpdate("x1", "w1", 0, FilledState(SmallSpec(), 0.1f)));
+  EXPECT_EQ(unlisted.Reply(std::chrono::milliseconds(1500)), nullptr);
+  Peer plaintext(broker.endpoints().frontend);
+  plaintext.Send(MakeUpdate("x2", "w1", 0, FilledState(SmallSpec(), 0.1f)));
+  EXPECT_EQ(plaintext.Reply(std::chrono::milliseconds(1500)), nullptr);
+  // A worker key cannot act as an aggregator.
+  Peer wrong_role(broker.endpoints().backend, Keys(listed_));
+  wrong_role.Send(codec::BuildHeartbeat(0));
+  EXPECT_EQ(wrong_role.Reply(std::chrono::milliseconds(1500)), nullptr);
+
+  EXPECT_GE(broker.stats().auth_denied.load(), 2u);  // the unlisted key and the wrong role
+  EXPECT_EQ(broker.stats().updates_logged.load(), 1u);
+  // The listed worker is still served.
+  listed.Send(MakeUpdate("u3", "w1", 0, FilledState(SmallSpec(), 0.1f)));
+  e = listed.Reply();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+}
+
+TEST(SecurityTest, KeyFilesRoundTripAndBadAllowlistsNameTheLine) {
+  testing::TempDir dir;
+  auto keys = security::Generate();
+  ASSERT_TRUE(keys.ok());
+  const std::string prefix = dir.path("w1");
+  ASSERT_TRUE(security::WriteKeyFiles(prefix, "w1", *keys).ok());
+  EXPECT_EQ(security::WriteKeyFiles(prefix, "w1", *keys).code(), Code::kAlreadyExists);
+  auto pair = security::ReadKeyPair(prefix + ".key");
+  ASSERT_TRUE(pair.ok()) << pair.status().ToString();
+  EXPECT_EQ(pair->public_key, keys->public_key);
+  EXPECT_EQ(pair->secret_key, keys->secret_key);
+  auto pub = security::ReadPublicKey(prefix + ".pub");
+  ASSERT_TRUE(pub.ok());
+  EXPECT_EQ(*pub, keys->public_key);
+  EXPECT_FALSE(security::ReadKeyPair(prefix + ".pub").ok()) << "a public file holds no secret";
+  EXPECT_FALSE(security::LoadClientKeys(prefix + ".pub", "").ok()) << "--broker-key without --key";
+
+  const std::string bad = dir.path("allow.txt");
+  std::ofstream(bad) << "worker w1 " << keys->public_key << "\nadmin root " << keys->public_key << "\n";
+  auto list = security::ReadAllowlist(bad);
+  ASSERT_FALSE(list.ok());
+  EXPECT_NE(list.status().message().find(":2:"), std::string::npos) << list.status().ToString();
+  std::ofstream(bad) << "worker w1 " << keys->public_key << "\nworker w2 " << keys->public_key << "\n";
+  list = security::ReadAllowlist(bad);
+  ASSERT_FALSE(list.ok());
+  EXPECT_NE(list.status().message().find("already listed"), std::string::npos) << list.status().ToString();
+  std::ofstream(bad) << "worker w1 not-a-key\n";
+  EXPECT_FALSE(security::ReadAllowlist(bad).ok());
 }
 
 }  // namespace
