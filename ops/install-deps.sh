@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian bookworm packages fedlora builds, runs and tests with. Idempotent: when
 # everything is present it only checks, in well under a second. Needs root (or sudo) to install.
+# Arguments name extra packages a particular command needs (ops/fuzz: clang and libFuzzer).
 set -euo pipefail
 
 packages=(
@@ -14,6 +15,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
 )
+packages+=("$@")
 
 missing=()
 for p in "${packages[@]}"; do

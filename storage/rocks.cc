@@ -3,7 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <filesystem>
+
+#include <rocksdb/cache.h>
+#include <rocksdb/table.h>
 
 namespace fedlora::storage::internal {
 
@@ -72,10 +77,19 @@ Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.keep_log_file_num = 2;
   db_options.max_background_jobs = 2;
+  // Memory is bounded whatever the load: all memtables together flush at 64 MiB (RocksDB's
+  // default is 64 MiB per column family, times up to two each), and one 32 MiB block cache is
+  // shared by every column family.
+  db_options.db_write_buffer_size = 64u << 20;
+  static const auto block_cache = rocksdb::NewLRUCache(32u << 20);
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = block_cache;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs;
   for (const auto& name : cf_names) {
     rocksdb::ColumnFamilyOptions cf;
+    cf.write_buffer_size = 16u << 20;
+    cf.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
     if (std::find(blob_cfs.begin(), blob_cfs.end(), name) != blob_cfs.end()) {
       cf.enable_blob_files = true;
       cf.min_blob_size = min_blob_size;
@@ -85,9 +99,22 @@ Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
   }
   auto out = std::make_unique<OpenDb>();
   rocksdb::DB* raw = nullptr;
-  rocksdb::Status s =
-      read_only ? rocksdb::DB::OpenForReadOnly(db_options, path, cfs, &out->handles, &raw)
-                : rocksdb::DB::Open(db_options, path, cfs, &out->handles, &raw);
+  rocksdb::Status s;
+  if (read_only) {
+    // A live writer may delete a WAL or table file between our reading the manifest and opening
+    // the file (a memtable flush, a compaction): that race ends in an IO error naming a missing
+    // file, and an immediate retry sees the new state.
+    for (int attempt = 0; attempt < 20; ++attempt) {
+      s = rocksdb::DB::OpenForReadOnly(db_options, path, cfs, &out->handles, &raw);
+      if (s.ok() || !(s.IsIOError() || s.IsPathNotFound()) ||
+          s.ToString().find("No such file") == std::string::npos) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10 * (attempt + 1)));
+    }
+  } else {
+    s = rocksdb::DB::Open(db_options, path, cfs, &out->handles, &raw);
+  }
   if (!s.ok()) return FromRocks(s, fmt::format("open store '{}'", path));
   out->db.reset(raw);
   return out;

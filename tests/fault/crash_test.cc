@@ -9,12 +9,12 @@
 // The random moments come from a fixed seed (printed), so a failure can be rerun.
 #include <gtest/gtest.h>
 
-#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
 
 #include "tests/testing/fixtures.h"
+#include "tests/testing/ledger.h"
 #include "tests/testing/process.h"
 
 namespace fedlora {
@@ -142,40 +142,14 @@ TEST_F(CrashTest, KillingBrokerOrAggregatorLosesAndDoublesNothing) {
   ASSERT_TRUE(history.is_array());
 
   // Every acknowledged update is in the log exactly once, at its acknowledged position.
-  std::map<std::string, uint64_t> seq_of;
-  for (const auto& r : log) {
-    const std::string key = r["client_id"].get<std::string>() + "/" + r["update_id"].get<std::string>();
-    EXPECT_TRUE(seq_of.emplace(key, r["seq"].get<uint64_t>()).second) << "logged twice: " << key;
-  }
-  size_t acked = 0, duplicates = 0;
-  std::ifstream in(acks);
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty()) continue;
-    const json a = json::parse(line);
-    const std::string key = a["client_id"].get<std::string>() + "/" + a["update_id"].get<std::string>();
-    ASSERT_TRUE(seq_of.count(key)) << "acknowledged but not in the log: " << key;
-    EXPECT_EQ(seq_of[key], a["seq"].get<uint64_t>()) << key;
-    ++acked;
-    duplicates += a["duplicate"].get<bool>();
-  }
-  EXPECT_GT(acked, 50u);
+  const testing::AckCount count = testing::ExpectAckedExactlyOnce(log, acks);
+  EXPECT_GT(count.acked, 50u);
   std::printf("%d broker and %d aggregator kills; %zu updates acknowledged (%zu as duplicates of a resend), %zu "
               "logged, %zu versions\n",
-              broker_kills, aggregator_kills, acked, duplicates, log.size(), history.size());
+              broker_kills, aggregator_kills, count.acked, count.duplicates, log.size(), history.size());
 
   // Versions 0..N, and every record up to the last consumed one folded or dropped exactly once.
-  std::map<uint64_t, int> consumed;
-  for (size_t v = 0; v < history.size(); ++v) {
-    ASSERT_EQ(history[v]["version"].get<uint64_t>(), v);
-    for (const auto& a : history[v]["applied"]) consumed[a["seq"].get<uint64_t>()]++;
-    for (const auto& d : history[v]["dropped_updates"]) consumed[d["seq"].get<uint64_t>()]++;
-  }
-  const uint64_t last_consumed = history.back()["consumed_seq"];
-  EXPECT_GT(last_consumed, 0u);
-  for (uint64_t seq = 1; seq <= last_consumed; ++seq) {
-    EXPECT_EQ(consumed[seq], 1) << "log record " << seq << " consumed " << consumed[seq] << " times";
-  }
-  EXPECT_EQ(consumed.size(), last_consumed);
+  EXPECT_GT(testing::ExpectEveryRecordConsumedOnce(history), 0u);
 
   // A clean replay of the log rebuilds every version, hash for hash.
   const json replay = RunJson(std::string(kBinary) + " replay --json --no-eval --log " + Quote(store_) + " --out " +

@@ -47,6 +47,7 @@ class Process {
   }
 
   bool running() const { return pid_ > 0 && !exit_status_; }
+  pid_t pid() const { return pid_; }
   void Signal(int sig) {
     if (running()) kill(pid_, sig);
   }
@@ -86,6 +87,15 @@ inline bool WaitUntil(const std::function<bool()>& ready, std::chrono::milliseco
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return ready();
+}
+
+// A "Vm..." field of /proc/<pid>/status in KiB (VmRSS: now, VmHWM: the peak), or 0.
+inline uint64_t ProcStatusKib(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1));
+  }
+  return 0;
 }
 
 // Runs a command to completion and returns its stdout (stderr goes to the test's stderr).
