@@ -1,6 +1,7 @@
 #include "ops/flags.h"
 
 #include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -253,6 +254,8 @@ Status RunUntilSignalled(const std::function<Status(std::stop_token)>& body) {
 }
 
 void SetupLogging(bool verbose) {
+  // Log lines go to stderr, so that stdout carries only results (--json output stays parseable).
+  if (!spdlog::get("fedlora")) spdlog::set_default_logger(spdlog::stderr_color_mt("fedlora"));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");
   spdlog::set_level(verbose ? spdlog::level::info : spdlog::level::warn);
 }

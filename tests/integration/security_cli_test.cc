@@ -1,0 +1,105 @@
+// CURVE end to end with the real command line: `fedlora keygen` makes the keys, the broker runs
+// with --curve-secret and --allow, the aggregator and `fedlora loadgen` connect with --key and
+// --broker-key. A listed worker key publishes and its updates become versions; an unlisted key
+// and a plaintext client get nothing in; plaintext beyond loopback is refused at start.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "tests/testing/fixtures.h"
+#include "tests/testing/process.h"
+
+namespace fedlora {
+namespace {
+
+using nlohmann::json;
+using testing::Process;
+using testing::Quote;
+using testing::RunCapture;
+using testing::WaitUntil;
+
+constexpr const char* kBinary = FEDLORA_BINARY;
+
+std::string Shell(const std::string& command, int* rc) { return RunCapture(command + " 2>&1", rc); }
+
+// The public key keygen printed.
+std::string Keygen(const std::string& prefix, const std::string& name) {
+  int rc = -1;
+  const std::string out = Shell(std::string(kBinary) + " keygen --out " + Quote(prefix) + " --name " + name, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  std::smatch m;
+  EXPECT_TRUE(std::regex_search(out, m, std::regex(R"(public key (\S{40}))"))) << out;
+  return m.size() > 1 ? m[1].str() : "";
+}
+
+TEST(SecurityCli, OnlyListedKeysPublishAndPlaintextStaysOut) {
+  testing::TempDir dir;
+  const std::string store = dir.path("store");
+  int rc = -1;
+  std::string out = Shell(std::string(kBinary) + " pretrain --arch mlp --epochs 1 --store " + Quote(store), &rc);
+  ASSERT_EQ(rc, 0) << out;
+
+  Keygen(dir.path("broker"), "broker");
+  const std::string worker_key = Keygen(dir.path("sec-0"), "sec-0");
+  const std::string aggregator_key = Keygen(dir.path("agg"), "agg");
+  Keygen(dir.path("intruder"), "sec-0");  // claims a listed name, with a key nobody listed
+  out = Shell(std::string(kBinary) + " keygen --out " + Quote(dir.path("sec-0")), &rc);
+  EXPECT_EQ(rc, 2) << "keygen must never overwrite a key: " << out;
+  std::ofstream(dir.path("allow.txt")) << "# role name public-key\nworker sec-0 " << worker_key << "\naggregator agg "
+                                       << aggregator_key << "\n";
+
+  Process broker({kBinary, "broker", "--store", store, "--frontend", "tcp://127.0.0.1:*", "--backend",
+                  "tcp://127.0.0.1:*", "--announce", "tcp://127.0.0.1:*", "--curve-secret", dir.path("broker.key"),
+                  "--allow", dir.path("allow.txt")},
+                 dir.path("broker.out"));
+  std::smatch m;
+  std::string text;
+  ASSERT_TRUE(WaitUntil([&] {
+    text = broker.Output();
+    return std::regex_search(text, m, std::regex(R"(frontend=(\S+) backend=(\S+))"));
+  }, std::chrono::seconds(30))) << text;
+  const std::string frontend = m[1], backend = m[2];
+  Process aggregator({kBinary, "aggregator", "--store", store, "--broker", backend, "--arch", "mlp", "--buffer-size",
+                      "5", "--eval-every", "0", "--broker-key", dir.path("broker.pub"), "--key", dir.path("agg.key")},
+                     dir.path("aggregator.out"));
+
+  auto loadgen = [&](const std::vector<std::string>& extra) {
+    std::string cmd = std::string(kBinary) + " loadgen --json --broker " + frontend +
+                      " --client-prefix sec --clients 1 --timeout-ms 500";
+    for (const auto& e : extra) cmd += " " + e;
+    int code = -1;
+    const std::string o = RunCapture(cmd + " 2>/dev/null", &code);
+    EXPECT_EQ(code, 0) << cmd << "\n" << o;
+    json j = json::parse(o, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << o;
+    return j;
+  };
+  const std::string keys = " --broker-key " + Quote(dir.path("broker.pub")) + " --key ";
+  const json listed = loadgen({"--updates 5 --duration 60" + keys + Quote(dir.path("sec-0.key"))});
+  EXPECT_EQ(listed["acked"], 5) << listed.dump();
+  const json intruder = loadgen({"--updates 5 --duration 3" + keys + Quote(dir.path("intruder.key"))});
+  EXPECT_EQ(intruder["acked"], 0) << intruder.dump();
+  const json plaintext = loadgen({"--updates 5 --duration 3"});
+  EXPECT_EQ(plaintext["acked"], 0) << plaintext.dump();
+
+  // The aggregator, itself authenticated, folded the five listed updates into version 1.
+  ASSERT_TRUE(WaitUntil([&] { return aggregator.Output().find("version=1 updates=5") != std::string::npos; },
+                        std::chrono::seconds(60)))
+      << aggregator.Output();
+  aggregator.Signal(SIGTERM);
+  ASSERT_TRUE(aggregator.Wait(std::chrono::seconds(20)));
+  broker.Signal(SIGTERM);
+  ASSERT_TRUE(broker.Wait(std::chrono::seconds(20)));
+  EXPECT_NE(broker.Output().find("refused connection"), std::string::npos) << "the intruder's key was not refused";
+  EXPECT_NE(broker.Output().find("updates logged=5 "), std::string::npos) << broker.Output();
+
+  // Plaintext on an address other machines can reach is refused unless asked for.
+  out = Shell(std::string(kBinary) + " broker --store " + Quote(dir.path("open")) + " --frontend tcp://0.0.0.0:0", &rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("--curve-secret"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace fedlora
