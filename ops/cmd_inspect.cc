@@ -1,15 +1,23 @@
-// `fedlora inspect`: what the stored versions of an adapter contain beyond `history`'s rows.
-// --factors: AS-LoRA's choice of the trained factor per module over versions, with the
-// smoothed scores behind the latest choice. Opens the store read-only (works beside a run).
+// `fedlora inspect`, `fedlora diff`, `fedlora lineage`: what the stored versions of an adapter
+// contain beyond `history`'s rows. All open the store read-only (they work beside a run).
+//  inspect --version V: per LoRA module the norm, singular values and effective rank of
+//    dW = (alpha/r) B A, sparsity, the change since V-1; the updates folded and dropped.
+//  inspect --factors: AS-LoRA's choice of the trained factor per module over versions.
+//  diff V1 V2: per module, how far V2 moved from V1.
+//  lineage --update ID: the version that folded (or dropped) an update.
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "ops/commands.h"
 #include "ops/flags.h"
+#include "ops/stored.h"
 #include "schema/codec.h"
 #include "storage/adapter_store.h"
+#include "storage/update_log.h"
 
 namespace fedlora::ops {
 namespace {
@@ -18,7 +26,273 @@ constexpr size_t kColumns = 60;  // versions per block of the text grid
 
 char Letter(uint8_t active) { return active == 1 ? 'A' : 'B'; }
 
+std::string Percent(double share) { return fmt::format("{:.0f}%", 100 * share); }
+
+std::string TopValues(const std::vector<double>& s, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < std::min(n, s.size()); ++i) out += fmt::format("{}{:.3g}", i ? " " : "", s[i]);
+  if (s.size() > n) out += " ...";
+  return out.empty() ? "-" : out;
+}
+
+nlohmann::json StatsJson(const AdapterStats& st) {
+  nlohmann::json modules = nlohmann::json::array();
+  for (const auto& m : st.modules) {
+    nlohmann::json j = {{"module", m.module},
+                        {"shape", {m.rows, m.cols}},
+                        {"rank", m.rank},
+                        {"norm", m.norm},
+                        {"singular_values", m.singular_values},
+                        {"effective_rank", m.effective_rank},
+                        {"zeros_a", m.zeros_a},
+                        {"zeros_b", m.zeros_b}};
+    j["change"] = m.change ? nlohmann::json(*m.change) : nlohmann::json(nullptr);
+    j["cosine"] = m.cosine ? nlohmann::json(*m.cosine) : nlohmann::json(nullptr);
+    modules.push_back(std::move(j));
+  }
+  nlohmann::json dense = nlohmann::json::array();
+  for (const auto& d : st.dense) {
+    dense.push_back({{"name", d.name},
+                     {"norm", d.norm},
+                     {"zeros", d.zeros},
+                     {"change", d.change ? nlohmann::json(*d.change) : nlohmann::json(nullptr)}});
+  }
+  return {{"modules", modules}, {"dense", dense}};
+}
+
+void PrintStats(const AdapterStats& st, const std::string& change_header) {
+  const std::string header = "module (dW = alpha/r B A)";
+  size_t width = header.size();
+  for (const auto& m : st.modules) width = std::max(width, m.module.size());
+  for (const auto& d : st.dense) width = std::max(width, d.name.size());
+  if (!st.modules.empty()) {
+    fmt::print("{:<{}}  {:>11}  {:>11}  {:>7}  {:>8}  {:>9}  {}\n", header, width, "||dW||",
+               change_header, "cosine", "eff.rank", "zeros A/B", "singular values");
+    for (const auto& m : st.modules) {
+      fmt::print("{:<{}}  {:>11.4g}  {:>11}  {:>7}  {:>8.2f}  {:>9}  {}\n", m.module, width, m.norm,
+                 m.change ? fmt::format("{:.4g}", *m.change) : "-", m.cosine ? fmt::format("{:.3f}", *m.cosine) : "-",
+                 m.effective_rank, Percent(m.zeros_a) + "/" + Percent(m.zeros_b), TopValues(m.singular_values, 4));
+    }
+  }
+  if (!st.dense.empty()) {
+    fmt::print("\n{:<{}}  {:>11}  {:>11}  {:>7}\n", "dense tensor", width, "norm", change_header, "zeros");
+    for (const auto& d : st.dense) {
+      fmt::print("{:<{}}  {:>11.4g}  {:>11}  {:>7}\n", d.name, width, d.norm,
+                 d.change ? fmt::format("{:.4g}", *d.change) : "-", Percent(d.zeros));
+    }
+  }
+}
+
+nlohmann::json LineageJson(const codec::VersionInfo& v) {
+  nlohmann::json applied = nlohmann::json::array(), dropped = nlohmann::json::array();
+  for (const auto& a : v.applied) {
+    applied.push_back({{"seq", a.seq}, {"client_id", a.client_id}, {"update_id", a.update_id},
+                       {"base_version", a.base_version}, {"staleness", a.staleness}, {"weight", a.weight},
+                       {"num_samples", a.num_samples}, {"train_loss", a.train_loss}});
+  }
+  for (const auto& d : v.dropped) {
+    dropped.push_back({{"seq", d.seq}, {"client_id", d.client_id}, {"update_id", d.update_id},
+                       {"base_version", d.base_version}, {"staleness", d.staleness}, {"reason", d.reason}});
+  }
+  return {{"applied", applied}, {"dropped", dropped}};
+}
+
+void InspectVersion(const StoreLayout& layout, const std::string& adapter, uint64_t version, bool json) {
+  auto stored = StoredAdapter::Open(layout, adapter);
+  if (!stored.ok()) Fail("inspect", stored.status());
+  auto record = stored->Record(version);
+  if (!record.ok()) Fail("inspect", record.status());
+  auto global = stored->Global(version);
+  if (!global.ok()) Fail("inspect", global.status());
+  std::optional<codec::DecodedGlobal> parent;
+  if (version > 0) {
+    auto p = stored->Global(version - 1);
+    if (!p.ok()) Fail("inspect", p.status());
+    if (p->spec.tensors.size() == global->spec.tensors.size()) parent = std::move(*p);
+  }
+  const AdapterStats st = Describe(global->spec, global->state, parent ? &parent->state : nullptr);
+  const codec::VersionInfo& v = *record;
+  if (json) {
+    nlohmann::json j = StatsJson(st);
+    j["version"] = v.version;
+    j["parent_version"] = v.parent_version;
+    j["method"] = v.method;
+    j["mode"] = codec::ModeName(v.mode);
+    j["content_hash"] = v.content_hash;
+    j["consumed_seq"] = v.consumed_seq;
+    j["rank"] = global->spec.rank;
+    j["alpha"] = global->spec.alpha;
+    j["lineage"] = LineageJson(v);
+    fmt::print("{}\n", j.dump(2));
+    return;
+  }
+  fmt::print("adapter '{}' version {} of {}: method {} ({}), rank {}, alpha {:g}, content hash {}, log consumed to seq "
+             "{}\n\n",
+             adapter, v.version, stored->cursor().version, v.method, codec::ModeName(v.mode), global->spec.rank,
+             global->spec.alpha, v.content_hash, v.consumed_seq);
+  PrintStats(st, version > 0 ? fmt::format("vs v{}", version - 1) : "change");
+  fmt::print("\n{} updates folded (mean staleness {:.2f}, max {}), {} dropped\n", v.applied.size(), v.mean_staleness,
+             v.max_staleness, v.dropped.size());
+  if (!v.applied.empty()) {
+    fmt::print("  {:>8}  {:<16}  {:<24}  {:>6}  {:>9}  {:>8}\n", "seq", "client", "update", "base", "staleness",
+               "weight");
+    for (const auto& a : v.applied) {
+      fmt::print("  {:>8}  {:<16}  {:<24}  {:>6}  {:>9}  {:>8.4f}\n", a.seq, a.client_id, a.update_id, a.base_version,
+                 a.staleness, a.weight);
+    }
+  }
+  for (const auto& d : v.dropped) {
+    fmt::print("  dropped seq {} ({} {}, base {}, staleness {}): {}\n", d.seq, d.client_id, d.update_id,
+               d.base_version, d.staleness, d.reason);
+  }
+}
+
 }  // namespace
+
+void RegisterDiff(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    std::string adapter = "default";
+    uint64_t from = 0;
+    uint64_t to = 0;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("diff", "How far version V2 of an adapter moved from V1: per LoRA module the change "
+                                         "||dW2 - dW1|| of (alpha/r) B A and the cosine between them, per dense "
+                                         "tensor the change, and the updates folded in between");
+  cmd->add_option("V1", f->from, "The earlier version")->required();
+  cmd->add_option("V2", f->to, "The later version")->required();
+  cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
+  cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
+  cmd->add_flag("--json", f->json, "Print JSON");
+  cmd->callback([f] {
+    auto stored = StoredAdapter::Open(f->store, f->adapter);
+    if (!stored.ok()) Fail("diff", stored.status());
+    auto a = stored->Global(f->from);
+    if (!a.ok()) Fail("diff", a.status());
+    auto b = stored->Global(f->to);
+    if (!b.ok()) Fail("diff", b.status());
+    if (CheckStateMatchesSpec(a->spec, b->state).ok() == false) {
+      Fail("diff", FailedPrecondition(fmt::format("versions {} and {} have different tensors", f->from, f->to)));
+    }
+    size_t folded = 0, dropped = 0;
+    const uint64_t lo = std::min(f->from, f->to), hi = std::max(f->from, f->to);
+    auto records = stored->store().GetRecords(f->adapter, lo + 1, hi);
+    if (!records.ok()) Fail("diff", records.status());
+    for (const auto& bytes : *records) {
+      auto rec = codec::VerifyVersionRecord(codec::AsBytes(bytes));
+      if (!rec.ok()) Fail("diff", rec.status());
+      const auto v = codec::DecodeVersionRecord(**rec);
+      folded += v.applied.size();
+      dropped += v.dropped.size();
+    }
+    const AdapterStats st = Describe(b->spec, b->state, &a->state);
+    if (f->json) {
+      nlohmann::json j = StatsJson(st);
+      j["from"] = f->from;
+      j["to"] = f->to;
+      j["updates_folded"] = folded;
+      j["updates_dropped"] = dropped;
+      fmt::print("{}\n", j.dump(2));
+      return;
+    }
+    fmt::print("adapter '{}': version {} against version {} ({} updates folded and {} dropped in between)\n\n",
+               f->adapter, f->to, f->from, folded, dropped);
+    PrintStats(st, fmt::format("vs v{}", f->from));
+  });
+}
+
+void RegisterLineage(CLI::App& app) {
+  struct Flags {
+    StoreLayout store;
+    std::string adapter = "default";
+    std::string update;
+    std::string client;
+    bool json = false;
+  };
+  auto f = std::make_shared<Flags>();
+  auto* cmd = app.add_subcommand("lineage", "Which version first folded an update in (or dropped it, and why), with "
+                                            "its staleness and weight; or where it waits if not consumed yet");
+  cmd->add_option("--update", f->update, "The update id")->required();
+  cmd->add_option("--client", f->client, "Only this client's update of that id (ids are unique per client)");
+  cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
+  cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
+  cmd->add_flag("--json", f->json, "Print JSON");
+  cmd->callback([f] {
+    auto stored = StoredAdapter::Open(f->store, f->adapter);
+    if (!stored.ok()) Fail("lineage", stored.status());
+    auto matches = [&](const std::string& client, const std::string& id) {
+      return id == f->update && (f->client.empty() || client == f->client);
+    };
+    nlohmann::json found = nlohmann::json::array();
+    // Versions in chunks, so a long history is never held in memory at once.
+    constexpr uint64_t kChunk = 1024;
+    for (uint64_t from = 1; from <= stored->cursor().version; from += kChunk) {
+      auto records = stored->store().GetRecords(f->adapter, from, std::min(stored->cursor().version, from + kChunk - 1));
+      if (!records.ok()) Fail("lineage", records.status());
+      for (const auto& bytes : *records) {
+        auto rec = codec::VerifyVersionRecord(codec::AsBytes(bytes));
+        if (!rec.ok()) Fail("lineage", rec.status());
+        const auto v = codec::DecodeVersionRecord(**rec);
+        for (const auto& a : v.applied) {
+          if (!matches(a.client_id, a.update_id)) continue;
+          found.push_back({{"version", v.version}, {"outcome", "folded"}, {"seq", a.seq}, {"client_id", a.client_id},
+                           {"base_version", a.base_version}, {"staleness", a.staleness}, {"weight", a.weight}});
+        }
+        for (const auto& d : v.dropped) {
+          if (!matches(d.client_id, d.update_id)) continue;
+          found.push_back({{"version", v.version}, {"outcome", "dropped"}, {"seq", d.seq}, {"client_id", d.client_id},
+                           {"base_version", d.base_version}, {"staleness", d.staleness}, {"reason", d.reason}});
+        }
+      }
+    }
+    if (found.empty()) {
+      // Logged but not consumed yet?
+      storage::UpdateLogOptions lo;
+      lo.path = f->store.log();
+      lo.read_only = true;
+      std::string where = "it is not in any version";
+      if (std::filesystem::exists(lo.path)) {
+        if (auto log = storage::UpdateLog::Open(lo); log.ok()) {
+          const uint64_t head = (*log)->LastSeq(f->adapter);
+          for (uint64_t seq = stored->cursor().consumed_seq + 1; seq <= head; seq += 256) {
+            auto recs = (*log)->Read(f->adapter, seq, 256, 64u << 20);
+            if (!recs.ok()) break;
+            for (const auto& r : *recs) {
+              auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes));
+              if (!env.ok() || (*env)->body_type() != wire::Body::Update) continue;
+              const auto* u = (*env)->body_as_Update();
+              if (matches(u->client_id()->str(), u->update_id()->str())) {
+                where = fmt::format("it is logged at seq {} and waits: the latest version {} consumed the log to seq {}",
+                                    r.seq, stored->cursor().version, stored->cursor().consumed_seq);
+              }
+            }
+          }
+        }
+      }
+      Fail("lineage", NotFound(fmt::format("update '{}'{}: {}", f->update,
+                                           f->client.empty() ? "" : " of client '" + f->client + "'", where)));
+    }
+    if (f->json) {
+      fmt::print("{}\n", found.dump(2));
+      return;
+    }
+    for (const auto& e : found) {
+      if (e["outcome"] == "folded") {
+        fmt::print("update '{}' of {} (log seq {}, trained from version {}) was folded into version {} with staleness "
+                   "{} and weight {:.4f}\n",
+                   f->update, e["client_id"].get<std::string>(), e["seq"].get<uint64_t>(),
+                   e["base_version"].get<uint64_t>(), e["version"].get<uint64_t>(), e["staleness"].get<uint32_t>(),
+                   e["weight"].get<double>());
+      } else {
+        fmt::print("update '{}' of {} (log seq {}, trained from version {}) was dropped by version {}: {}\n", f->update,
+                   e["client_id"].get<std::string>(), e["seq"].get<uint64_t>(), e["base_version"].get<uint64_t>(),
+                   e["version"].get<uint64_t>(), e["reason"].get<std::string>());
+      }
+    }
+  });
+}
 
 void RegisterInspect(CLI::App& app) {
   struct Flags {
@@ -27,19 +301,28 @@ void RegisterInspect(CLI::App& app) {
     uint64_t from = 0;
     uint64_t to = UINT64_MAX;
     bool factors = false;
+    std::optional<uint64_t> version;
     bool json = false;
   };
   auto f = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand(
-      "inspect", "Inspect an adapter's stored versions. --factors: which LoRA factor each module trained at every "
-                 "version under as-lora (B or A), how often it switched, and the latest scores");
+      "inspect", "Inspect an adapter's stored versions. --version V: per LoRA module the norm, singular values and "
+                 "effective rank of (alpha/r) B A, sparsity and the change since V-1, and the updates folded or dropped "
+                 "(lineage). --factors: which LoRA factor each module trained at every version under as-lora");
   cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
-  cmd->add_option("--from", f->from, "First version")->capture_default_str();
-  cmd->add_option("--to", f->to, "Last version");
-  cmd->add_flag("--factors", f->factors, "AS-LoRA: each module's trained factor over versions")->required();
-  cmd->add_flag("--json", f->json, "Print JSON: per version, each module's factor and scores");
+  auto* version = cmd->add_option("--version", f->version, "The version to inspect");
+  cmd->add_option("--from", f->from, "First version (--factors)")->capture_default_str();
+  cmd->add_option("--to", f->to, "Last version (--factors)");
+  auto* factors = cmd->add_flag("--factors", f->factors, "AS-LoRA: each module's trained factor over versions");
+  cmd->add_flag("--json", f->json, "Print JSON");
+  version->excludes(factors);
   cmd->callback([f] {
+    if (f->version) {
+      InspectVersion(f->store, f->adapter, *f->version, f->json);
+      return;
+    }
+    if (!f->factors) Fail("inspect", InvalidArgument("say what to inspect: --version V or --factors"), 2);
     storage::AdapterStoreOptions so;
     so.path = f->store.adapters();
     so.read_only = true;

@@ -23,6 +23,8 @@ void RegisterInspect(CLI::App& app);
 void RegisterReplay(CLI::App& app);
 void RegisterLoadgen(CLI::App& app);
 void RegisterKeygen(CLI::App& app);
+void RegisterDiff(CLI::App& app);
+void RegisterLineage(CLI::App& app);
 
 // "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
 std::string HumanBytes(double bytes);

@@ -44,6 +44,8 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterCompare(app);
   fedlora::ops::RegisterPrivacy(app);
   fedlora::ops::RegisterInspect(app);
+  fedlora::ops::RegisterDiff(app);
+  fedlora::ops::RegisterLineage(app);
   fedlora::ops::RegisterReplay(app);
   fedlora::ops::RegisterLoadgen(app);
   fedlora::ops::RegisterKeygen(app);
