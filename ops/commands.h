@@ -25,6 +25,8 @@ void RegisterLoadgen(CLI::App& app);
 void RegisterKeygen(CLI::App& app);
 void RegisterDiff(CLI::App& app);
 void RegisterLineage(CLI::App& app);
+void RegisterExport(CLI::App& app);
+void RegisterImport(CLI::App& app);
 
 // "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
 std::string HumanBytes(double bytes);

@@ -46,6 +46,8 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterInspect(app);
   fedlora::ops::RegisterDiff(app);
   fedlora::ops::RegisterLineage(app);
+  fedlora::ops::RegisterExport(app);
+  fedlora::ops::RegisterImport(app);
   fedlora::ops::RegisterReplay(app);
   fedlora::ops::RegisterLoadgen(app);
   fedlora::ops::RegisterKeygen(app);
