@@ -102,14 +102,12 @@ Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
   rocksdb::Status s;
   if (read_only) {
     // A live writer may delete a WAL or table file between our reading the manifest and opening
-    // the file (a memtable flush, a compaction): that race ends in an IO error naming a missing
-    // file, and an immediate retry sees the new state.
+    // the file (a memtable flush, a compaction): that race ends in an error naming a missing
+    // file (IOError, or Corruption wrapping it), and a retry sees the new state.
     for (int attempt = 0; attempt < 20; ++attempt) {
+      out->handles.clear();
       s = rocksdb::DB::OpenForReadOnly(db_options, path, cfs, &out->handles, &raw);
-      if (s.ok() || !(s.IsIOError() || s.IsPathNotFound()) ||
-          s.ToString().find("No such file") == std::string::npos) {
-        break;
-      }
+      if (s.ok() || s.ToString().find("No such file or directory") == std::string::npos) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(10 * (attempt + 1)));
     }
   } else {
