@@ -289,7 +289,8 @@ class BrokerImpl final : public Broker {
   // answered at once; valid updates join the ingest queue for the log writer.
   void DrainFrontend() {
     std::vector<zmq::message_t> frames;
-    for (size_t n = 0; n < options_.max_batch && transport::TryRecvMultipart(frontend_, frames); ++n) {
+    std::string user;  // the CURVE name of the sender ("" without CURVE)
+    for (size_t n = 0; n < options_.max_batch && transport::TryRecvMultipart(frontend_, frames, &user); ++n) {
       if (frames.size() != 2) {
         if (!frames.empty()) {
           Reject(frontend_, frames[0],
@@ -305,7 +306,7 @@ class BrokerImpl final : public Broker {
       const wire::Envelope* e = *env;
       switch (e->body_type()) {
         case wire::Body::Update:
-          Admit(frames);
+          Admit(frames, user);
           break;
         case wire::Body::Fetch:
           HandleFetch(frames[0], *e->body_as_Fetch());
@@ -324,13 +325,8 @@ class BrokerImpl final : public Broker {
     }
   }
 
-  // The authenticated name of the connection a message came on (CURVE), or "".
-  static std::string_view UserId(zmq::message_t& m) {
-    const char* id = zmq_msg_gets(m.handle(), "User-Id");
-    return id ? std::string_view(id) : std::string_view();
-  }
-
-  void Admit(std::vector<zmq::message_t>& frames) {
+  // `user`: the name the sender's connection authenticated as (CURVE), or "".
+  void Admit(std::vector<zmq::message_t>& frames, const std::string& user) {
     const auto& u = *wire::GetEnvelope(frames[1].data())->body_as_Update();
     const std::string_view id = u.update_id()->string_view();
     Status s = CheckUpdate(u);
@@ -340,7 +336,6 @@ class BrokerImpl final : public Broker {
     }
     std::string_view who = u.client_id()->string_view();
     if (options_.curve) {
-      const std::string_view user = UserId(frames[1]);
       if (user != who) {
         Reject(frontend_, frames[0],
                PermissionDenied(fmt::format("this connection is authenticated as '{}' and cannot publish as '{}'",

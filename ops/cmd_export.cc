@@ -17,7 +17,7 @@ void RegisterExport(CLI::App& app) {
   struct Flags {
     StoreLayout store;
     std::string adapter = "default";
-    std::optional<uint64_t> version;
+    std::optional<std::string> version;
     std::string format = "peft";
     std::string out;
   };
@@ -26,14 +26,19 @@ void RegisterExport(CLI::App& app) {
                                            "adapter_model.safetensors and adapter_config.json in --out");
   cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
-  cmd->add_option("--version", f->version, "The version to export (default: the latest)");
+  cmd->add_option("--version", f->version, "The version to export, a number or a tag (default: the latest)");
   cmd->add_option("--format", f->format, "Output format")->check(CLI::IsMember({"peft"}))->capture_default_str();
   cmd->add_option("--out", f->out, "Directory to write (created; existing export files are never overwritten)")
       ->required();
   cmd->callback([f] {
     auto stored = StoredAdapter::Open(f->store, f->adapter);
     if (!stored.ok()) Fail("export", stored.status());
-    const uint64_t version = f->version.value_or(stored->cursor().version);
+    uint64_t version = stored->cursor().version;
+    if (f->version) {
+      auto v = ResolveVersion(f->store, f->adapter, *f->version);
+      if (!v.ok()) Fail("export", v.status(), 2);
+      version = *v;
+    }
     auto global = stored->Global(version);
     if (!global.ok()) Fail("export", global.status());
     PeftAdapter peft{global->spec, global->state,
@@ -86,6 +91,7 @@ void RegisterImport(CLI::App& app) {
     codec::VersionInfo info;
     aggregator::FillVersionZero(info, f->adapter, options, peft->state);
     info.commit_unix_ms = aggregator::NowUnixMs();
+    info.origin = "peft:" + std::filesystem::absolute(f->in).string();
     auto committed = aggregator::CommitVersion(**store, options, nullptr, info, peft->spec, peft->state, false);
     if (!committed.ok()) Fail("import", committed.status());
     const auto from = peft->metadata.find("fedlora.content_hash");

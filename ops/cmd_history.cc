@@ -77,6 +77,7 @@ nlohmann::json VersionJson(const codec::VersionInfo& v) {
                       {"update_norm", v.update_norm},
                       {"content_hash", v.content_hash},
                       {"config", v.config}};
+  if (!v.origin.empty()) j["origin"] = v.origin;
   j["test_accuracy"] = v.test_accuracy >= 0 ? nlohmann::json(v.test_accuracy) : nlohmann::json(nullptr);
   j["test_loss"] = v.test_loss >= 0 ? nlohmann::json(v.test_loss) : nlohmann::json(nullptr);
   j["eval_samples"] = v.eval_samples;

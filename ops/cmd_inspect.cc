@@ -153,6 +153,8 @@ void RegisterDiff(CLI::App& app) {
   struct Flags {
     StoreLayout store;
     std::string adapter = "default";
+    std::string from_text;
+    std::string to_text;
     uint64_t from = 0;
     uint64_t to = 0;
     bool json = false;
@@ -161,14 +163,19 @@ void RegisterDiff(CLI::App& app) {
   auto* cmd = app.add_subcommand("diff", "How far version V2 of an adapter moved from V1: per LoRA module the change "
                                          "||dW2 - dW1|| of (alpha/r) B A and the cosine between them, per dense "
                                          "tensor the change, and the updates folded in between");
-  cmd->add_option("V1", f->from, "The earlier version")->required();
-  cmd->add_option("V2", f->to, "The later version")->required();
+  cmd->add_option("V1", f->from_text, "The earlier version (a number or a tag)")->required();
+  cmd->add_option("V2", f->to_text, "The later version (a number or a tag)")->required();
   cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
   cmd->add_flag("--json", f->json, "Print JSON");
   cmd->callback([f] {
     auto stored = StoredAdapter::Open(f->store, f->adapter);
     if (!stored.ok()) Fail("diff", stored.status());
+    for (auto [text, out] : {std::pair{&f->from_text, &f->from}, {&f->to_text, &f->to}}) {
+      auto v = ResolveVersion(f->store, f->adapter, *text);
+      if (!v.ok()) Fail("diff", v.status(), 2);
+      *out = *v;
+    }
     auto a = stored->Global(f->from);
     if (!a.ok()) Fail("diff", a.status());
     auto b = stored->Global(f->to);
@@ -301,7 +308,7 @@ void RegisterInspect(CLI::App& app) {
     uint64_t from = 0;
     uint64_t to = UINT64_MAX;
     bool factors = false;
-    std::optional<uint64_t> version;
+    std::optional<std::string> version;
     bool json = false;
   };
   auto f = std::make_shared<Flags>();
@@ -311,7 +318,7 @@ void RegisterInspect(CLI::App& app) {
                  "(lineage). --factors: which LoRA factor each module trained at every version under as-lora");
   cmd->add_option("--store", f->store.dir, "Store directory")->capture_default_str();
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
-  auto* version = cmd->add_option("--version", f->version, "The version to inspect");
+  auto* version = cmd->add_option("--version", f->version, "The version to inspect (a number or a tag)");
   cmd->add_option("--from", f->from, "First version (--factors)")->capture_default_str();
   cmd->add_option("--to", f->to, "Last version (--factors)");
   auto* factors = cmd->add_flag("--factors", f->factors, "AS-LoRA: each module's trained factor over versions");
@@ -319,7 +326,9 @@ void RegisterInspect(CLI::App& app) {
   version->excludes(factors);
   cmd->callback([f] {
     if (f->version) {
-      InspectVersion(f->store, f->adapter, *f->version, f->json);
+      auto v = ResolveVersion(f->store, f->adapter, *f->version);
+      if (!v.ok()) Fail("inspect", v.status(), 2);
+      InspectVersion(f->store, f->adapter, *v, f->json);
       return;
     }
     if (!f->factors) Fail("inspect", InvalidArgument("say what to inspect: --version V or --factors"), 2);

@@ -182,10 +182,10 @@ void RegisterAggregator(CLI::App& app) {
                  v.applied.size(), v.dropped.size(), v.mean_staleness, v.max_staleness, acc);
       std::fflush(stdout);
     };
+    const std::string adapter_id = o.adapter_id, broker_endpoint = o.broker;  // o is moved next
     auto agg = aggregator::Aggregator::Create(std::move(o));
     if (!agg.ok()) Fail("aggregator", agg.status());
-    fmt::print("aggregator: adapter={} at version={} broker={}\n", flags->options.adapter_id, (*agg)->Version(),
-               flags->options.broker);
+    fmt::print("aggregator: adapter={} at version={} broker={}\n", adapter_id, (*agg)->Version(), broker_endpoint);
     std::fflush(stdout);
     Status s = RunUntilSignalled([&](std::stop_token stop) { return (*agg)->Run(stop); });
     if (!s.ok()) Fail("aggregator", s);

@@ -27,6 +27,8 @@ void RegisterDiff(CLI::App& app);
 void RegisterLineage(CLI::App& app);
 void RegisterExport(CLI::App& app);
 void RegisterImport(CLI::App& app);
+void RegisterTag(CLI::App& app);
+void RegisterBranch(CLI::App& app);
 
 // "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
 std::string HumanBytes(double bytes);

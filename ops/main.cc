@@ -48,6 +48,8 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterLineage(app);
   fedlora::ops::RegisterExport(app);
   fedlora::ops::RegisterImport(app);
+  fedlora::ops::RegisterTag(app);
+  fedlora::ops::RegisterBranch(app);
   fedlora::ops::RegisterReplay(app);
   fedlora::ops::RegisterLoadgen(app);
   fedlora::ops::RegisterKeygen(app);

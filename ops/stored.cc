@@ -1,12 +1,18 @@
 #include "ops/stored.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "aggregator/lowrank.h"
+#include "schema/validate.h"
 
 namespace fedlora::ops {
 
@@ -44,6 +50,83 @@ Result<codec::DecodedGlobal> StoredAdapter::Global(uint64_t version) {
     return NotFound(fmt::format("adapter '{}' has versions 0..{}, not {}", adapter_, cursor_.version, version));
   }
   return storage::ReadVersion(*store_, adapter_, version);
+}
+
+namespace {
+
+std::string TagsPath(const StoreLayout& store) { return store.dir + "/tags.json"; }
+
+Result<nlohmann::json> ReadTagsFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return nlohmann::json::object();
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  if (!j.is_object()) return DataLoss(fmt::format("'{}' is not a JSON object", path));
+  return j;
+}
+
+}  // namespace
+
+Result<std::map<std::string, uint64_t>> ReadTags(const StoreLayout& store, const std::string& adapter) {
+  ASSIGN_OR_RETURN(auto j, ReadTagsFile(TagsPath(store)));
+  std::map<std::string, uint64_t> out;
+  if (j.contains(adapter) && j[adapter].is_object()) {
+    for (const auto& [name, v] : j[adapter].items()) {
+      if (v.is_number_unsigned()) out[name] = v.get<uint64_t>();
+    }
+  }
+  return out;
+}
+
+Status AddTag(const StoreLayout& store, const std::string& adapter, const std::string& name, uint64_t version) {
+  RETURN_IF_ERROR(ValidateId("tag name", name, 128));
+  if (name.find_first_not_of("0123456789") == std::string::npos) {
+    return InvalidArgument(fmt::format("tag '{}' reads as a version number; use a name with a letter in it", name));
+  }
+  const std::string path = TagsPath(store);
+  // One writer at a time; readers see the old or the new file, never half of one.
+  const int lock = ::open((path + ".lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+  if (lock < 0) return Unavailable(fmt::format("cannot create '{}.lock'", path));
+  ::flock(lock, LOCK_EX);
+  auto release = std::unique_ptr<int, void (*)(int*)>(new int(lock), [](int* fd) {
+    ::flock(*fd, LOCK_UN);
+    ::close(*fd);
+    delete fd;
+  });
+  ASSIGN_OR_RETURN(auto j, ReadTagsFile(path));
+  auto& tags = j[adapter];
+  if (!tags.is_object()) tags = nlohmann::json::object();
+  if (tags.contains(name)) {
+    return AlreadyExists(fmt::format("tag '{}' already names version {} of '{}'; tags never move", name,
+                                     tags[name].dump(), adapter));
+  }
+  tags[name] = version;
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(2) << "\n";
+    if (!out.flush()) return Unavailable(fmt::format("cannot write '{}'", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return Unavailable(fmt::format("cannot replace '{}': {}", path, ec.message()));
+  return Status::Ok();
+}
+
+Result<uint64_t> ResolveVersion(const StoreLayout& store, const std::string& adapter, const std::string& text) {
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos) {
+    try {
+      return static_cast<uint64_t>(std::stoull(text));
+    } catch (const std::exception&) {
+      return InvalidArgument(fmt::format("version '{}' is out of range", text));
+    }
+  }
+  ASSIGN_OR_RETURN(auto tags, ReadTags(store, adapter));
+  auto it = tags.find(text);
+  if (it != tags.end()) return it->second;
+  std::string known;
+  for (const auto& [name, v] : tags) known += fmt::format("{}{} (v{})", known.empty() ? "" : ", ", name, v);
+  return NotFound(fmt::format("'{}' is neither a version number nor a tag of '{}' (tags: {})", text, adapter,
+                              known.empty() ? "none" : known));
 }
 
 namespace {

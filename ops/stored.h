@@ -4,6 +4,7 @@
 // No LibTorch: the spectra come from aggregator/lowrank (exact, double precision).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,16 @@ class StoredAdapter {
   std::string adapter_;
   storage::Cursor cursor_;
 };
+
+// Tags name versions of an adapter. They live in <store>/tags.json
+// ({"<adapter>": {"<name>": version}}), outside RocksDB, so a tag can be added while an
+// aggregator holds the store; writes are atomic (a temporary file renamed over it, under a lock).
+Result<std::map<std::string, uint64_t>> ReadTags(const StoreLayout& store, const std::string& adapter);
+// Errors: kInvalidArgument (name syntax, or a name that reads as a number), kAlreadyExists
+// (the name already tags a version: tags never move), kUnavailable.
+Status AddTag(const StoreLayout& store, const std::string& adapter, const std::string& name, uint64_t version);
+// A version given as a number or as a tag name. Errors: kNotFound naming the known tags.
+Result<uint64_t> ResolveVersion(const StoreLayout& store, const std::string& adapter, const std::string& text);
 
 // One LoRA module: its update to the base weight, dW = (alpha / r) B A.
 struct ModuleStats {

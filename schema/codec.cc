@@ -413,7 +413,8 @@ Bytes BuildVersionRecord(const VersionInfo& v) {
       b.CreateString(v.method), v.consumed_seq, b.CreateVector(applied), b.CreateVector(dropped),
       v.mean_staleness, v.max_staleness, v.update_norm, b.CreateString(v.content_hash),
       v.test_accuracy, v.test_loss, v.eval_samples, b.CreateString(v.server_optimizer),
-      privacy, factors.empty() ? 0 : b.CreateVector(factors), v.config.empty() ? 0 : b.CreateString(v.config));
+      privacy, factors.empty() ? 0 : b.CreateVector(factors), v.config.empty() ? 0 : b.CreateString(v.config),
+      v.origin.empty() ? 0 : b.CreateString(v.origin));
   b.Finish(rec, store::VersionRecordIdentifier());
   return b.Release();
 }
@@ -470,6 +471,7 @@ VersionInfo DecodeVersionRecord(const store::VersionRecord& r) {
     for (const auto* f : *r.factors()) v.factors.push_back(DecodeFactorScore(*f));
   }
   v.config = Str(r.config());
+  v.origin = Str(r.origin());
   return v;
 }
 

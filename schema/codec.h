@@ -221,6 +221,9 @@ struct VersionInfo {
   // The engine settings that made this version as canonical aggregator flags
   // (aggregator/engine_config.h); empty in stores written before it was recorded.
   std::string config;
+  // Version 0 made by `fedlora branch` or `fedlora import`: e.g. "default@12 in data" or
+  // "peft:<dir>"; empty otherwise.
+  std::string origin;
 };
 Bytes BuildVersionRecord(const VersionInfo& info);
 VersionInfo DecodeVersionRecord(const store::VersionRecord& record);

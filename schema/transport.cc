@@ -25,13 +25,25 @@ zmq::message_t Frame(const std::shared_ptr<const std::string>& bytes) {
   return zmq::message_t(const_cast<char*>((*hold)->data()), (*hold)->size(), &FreeShared, hold);
 }
 
-bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
+bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, std::string* user_id) {
   frames.clear();
+  if (user_id) user_id->clear();
   while (true) {
     zmq::message_t m;
     auto r = socket.recv(m, frames.empty() ? zmq::recv_flags::dontwait : zmq::recv_flags::none);
     if (!r) return false;  // nothing queued (only possible for the first frame)
     const bool more = m.more();
+    if (user_id && !more) {
+      const char* id = zmq_msg_gets(m.handle(), "User-Id");
+      if (id) *user_id = id;
+    }
+    if (reinterpret_cast<uintptr_t>(m.data()) % kFrameAlignment != 0) {
+      // ZeroMQ hands out small frames straight from its receive buffer, at any offset.
+      // FlatBuffers reads its scalars in place, so a frame must start 8-byte aligned; a fresh
+      // message is (it is allocated, or held inline at an aligned offset). Large frames have
+      // their own allocation and are never copied here.
+      m = zmq::message_t(m.data(), m.size());
+    }
     frames.push_back(std::move(m));
     if (!more) return true;
   }

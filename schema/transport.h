@@ -25,8 +25,15 @@ inline std::span<const std::byte> View(const zmq::message_t& m) {
   return {static_cast<const std::byte*>(m.data()), m.size()};
 }
 
+// Every frame TryRecvMultipart returns starts at a multiple of this (FlatBuffers' largest scalar).
+inline constexpr size_t kFrameAlignment = 8;
+
 // Receives every frame of one message without blocking; returns false when none is queued.
-bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames);
+// A frame that ZeroMQ delivered at a misaligned address is copied (small frames only, see
+// transport.cc), so FlatBuffers can read it in place.
+// `user_id`, when given, receives the message's "User-Id" property (the name a CURVE
+// connection authenticated as, "" without one), read before any copy drops it.
+bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, std::string* user_id = nullptr);
 
 // Sends frames as one multipart message without blocking; returns false if ZeroMQ would
 // block (high-water mark reached) or the peer is unknown to a ROUTER socket.

@@ -211,5 +211,32 @@ TEST_F(AdapterCli, ExportIsReadByAnIndependentReaderAndImportsBitForBit) {
   EXPECT_NE(text.find("adapter_model.safetensors"), std::string::npos) << text;
 }
 
+TEST_F(AdapterCli, TagsNameVersionsAndABranchStartsFromOne) {
+  int rc = -1;
+  std::string text = RunCapture(std::string(kBinary) + " tag 2 early --store " + Quote(store_) + " 2>&1", &rc);
+  ASSERT_EQ(rc, 0) << text;
+  text = RunCapture(std::string(kBinary) + " tag 3 early --store " + Quote(store_) + " 2>&1", &rc);
+  EXPECT_EQ(rc, 2) << "a tag never moves: " << text;
+  text = RunCapture(std::string(kBinary) + " tag 4 42 --store " + Quote(store_) + " 2>&1", &rc);
+  EXPECT_EQ(rc, 2) << "a numeric tag would shadow a version: " << text;
+  const json history = Json(std::string(kBinary) + " history --json --store " + Quote(store_));
+  const json by_tag = Json(std::string(kBinary) + " inspect --json --version early --store " + Quote(store_));
+  EXPECT_EQ(by_tag["version"], 2);
+  EXPECT_EQ(by_tag["content_hash"], history[2]["content_hash"]);
+
+  const std::string other = dir_->path("branches");
+  text = RunCapture(std::string(kBinary) + " branch --from early --name side --to-store " + Quote(other) +
+                        " --store " + Quote(store_) + " 2>&1",
+                    &rc);
+  ASSERT_EQ(rc, 0) << text;
+  const json side = Json(std::string(kBinary) + " history --json --adapter side --store " + Quote(other));
+  ASSERT_EQ(side.size(), 1u);
+  EXPECT_EQ(side[0]["content_hash"], history[2]["content_hash"]);
+  EXPECT_EQ(side[0]["origin"].get<std::string>().rfind("default@2 in ", 0), 0u) << side[0].dump();
+  EXPECT_EQ(side[0]["config"], history[2]["config"]) << "a branch keeps the settings it came from";
+  // The source is untouched.
+  EXPECT_EQ(Json(std::string(kBinary) + " history --json --store " + Quote(store_)).size(), history.size());
+}
+
 }  // namespace
 }  // namespace fedlora
