@@ -11,7 +11,6 @@
 
 #include <nlohmann/json.hpp>
 #include <random>
-#include <regex>
 
 #include "tests/testing/fixtures.h"
 #include "tests/testing/ledger.h"
@@ -77,13 +76,9 @@ class CrashTest : public ::testing::Test {
 
 TEST_F(CrashTest, KillingBrokerOrAggregatorLosesAndDoublesNothing) {
   auto broker = StartBroker("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*");
-  std::smatch m;
-  std::string text;
-  ASSERT_TRUE(WaitUntil([&] {
-    text = broker->Output();
-    return std::regex_search(text, m, std::regex(R"(frontend=(\S+) backend=(\S+) announce=(\S+))"));
-  }, std::chrono::seconds(30))) << text;
-  const std::string frontend = m[1], backend = m[2], announce = m[3];
+  const auto bound = testing::WaitForBroker(*broker);
+  ASSERT_TRUE(bound);
+  const std::string frontend = bound->frontend, backend = bound->backend, announce = bound->announce;
   auto aggregator = StartAggregator(backend);
   const std::string acks = dir_.path("acks.jsonl");
   Process loadgen({kBinary, "loadgen", "--broker", frontend, "--clients", "4", "--updates", "0", "--interval-ms", "5",

@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <regex>
 
 #include "tests/testing/fixtures.h"
 #include "tests/testing/ledger.h"
@@ -53,13 +52,9 @@ TEST(FloodTest, MemoryStaysBoundedAndEveryAcknowledgedUpdateArrives) {
   Process broker({kBinary, "broker", "--store", store, "--frontend", "tcp://127.0.0.1:*", "--backend",
                   "tcp://127.0.0.1:*", "--announce", "tcp://127.0.0.1:*", "--ingest-queue-mib", "0.25"},
                  dir.path("broker.out"));
-  std::smatch m;
-  std::string text;
-  ASSERT_TRUE(WaitUntil([&] {
-    text = broker.Output();
-    return std::regex_search(text, m, std::regex(R"(frontend=(\S+) backend=(\S+))"));
-  }, std::chrono::seconds(30))) << text;
-  const std::string frontend = m[1], backend = m[2];
+  const auto bound = testing::WaitForBroker(broker);
+  ASSERT_TRUE(bound);
+  const std::string frontend = bound->frontend, backend = bound->backend;
   Process aggregator({kBinary, "aggregator", "--store", store, "--broker", backend, "--arch", "mlp", "--buffer-size",
                       "3", "--eval-every", "0", "--max-staleness", "1000000"},
                      dir.path("aggregator.out"));

@@ -15,19 +15,11 @@ namespace fedlora {
 namespace {
 
 using nlohmann::json;
+using testing::Json;
 using testing::Quote;
 using testing::RunCapture;
 
 constexpr const char* kBinary = FEDLORA_BINARY;
-
-json Json(const std::string& command, int expect_rc = 0) {
-  int rc = -1;
-  const std::string out = RunCapture(command + " 2>/dev/null", &rc);
-  EXPECT_EQ(rc, expect_rc) << command << "\n" << out;
-  json j = json::parse(out, nullptr, false);
-  EXPECT_FALSE(j.is_discarded()) << command << "\n" << out;
-  return j;
-}
 
 class ReplayCli : public ::testing::Test {
  protected:

@@ -54,13 +54,9 @@ TEST(SecurityCli, OnlyListedKeysPublishAndPlaintextStaysOut) {
                   "tcp://127.0.0.1:*", "--announce", "tcp://127.0.0.1:*", "--curve-secret", dir.path("broker.key"),
                   "--allow", dir.path("allow.txt")},
                  dir.path("broker.out"));
-  std::smatch m;
-  std::string text;
-  ASSERT_TRUE(WaitUntil([&] {
-    text = broker.Output();
-    return std::regex_search(text, m, std::regex(R"(frontend=(\S+) backend=(\S+))"));
-  }, std::chrono::seconds(30))) << text;
-  const std::string frontend = m[1], backend = m[2];
+  const auto bound = testing::WaitForBroker(broker);
+  ASSERT_TRUE(bound);
+  const std::string frontend = bound->frontend, backend = bound->backend;
   Process aggregator({kBinary, "aggregator", "--store", store, "--broker", backend, "--arch", "mlp", "--buffer-size",
                       "5", "--eval-every", "0", "--broker-key", dir.path("broker.pub"), "--key", dir.path("agg.key")},
                      dir.path("aggregator.out"));

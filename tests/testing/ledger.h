@@ -33,7 +33,9 @@ inline AckCount ExpectAckedExactlyOnce(const nlohmann::json& log, const std::str
     const std::string key = a["client_id"].get<std::string>() + "/" + a["update_id"].get<std::string>();
     auto it = seq_of.find(key);
     EXPECT_TRUE(it != seq_of.end()) << "acknowledged but not in the log: " << key;
-    if (it != seq_of.end()) EXPECT_EQ(it->second, a["seq"].get<uint64_t>()) << key;
+    if (it != seq_of.end()) {
+      EXPECT_EQ(it->second, a["seq"].get<uint64_t>()) << key;
+    }
     ++count.acked;
     count.duplicates += a["duplicate"].get<bool>();
   }

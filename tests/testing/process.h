@@ -7,11 +7,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <fcntl.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
 #include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -112,6 +116,37 @@ inline std::string RunCapture(const std::string& command, int* exit_code = nullp
   const int status = pclose(pipe);
   if (exit_code) *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return out;
+}
+
+// Runs a command that prints JSON on stdout (its stderr is dropped), expects `expect_rc`, and
+// parses the output (discarded JSON on a parse failure, which is also a test failure).
+inline nlohmann::json Json(const std::string& command, int expect_rc = 0) {
+  int rc = -1;
+  const std::string out = RunCapture(command + " 2>/dev/null", &rc);
+  EXPECT_EQ(rc, expect_rc) << command << "\n" << out;
+  nlohmann::json j = nlohmann::json::parse(out, nullptr, false);
+  EXPECT_FALSE(j.is_discarded()) << command << "\n" << out;
+  return j;
+}
+
+struct BrokerAddresses {
+  std::string frontend, backend, announce;
+};
+
+// The endpoints a `fedlora broker` process printed once it bound them, or nullopt after
+// `timeout` (the broker's output then goes into the test's failure message).
+inline std::optional<BrokerAddresses> WaitForBroker(const Process& broker,
+                                                    std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  const std::regex endpoints(R"(frontend=(\S+) backend=(\S+) announce=(\S+))");
+  std::optional<BrokerAddresses> found;
+  WaitUntil([&] {
+    const std::string text = broker.Output();
+    std::smatch m;
+    if (std::regex_search(text, m, endpoints)) found = BrokerAddresses{m[1], m[2], m[3]};
+    return found.has_value();
+  }, timeout);
+  EXPECT_TRUE(found) << "the broker never said where it listens:\n" << broker.Output();
+  return found;
 }
 
 }  // namespace fedlora::testing
