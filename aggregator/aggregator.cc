@@ -5,7 +5,13 @@
 
 #include <zmq.hpp>
 
+#include <deque>
+#include <future>
+#include <mutex>
+
 #include "aggregator/commit.h"
+#include "aggregator/metrics.h"
+#include "aggregator/rollback.h"
 #include "schema/transport.h"
 #include "storage/adapter_store.h"
 
@@ -26,7 +32,8 @@ class AggregatorImpl final : public Aggregator {
       : options_(std::move(options)),
         store_(std::move(store)),
         bases_(*store_, options_.adapter_id),
-        socket_(ctx_, zmq::socket_type::dealer) {}
+        socket_(ctx_, zmq::socket_type::dealer),
+        metrics_(options_.adapter_id) {}
 
   Status Init() {
     ASSIGN_OR_RETURN(auto cursor, store_->GetCursor(options_.adapter_id));
@@ -61,6 +68,22 @@ class AggregatorImpl final : public Aggregator {
   }
 
   uint64_t Version() const override { return version_.load(); }
+
+  Result<RollbackDone> Rollback(uint64_t to, std::chrono::milliseconds timeout) override {
+    std::future<Result<RollbackDone>> done;
+    {
+      std::lock_guard lock(requests_mu_);
+      if (!running_) return Unavailable("the aggregator is not running");
+      requests_.push_back({to, {}});
+      done = requests_.back().promise.get_future();
+    }
+    if (done.wait_for(timeout) != std::future_status::ready) {
+      return Unavailable(fmt::format("the aggregator did not get to the rollback within {} ms", timeout.count()));
+    }
+    return done.get();
+  }
+
+  void WriteMetrics(prometheus::Writer& w) const override { metrics_.Write(w); }
   bool Finished() const override { return finished_.load(); }
 
   Status Run(std::stop_token stop) override {
@@ -80,18 +103,27 @@ class AggregatorImpl final : public Aggregator {
     auto reconnect_after = interval * options_.heartbeat_liveness;
     last_heard_ = last_sent_ = Clock::now();
     Subscribe();
+    SetRunning(true);
     std::vector<zmq::message_t> frames;
-    while (!stop.stop_requested() && !finished_) {
+    Status failure;
+    while (!stop.stop_requested() && !finished_ && failure.ok()) {
       try {
+        failure = ServeRollbacks();
+        if (!failure.ok()) break;
         std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
         zmq::poll(items, std::min(options_.poll_interval, interval));
         bool delivered = false;
         while (!finished_ && transport::TryRecvMultipart(socket_, frames)) {
           last_heard_ = Clock::now();
           reconnect_after = interval * options_.heartbeat_liveness;
-          ASSIGN_OR_RETURN(bool progressed, Handle(frames));
-          delivered |= progressed;
+          auto progressed = Handle(frames);
+          if (!progressed.ok()) {
+            failure = progressed.status();
+            break;
+          }
+          delivered |= *progressed;
         }
+        if (!failure.ok()) break;
         const auto now = Clock::now();
         if (delivered) {
           SendCredit(false);
@@ -112,10 +144,66 @@ class AggregatorImpl final : public Aggregator {
         Log()->error("zeromq error={}", e.what());
       }
     }
-    return Status::Ok();
+    SetRunning(false);
+    return failure;
   }
 
  private:
+  void SetRunning(bool running) {
+    std::lock_guard lock(requests_mu_);
+    running_ = running;
+    if (running) return;
+    for (auto& r : requests_) r.promise.set_value(Unavailable("the aggregator stopped before the rollback"));
+    requests_.clear();
+  }
+
+  // Commits the rollbacks asked for since the last look. A store failure is fatal (as for any
+  // commit); a bad request is answered and forgotten.
+  Status ServeRollbacks() {
+    std::deque<RollbackRequest> requests;
+    {
+      std::lock_guard lock(requests_mu_);
+      requests.swap(requests_);
+    }
+    for (auto& r : requests) {
+      auto done = DoRollback(r.to);
+      Status fatal = done.ok() || IsRequestError(done.status()) ? Status::Ok() : done.status();
+      r.promise.set_value(std::move(done));
+      RETURN_IF_ERROR(fatal);
+    }
+    return Status::Ok();
+  }
+
+  static bool IsRequestError(const Status& s) {
+    return s.code() == Code::kInvalidArgument || s.code() == Code::kNotFound || s.code() == Code::kFailedPrecondition;
+  }
+
+  Result<RollbackDone> DoRollback(uint64_t to) {
+    if (finished_ || final_) {
+      return FailedPrecondition(fmt::format("adapter '{}' is final at version {}", options_.adapter_id, version_.load()));
+    }
+    if (to > version_) {
+      return NotFound(fmt::format("adapter '{}' has versions 0 to {}; there is no version {} to roll back to",
+                                  options_.adapter_id, version_.load(), to));
+    }
+    if (to == version_) {
+      return InvalidArgument(fmt::format("'{}' is at version {} already: roll back to an earlier version",
+                                         options_.adapter_id, to));
+    }
+    ASSIGN_OR_RETURN(PreparedRollback prepared,
+                     PrepareRollback(*store_, options_.engine, options_.adapter_id, to,
+                                     [this](uint64_t v) { return bases_.Get(v); }));
+    const uint64_t abandoned = engine_->buffered();
+    engine_ = std::move(prepared.engine);
+    RETURN_IF_ERROR(CommitVersion(prepared.info, engine_->spec(), engine_->state(), false));
+    Log()->warn("adapter={} rolled back: version={} restores version={}; resuming from log seq={} ({} buffered "
+                "updates are consumed again)",
+                options_.adapter_id, prepared.info.version, to, engine_->next_seq(), abandoned);
+    // The log position moved back: ask the broker to deliver from there, with the new global.
+    Subscribe();
+    return RollbackDone{prepared.info.version, prepared.info.content_hash, prepared.info.consumed_seq};
+  }
+
   bool ReachedMax() const { return options_.max_versions > 0 && version_ >= options_.max_versions; }
 
   Status CommitVersionZero() {
@@ -143,6 +231,7 @@ class AggregatorImpl final : public Aggregator {
     ASSIGN_OR_RETURN(latest_global_,
                      aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final));
     version_ = info.version;
+    metrics_.OnCommit(info, engine_ ? engine_->buffered() : 0, BufferSize());
     if (options_.on_commit) options_.on_commit(info);
     return Status::Ok();
   }
@@ -255,6 +344,20 @@ class AggregatorImpl final : public Aggregator {
     return progressed;
   }
 
+  uint32_t BufferSize() const {
+    switch (options_.engine.mode) {
+      case wire::Mode::FedAsync: return 1;
+      case wire::Mode::FedBuff: return options_.engine.buffer_size;
+      case wire::Mode::Sync: return options_.engine.round_size;
+    }
+    return 0;
+  }
+
+  struct RollbackRequest {
+    uint64_t to = 0;
+    std::promise<Result<RollbackDone>> promise;
+  };
+
   AggregatorOptions options_;
   std::unique_ptr<storage::AdapterStore> store_;
   VersionCache bases_;
@@ -267,6 +370,10 @@ class AggregatorImpl final : public Aggregator {
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> finished_{false};
   bool final_ = false;
+  AggregatorMetrics metrics_;
+  std::mutex requests_mu_;
+  std::deque<RollbackRequest> requests_;  // guarded by requests_mu_
+  bool running_ = false;                  // guarded by requests_mu_
 };
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "aggregator/engine.h"
 #include "schema/adapter.h"
 #include "schema/codec.h"
+#include "schema/prometheus.h"
 #include "schema/security.h"
 #include "schema/status.h"
 
@@ -67,6 +68,13 @@ struct AggregatorOptions {
   std::function<void(const codec::VersionInfo&)> on_commit;
 };
 
+// A rollback the aggregator committed (aggregator/rollback.h).
+struct RollbackDone {
+  uint64_t version = 0;       // the new version
+  std::string content_hash;   // equal to the restored version's
+  uint64_t consumed_seq = 0;  // the log position it resumes from
+};
+
 class Aggregator {
  public:
   // Opens the store and, if it holds no version of the adapter yet, commits version 0 from
@@ -80,6 +88,14 @@ class Aggregator {
   virtual Status Run(std::stop_token stop) = 0;
   virtual uint64_t Version() const = 0;
   virtual bool Finished() const = 0;  // the final version is committed
+  // Rolls the live adapter back to version `to` (< the current version): Run commits the
+  // rollback between two log records, sends the new global and resumes from its log position.
+  // Callable from any thread; waits up to `timeout`. Errors: kInvalidArgument (`to` is not
+  // earlier than the current version), kNotFound, kFailedPrecondition (the adapter is final),
+  // kUnavailable (Run is not running, or did not get to it in time), store errors.
+  virtual Result<RollbackDone> Rollback(uint64_t to, std::chrono::milliseconds timeout) = 0;
+  // Prometheus families (aggregator/metrics.h). Callable from any thread.
+  virtual void WriteMetrics(prometheus::Writer& w) const = 0;
 };
 
 }  // namespace fedlora::aggregator

@@ -164,7 +164,8 @@ class EngineImpl final : public Engine {
   EngineImpl(EngineOptions options, std::string adapter_id, AdapterSpec spec, AdapterState state,
              uint64_t version, uint64_t consumed_seq, BaseLookup base_lookup, std::vector<Module> modules,
              ServerOptimizer optimizer, PrivacyLedger ledger, std::optional<uint64_t> noise_seed,
-             std::optional<FactorSelector> selector, std::vector<size_t> a_order)
+             std::optional<FactorSelector> selector, std::vector<size_t> a_order,
+             std::vector<RolledBack> rolled_back)
       : options_(std::move(options)),
         adapter_id_(std::move(adapter_id)),
         spec_(std::move(spec)),
@@ -177,7 +178,8 @@ class EngineImpl final : public Engine {
         ledger_(std::move(ledger)),
         noise_seed_(noise_seed),
         selector_(std::move(selector)),
-        a_order_(std::move(a_order)) {
+        a_order_(std::move(a_order)),
+        rolled_back_(std::move(rolled_back)) {
     for (size_t i = 0; i < spec_.tensors.size(); ++i) index_[spec_.tensors[i].name] = i;
     position_.assign(modules_.size(), 0);
     for (size_t p = 0; p < a_order_.size(); ++p) position_[a_order_[p]] = p;
@@ -206,6 +208,7 @@ class EngineImpl final : public Engine {
     s.noise_seed = noise_seed_;
     if (selector_) s.factors = selector_->state();
     s.ledger = ledger_.Snapshot();
+    s.rolled_back = rolled_back_;
     return s;
   }
   std::optional<codec::PrivacyLedger> ledger() const override { return ledger_.Snapshot(); }
@@ -226,6 +229,9 @@ class EngineImpl final : public Engine {
     const uint64_t base = base_;
     if (base > version_) return Drop(seq, u, 0, "future-base");
     const uint64_t tau = version_ - base;
+    for (const RolledBack& r : rolled_back_) {
+      if (base >= r.first && base <= r.last) return Drop(seq, u, tau, "rolled-back-base");
+    }
     if (options_.mode == wire::Mode::Sync && tau > 0) return Drop(seq, u, tau, "stale-round");
     if (tau > options_.staleness.max_staleness) return Drop(seq, u, tau, "max-staleness");
     // The base version was checked above (it may be re-based by a what-if replay).
@@ -679,6 +685,7 @@ class EngineImpl final : public Engine {
   uint64_t base_ = 0;  // the version the update being consumed counts as trained from
   std::optional<FactorSelector> selector_;  // as-lora
   std::vector<size_t> a_order_;             // module indices in the spec order of their A factor
+  std::vector<RolledBack> rolled_back_;     // versions undone by rollbacks (aggregator/rollback.h)
   std::vector<size_t> position_;            // module index -> position in a_order_
 };
 
@@ -777,7 +784,8 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std
                                                 std::move(state), version, consumed_seq,
                                                 std::move(base_lookup), std::move(modules),
                                                 std::move(optimizer), std::move(ledger), seed,
-                                                std::move(selector), std::move(a_order)));
+                                                std::move(selector), std::move(a_order),
+                                                std::move(server_state.rolled_back)));
 }
 
 }  // namespace fedlora::aggregator

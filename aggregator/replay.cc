@@ -8,6 +8,7 @@
 
 #include "aggregator/commit.h"
 #include "aggregator/engine_config.h"
+#include "aggregator/rollback.h"
 #include "aggregator/server_state.h"
 
 namespace fedlora::aggregator {
@@ -40,7 +41,13 @@ class Replayer {
     const uint64_t head = log_.LastSeq(id);
     const uint64_t last_seq = options_.until_seq > 0 ? std::min(options_.until_seq, head) : head;
     bool done = false;
-    while (!done && engine_->next_seq() <= last_seq) {
+    while (!done) {
+      // A rollback the original made once it had consumed the log this far happens here too.
+      if (RollbackDue(last_seq)) {
+        ASSIGN_OR_RETURN(done, ApplyRollback(last_seq));
+        continue;
+      }
+      if (engine_->next_seq() > last_seq) break;
       ASSIGN_OR_RETURN(std::vector<storage::LogRecord> records,
                        log_.Read(id, engine_->next_seq(), 256, size_t{64} << 20));
       if (records.empty()) break;
@@ -49,6 +56,7 @@ class Replayer {
           done = true;
           break;
         }
+        if (RollbackDue(last_seq)) break;
         ASSIGN_OR_RETURN(done, Consume(r, last_seq));
         if (done) break;
       }
@@ -87,6 +95,7 @@ class Replayer {
     if (!cursor) return NotFound(fmt::format("the original store has no adapter '{}'", id));
     for (uint64_t v = 0; v <= cursor->version; ++v) {
       ASSIGN_OR_RETURN(codec::VersionInfo info, storage::ReadVersionInfo(*original_, id, v));
+      if (info.rollback_to) rollbacks_.push_back(v);
       original_records_.push_back(std::move(info));
     }
     ASSIGN_OR_RETURN(codec::DecodedGlobal latest, storage::ReadVersion(*original_, id, cursor->version));
@@ -143,9 +152,50 @@ class Replayer {
   std::optional<uint64_t> Rebase(const wire::Update& update) const {
     const uint64_t b = update.base_version();
     if (b >= original_records_.size()) return std::nullopt;
+    return Corresponding(b);
+  }
+
+  // Every version so far equals the original's: the two timelines are one, version for version
+  // (versions after a rollback share its log position, so positions alone cannot tell them apart).
+  bool Faithful() const { return !report_.first_difference && report_.compared == consumed_.size(); }
+
+  // The version of this replay that corresponds to the original's version `b`: b itself while
+  // the replay is faithful, otherwise the latest version that had consumed no more of the log.
+  uint64_t Corresponding(uint64_t b) const {
+    if (Faithful() && b < consumed_.size()) return b;
     const uint64_t position = original_records_[b].consumed_seq;
     const auto it = std::upper_bound(consumed_.begin(), consumed_.end(), position);
-    return static_cast<uint64_t>(it - consumed_.begin()) - 1;  // consumed_[0] = 0 <= position
+    return static_cast<uint64_t>(it - consumed_.begin()) - 1;
+  }
+
+  // The next of the original's rollbacks is due once the log is consumed up to its position.
+  bool RollbackDue(uint64_t last_seq) const {
+    if (next_rollback_ >= rollbacks_.size()) return false;
+    const uint64_t position = original_records_[rollbacks_[next_rollback_]].consumed_seq;
+    return position <= last_seq && position < engine_->next_seq();
+  }
+
+  // Commits the original's next rollback here; returns whether the replay is over.
+  Result<bool> ApplyRollback(uint64_t last_seq) {
+    const codec::VersionInfo& original = original_records_[rollbacks_[next_rollback_++]];
+    const uint64_t to = Corresponding(*original.rollback_to);
+    ASSIGN_OR_RETURN(EngineOptions options, SettingsFor(report_.last.version + 1));
+    ASSIGN_OR_RETURN(PreparedRollback prepared, PrepareRollback(out_, options, options_.adapter_id, to, Lookup()));
+    engine_ = std::move(prepared.engine);
+    options_now_ = std::move(options);
+    codec::VersionInfo& info = prepared.info;
+    info.commit_unix_ms = NowUnixMs();
+    ASSIGN_OR_RETURN(auto global, CommitVersion(out_, options_now_, engine_.get(), info, engine_->spec(),
+                                                engine_->state(), false));
+    consumed_.push_back(info.consumed_seq);
+    report_.versions++;
+    report_.rollbacks++;
+    report_.last_eval.reset();
+    Compare(info);
+    if (options_.on_version) options_.on_version({info.version, info.consumed_seq, last_seq, SecondsSince(start_)});
+    const bool final = options_.max_versions > 0 && info.version >= options_.max_versions;
+    report_.last = std::move(info);
+    return final;
   }
 
   void Compare(const codec::VersionInfo& info) {
@@ -222,6 +272,8 @@ class Replayer {
   const Clock::time_point start_ = Clock::now();
   std::vector<codec::VersionInfo> original_records_;
   std::vector<uint64_t> consumed_;  // log position consumed by each replayed version
+  std::vector<uint64_t> rollbacks_;  // the original's rollback versions, in order
+  size_t next_rollback_ = 0;
   bool original_final_ = false;
   std::optional<uint64_t> original_seed_;
   EngineOptions options_now_;

@@ -7,7 +7,8 @@
 // report says where the two histories part. In a what-if the version numbers of the two
 // timelines no longer correspond, so an update trained from the original's version b counts as
 // trained from this replay's latest version that had consumed no more of the log than version
-// b had (with the original's settings, b itself).
+// b had (with the original's settings, b itself). A rollback of the original (aggregator/rollback.h)
+// is made at the same log position, to the corresponding version.
 // Thread safety: one call at a time per output store.
 #pragma once
 
@@ -58,6 +59,7 @@ struct ReplayReport {
   double seconds = 0;            // wall time, evaluation excluded
   double eval_seconds = 0;
   uint64_t setting_changes = 0;  // engine restarts because the settings changed
+  uint64_t rollbacks = 0;        // the original's rollbacks, made here at the same log positions
   bool final = false;            // the last version was committed final
   codec::VersionInfo last;       // the replay's last version
   std::optional<EvalOutcome> last_eval;  // of `last`, when an evaluator was given

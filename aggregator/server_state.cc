@@ -19,9 +19,11 @@ codec::Bytes EncodeServerState(std::string_view adapter_id, const AdapterSpec& s
   }
   std::vector<flatbuffers::Offset<store::FactorScore>> factors;
   for (const auto& f : s.factors) factors.push_back(codec::BuildFactorScore(b, f, true));
+  std::vector<flatbuffers::Offset<store::VersionRange>> rolled_back;
+  for (const auto& r : s.rolled_back) rolled_back.push_back(store::CreateVersionRange(b, r.first, r.last));
   auto root = store::CreateServerState(b, b.CreateString(adapter_id), version, b.CreateString(optimizer_name),
                                        b.CreateVector(tensors), s.noise_seed.has_value(), s.noise_seed.value_or(0),
-                                       b.CreateVector(factors));
+                                       b.CreateVector(factors), rolled_back.empty() ? 0 : b.CreateVector(rolled_back));
   b.Finish(root, store::VersionRecordIdentifier());
   return b.Release();
 }
@@ -41,6 +43,12 @@ Result<ServerState> DecodeServerState(std::span<const std::byte> bytes, const Ad
   if (root->has_noise_seed()) out.noise_seed = root->noise_seed();
   if (root->factors()) {
     for (const auto* f : *root->factors()) out.factors.push_back(codec::DecodeFactorScore(*f));
+  }
+  if (root->rolled_back()) {
+    for (const auto* r : *root->rolled_back()) {
+      if (r->first() > r->last()) return DataLoss("stored server state has an empty rolled-back range");
+      out.rolled_back.push_back({r->first(), r->last()});
+    }
   }
   const auto* tensors = root->tensors();
   if (tensors == nullptr || tensors->size() == 0) return out;  // a stateless optimizer (sgd)

@@ -19,17 +19,25 @@
 
 namespace fedlora::aggregator {
 
+// Versions first..last (inclusive) that a rollback undid.
+struct RolledBack {
+  uint64_t first = 0;
+  uint64_t last = 0;
+  bool operator==(const RolledBack&) const = default;
+};
+
 struct ServerState {
   uint64_t version = 0;                     // the global version it belongs to (as decoded)
   ServerOptimizerState optimizer;           // Adam's moments (empty for sgd)
   std::optional<uint64_t> noise_seed;       // client-level DP: the server's secret noise seed
   std::vector<codec::FactorScore> factors;  // AS-LoRA: one per LoRA module, Fisher included
+  std::vector<RolledBack> rolled_back;      // updates trained from these versions are dropped
   // The privacy ledger after the version. Restored from the latest VersionRecord, where it is
   // stored; EncodeServerState leaves it out.
   std::optional<codec::PrivacyLedger> ledger;
 
   // Nothing EncodeServerState would have to store.
-  bool empty() const { return optimizer.empty() && !noise_seed && factors.empty(); }
+  bool empty() const { return optimizer.empty() && !noise_seed && factors.empty() && rolled_back.empty(); }
 };
 
 // Stored form (store.fbs ServerState, identifier "FLS1"); `version` is the global version the

@@ -40,6 +40,16 @@ struct AdapterEntry {
   std::string owner;          // ROUTER identity; empty when no aggregator subscribed
   uint64_t next_to_send = 1;  // next log sequence number to deliver
   uint64_t send_limit = 1;    // exclusive bound granted by the last Credit
+  uint64_t consumed = 0;      // the aggregator has consumed the log up to here (its last Credit)
+};
+
+// What /metrics shows of one adapter (a snapshot taken by the serving loop).
+struct AdapterSnapshot {
+  std::string adapter;
+  uint64_t head = 0;
+  uint64_t consumed = 0;
+  uint64_t version = 0;
+  bool subscribed = false;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -207,6 +217,47 @@ class BrokerImpl final : public Broker {
   const BrokerEndpoints& Endpoints() const override { return endpoints_; }
   const BrokerStats& Stats() const override { return stats_; }
 
+  void WriteMetrics(prometheus::Writer& w) const override {
+    const auto counter = [&w](std::string_view name, std::string_view help, const std::atomic<uint64_t>& v) {
+      w.Counter(name, help, static_cast<double>(v.load()));
+    };
+    counter("fedlora_broker_updates_logged_total", "Updates made durable in the log", stats_.updates_logged);
+    counter("fedlora_broker_updates_duplicate_total", "Re-sent updates answered from the log (already durable)",
+            stats_.updates_duplicate);
+    counter("fedlora_broker_messages_rejected_total", "Messages answered with an Error", stats_.messages_rejected);
+    counter("fedlora_broker_bytes_logged_total", "Bytes of updates made durable", stats_.bytes_logged);
+    counter("fedlora_broker_group_commits_total", "Synced log writes (each holds one or more updates)",
+            stats_.group_commits);
+    counter("fedlora_broker_records_delivered_total", "Log records sent to aggregators", stats_.records_delivered);
+    counter("fedlora_broker_retry_later_total", "Updates refused because the ingest queue was full",
+            stats_.retry_later);
+    counter("fedlora_broker_rate_limited_total", "Updates refused by the per-client rate limit", stats_.rate_limited);
+    counter("fedlora_broker_auth_denied_total", "Connections refused by the CURVE allowlist", stats_.auth_denied);
+    counter("fedlora_broker_aggregators_expired_total", "Aggregator subscriptions dropped for silence",
+            stats_.aggregators_expired);
+    w.Gauge("fedlora_broker_ingest_queue_bytes", "Admitted updates not yet durable",
+            static_cast<double>(stats_.ingest_queue_bytes.load()));
+    w.Gauge("fedlora_broker_ingest_queue_peak_bytes", "The most the ingest queue ever held",
+            static_cast<double>(stats_.ingest_queue_peak.load()));
+    std::lock_guard lock(snapshot_mu_);
+    w.Family("fedlora_broker_log_head_seq", "gauge", "Sequence number of the adapter's last logged update");
+    for (const auto& a : snapshot_) w.Sample("fedlora_broker_log_head_seq", static_cast<double>(a.head), {{"adapter", a.adapter}});
+    w.Family("fedlora_broker_log_lag_records", "gauge",
+             "Records logged that the adapter's aggregator has not consumed yet");
+    for (const auto& a : snapshot_) {
+      w.Sample("fedlora_broker_log_lag_records", static_cast<double>(a.head > a.consumed ? a.head - a.consumed : 0),
+               {{"adapter", a.adapter}});
+    }
+    w.Family("fedlora_broker_aggregator_connected", "gauge", "1 while an aggregator is subscribed to the adapter");
+    for (const auto& a : snapshot_) {
+      w.Sample("fedlora_broker_aggregator_connected", a.subscribed ? 1 : 0, {{"adapter", a.adapter}});
+    }
+    w.Family("fedlora_broker_global_version", "gauge", "Latest global version the broker serves");
+    for (const auto& a : snapshot_) {
+      w.Sample("fedlora_broker_global_version", static_cast<double>(a.version), {{"adapter", a.adapter}});
+    }
+  }
+
   Status Run(std::stop_token stop) override {
     Log()->info("serving frontend={} backend={} announce={} log={} curve={}", endpoints_.frontend,
                 endpoints_.backend, endpoints_.announce, options_.log_path, options_.curve ? "on" : "off");
@@ -224,6 +275,7 @@ class BrokerImpl final : public Broker {
         if (items[0].revents & ZMQ_POLLIN) DrainFrontend();
         ExpireSilentAggregators();
         failure = Dispatch();
+        TakeSnapshot();
       } catch (const zmq::error_t& e) {
         if (e.num() == ETERM) break;
         // A socket-level failure is not the sender's fault and not fatal: log it and go on.
@@ -552,6 +604,20 @@ class BrokerImpl final : public Broker {
     }
   }
 
+  void TakeSnapshot() {
+    const auto now = Clock::now();
+    // Every 250 ms, and at once when an adapter appears.
+    if (now - last_snapshot_ < std::chrono::milliseconds(250) && snapshot_adapters_ == adapters_.size()) return;
+    last_snapshot_ = now;
+    snapshot_adapters_ = adapters_.size();
+    std::vector<AdapterSnapshot> snap;
+    for (const auto& [adapter, e] : adapters_) {
+      snap.push_back({adapter, log_->LastSeq(adapter), e.consumed, e.version, !e.owner.empty()});
+    }
+    std::lock_guard lock(snapshot_mu_);
+    snapshot_ = std::move(snap);
+  }
+
   void HandleCredit(const zmq::message_t& identity, const wire::Credit& c) {
     const std::string adapter = c.adapter_id()->str();
     if (!ValidateId("adapter_id", adapter, 128).ok()) return;
@@ -565,6 +631,7 @@ class BrokerImpl final : public Broker {
       e.next_to_send = std::max(e.next_to_send, c.next_seq());
     }
     e.send_limit = c.next_seq() + c.window();
+    e.consumed = c.next_seq() > 0 ? c.next_seq() - 1 : 0;
   }
 
   void HandleGlobal(zmq::message_t& payload, const wire::GlobalAdapter& g) {
@@ -635,6 +702,10 @@ class BrokerImpl final : public Broker {
   std::unique_ptr<storage::UpdateLog> log_;
   zmq::context_t ctx_;
   BrokerStats stats_;
+  mutable std::mutex snapshot_mu_;
+  std::vector<AdapterSnapshot> snapshot_;  // guarded by snapshot_mu_
+  Clock::time_point last_snapshot_{};
+  size_t snapshot_adapters_ = 0;
   std::optional<ZapHandler> zap_;  // before the sockets it authenticates, after the context
   zmq::socket_t frontend_;
   zmq::socket_t backend_;

@@ -29,6 +29,7 @@
 #include <stop_token>
 #include <string>
 
+#include "schema/prometheus.h"
 #include "schema/security.h"
 #include "schema/status.h"
 
@@ -107,6 +108,11 @@ class Broker {
   // impossible (the log cannot be read); bad input never ends it.
   virtual Status Run(std::stop_token stop) = 0;
   virtual const BrokerStats& Stats() const = 0;
+  // Prometheus families (docs/protocol.md): the stats, and per adapter the log head, the lag of
+  // its aggregator (records logged but not yet consumed) and whether one is subscribed. The
+  // per-adapter figures are a snapshot the serving loop refreshes every 250 ms (and as soon as
+  // an adapter appears).
+  virtual void WriteMetrics(prometheus::Writer& w) const = 0;
 };
 
 }  // namespace fedlora::broker

@@ -78,6 +78,7 @@ nlohmann::json VersionJson(const codec::VersionInfo& v) {
                       {"content_hash", v.content_hash},
                       {"config", v.config}};
   if (!v.origin.empty()) j["origin"] = v.origin;
+  j["rollback_to"] = v.rollback_to ? nlohmann::json(*v.rollback_to) : nlohmann::json(nullptr);
   j["test_accuracy"] = v.test_accuracy >= 0 ? nlohmann::json(v.test_accuracy) : nlohmann::json(nullptr);
   j["test_loss"] = v.test_loss >= 0 ? nlohmann::json(v.test_loss) : nlohmann::json(nullptr);
   j["eval_samples"] = v.eval_samples;
@@ -174,6 +175,7 @@ void RegisterHistory(CLI::App& app) {
       fmt::print("{:>7}  {:<24}  {:>7}  {:>7}  {:>9.2f}  {:>9}  {:>9.4f}  {:>8}  {:>10}  {:>10}\n", v.version,
                  FormatTime(v.commit_unix_ms), v.applied.size(), v.dropped.size(), v.mean_staleness, v.max_staleness,
                  v.update_norm, acc, ClientEpsilon(v), WorkerEpsilon(v));
+      if (v.rollback_to) fmt::print("         ^ rollback: version {} holds version {}'s tensors\n", v.version, *v.rollback_to);
     }
     if (f->json) fmt::print("{}\n", out.dump(2));
   });

@@ -221,6 +221,7 @@ void RunReplay(const ReplayFlags& f) {
                         {"updates_per_s", ups},
                         {"eval_seconds", r.eval_seconds},
                         {"setting_changes", r.setting_changes},
+                        {"rollbacks", r.rollbacks},
                         {"final", r.final},
                         {"last_version", r.last.version},
                         {"last_hash", r.last.content_hash},
@@ -240,6 +241,9 @@ void RunReplay(const ReplayFlags& f) {
                r.versions, r.records, r.seconds, vps, ups,
                r.eval_seconds > 0 ? fmt::format(" (+{:.1f} s evaluating)", r.eval_seconds) : "");
     fmt::print("  folded / dropped            {} / {}\n", r.applied, r.dropped);
+    if (r.rollbacks > 0) {
+      fmt::print("  rollbacks                   {} (made at the original's log positions)\n", r.rollbacks);
+    }
     if (r.setting_changes > 0) {
       fmt::print("  settings changed            {} times (the original was restarted with other flags)\n",
                  r.setting_changes);

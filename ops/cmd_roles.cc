@@ -14,6 +14,7 @@
 #include "ops/commands.h"
 #include "ops/federation.h"
 #include "ops/flags.h"
+#include "ops/live.h"
 
 namespace fedlora::ops {
 
@@ -27,6 +28,7 @@ void RegisterBroker(CLI::App& app) {
     std::string allow;
     double ingest_queue_mib = 128;
     int heartbeat_ms = 1000;
+    std::string http;
   };
   auto flags = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("broker", "Run the broker: ingest updates into the durable log, dispatch them "
@@ -63,6 +65,7 @@ void RegisterBroker(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_flag("--insecure", flags->options.insecure,
                 "Allow plaintext on endpoints other machines can reach (by default only loopback may be plaintext)");
+  AddHttpFlag(cmd, flags->http, "Prometheus /metrics");
   cmd->callback([flags] {
     SetupLogging(flags->verbose);
     flags->options.log_path = flags->store.log();
@@ -86,6 +89,15 @@ void RegisterBroker(CLI::App& app) {
     const auto& ep = (*broker)->Endpoints();
     fmt::print("broker: frontend={} backend={} announce={} log={}\n", ep.frontend, ep.backend, ep.announce,
                flags->options.log_path);
+    std::unique_ptr<http::Server> http;
+    if (!flags->http.empty()) {
+      LiveRoles roles;
+      roles.broker = broker->get();
+      auto served = ServeLive(flags->http, std::move(roles));
+      if (!served.ok()) Fail("broker", served.status(), 2);
+      http = std::move(*served);
+      fmt::print("broker: metrics at http://{}/metrics\n", http->address());
+    }
     std::fflush(stdout);
     Status s = RunUntilSignalled([&](std::stop_token stop) { return (*broker)->Run(stop); });
     if (!s.ok()) Fail("broker", s);
@@ -131,6 +143,7 @@ void RegisterAggregator(CLI::App& app) {
     size_t eval_samples = 2000;
     bool no_sync = false;
     ClientKeyFlags keys;
+    std::string http;
   };
   auto flags = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("aggregator", "Run an aggregator: fold logged updates into new global versions "
@@ -148,6 +161,7 @@ void RegisterAggregator(CLI::App& app) {
   cmd->add_option("--window", flags->options.window, "Log records in flight from the broker")->capture_default_str();
   cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync commits (unsafe: for tests only)");
   AddClientKeyFlags(cmd, flags->keys);
+  AddHttpFlag(cmd, flags->http, "/metrics, the dashboard and POST /api/rollback (from this machine only)");
   AddTaskFlags(cmd, flags->task);
   AddEngineFlags(cmd, flags->engine);
   cmd->callback([flags] {
@@ -186,6 +200,18 @@ void RegisterAggregator(CLI::App& app) {
     auto agg = aggregator::Aggregator::Create(std::move(o));
     if (!agg.ok()) Fail("aggregator", agg.status());
     fmt::print("aggregator: adapter={} at version={} broker={}\n", adapter_id, (*agg)->Version(), broker_endpoint);
+    std::unique_ptr<http::Server> http;
+    if (!flags->http.empty()) {
+      LiveRoles roles;
+      roles.aggregator = agg->get();
+      roles.store = flags->store;
+      roles.adapter = adapter_id;
+      auto served = ServeLive(flags->http, std::move(roles));
+      if (!served.ok()) Fail("aggregator", served.status(), 2);
+      http = std::move(*served);
+      fmt::print("aggregator: dashboard at http://{}/ and metrics at http://{}/metrics\n", http->address(),
+                 http->address());
+    }
     std::fflush(stdout);
     Status s = RunUntilSignalled([&](std::stop_token stop) { return (*agg)->Run(stop); });
     if (!s.ok()) Fail("aggregator", s);

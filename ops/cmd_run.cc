@@ -18,6 +18,8 @@
 #include "ops/commands.h"
 #include "ops/federation.h"
 #include "ops/flags.h"
+#include "ops/live.h"
+#include "ops/progress.h"
 #include "storage/adapter_store.h"
 
 namespace fedlora::ops {
@@ -78,9 +80,11 @@ Result<std::pair<codec::DecodedGlobal, codec::VersionInfo>> LatestVersion(const 
   return std::make_pair(std::move(global), std::move(info));
 }
 
+// Pretraining epochs on a live status line (nothing when stdout is not a terminal).
 void PrintPretrainProgress(uint32_t epoch, uint32_t epochs, double loss) {
-  fmt::print("  pretrain epoch {:>2}/{}  loss {:.4f}\n", epoch, epochs, loss);
-  std::fflush(stdout);
+  static StatusLine line;
+  line.Update(fmt::format("  pretrain epoch {}/{}  loss {:.4f}", epoch, epochs, loss), /*force=*/true);
+  if (epoch == epochs) line.Clear();
 }
 
 }  // namespace
@@ -139,6 +143,7 @@ void RegisterRun(CLI::App& app) {
     bool verbose = false;
     std::string summary;
     std::string adapter = "default";
+    std::string http;
   };
   auto f = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand(
@@ -179,6 +184,8 @@ void RegisterRun(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--rank-budgets", f->budgets, "lora-a2: per-worker ranks per module, assigned in turn")
       ->capture_default_str();
+  AddHttpFlag(cmd, f->http,
+              "/metrics (broker and aggregator), the dashboard and POST /api/rollback (from this machine only)");
   AddEngineFlags(cmd, f->engine);
   AddTrainingFlags(cmd, f->training, /*delta_flag=*/false);
   cmd->callback([f] {
@@ -329,6 +336,14 @@ void RegisterRun(CLI::App& app) {
     fmt::print(", store {}\n", f->store.dir);
     if (start_version > 0) fmt::print("resuming the stored run at version {}\n", start_version);
     fmt::print("version 0 (base) accuracy on the 10,000 test images: {:.4f}\n", base_accuracy);
+    std::unique_ptr<http::Server> http;
+    if (!f->http.empty()) {
+      auto served = ServeLive(f->http, {.broker = broker->get(), .aggregator = agg->get(), .store = f->store,
+                                        .adapter = f->adapter});
+      if (!served.ok()) Fail("run", served.status(), 2);
+      http = std::move(*served);
+      fmt::print("dashboard at http://{}/, metrics at http://{}/metrics\n", http->address(), http->address());
+    }
     std::fflush(stdout);
 
     // Every component runs on its own thread; the first error stops them all.
@@ -351,11 +366,11 @@ void RegisterRun(CLI::App& app) {
       worker_threads.push_back(run_component(workers[i].get(), fmt::format("worker-{}", i)));
     }
 
-    const bool tty = isatty(STDOUT_FILENO);
-    const auto interval = std::chrono::seconds(tty ? 2 : 10);
-    auto next_report = fed_start + interval;
+    // A live status line on a terminal; nothing when stdout is a file or a pipe.
+    StatusLine status;
     uint64_t last_folded = 0;
     auto last_report = fed_start;
+    double rate = 0;
     const auto deadline = fed_start + std::chrono::duration<double>(f->duration_s);
     std::string stop_reason = "duration reached";
     while (true) {
@@ -372,26 +387,27 @@ void RegisterRun(CLI::App& app) {
         if (!first_error.ok()) { stop_reason = "error"; break; }
       }
       if (now >= deadline) break;
-      if (now >= next_report) {
+      if (status.enabled() && now - last_report >= std::chrono::milliseconds(500)) {
         uint64_t bytes = 0;
         for (const auto& w : workers) bytes += w->Stats().bytes_uploaded.load();
         std::lock_guard lock(progress->mu);
         const double dt = std::chrono::duration<double>(now - last_report).count();
-        const double rate = (progress->folded - last_folded) / std::max(dt, 1e-9);
+        // Updates folded per second, smoothed over a few seconds.
+        rate = 0.8 * rate + 0.2 * (progress->folded - last_folded) / std::max(dt, 1e-9);
         last_folded = progress->folded;
         last_report = now;
         const std::string acc = progress->last_accuracy >= 0
                                     ? fmt::format("{:.4f} (v{})", progress->last_accuracy, progress->last_accuracy_version)
                                     : "-";
-        fmt::print("[{:>5.0f}s] version {:>4}  accuracy {}  updates {:>5} ({:.1f}/s)  staleness {:.2f}  dropped {}  "
-                   "uploaded {}\n",
-                   std::chrono::duration<double>(now - fed_start).count(), progress->version, acc, progress->folded,
-                   rate, progress->folded ? progress->staleness_sum / progress->folded : 0.0, progress->dropped,
-                   HumanBytes(static_cast<double>(bytes)));
-        std::fflush(stdout);
-        next_report = now + interval;
+        status.Update(fmt::format("[{:>4.0f}/{:.0f}s] version {}  accuracy {}  updates {} ({:.1f}/s)  staleness {:.2f}  "
+                                  "dropped {}  uploaded {}",
+                                  std::chrono::duration<double>(now - fed_start).count(), f->duration_s,
+                                  progress->version, acc, progress->folded, rate,
+                                  progress->folded ? progress->staleness_sum / progress->folded : 0.0,
+                                  progress->dropped, HumanBytes(static_cast<double>(bytes))));
       }
     }
+    status.Finish();
     for (auto& t : worker_threads) t.request_stop();
     worker_threads.clear();  // joins
     agg_thread.request_stop();
@@ -404,6 +420,7 @@ void RegisterRun(CLI::App& app) {
     const auto& bs = (*broker)->Stats();
     uint64_t bytes = 0;
     for (const auto& w : workers) bytes += w->Stats().bytes_uploaded.load();
+    http.reset();  // its handlers use the broker and the aggregator
     agg->reset();  // closes the store so the summary reads it like any tool would
 
     auto latest = LatestVersion(f->store.adapters(), f->adapter);

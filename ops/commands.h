@@ -29,6 +29,8 @@ void RegisterExport(CLI::App& app);
 void RegisterImport(CLI::App& app);
 void RegisterTag(CLI::App& app);
 void RegisterBranch(CLI::App& app);
+void RegisterRollback(CLI::App& app);
+void RegisterDashboard(CLI::App& app);
 
 // "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
 std::string HumanBytes(double bytes);

@@ -236,6 +236,13 @@ void InstallStopSignals() {
   std::signal(SIGTERM, OnSignal);
 }
 
+void AddHttpFlag(CLI::App* app, std::string& address, std::string_view what) {
+  app->add_option("--http", address,
+                  fmt::format("Serve {} over HTTP on HOST:PORT (port 0 picks a free one; the address is printed). "
+                              "Bind to 127.0.0.1 unless the network is trusted: the endpoint has no authentication",
+                              what));
+}
+
 bool StopSignalled() { return g_stop.load(); }
 
 Status RunUntilSignalled(const std::function<Status(std::stop_token)>& body) {

@@ -62,6 +62,9 @@ struct ClientKeyFlags {
 void AddClientKeyFlags(CLI::App* app, ClientKeyFlags& flags);
 
 // Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process.
+// --http HOST:PORT: serve `what` over HTTP (ops/live.h); empty (the default): no HTTP.
+void AddHttpFlag(CLI::App* app, std::string& address, std::string_view what);
+
 void InstallStopSignals();
 bool StopSignalled();
 // Runs `body(stop)` on a thread until it returns or SIGINT/SIGTERM arrives (then requests stop

@@ -28,9 +28,10 @@ int main(int argc, char** argv) {
       "fedlora: asynchronous federated LoRA fine-tuning with a durable, replayable update log.\n"
       "Start with `fedlora run` (the whole federation on this machine), or run the roles as\n"
       "separate processes: `fedlora pretrain`, `fedlora broker`, `fedlora aggregator`,\n"
-      "`fedlora worker`. Inspect a store with `fedlora history` and `fedlora log`; compare the\n"
-      "federation methods on one task with `fedlora compare`; plan a private run with\n"
-      "`fedlora privacy`.",
+      "`fedlora worker`. Inspect a store with `fedlora history`, `inspect` and `log`, watch it\n"
+      "with `fedlora dashboard` (or --http on run and aggregator), roll it back with\n"
+      "`fedlora rollback`; compare the federation methods on one task with `fedlora compare`;\n"
+      "plan a private run with `fedlora privacy`.",
       "fedlora"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "fedlora 0.1.0");
@@ -50,6 +51,8 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterImport(app);
   fedlora::ops::RegisterTag(app);
   fedlora::ops::RegisterBranch(app);
+  fedlora::ops::RegisterRollback(app);
+  fedlora::ops::RegisterDashboard(app);
   fedlora::ops::RegisterReplay(app);
   fedlora::ops::RegisterLoadgen(app);
   fedlora::ops::RegisterKeygen(app);

@@ -34,6 +34,14 @@ class StatusLine {
     std::fflush(stdout);
   }
 
+  // Leaves the last status on screen and moves to a new line.
+  void Finish() {
+    if (!enabled_ || !shown_) return;
+    fmt::print("\n");
+    std::fflush(stdout);
+    shown_ = false;
+  }
+
   // Removes the line (before printing ordinary output).
   void Clear() {
     if (!enabled_ || !shown_) return;

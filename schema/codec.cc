@@ -414,7 +414,7 @@ Bytes BuildVersionRecord(const VersionInfo& v) {
       v.mean_staleness, v.max_staleness, v.update_norm, b.CreateString(v.content_hash),
       v.test_accuracy, v.test_loss, v.eval_samples, b.CreateString(v.server_optimizer),
       privacy, factors.empty() ? 0 : b.CreateVector(factors), v.config.empty() ? 0 : b.CreateString(v.config),
-      v.origin.empty() ? 0 : b.CreateString(v.origin));
+      v.origin.empty() ? 0 : b.CreateString(v.origin), v.rollback_to.has_value(), v.rollback_to.value_or(0));
   b.Finish(rec, store::VersionRecordIdentifier());
   return b.Release();
 }
@@ -472,6 +472,7 @@ VersionInfo DecodeVersionRecord(const store::VersionRecord& r) {
   }
   v.config = Str(r.config());
   v.origin = Str(r.origin());
+  if (r.has_rollback_to()) v.rollback_to = r.rollback_to();
   return v;
 }
 

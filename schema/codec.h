@@ -222,8 +222,10 @@ struct VersionInfo {
   // (aggregator/engine_config.h); empty in stores written before it was recorded.
   std::string config;
   // Version 0 made by `fedlora branch` or `fedlora import`: e.g. "default@12 in data" or
-  // "peft:<dir>"; empty otherwise.
+  // "peft:<dir>"; a rollback: "rollback to version W"; empty otherwise.
   std::string origin;
+  // A rollback (aggregator/rollback.h): the version whose tensors this one restores.
+  std::optional<uint64_t> rollback_to;
 };
 Bytes BuildVersionRecord(const VersionInfo& info);
 VersionInfo DecodeVersionRecord(const store::VersionRecord& record);

@@ -4,6 +4,7 @@
 
 #include "aggregator/commit.h"
 #include "aggregator/engine_config.h"
+#include "aggregator/rollback.h"
 #include "aggregator/server_state.h"
 #include "schema/hash.h"
 #include "tests/testing/fixtures.h"
@@ -263,6 +264,134 @@ TEST(ReplayTest, RefusesAnOutputStoreThatAlreadyHoldsTheAdapterAndUnknownSetting
 
   ASSERT_TRUE(Replay(*original.log, original.store.get(), *out, FromRecorded({Settings(2, false)})).ok());
   auto again = Replay(*original.log, original.store.get(), *out, FromRecorded({Settings(2, false)}));
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.status().code(), Code::kFailedPrecondition);
+}
+
+// A rollback to version 1 after version 4: the tensors of 1 in version 5, the log position and
+// privacy ledger of 4, Adam's moments reset; later updates trained from 2..4 are dropped (also
+// after a restart: the ranges are part of the stored server state); replay rebuilds it all.
+TEST(RollbackTest, RestoresTensorsDropsRolledBackBasesAndReplaysBitForBit) {
+  const EngineOptions o = Settings(3, true);
+  Original orig;
+  orig.CommitVersionZero(o);
+  orig.Append(0, 24);  // update i is trained from version i / 4
+  orig.Aggregate(o, 4);
+  auto v4 = storage::ReadVersionInfo(*orig.store, kAdapter, 4);
+  ASSERT_TRUE(v4.ok());
+  ASSERT_EQ(v4->consumed_seq, 12u);
+  VersionCache bases(*orig.store, kAdapter);
+  auto lookup = [&bases](uint64_t v) { return bases.Get(v); };
+
+  auto beyond = PrepareRollback(*orig.store, o, kAdapter, 9, lookup);
+  ASSERT_FALSE(beyond.ok());
+  EXPECT_EQ(beyond.status().code(), Code::kNotFound);
+
+  auto prepared = PrepareRollback(*orig.store, o, kAdapter, 1, lookup);
+  ASSERT_TRUE(prepared.ok()) << prepared.status().ToString();
+  Engine& engine = *prepared->engine;
+  ASSERT_TRUE(CommitVersion(*orig.store, o, &engine, prepared->info, engine.spec(), engine.state(), false).ok());
+  auto v5 = storage::ReadVersionInfo(*orig.store, kAdapter, 5);
+  ASSERT_TRUE(v5.ok());
+  EXPECT_EQ(v5->rollback_to, std::optional<uint64_t>(1));
+  EXPECT_EQ(v5->parent_version, 4u);
+  EXPECT_EQ(v5->content_hash, Hash(*orig.store, 1));
+  EXPECT_EQ(v5->consumed_seq, 12u);
+  EXPECT_TRUE(v5->applied.empty());
+  EXPECT_GT(v5->update_norm, 0.0f) << "the rollback moved the adapter";
+  ASSERT_TRUE(v5->privacy && v5->privacy->client && v4->privacy && v4->privacy->client);
+  EXPECT_EQ(v5->privacy->client->steps, v4->privacy->client->steps);
+  EXPECT_EQ(v5->privacy->client->epsilon, v4->privacy->client->epsilon);
+  auto stored = orig.store->GetServerState(kAdapter);
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  auto state = DecodeServerState(codec::AsBytes(**stored), engine.spec());
+  ASSERT_TRUE(state.ok()) << state.status().ToString();
+  ASSERT_FALSE(state->optimizer.empty());
+  for (size_t i = 0; i < state->optimizer.steps.size(); ++i) {
+    EXPECT_EQ(state->optimizer.steps[i], 0u);
+    for (float m : state->optimizer.m[i]) ASSERT_EQ(m, 0.0f);
+  }
+  ASSERT_EQ(state->rolled_back.size(), 1u);
+  EXPECT_EQ(state->rolled_back[0].first, 2u);
+  EXPECT_EQ(state->rolled_back[0].last, 4u);
+  EXPECT_TRUE(state->noise_seed.has_value());
+
+  // A restarted aggregator folds the rest: updates 12..19 (bases 3 and 4) are dropped, 20..23
+  // (base 5, the rollback itself) folded.
+  orig.Aggregate(o);
+  auto cursor = orig.store->GetCursor(kAdapter);
+  ASSERT_TRUE(cursor.ok() && cursor->has_value());
+  size_t dropped = 0, folded = 0;
+  for (uint64_t v = 6; v <= (*cursor)->version; ++v) {
+    auto info = storage::ReadVersionInfo(*orig.store, kAdapter, v);
+    ASSERT_TRUE(info.ok());
+    for (const auto& a : info->applied) {
+      EXPECT_EQ(a.base_version, 5u);
+      folded++;
+    }
+    for (const auto& d : info->dropped) {
+      EXPECT_TRUE(d.base_version >= 2 && d.base_version <= 4) << d.base_version;
+      EXPECT_EQ(d.reason, "rolled-back-base");
+      dropped++;
+    }
+  }
+  EXPECT_EQ(dropped, 8u);
+  EXPECT_EQ(folded, 3u) << "one version of K = 3; update 23 waits in the buffer";
+
+  // The reproduction follows the rollback exactly.
+  TempDir out_dir;
+  auto out = Original::OpenStore(out_dir.path("adapters"));
+  auto report = Replay(*orig.log, orig.store.get(), *out, FromRecorded({o}));
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->compared, (*cursor)->version + 1);
+  EXPECT_EQ(report->identical, report->compared);
+  EXPECT_FALSE(report->first_difference.has_value());
+  auto replayed5 = storage::ReadVersionInfo(*out, kAdapter, 5);
+  ASSERT_TRUE(replayed5.ok());
+  EXPECT_EQ(replayed5->rollback_to, std::optional<uint64_t>(1));
+
+  // A what-if (K = 2) rolls back at the same log position, to its own version that had
+  // consumed no more of the log than the original's version 1.
+  TempDir what_if_dir;
+  auto what_if = Original::OpenStore(what_if_dir.path("adapters"));
+  ReplayOptions ro;
+  ro.settings = [](uint64_t, const std::string&) -> Result<EngineOptions> { return Settings(2, true); };
+  ro.stop_at_original_final = false;
+  auto wi = Replay(*orig.log, orig.store.get(), *what_if, ro);
+  ASSERT_TRUE(wi.ok()) << wi.status().ToString();
+  auto original_v1 = storage::ReadVersionInfo(*orig.store, kAdapter, 1);
+  ASSERT_TRUE(original_v1.ok());
+  size_t rollbacks = 0;
+  for (uint64_t v = 1; v <= wi->last.version; ++v) {
+    auto info = storage::ReadVersionInfo(*what_if, kAdapter, v);
+    ASSERT_TRUE(info.ok());
+    if (!info->rollback_to) continue;
+    rollbacks++;
+    const uint64_t target = *info->rollback_to;
+    EXPECT_EQ(info->consumed_seq, 12u);
+    EXPECT_EQ(info->content_hash, Hash(*what_if, target));
+    auto t = storage::ReadVersionInfo(*what_if, kAdapter, target);
+    ASSERT_TRUE(t.ok());
+    EXPECT_LE(t->consumed_seq, original_v1->consumed_seq);
+    auto next = storage::ReadVersionInfo(*what_if, kAdapter, target + 1);
+    ASSERT_TRUE(next.ok());
+    EXPECT_GT(next->consumed_seq, original_v1->consumed_seq);
+  }
+  EXPECT_EQ(rollbacks, 1u);
+}
+
+TEST(RollbackTest, AFinalVersionIsNotRolledBack) {
+  const EngineOptions o = Settings(3, false);
+  Original orig;
+  orig.CommitVersionZero(o);
+  orig.Append(0, 6);
+  orig.Aggregate(o);
+  auto prepared = PrepareRollback(*orig.store, o, kAdapter, 0, nullptr);
+  ASSERT_TRUE(prepared.ok()) << prepared.status().ToString();
+  ASSERT_TRUE(CommitVersion(*orig.store, o, prepared->engine.get(), prepared->info, prepared->engine->spec(),
+                            prepared->engine->state(), /*final=*/true)
+                  .ok());
+  auto again = PrepareRollback(*orig.store, o, kAdapter, 1, nullptr);
   ASSERT_FALSE(again.ok());
   EXPECT_EQ(again.status().code(), Code::kFailedPrecondition);
 }
