@@ -63,7 +63,8 @@ Result<std::unique_ptr<http::Server>> ServeLive(const std::string& address, Live
       if (*end == '\0') to = static_cast<uint64_t>(v);
     }
     if (!to.ok()) return http::ErrorResponse(to.status());
-    auto done = roles.aggregator->Rollback(*to, std::chrono::seconds(30));
+    // Less than the 30 s `fedlora rollback` waits for the answer.
+    auto done = roles.aggregator->Rollback(*to, std::chrono::seconds(20));
     if (!done.ok()) return http::ErrorResponse(done.status());
     return Json(200, {{"adapter", roles.adapter},
                       {"version", done->version},
