@@ -240,22 +240,18 @@ class BrokerImpl final : public Broker {
     w.Gauge("fedlora_broker_ingest_queue_peak_bytes", "The most the ingest queue ever held",
             static_cast<double>(stats_.ingest_queue_peak.load()));
     std::lock_guard lock(snapshot_mu_);
-    w.Family("fedlora_broker_log_head_seq", "gauge", "Sequence number of the adapter's last logged update");
-    for (const auto& a : snapshot_) w.Sample("fedlora_broker_log_head_seq", static_cast<double>(a.head), {{"adapter", a.adapter}});
-    w.Family("fedlora_broker_log_lag_records", "gauge",
-             "Records logged that the adapter's aggregator has not consumed yet");
-    for (const auto& a : snapshot_) {
-      w.Sample("fedlora_broker_log_lag_records", static_cast<double>(a.head > a.consumed ? a.head - a.consumed : 0),
-               {{"adapter", a.adapter}});
-    }
-    w.Family("fedlora_broker_aggregator_connected", "gauge", "1 while an aggregator is subscribed to the adapter");
-    for (const auto& a : snapshot_) {
-      w.Sample("fedlora_broker_aggregator_connected", a.subscribed ? 1 : 0, {{"adapter", a.adapter}});
-    }
-    w.Family("fedlora_broker_global_version", "gauge", "Latest global version the broker serves");
-    for (const auto& a : snapshot_) {
-      w.Sample("fedlora_broker_global_version", static_cast<double>(a.version), {{"adapter", a.adapter}});
-    }
+    const auto per_adapter = [&](std::string_view name, std::string_view help, auto value) {
+      w.Family(name, "gauge", help);
+      for (const auto& a : snapshot_) w.Sample(name, static_cast<double>(value(a)), {{"adapter", a.adapter}});
+    };
+    per_adapter("fedlora_broker_log_head_seq", "Sequence number of the adapter's last logged update",
+                [](const AdapterSnapshot& a) { return a.head; });
+    per_adapter("fedlora_broker_log_lag_records", "Records logged that the adapter's aggregator has not consumed yet",
+                [](const AdapterSnapshot& a) { return a.head > a.consumed ? a.head - a.consumed : 0; });
+    per_adapter("fedlora_broker_aggregator_connected", "1 while an aggregator is subscribed to the adapter",
+                [](const AdapterSnapshot& a) { return a.subscribed ? 1 : 0; });
+    per_adapter("fedlora_broker_global_version", "Latest global version the broker serves",
+                [](const AdapterSnapshot& a) { return a.version; });
   }
 
   Status Run(std::stop_token stop) override {
