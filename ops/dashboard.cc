@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "aggregator/metrics.h"
 #include "ops/stored.h"
 #include "schema/prometheus.h"
 
@@ -40,7 +41,7 @@ Result<nlohmann::json> DashboardSource::Summary() {
       staleness_[a.staleness]++;
       clients_[a.client_id]++;
     }
-    for (const auto& d : info.dropped) dropped_[std::string(d.reason.substr(0, d.reason.find(':')))]++;
+    for (const auto& d : info.dropped) dropped_[aggregator::AggregatorMetrics::ReasonLabel(d.reason)]++;
     versions_.push_back(std::move(row));
   }
   nlohmann::json staleness = nlohmann::json::object();

@@ -111,6 +111,10 @@ TEST_F(LiveCli, MetricsDashboardLiveRollbackAndReplay) {
   std::string text = RunCapture(Bin() + " rollback --to 999999 --aggregator " + address + " 2>&1", &rc);
   EXPECT_EQ(rc, 2) << text;
   EXPECT_NE(text.find("no version 999999"), std::string::npos) << text;
+  // The store itself is held by the running aggregator: the command says to go through it.
+  text = RunCapture(Bin() + " rollback --to 1 --store " + Quote(store) + " 2>&1", &rc);
+  EXPECT_EQ(rc, 1) << text;
+  EXPECT_NE(text.find("an aggregator holds the store"), std::string::npos) << text;
   const json done = Json(Bin() + " rollback --json --to 1 --aggregator " + address);
   const uint64_t rollback_version = done["version"].get<uint64_t>();
   EXPECT_GE(rollback_version, 6u);
