@@ -16,8 +16,9 @@
 // what arrives meanwhile forms the next batch); with CURVE on, a ZAP handler authenticates
 // each connection against the allowlist. Memory is bounded: updates admitted but not yet
 // durable never exceed ingest_queue_bytes (beyond it senders get RESOURCE_EXHAUSTED with a
-// retry delay), every socket has a high-water mark, and aggregators receive only what their
-// credit window allows (the log absorbs any backlog on disk).
+// retry delay), every socket has a high-water mark, the latest records kept for dispatch never
+// exceed recent_bytes, and aggregators receive only what their credit window allows (the log
+// absorbs any backlog on disk).
 // Thread safety: Stats() may be called from any thread.
 #pragma once
 
@@ -46,7 +47,14 @@ struct BrokerOptions {
   size_t max_message_bytes = 64u << 20;
   size_t max_batch = 256;               // most updates in one group commit
   size_t max_batch_bytes = 64u << 20;   // most bytes in one group commit
+  // Longest the log writer waits for the senders it has just acknowledged to send again
+  // before it starts the next group commit (never more than a quarter of the last commit's
+  // duration; broker.cc explains why). Zero: never wait.
+  std::chrono::microseconds commit_wait{2000};
   size_t deliver_max_bytes = 8u << 20;  // most record bytes in one Deliver message
+  // The latest durable records kept in memory (all adapters together) so that dispatch to a
+  // caught-up aggregator sends the received message instead of reading it back from the log.
+  size_t recent_bytes = 32u << 20;
   int hwm = 1000;                       // ZeroMQ high-water mark of every socket
   std::chrono::milliseconds poll_interval{100};
   // Bytes of updates admitted but not yet durable (queued for, or inside, a group commit).
@@ -78,8 +86,10 @@ struct BrokerStats {
   std::atomic<uint64_t> messages_rejected{0};  // answered with an Error
   std::atomic<uint64_t> bytes_logged{0};
   std::atomic<uint64_t> group_commits{0};
+  std::atomic<uint64_t> commit_wait_us{0};  // time the log writer spent waiting to fill batches
   std::atomic<uint64_t> fetches{0};
   std::atomic<uint64_t> records_delivered{0};
+  std::atomic<uint64_t> records_read_back{0};  // delivered by reading the log (not held in memory)
   std::atomic<uint64_t> retry_later{0};     // refused because the ingest queue was full
   std::atomic<uint64_t> rate_limited{0};    // refused by the per-client rate limit
   std::atomic<uint64_t> auth_denied{0};     // connections refused by the allowlist

@@ -63,7 +63,7 @@ class RocksUpdateLog final : public UpdateLog {
         results.emplace_back(InvalidArgument("ids must not contain NUL bytes"));
         continue;
       }
-      const Digest128 digest = HashBytes(item.bytes);
+      const Digest128 digest = item.digest ? *item.digest : HashBytes(item.bytes);
       std::string key = IdKey(item.adapter_id, item.client_id, item.update_id);
       std::string existing;
       bool found = false;

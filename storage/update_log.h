@@ -24,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "schema/hash.h"
 #include "schema/status.h"
 
 namespace fedlora::storage {
@@ -41,6 +42,9 @@ struct LogAppend {
   std::string_view client_id;
   std::string_view update_id;
   std::span<const std::byte> bytes;  // the Update envelope, stored verbatim
+  // HashBytes(bytes) when the caller has it already (the broker hashes on its I/O thread,
+  // while the previous batch syncs); otherwise AppendBatch computes it.
+  std::optional<Digest128> digest;
 };
 
 struct AppendOutcome {

@@ -51,6 +51,54 @@ TEST(EngineTest, FedBuffWaitsForKUpdatesThenAppliesTheSampleWeightedMean) {
   EXPECT_EQ(v->content_hash, ToHex(HashAdapter(h.engine().state())));
 }
 
+// The dense fold runs in blocks of 16 values and a remainder: every element, in either, gets
+// exactly acc + w * d (the same float operations as one element at a time, so versions stay
+// bit-identical across builds and replays), including with Adam's carried-element mask.
+TEST(EngineTest, DenseFoldIsExactInBlocksAndRemainder) {
+  AdapterSpec spec;
+  spec.model = "fold";
+  spec.rank = 1;
+  spec.target_modules = {"m"};
+  spec.tensors = {{"m.lora_A", {1, 37}, TensorRole::kLoraA},
+                  {"m.lora_B", {16, 1}, TensorRole::kLoraB},
+                  {"head", {5}, TensorRole::kDense}};
+  for (const bool adam : {false, true}) {
+    SCOPED_TRACE(adam ? "adam" : "sgd");
+    EngineOptions o = FedBuff(2);
+    if (adam) {
+      o.server_optimizer.kind = ServerOptimizerKind::kAdam;
+      o.server_lr = 1e-3;
+    }
+    const AdapterState x0 = FilledState(spec, 0.25f);
+    EngineHarness h(o, spec, x0);
+    AdapterState d1 = x0, d2 = x0;
+    for (size_t t = 0; t < spec.tensors.size(); ++t) {
+      for (size_t i = 0; i < d1.tensors[t].values.size(); ++i) {
+        d1.tensors[t].values[i] = 0.001f * static_cast<float>(i + 1) + 0.1f * static_cast<float>(t);
+        d2.tensors[t].values[i] = -0.003f * static_cast<float>(i) + 0.07f;
+      }
+    }
+    h.Feed(MakeUpdate("u1", "c1", 0, d1, /*samples=*/3));
+    ASSERT_TRUE(h.Feed(MakeUpdate("u2", "c2", 0, d2, /*samples=*/7)));
+    for (size_t t = 0; t < spec.tensors.size(); ++t) {
+      for (size_t i = 0; i < x0.tensors[t].values.size(); ++i) {
+        float acc = 0.0f;
+        acc += 3.0f * d1.tensors[t].values[i];
+        acc += 7.0f * d2.tensors[t].values[i];
+        const float mean = static_cast<float>(acc / 10.0);
+        const float got = h.engine().state().tensors[t].values[i];
+        if (adam) {
+          // Adam's first step moves every carried element by about lr in the sign of the mean.
+          EXPECT_NEAR(got - x0.tensors[t].values[i], mean > 0 ? 1e-3f : (mean < 0 ? -1e-3f : 0.0f), 1e-4)
+              << t << "," << i;
+        } else {
+          EXPECT_NEAR(got, x0.tensors[t].values[i] + mean, 1e-6) << t << "," << i;
+        }
+      }
+    }
+  }
+}
+
 TEST(EngineTest, FedBuffDownWeightsStaleUpdatesAndRecordsStaleness) {
   EngineOptions o = FedBuff(1);
   o.staleness = {StalenessFn::kPolynomial, 0.5, 4, 20};

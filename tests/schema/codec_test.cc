@@ -216,6 +216,25 @@ TEST_F(ValidateTest, RejectsNaNAndInfinity) {
   EXPECT_EQ(Check(d).code(), Code::kInvalidArgument);
 }
 
+// The finite check runs in whole blocks of 1,024 values and a remainder: a bad value is found,
+// at its index, wherever it falls.
+TEST_F(ValidateTest, FindsANonFiniteValueInEveryBlockAndTheRemainder) {
+  spec_.tensors = {{"w", {2500}, TensorRole::kDense}};
+  for (const size_t at : {size_t{0}, size_t{1023}, size_t{1024}, size_t{2047}, size_t{2048}, size_t{2499}}) {
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity()}) {
+      AdapterState d = FilledState(spec_, 0.5f);
+      d.tensors[0].values[at] = bad;
+      const Status s = Check(d);
+      EXPECT_NE(s.message().find("non-finite value at index " + std::to_string(at)), std::string::npos)
+          << at << ": " << s.ToString();
+    }
+  }
+  AdapterState d = FilledState(spec_, std::numeric_limits<float>::max());  // large is still finite
+  d.tensors[0].values[7] = std::numeric_limits<float>::denorm_min();
+  EXPECT_TRUE(Check(d).ok());
+}
+
 TEST_F(ValidateTest, RejectsBaseVersionFromTheFuture) {
   Status s = Check(FilledState(spec_, 0), /*base=*/4);
   EXPECT_NE(s.message().find("newer than the latest"), std::string::npos);
