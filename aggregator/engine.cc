@@ -494,7 +494,10 @@ class EngineImpl final : public Engine {
     const float w = static_cast<float>(s * n);
     // DP: each client's contributions are summed apart, to be clipped together at the step.
     std::vector<std::vector<float>>& target = dp() ? ClientSum(u.client_id()->str()) : acc_;
-    for (const auto* t : *u.tensors()) {
+    // Last tensor first: validation has just read the update front to back, so its last
+    // tensors are the ones still in cache. Each element's sum is the same in any tensor order.
+    for (flatbuffers::uoffset_t k = u.tensors()->size(); k-- > 0;) {
+      const auto* t = u.tensors()->Get(k);
       const size_t idx = index_.at(t->name()->str());
       if (method() == Method::kFlora && module_of_[idx] >= 0) continue;
       if (restricted() && !Movable(idx)) continue;

@@ -4,13 +4,20 @@
 // through the real Engine on the same buffer size, with random updates of the right shapes.
 // Prints a table and writes JSON. Usage: fedlora_bench_aggregation [--layers 32] [--dim 4096]
 // [--rank 16] [--clients 6] [--json FILE]
+//
+// With --fold it measures instead what one update costs to fold into the buffered sum, per
+// method, at ranks 8..64 (ops/bench/fold): the time of Engine::Consume for an update that does
+// not close a step (validation, weighting, the accumulate) against memcpy of the update's tensor
+// bytes in the same run, the memory-bandwidth bound.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
-#include <map>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -91,6 +98,122 @@ std::vector<double> Measure(const AdapterSpec& spec, Method method, int clients,
   return seconds;
 }
 
+// Cheap pseudo-random fill (xorshift), values in about [-scale, scale]: generating 10^8 normal
+// deviates would dominate the benchmark's set-up.
+void Fill(std::vector<float>& v, uint64_t seed, float scale) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (float& f : v) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    f = scale * (static_cast<float>(static_cast<int32_t>(x >> 32)) / 2147483648.0f);
+  }
+}
+
+// What a client of `method` uploads: both factors dense (fedavg, hetlora), B only (ffa, as-lora
+// while it trains B), A only (fedsa), or every tenth element of both (flasc at density 0.1).
+codec::Bytes MethodUpdate(const AdapterSpec& spec, Method method, int k, uint64_t base) {
+  std::vector<codec::EncodedTensor> tensors;
+  uint64_t seed = static_cast<uint64_t>(k) * 1000 + 1;
+  for (const auto& t : spec.tensors) {
+    const bool is_a = t.role == TensorRole::kLoraA;
+    if ((method == Method::kFfa || method == Method::kAsLora) && is_a) continue;
+    if (method == Method::kFedSa && !is_a) continue;
+    codec::EncodedTensor e{t.name, t.shape, wire::Encoding::Dense, {}, {}};
+    if (method == Method::kFlasc) {
+      e.encoding = wire::Encoding::Sparse;
+      for (uint32_t i = 0; i < t.numel(); i += 10) e.indices.push_back(i);
+      e.values.resize(e.indices.size());
+    } else {
+      e.values.resize(t.numel());
+    }
+    Fill(e.values, seed++, 1e-3f);
+    tensors.push_back(std::move(e));
+  }
+  codec::UpdateHeader h{fmt::format("c{}-{}", k, base), fmt::format("c{}", k), "bench", base, 100, 20, 0.5f, {}};
+  return codec::BuildUpdate(h, tensors);
+}
+
+// Bytes of tensor values (and indices) an update carries.
+size_t TensorBytes(const wire::Update& u) {
+  size_t n = 0;
+  for (const auto* t : *u.tensors()) {
+    n += codec::DenseValues(*t).size() * sizeof(float) + codec::Indices(*t).size() * sizeof(uint32_t);
+  }
+  return n;
+}
+
+struct FoldFigure {
+  double fold_us = 0;    // median Consume of one update
+  double memcpy_us = 0;  // median memcpy of its tensor bytes
+  size_t bytes = 0;
+};
+
+FoldFigure MeasureFold(const AdapterSpec& spec, Method method, int updates) {
+  aggregator::EngineOptions o;
+  o.mode = wire::Mode::FedBuff;
+  o.buffer_size = static_cast<uint32_t>(updates) + 1;  // never closes a step
+  o.method.method = method;
+  o.method.as_warmup = 1000;
+  std::mt19937_64 rng(7);
+  auto engine = aggregator::Engine::Create(o, "bench", spec, Initial(spec, rng), 0, 0, nullptr);
+  if (!engine.ok()) throw std::runtime_error(engine.status().ToString());
+  std::vector<double> fold, copy;
+  FoldFigure f;
+  for (int k = 0; k < updates; ++k) {
+    const codec::Bytes u = MethodUpdate(spec, method, k, 0);
+    const auto& update = *wire::GetEnvelope(u.data())->body_as_Update();
+    f.bytes = TensorBytes(update);
+    auto t0 = Clock::now();
+    auto r = (*engine)->Consume(static_cast<uint64_t>(k) + 1, update);
+    fold.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (!r.ok()) throw std::runtime_error(r.status().ToString());
+    if (r->has_value()) throw std::runtime_error("a step closed; the buffer should hold every update");
+    // The bound: the same number of bytes copied between two buffers already in memory.
+    std::vector<char> src(f.bytes, 1), dst(f.bytes, 0);
+    t0 = Clock::now();
+    std::memcpy(dst.data(), src.data(), f.bytes);
+    copy.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    if (dst[f.bytes / 2] != 1) throw std::runtime_error("memcpy");  // keeps the copy observable
+  }
+  std::sort(fold.begin(), fold.end());
+  std::sort(copy.begin(), copy.end());
+  f.fold_us = fold[fold.size() / 2];
+  f.memcpy_us = copy[copy.size() / 2];
+  return f;
+}
+
+int Fold(uint32_t layers, uint32_t dim, const std::vector<uint32_t>& ranks, std::vector<std::string> methods,
+         int updates, const std::string& json_path) {
+  if (methods.empty() || (methods.size() == 2 && methods[0] == "as-lora" && methods[1] == "flora")) {
+    methods = {"fedavg", "ffa", "fedsa", "flasc", "hetlora", "as-lora"};
+  }
+  nlohmann::json out = nlohmann::json::array();
+  fmt::print("fold of one update into the buffered sum: {} layers x 4 projections of {}x{}, median of {} updates\n",
+             layers, dim, dim, updates);
+  fmt::print("{:>5} {:<9} {:>10} {:>10} {:>10} {:>9} {:>7}\n", "rank", "method", "MiB", "fold us", "memcpy us",
+             "fold GB/s", "ratio");
+  for (uint32_t rank : ranks) {
+    const AdapterSpec spec = Spec(layers, dim, rank);
+    for (const auto& name : methods) {
+      const auto method = ParseMethod(name);
+      if (!method.ok() || *method == Method::kFlora || *method == Method::kLoraA2 || *method == Method::kSaFedLora) {
+        fmt::print(stderr, "--fold measures fedavg, ffa, fedsa, flasc, hetlora and as-lora, not '{}'\n", name);
+        return 2;
+      }
+      const FoldFigure f = MeasureFold(spec, *method, updates);
+      const double ratio = f.fold_us / f.memcpy_us;
+      fmt::print("{:>5} {:<9} {:>10.1f} {:>10.0f} {:>10.0f} {:>9.2f} {:>7.2f}\n", rank, name, f.bytes / 1048576.0,
+                 f.fold_us, f.memcpy_us, f.bytes / f.fold_us / 1e3, ratio);
+      std::fflush(stdout);
+      out.push_back({{"rank", rank}, {"method", name}, {"bytes", f.bytes}, {"fold_us", f.fold_us},
+                     {"memcpy_us", f.memcpy_us}, {"ratio", ratio}});
+    }
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,7 +229,19 @@ int main(int argc, char** argv) {
   app.add_option("--clients", clients, "Updates per server step (FedBuff K)")->capture_default_str();
   app.add_option("--versions", versions, "Server steps measured per method")->capture_default_str();
   app.add_option("--json", json_path, "Also write the figures here");
+  bool fold = false;
+  std::vector<uint32_t> ranks = {8, 16, 32, 64};
+  int updates = 5;
+  app.add_flag("--fold", fold,
+               "Measure one update's fold into the buffered sum per method (fedavg, ffa, fedsa, flasc, hetlora, "
+               "as-lora) against memcpy of its bytes, at --ranks");
+  app.add_option("--ranks", ranks, "--fold: LoRA ranks")->capture_default_str();
+  app.add_option("--updates", updates, "--fold: updates folded per method and rank (the median is reported)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (fold) return Fold(layers, dim, ranks, app.count("--methods") ? methods : std::vector<std::string>{}, updates,
+                        json_path);
   const AdapterSpec spec = Spec(layers, dim, rank);
   fmt::print("{} modules of {}x{} at rank {}, {} updates per step\n", spec.tensors.size() / 2, dim, dim, rank, clients);
   nlohmann::json out = {{"layers", layers}, {"dim", dim}, {"rank", rank}, {"clients", clients}};
