@@ -307,6 +307,48 @@ TEST_F(BrokerTest, DispatchSendsRecentRecordsFromMemoryAndOlderOnesFromTheLog) {
   }
 }
 
+// Adapters are the unit of sharding: on one broker each has its own sequence, and each
+// aggregator receives its own adapter's records and nothing else.
+TEST_F(BrokerTest, AdaptersOnOneBrokerHaveTheirOwnLogsAndAggregators) {
+  RunningBroker broker(dir_.path("log"));
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  Peer second(broker.endpoints().backend);
+  {
+    codec::GlobalInfo info{"second", 0, "hash", 0, wire::Mode::FedBuff, false, {}};
+    second.Send(codec::BuildGlobal(info, SmallSpec(), FilledState(SmallSpec(), 0)));
+  }
+  const auto publish = [&](const std::string& id, const std::string& adapter) -> const wire::Envelope* {
+    for (int i = 0; i < 500; ++i) {  // until the second adapter's registration has arrived
+      worker.Send(MakeUpdate(id, "c1", 0, FilledState(SmallSpec(), 0), 10, adapter));
+      const auto* e = worker.Reply();
+      if (!e || e->body_type() != wire::Body::Error || ErrorOf(e).code() != Code::kNotFound) return e;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return nullptr;
+  };
+  for (const auto& [id, adapter] : std::vector<std::pair<std::string, std::string>>{
+           {"a1", "default"}, {"b1", "second"}, {"a2", "default"}, {"b2", "second"}, {"b3", "second"}}) {
+    const auto* e = publish(id, adapter);
+    ASSERT_TRUE(e && e->body_type() == wire::Body::Ack) << id << ": " << ErrorOf(e).ToString();
+  }
+  Peer first(broker.endpoints().backend);
+  const auto delivered = [](Peer& agg, const std::string& adapter) {
+    agg.Send(codec::BuildCredit(adapter, 1, 10, true));
+    std::vector<std::string> ids;
+    auto frames = agg.Receive();
+    if (frames.empty()) return ids;
+    const auto* d = (*codec::VerifyEnvelope(transport::View(frames[0])))->body_as_Deliver();
+    EXPECT_EQ(d->adapter_id()->str(), adapter);
+    for (size_t i = 1; i < frames.size(); ++i) {
+      ids.push_back((*codec::VerifyEnvelope(transport::View(frames[i])))->body_as_Update()->update_id()->str());
+    }
+    return ids;
+  };
+  EXPECT_EQ(delivered(first, "default"), (std::vector<std::string>{"a1", "a2"}));
+  EXPECT_EQ(delivered(second, "second"), (std::vector<std::string>{"b1", "b2", "b3"}));
+}
+
 TEST_F(BrokerTest, RestartedBrokerServesTheStoredGlobalAndRemembersIds) {
   const codec::Bytes update = MakeUpdate("u1", "c1", 0, FilledState(SmallSpec(), 0.2f));
   {
