@@ -346,8 +346,10 @@ class BrokerImpl final : public Broker {
   void Reject(zmq::socket_t& socket, const zmq::message_t& identity, const Status& status,
               std::string_view update_id = {}, uint32_t retry_after_ms = 0) {
     stats_.messages_rejected++;
-    Log()->warn("reject code={} update={} reason=\"{}\"", CodeName(status.code()), update_id,
-                status.message());
+    // "Retry later" (saturated ingest, rate limit) is flow control, counted in the metrics; a
+    // line for each would flood the log exactly when the broker is busiest.
+    Log()->log(status.code() == Code::kResourceExhausted ? spdlog::level::debug : spdlog::level::warn,
+               "reject code={} update={} reason=\"{}\"", CodeName(status.code()), update_id, status.message());
     Reply(socket, identity, codec::BuildError(status, update_id, retry_after_ms));
   }
 
@@ -397,6 +399,13 @@ class BrokerImpl final : public Broker {
   void Admit(std::vector<zmq::message_t>& frames, const std::string& user) {
     const auto& u = *wire::GetEnvelope(frames[1].data())->body_as_Update();
     const std::string_view id = u.update_id()->string_view();
+    // Saturated: answer "retry later" before validating or hashing anything. Under overload
+    // this loop then gets through its sockets sooner, and every update it reads and cannot take
+    // is released at once (the publishers wait out the delay holding their update themselves).
+    if (size_t queued = Saturated(frames[1].size()); queued > 0) {
+      RetryLater(frames[0], id, queued);
+      return;
+    }
     Status s = CheckUpdate(u);
     if (!s.ok()) {
       Reject(frontend_, frames[0], s, id, s.code() == Code::kNotFound ? 1000 : 0);
@@ -441,13 +450,23 @@ class BrokerImpl final : public Broker {
       queue_cv_.notify_one();
       return;
     }
+    RetryLater(frames[0], id, saturated_at);
+  }
+
+  // The queue's size if an update of `size` bytes would not fit now, else 0.
+  size_t Saturated(size_t size) {
+    std::lock_guard lock(queue_mu_);
+    return queued_bytes_ > 0 && queued_bytes_ + size > options_.ingest_queue_bytes ? queued_bytes_ : 0;
+  }
+
+  void RetryLater(const zmq::message_t& identity, std::string_view update_id, size_t queued) {
     stats_.retry_later++;
     const auto retry = static_cast<uint32_t>(std::clamp<int64_t>(2 * last_commit_us_.load() / 1000 + 10, 20, 2000));
-    Reject(frontend_, frames[0],
+    Reject(frontend_, identity,
            ResourceExhausted(fmt::format("ingest is saturated: {:.1f} MiB wait for the log (limit {:.1f} MiB); "
                                          "retry later",
-                                         saturated_at / 1048576.0, options_.ingest_queue_bytes / 1048576.0)),
-           id, retry);
+                                         queued / 1048576.0, options_.ingest_queue_bytes / 1048576.0)),
+           update_id, retry);
   }
 
   // 0 when `client` may publish now; otherwise the milliseconds until its next token.

@@ -9,6 +9,8 @@
 #include <csignal>
 #include <thread>
 
+#include "ops/commands.h"
+
 namespace fedlora::ops {
 
 void AddTaskFlags(CLI::App* app, TaskOptions& task) {
@@ -266,5 +268,19 @@ void SetupLogging(bool verbose) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [%n] %v");
   spdlog::set_level(verbose ? spdlog::level::info : spdlog::level::warn);
 }
+
+void Fail(std::string_view command, const Status& status, int exit_code) {
+  fmt::print(stderr, "fedlora {}: {}\n", command, status.ToString());
+  throw CLI::RuntimeError(exit_code);
+}
+
+std::string HumanBytes(double bytes) {
+  if (bytes < 0) return "-";
+  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
+  if (bytes >= 1e6) return fmt::format("{:.1f} MB", bytes / 1e6);
+  if (bytes >= 1e3) return fmt::format("{:.1f} KB", bytes / 1e3);
+  return fmt::format("{:.0f} B", bytes);
+}
+
 
 }  // namespace fedlora::ops

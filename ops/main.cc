@@ -2,28 +2,33 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 
 #include "ops/commands.h"
 
-namespace fedlora::ops {
+namespace {
 
-void Fail(std::string_view command, const Status& status, int exit_code) {
-  fmt::print(stderr, "fedlora {}: {}\n", command, status.ToString());
-  throw CLI::RuntimeError(exit_code);
+// `fedlora broker` runs as `fedlora-broker` when that is installed beside this binary: the
+// same command without LibTorch in the process (this one has it loaded already, ~160 MiB of
+// resident memory a broker has no use for). Returns only if there is nothing to hand over to.
+void HandOverBroker(char** argv) {
+  std::error_code ec;
+  const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return;
+  const std::string lean = (self.parent_path() / "fedlora-broker").string();
+  if (::access(lean.c_str(), X_OK) != 0) return;
+  ::execv(lean.c_str(), argv);
+  std::fprintf(stderr, "fedlora broker: cannot run %s (%s); running here instead\n", lean.c_str(), std::strerror(errno));
 }
 
-std::string HumanBytes(double bytes) {
-  if (bytes < 0) return "-";
-  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
-  if (bytes >= 1e6) return fmt::format("{:.1f} MB", bytes / 1e6);
-  if (bytes >= 1e3) return fmt::format("{:.1f} KB", bytes / 1e3);
-  return fmt::format("{:.0f} B", bytes);
-}
-
-}  // namespace fedlora::ops
+}  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "broker") == 0) HandOverBroker(argv);
   CLI::App app{
       "fedlora: asynchronous federated LoRA fine-tuning with a durable, replayable update log.\n"
       "Start with `fedlora run` (the whole federation on this machine), or run the roles as\n"
