@@ -5,32 +5,64 @@
 // retry, with the Lazy Pirate reconnects of worker/broker_client.h). With --ack-log every
 // acknowledgement is appended to a file as it arrives, which is what a fault test checks the
 // log against.
+//
+// Clients are multiplexed, so a thousand of them take a few threads, not a thousand: each of
+// --threads threads drives its share of the clients, every client a small state machine around
+// its own DEALER socket (Publisher below), and waits for all of their replies and timers with
+// one zmq::poll.
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <deque>
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <thread>
+#include <zmq.hpp>
 
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "ops/progress.h"
-#include "worker/broker_client.h"
+#include "schema/codec.h"
+#include "schema/security.h"
+#include "schema/transport.h"
 
 namespace fedlora::ops {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// The backoff after an unanswered request starts here and doubles up to max(--timeout-ms,
+// 500 ms), as worker::BrokerClient's does.
+constexpr milliseconds kFirstBackoff{200};
+// A thread looks at its stop token at least this often.
+constexpr milliseconds kStopCheck{100};
+// High-water mark of every client socket (worker::BrokerClientOptions::hwm).
+constexpr int kClientHwm = 100;
+
+std::shared_ptr<spdlog::logger> Log() {
+  static auto logger = [] {
+    auto l = spdlog::get("loadgen");
+    return l ? l : spdlog::default_logger()->clone("loadgen");
+  }();
+  return logger;
+}
+
+std::string_view IdOf(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
 
 struct LoadgenFlags {
   std::string broker = "tcp://127.0.0.1:5555";
   std::string adapter = "default";
   std::string prefix = "load";
   uint32_t clients = 4;
+  uint32_t threads = 0;    // 0: min(clients, hardware threads)
   uint64_t updates = 100;  // per client; 0: until --duration or a signal
   double duration_s = 0;
   uint32_t interval_ms = 0;
@@ -49,87 +81,339 @@ struct Totals {
   std::atomic<uint64_t> rejected{0};
   std::atomic<uint64_t> bytes{0};
   std::atomic<uint64_t> retry_later{0};  // "retry later" errors (saturated ingest, rate limit) waited out
+  std::atomic<uint64_t> timeouts{0};     // requests given up (no reply in time, or unsendable): fresh socket
   std::atomic<bool> final{false};
   std::mutex mu;                    // guards latencies and the acked file
   std::vector<double> latencies_ms;
   std::ofstream acked_file;
 };
 
-// One client: learns the spec, then publishes until its quota, stop, or a final adapter.
-Status RunClient(const LoadgenFlags& f, uint32_t index, zmq::context_t& ctx, Totals& totals, std::stop_token stop) {
-  worker::BrokerClientOptions o;
-  o.broker = f.broker;
-  o.announce = "";
-  o.adapter_id = f.adapter;
-  o.client_id = fmt::format("{}-{}", f.prefix, index);
-  o.request_timeout = std::chrono::milliseconds(f.timeout_ms);
-  o.max_backoff = std::chrono::milliseconds(std::max<uint32_t>(f.timeout_ms, 500));
-  o.keys = f.loaded_keys;
-  worker::BrokerClient client(ctx, o);
-  // Counted when the client ends, however it ends.
-  struct CountRetries {
-    worker::BrokerClient& c;
-    Totals& t;
-    ~CountRetries() { t.retry_later += c.retry_laters(); }
-  } count_retries{client, totals};
-  ASSIGN_OR_RETURN(auto global, client.FetchUntilAvailable(stop));
-  if (!global) return Status::Ok();
-  std::mt19937_64 rng(f.seed * 1000003u + index);
-  std::normal_distribution<float> normal(0.0f, f.scale);
-  for (uint64_t n = 0; (f.updates == 0 || n < f.updates) && !stop.stop_requested() && !totals.final; ++n) {
-    if (global->info.final) {
-      totals.final = true;
-      break;
+// One client: learns the spec, then publishes until its quota, a final adapter, or until its
+// thread stops driving it. It never blocks: its thread calls OnTime() when wake() has come and
+// OnReadable() when its socket has input, and polls the socket only while awaiting() a reply.
+// The protocol is worker::BrokerClient's (Lazy Pirate): a request unanswered within
+// --timeout-ms is given up, the socket replaced by a fresh one (so a late reply to the
+// abandoned attempt is never taken for a later one) and, after a backoff, sent again; an
+// update always with the same update id, which the broker's log turns into one record however
+// often it arrives. "Retry later" errors are waited out (the broker's delay plus up to 50%
+// jitter) before the same update is sent again.
+class Publisher {
+ public:
+  Publisher(const LoadgenFlags& f, uint32_t index, zmq::context_t& ctx, Totals& totals, Clock::time_point now)
+      : f_(f),
+        ctx_(ctx),
+        totals_(totals),
+        client_id_(fmt::format("{}-{}", f.prefix, index)),
+        timeout_(f.timeout_ms),
+        max_backoff_(std::max<uint32_t>(f.timeout_ms, 500)),
+        rng_(f.seed * 1000003u + index),
+        normal_(0.0f, f.scale),
+        wake_(now) {
+    Connect();
+  }
+
+  bool done() const { return phase_ == Phase::kDone; }
+  bool awaiting() const { return awaiting_; }
+  Clock::time_point wake() const { return wake_; }
+  void* handle() { return socket_->handle(); }
+  // Ok unless the client ended on an error (an undecodable global).
+  const Status& status() const { return status_; }
+
+  // Sends what is due, or gives up on a reply that did not come in time.
+  void OnTime(Clock::time_point now) {
+    if (done() || now < wake_) return;
+    if (!awaiting_) {
+      Send(now);
+      return;
+    }
+    Log()->warn("client={} no reply to {} from broker={} within {} ms; reconnecting", client_id_,
+                phase_ == Phase::kPublish ? "update=" + update_id_ : std::string("fetch"), f_.broker,
+                timeout_.count());
+    Reconnect();
+    NoReply(now);
+  }
+
+  // Reads queued replies up to the first one to the request in flight; the rest stay queued
+  // for the next request, which is where a blocking client would read them too.
+  void OnReadable(Clock::time_point now) {
+    std::vector<zmq::message_t> frames;
+    while (awaiting_ && transport::TryRecvMultipart(*socket_, frames)) {
+      if (frames.size() != 1) continue;
+      auto env = codec::VerifyEnvelope(transport::View(frames[0]));
+      if (env.ok() && Answers(**env)) {
+        awaiting_ = false;
+        OnReply(**env, now);
+      }
+    }
+  }
+
+ private:
+  enum class Phase {
+    kLearn,    // fetching until the broker has a global: the spec, and the version to train "from"
+    kPublish,  // sending update n_ until acknowledged or refused for good
+    kRefresh,  // one fetch after each update, for a newer version
+    kDone,
+  };
+
+  void Connect() {
+    socket_.emplace(ctx_, zmq::socket_type::dealer);
+    transport::Configure(*socket_, kClientHwm);
+    security::ApplyClient(*socket_, f_.loaded_keys);
+    socket_->connect(f_.broker);
+  }
+  void Reconnect() {
+    totals_.timeouts++;
+    socket_.reset();
+    Connect();
+  }
+
+  // Sends the phase's request. An update is copied into its frame: it stays ours to send again.
+  void Send(Clock::time_point now) {
+    std::vector<zmq::message_t> frames;
+    if (phase_ == Phase::kPublish) {
+      frames.emplace_back(update_.data(), update_.size());
+    } else {
+      frames.push_back(transport::Frame(
+          codec::BuildFetch(f_.adapter, phase_ == Phase::kLearn ? -1 : static_cast<int64_t>(version_))));
+    }
+    if (!transport::SendMultipart(*socket_, frames)) {
+      Reconnect();
+      NoReply(now);
+      return;
+    }
+    awaiting_ = true;
+    wake_ = now + timeout_;
+  }
+
+  // Whether `e` is the reply to the request in flight.
+  bool Answers(const wire::Envelope& e) const {
+    if (phase_ == Phase::kPublish) {
+      if (e.body_type() == wire::Body::Ack) return IdOf(e.body_as_Ack()->update_id()) == update_id_;
+      if (e.body_type() == wire::Body::Error) return IdOf(e.body_as_Error()->update_id()) == update_id_;
+      return false;
+    }
+    return e.body_type() == wire::Body::GlobalAdapter || e.body_type() == wire::Body::Announce ||
+           (e.body_type() == wire::Body::Error && IdOf(e.body_as_Error()->update_id()).empty());
+  }
+
+  // The request in flight went unanswered (the socket has been replaced).
+  void NoReply(Clock::time_point now) {
+    awaiting_ = false;
+    if (phase_ == Phase::kRefresh) {
+      Next(now);  // the next refresh repairs a lost one
+    } else {
+      Backoff(now);
+    }
+  }
+
+  void Backoff(Clock::time_point now) {
+    wake_ = now + backoff_;
+    backoff_ = std::min(backoff_ * 2, max_backoff_);
+  }
+
+  void OnReply(const wire::Envelope& e, Clock::time_point now) {
+    if (phase_ == Phase::kPublish) {
+      OnPublishReply(e, now);
+      return;
+    }
+    if (e.body_type() == wire::Body::GlobalAdapter) {
+      if (Status s = Learn(*e.body_as_GlobalAdapter()); !s.ok()) {
+        status_ = std::move(s);
+        phase_ = Phase::kDone;
+        return;
+      }
+    }
+    if (phase_ == Phase::kRefresh || e.body_type() == wire::Body::GlobalAdapter) {
+      Next(now);
+      return;
+    }
+    // Still no global: an Error says why (the adapter is unknown until its aggregator starts).
+    if (e.body_type() == wire::Body::Error) {
+      Log()->info("client={} waiting for adapter={}: {}", client_id_, f_.adapter,
+                  codec::StatusFromError(*e.body_as_Error()).message());
+    }
+    Backoff(now);
+  }
+
+  // Takes the spec, version and finality of a global newer than the one known.
+  Status Learn(const wire::GlobalAdapter& g) {
+    ASSIGN_OR_RETURN(auto decoded, codec::DecodeGlobal(g));
+    if (decoded.info.adapter_id != f_.adapter) {
+      return InvalidArgument(fmt::format("broker sent adapter '{}' for '{}'", decoded.info.adapter_id, f_.adapter));
+    }
+    if (phase_ == Phase::kRefresh && decoded.info.version <= version_) return Status::Ok();
+    spec_ = std::move(decoded.spec);
+    version_ = decoded.info.version;
+    final_ = decoded.info.final;
+    return Status::Ok();
+  }
+
+  void OnPublishReply(const wire::Envelope& e, Clock::time_point now) {
+    if (e.body_type() == wire::Body::Ack) {
+      Acknowledged(*e.body_as_Ack(), now);
+      Refresh(now);
+      return;
+    }
+    const wire::Error& err = *e.body_as_Error();
+    const Status status = codec::StatusFromError(err);
+    if (status.code() == Code::kFailedPrecondition) {
+      Log()->info("client={} update={} not accepted: {}", client_id_, update_id_, status.message());
+      totals_.final = true;
+      phase_ = Phase::kDone;
+      return;
+    }
+    if (err.retry_after_ms() == 0) {
+      Log()->error("client={} update={} rejected: {}", client_id_, update_id_, status.ToString());
+      totals_.rejected++;
+      Refresh(now);
+      return;
+    }
+    // The broker said when. Up to 50% jitter keeps clients refused together from returning
+    // together; no doubling on top.
+    totals_.retry_later++;
+    thread_local std::mt19937 jitter_rng(std::random_device{}());
+    const double jitter = std::uniform_real_distribution<double>(1.0, 1.5)(jitter_rng);
+    wake_ = now + milliseconds(static_cast<int64_t>(err.retry_after_ms() * jitter));
+  }
+
+  void Acknowledged(const wire::Ack& ack, Clock::time_point now) {
+    totals_.acked++;
+    if (ack.duplicate()) totals_.duplicates++;
+    totals_.bytes += update_.size();
+    std::lock_guard lock(totals_.mu);
+    totals_.latencies_ms.push_back(std::chrono::duration<double, std::milli>(now - sent_at_).count());
+    if (totals_.acked_file.is_open()) {
+      totals_.acked_file << nlohmann::json({{"client_id", client_id_},
+                                            {"update_id", update_id_},
+                                            {"seq", ack.seq()},
+                                            {"duplicate", ack.duplicate()}})
+                                .dump()
+                         << '\n';
+      totals_.acked_file.flush();
+    }
+  }
+
+  // After an update is answered for good: the pause, then one fetch of a newer global.
+  void Refresh(Clock::time_point now) {
+    ++n_;
+    phase_ = Phase::kRefresh;
+    wake_ = now + milliseconds(f_.interval_ms);
+  }
+
+  // Builds and sends the next update, or ends at the quota or a final adapter.
+  void Next(Clock::time_point now) {
+    if ((f_.updates > 0 && n_ >= f_.updates) || totals_.final) {
+      phase_ = Phase::kDone;
+      return;
+    }
+    if (final_) {
+      totals_.final = true;
+      phase_ = Phase::kDone;
+      return;
     }
     AdapterState delta;
-    for (const auto& t : global->spec.tensors) {
+    for (const auto& t : spec_.tensors) {
       DenseTensor d{t.name, t.shape, std::vector<float>(t.numel())};
-      for (float& v : d.values) v = normal(rng);
+      for (float& v : d.values) v = normal_(rng_);
       delta.tensors.push_back(std::move(d));
     }
     codec::UpdateHeader h;
-    h.update_id = fmt::format("{}-{}", o.client_id, n);
-    h.client_id = o.client_id;
-    h.adapter_id = f.adapter;
-    h.base_version = global->info.version;
+    h.update_id = update_id_ = fmt::format("{}-{}", client_id_, n_);
+    h.client_id = client_id_;
+    h.adapter_id = f_.adapter;
+    h.base_version = version_;
     h.num_samples = 32;
     h.local_steps = 1;
-    const codec::Bytes update = codec::BuildUpdate(h, delta);
-    const auto t0 = Clock::now();
-    const worker::PublishOutcome out = client.PublishUntilAcked(stop, h.update_id, update);
-    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-    switch (out.kind) {
-      case worker::PublishOutcome::Kind::kAcked: {
-        totals.acked++;
-        if (out.duplicate) totals.duplicates++;
-        totals.bytes += update.size();
-        std::lock_guard lock(totals.mu);
-        totals.latencies_ms.push_back(ms);
-        if (totals.acked_file.is_open()) {
-          totals.acked_file << nlohmann::json({{"client_id", o.client_id},
-                                               {"update_id", h.update_id},
-                                               {"seq", out.seq},
-                                               {"duplicate", out.duplicate}})
-                                   .dump()
-                            << '\n';
-          totals.acked_file.flush();
-        }
-        break;
-      }
-      case worker::PublishOutcome::Kind::kRejected:
-        totals.rejected++;
-        break;
-      case worker::PublishOutcome::Kind::kFinal:
-        totals.final = true;
-        break;
-      case worker::PublishOutcome::Kind::kStopped:
-        break;
-    }
-    if (f.interval_ms > 0) worker::WaitFor(stop, std::chrono::milliseconds(f.interval_ms));
-    ASSIGN_OR_RETURN(auto newer, client.Fetch(stop, static_cast<int64_t>(global->info.version)));
-    if (newer) global = std::move(newer);
+    update_ = codec::BuildUpdate(h, delta);
+    phase_ = Phase::kPublish;
+    backoff_ = kFirstBackoff;
+    sent_at_ = std::max(now, Clock::now());  // latency runs from the first send
+    Send(sent_at_);
   }
-  return Status::Ok();
+
+  const LoadgenFlags& f_;
+  zmq::context_t& ctx_;
+  Totals& totals_;
+  const std::string client_id_;
+  const milliseconds timeout_;
+  const milliseconds max_backoff_;
+  std::mt19937_64 rng_;
+  std::normal_distribution<float> normal_;
+  std::optional<zmq::socket_t> socket_;
+
+  Phase phase_ = Phase::kLearn;
+  bool awaiting_ = false;     // a request is in flight; its deadline is wake_
+  Clock::time_point wake_;    // the reply's deadline, or when to send the next request
+  milliseconds backoff_ = kFirstBackoff;
+  Status status_;
+  // The latest global known: its spec, version and finality (its tensors are not kept).
+  AdapterSpec spec_;
+  uint64_t version_ = 0;
+  bool final_ = false;
+  // The update being published: the n_-th of this client.
+  uint64_t n_ = 0;
+  std::string update_id_;
+  codec::Bytes update_;
+  Clock::time_point sent_at_;
+};
+
+// Drives clients [first, last) on this thread until each is done or `stop`; their end states
+// go to `results`.
+void RunShard(const LoadgenFlags& f, uint32_t first, uint32_t last, zmq::context_t& ctx, Totals& totals,
+              std::vector<Status>& results, std::stop_token stop) {
+  std::deque<Publisher> clients;  // not moved once built: each owns a socket
+  for (uint32_t i = first; i < last; ++i) clients.emplace_back(f, i, ctx, totals, Clock::now());
+  std::vector<zmq::pollitem_t> items;
+  std::vector<Publisher*> polled;  // the client of each poll item
+  while (!stop.stop_requested()) {
+    auto now = Clock::now();
+    auto until = now + kStopCheck;
+    bool live = false;
+    items.clear();
+    polled.clear();
+    for (Publisher& c : clients) {
+      c.OnTime(now);
+      if (c.done()) continue;
+      live = true;
+      until = std::min(until, c.wake());
+      if (c.awaiting()) {
+        items.push_back({c.handle(), 0, ZMQ_POLLIN, 0});
+        polled.push_back(&c);
+      }
+    }
+    if (!live) break;
+    try {
+      // Rounded up, so a timer less than a millisecond away is not spun on.
+      zmq::poll(items, std::chrono::ceil<milliseconds>(std::max(until - now, Clock::duration::zero())));
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) throw;  // a stop signal may land on this thread
+      continue;
+    }
+    now = Clock::now();
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].revents & ZMQ_POLLIN) polled[i]->OnReadable(now);
+    }
+  }
+  for (uint32_t i = first; i < last; ++i) results[i] = clients[i - first].status();
+}
+
+// Each client holds a socket (a mailbox descriptor and a TCP connection) and, for up to the
+// socket's linger after a reconnect, its predecessor too. ZeroMQ allows 1,023 sockets per
+// context by default and a shell often 1,024 open files per process: raise both to what
+// --clients needs before the first socket is opened.
+void ProvideSockets(zmq::context_t& ctx, uint32_t clients) {
+  const int sockets = static_cast<int>(2 * clients + 64);
+  ctx.set(zmq::ctxopt::max_sockets, std::min(sockets, ctx.get(zmq::ctxopt::socket_limit)));
+  const rlim_t files = 4 * static_cast<rlim_t>(clients) + 256;
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < files) {
+    const rlim_t raised = limit.rlim_max == RLIM_INFINITY ? files : std::min(files, limit.rlim_max);
+    limit.rlim_cur = raised;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0 || raised < files) {
+      Log()->warn("{} clients may need {} open files; the limit is {} (raise it with ulimit -n)", clients, files,
+                  raised);
+    }
+  }
 }
 
 // Nearest-rank percentile, p in (0, 1].
@@ -146,33 +430,43 @@ void RunLoadgen(const LoadgenFlags& f) {
     totals.acked_file.open(f.acked, std::ios::app);
     if (!totals.acked_file) Fail("loadgen", Unavailable(fmt::format("cannot open --ack-log '{}'", f.acked)), 2);
   }
+  const uint32_t threads =
+      std::min(f.clients, f.threads > 0 ? f.threads : std::max(1u, std::thread::hardware_concurrency()));
   zmq::context_t ctx;
+  ProvideSockets(ctx, f.clients);
   const auto start = Clock::now();
   std::vector<Status> results(f.clients);
   StatusLine status;
   Status overall = RunUntilSignalled([&](std::stop_token stop) {
     std::stop_source inner;
     std::stop_callback forward(stop, [&] { inner.request_stop(); });
+    std::atomic<uint32_t> running{threads};
     {
-      std::vector<std::jthread> threads;
-      for (uint32_t i = 0; i < f.clients; ++i) {
-        threads.emplace_back([&, i] { results[i] = RunClient(f, i, ctx, totals, inner.get_token()); });
+      std::vector<std::jthread> shards;
+      for (uint32_t s = 0; s < threads; ++s) {
+        const uint32_t first = static_cast<uint32_t>(uint64_t{f.clients} * s / threads);
+        const uint32_t last = static_cast<uint32_t>(uint64_t{f.clients} * (s + 1) / threads);
+        shards.emplace_back([&, first, last] {
+          RunShard(f, first, last, ctx, totals, results, inner.get_token());
+          running--;
+        });
       }
       const uint64_t target = f.updates * f.clients;
       while (true) {
         const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
         const uint64_t done = totals.acked + totals.rejected;
-        if ((f.updates > 0 && done >= target) || totals.final || inner.stop_requested()) break;
+        if ((f.updates > 0 && done >= target) || totals.final || running == 0 || inner.stop_requested()) break;
         if (f.duration_s > 0 && elapsed >= f.duration_s) {
           inner.request_stop();
           break;
         }
-        status.Update(fmt::format("loadgen: {} acknowledged ({:.0f}/s), {} rejected, {} clients", totals.acked.load(),
+        status.Update(fmt::format("loadgen: {} acknowledged ({:.0f}/s), {} rejected, {} clients on {} threads",
+                                  totals.acked.load(),
                                   elapsed > 0 ? static_cast<double>(totals.acked) / elapsed : 0.0,
-                                  totals.rejected.load(), f.clients));
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+                                  totals.rejected.load(), f.clients, threads));
+        std::this_thread::sleep_for(milliseconds(50));
       }
-    }  // joins every client
+    }  // joins every thread
     return Status::Ok();
   });
   status.Clear();
@@ -188,18 +482,19 @@ void RunLoadgen(const LoadgenFlags& f) {
   }
   const double rate = seconds > 0 ? static_cast<double>(totals.acked) / seconds : 0;
   if (f.json) {
-    nlohmann::json j = {{"clients", f.clients},        {"acked", totals.acked.load()},
-                        {"duplicates", totals.duplicates.load()}, {"rejected", totals.rejected.load()},
-                        {"bytes", totals.bytes.load()},  {"seconds", seconds},
-                        {"updates_per_s", rate},         {"retry_later", totals.retry_later.load()},
+    nlohmann::json j = {{"clients", f.clients},        {"threads", threads},
+                        {"acked", totals.acked.load()}, {"duplicates", totals.duplicates.load()},
+                        {"rejected", totals.rejected.load()}, {"bytes", totals.bytes.load()},
+                        {"seconds", seconds},          {"updates_per_s", rate},
+                        {"retry_later", totals.retry_later.load()}, {"timeouts", totals.timeouts.load()},
                         {"latency_ms_p50", Percentile(lat, 0.5)},
                         {"latency_ms_p99", Percentile(lat, 0.99)}, {"final", totals.final.load()}};
     fmt::print("{}\n", j.dump(2));
   } else {
-    fmt::print("loadgen: {} updates acknowledged ({} duplicates, {} rejected, {} retry-later waits) from {} clients in "
-               "{:.1f} s: {:.1f} updates/s, {}/s; ack latency p50 {:.1f} ms, p99 {:.1f} ms{}\n",
+    fmt::print("loadgen: {} updates acknowledged ({} duplicates, {} rejected, {} retry-later waits, {} timeouts) from "
+               "{} clients in {:.1f} s: {:.1f} updates/s, {}/s; ack latency p50 {:.1f} ms, p99 {:.1f} ms{}\n",
                totals.acked.load(), totals.duplicates.load(), totals.rejected.load(), totals.retry_later.load(),
-               f.clients, seconds, rate,
+               totals.timeouts.load(), f.clients, seconds, rate,
                HumanBytes(seconds > 0 ? static_cast<double>(totals.bytes) / seconds : 0), Percentile(lat, 0.5),
                Percentile(lat, 0.99), totals.final ? " (the adapter became final)" : "");
   }
@@ -216,8 +511,13 @@ void RegisterLoadgen(CLI::App& app) {
       "refuse some factors (ffa, fedsa, lora-a2, as-lora) will drop them");
   cmd->add_option("--broker", f->broker, "The broker's worker endpoint")->capture_default_str();
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
-  cmd->add_option("--clients", f->clients, "Concurrent publishers (one thread each)")
+  cmd->add_option("--clients", f->clients, "Concurrent publishers, each with its own connection")
       ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  cmd->add_option("--threads", f->threads,
+                  "Threads that drive the clients, each an equal share (0: as many as the hardware runs at once, at "
+                  "most one per client)")
+      ->check(CLI::Range(0, 1024))
       ->capture_default_str();
   cmd->add_option("--updates", f->updates, "Updates per client (0: until --duration or Ctrl-C)")->capture_default_str();
   cmd->add_option("--duration", f->duration_s, "Stop after this many seconds (0: no limit)")->capture_default_str();
