@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -70,6 +71,13 @@ TEST_F(FederationTest, SeparateProcessesSurviveAggregatorCrashWithNothingLostOrD
     return std::regex_search(text, m, endpoints);
   }, std::chrono::seconds(30))) << text;
   const std::string frontend = m[1], backend = m[2], announce = m[3];
+  {
+    // `fedlora broker` has handed over to fedlora-broker: no LibTorch in the broker's process.
+    std::ifstream maps("/proc/" + std::to_string(broker.pid()) + "/maps");
+    const std::string mapped((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
+    EXPECT_NE(mapped.find("fedlora-broker"), std::string::npos);
+    EXPECT_EQ(mapped.find("libtorch"), std::string::npos);
+  }
 
   // Workers first: they must wait for the adapter to appear (started in any order).
   // Worker 2 leaves early (after 4 updates); worker 3 joins late (after the crash).
