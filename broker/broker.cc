@@ -45,6 +45,10 @@ struct AdapterEntry {
   // messages themselves (ZeroMQ shares the buffer) instead of reading the bytes back from the
   // log, so a record that reaches a caught-up aggregator is never copied out of RocksDB.
   std::deque<std::pair<uint64_t, zmq::message_t>> recent;
+  // The last seq the I/O thread has seen answered (or that was logged before it started):
+  // dispatch stops here, so a record the log writer has just written is not read back from the
+  // log in the moment before its answer puts it into `recent`.
+  uint64_t dispatchable = 0;
 };
 
 // What /metrics shows of one adapter (a snapshot taken by the serving loop).
@@ -325,7 +329,7 @@ class BrokerImpl final : public Broker {
   }
 
   void RememberGlobal(const wire::GlobalAdapter& g, std::shared_ptr<const std::string> bytes) {
-    auto& e = adapters_[g.adapter_id()->str()];
+    auto& e = Entry(g.adapter_id()->str());
     e.has_global = true;
     e.spec = codec::SpecFromWire(g.spec());
     e.version = g.version();
@@ -581,10 +585,21 @@ class BrokerImpl final : public Broker {
     }
   }
 
+  // The adapter's entry, made on first use. Until the I/O thread has answered a record of its
+  // own, what the log held is what may be dispatched (no update of an adapter is admitted
+  // before its entry exists, so none can be in the writer's hands when this runs).
+  AdapterEntry& Entry(const std::string& adapter) {
+    auto [it, fresh] = adapters_.try_emplace(adapter);
+    if (fresh) it->second.dispatchable = log_->LastSeq(adapter);
+    return it->second;
+  }
+
   // Remembers a durable record for dispatch; the oldest are forgotten beyond
   // options_.recent_bytes (dispatch then reads them from the log, as after a restart).
   void KeepRecent(const std::string& adapter, uint64_t seq, zmq::message_t&& payload) {
-    auto& recent = adapters_[adapter].recent;
+    AdapterEntry& entry = Entry(adapter);
+    entry.dispatchable = std::max(entry.dispatchable, seq);
+    auto& recent = entry.recent;
     if (!recent.empty() && recent.back().first + 1 != seq) Forget(recent, recent.size());  // not consecutive
     recent_bytes_ += payload.size();
     recent.emplace_back(seq, std::move(payload));
@@ -705,7 +720,7 @@ class BrokerImpl final : public Broker {
   void HandleCredit(const zmq::message_t& identity, const wire::Credit& c) {
     const std::string adapter = c.adapter_id()->str();
     if (!ValidateId("adapter_id", adapter, 128).ok()) return;
-    auto& e = adapters_[adapter];
+    auto& e = Entry(adapter);
     std::string who(static_cast<const char*>(identity.data()), identity.size());
     if (c.resubscribe() || e.owner != who) {
       if (!e.owner.empty() && e.owner != who) Log()->info("adapter={} changes aggregator", adapter);
@@ -731,7 +746,7 @@ class BrokerImpl final : public Broker {
     Status s = log_->PutGlobal(adapter, codec::AsBytes(*bytes));
     if (!s.ok()) Log()->error("store global adapter={} error=\"{}\"", adapter, s.ToString());
     RememberGlobal(g, bytes);
-    const auto& e = adapters_[adapter];
+    const auto& e = Entry(adapter);
     std::vector<zmq::message_t> frames;
     frames.emplace_back(adapter.data(), adapter.size());
     frames.push_back(transport::Frame(codec::BuildAnnounce(adapter, e.version, e.content_hash, e.final)));
@@ -761,7 +776,7 @@ class BrokerImpl final : public Broker {
   Status Dispatch() {
     for (auto& [adapter, e] : adapters_) {
       if (e.owner.empty()) continue;
-      const uint64_t head = log_->LastSeq(adapter);
+      const uint64_t head = e.dispatchable;
       while (e.next_to_send <= head && e.next_to_send < e.send_limit) {
         std::vector<uint64_t> seqs;
         std::vector<zmq::message_t> bodies;

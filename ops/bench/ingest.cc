@@ -17,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -118,8 +119,10 @@ Figure RocksReference(const std::string& dir, size_t value_bytes, int batch, dou
   return {n / dt, n * value_bytes / dt / 1e6, 0, 0};
 }
 
-Figure BrokerIngest(const std::string& dir, size_t update_bytes, int publishers, double seconds) {
+Figure BrokerIngest(const std::string& dir, size_t update_bytes, int publishers, double seconds,
+                    std::optional<int64_t> commit_wait_us) {
   fedlora::broker::BrokerOptions bo;
+  if (commit_wait_us) bo.commit_wait = std::chrono::microseconds(*commit_wait_us);
   bo.frontend = bo.backend = bo.announce = "tcp://127.0.0.1:*";
   bo.log_path = dir;
   bo.sync = true;
@@ -246,6 +249,12 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "Runs per figure (the median is reported)")->check(CLI::Range(1, 100))
       ->capture_default_str();
   app.add_flag("!--no-peers", peers, "Leave out mosquitto and redis-server");
+  std::optional<int64_t> commit_wait_us;
+  app.add_option("--commit-wait-us", commit_wait_us,
+                 "The broker's longest wait for just-acknowledged senders before a group commit (default: the "
+                 "broker's; 0: none)");
+  std::vector<std::string> only;
+  app.add_option("--only", only, "Run only these systems (fedlora, rocksdb, zeromq, mosquitto, redis), e.g. to profile one");
   app.add_option("--json", json_out, "Write the table as JSON here")->capture_default_str();
   app.add_option("--dir", dir, "Scratch directory (removed afterwards)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -261,7 +270,7 @@ int main(int argc, char** argv) {
   };
   std::vector<System> systems = {
       {"fedlora", "broker: verified, validated, synced group commit, acked, relayed to a consumer",
-       [&](const std::string& d, size_t b) { return BrokerIngest(d, b, publishers, seconds); }},
+       [&](const std::string& d, size_t b) { return BrokerIngest(d, b, publishers, seconds, commit_wait_us); }},
       {"rocksdb", "plain loop of synced WriteBatches of N values (reference)",
        [&](const std::string& d, size_t b) { return RocksReference(d, b, publishers, seconds); }},
       {"zeromq", "PUSH/PULL over loopback, nothing stored (transport ceiling)",
@@ -286,6 +295,13 @@ int main(int argc, char** argv) {
                        }});
   }
 
+  if (!only.empty()) {
+    std::erase_if(systems, [&](const System& sys) { return std::find(only.begin(), only.end(), sys.name) == only.end(); });
+    if (systems.empty() || systems[0].name != "fedlora") {
+      fmt::print(stderr, "--only must include fedlora (the other figures are reported against it)\n");
+      return 2;
+    }
+  }
   nlohmann::json out = nlohmann::json::array();
   for (size_t kib : sizes_kib) {
     std::map<std::string, std::vector<Figure>> runs;
