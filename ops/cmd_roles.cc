@@ -173,6 +173,7 @@ void RegisterWorker(CLI::App& app) {
   cmd->callback([flags] {
     SetupLogging(true);
     SetTorchThreads(1);
+    worker::TuneAllocatorForTraining();
     auto& o = flags->options;
     auto keys = security::LoadClientKeys(flags->keys.broker_key, flags->keys.key);
     if (!keys.ok()) Fail("worker", keys.status(), 2);

@@ -249,6 +249,7 @@ void RegisterRun(CLI::App& app) {
     // Workers, aggregator and broker share the cores as threads; one intra-op thread each
     // keeps them from oversubscribing the machine.
     SetTorchThreads(1);
+    worker::TuneAllocatorForTraining();  // most of this process's work is the workers' training
 
     auto train = worker::LoadFashionMnist(f->task.data_dir, worker::Split::kTrain);
     if (!train.ok()) Fail("run", train.status());

@@ -1,6 +1,7 @@
 #include "worker/train.h"
 
 #include <fmt/format.h>
+#include <malloc.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -198,6 +199,11 @@ void ApplyMasks(const std::vector<std::pair<torch::Tensor, torch::Tensor>>& mask
 }
 
 }  // namespace
+
+void TuneAllocatorForTraining() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+}
 
 Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
                                     const LocalTrainOptions& options, std::stop_token stop) {
