@@ -119,8 +119,12 @@ Figure RocksReference(const std::string& dir, size_t value_bytes, int batch, dou
   return {n / dt, n * value_bytes / dt / 1e6, 0, 0};
 }
 
+// `rate` > 0: the publishers together offer that many updates/s, each on its own schedule of
+// evenly spaced sends (one whose time passed while its publisher still waited for an ack goes
+// at once), for the latency from send to acknowledgement at a stated load; 0: each publisher
+// sends as soon as its previous update is acknowledged (the throughput figure).
 Figure BrokerIngest(const std::string& dir, size_t update_bytes, int publishers, double seconds,
-                    std::optional<int64_t> commit_wait_us) {
+                    std::optional<int64_t> commit_wait_us, double rate = 0) {
   fedlora::broker::BrokerOptions bo;
   if (commit_wait_us) bo.commit_wait = std::chrono::microseconds(*commit_wait_us);
   bo.frontend = bo.backend = bo.announce = "tcp://127.0.0.1:*";
@@ -192,7 +196,18 @@ Figure BrokerIngest(const std::string& dir, size_t update_bytes, int publishers,
       };
       while (!send_one(false)) std::this_thread::sleep_for(std::chrono::milliseconds(20));  // adapter registered
       while (!go) std::this_thread::yield();
-      while (!stop) send_one(true);
+      if (rate <= 0) {
+        while (!stop) send_one(true);
+        return;
+      }
+      const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(publishers / rate));
+      auto next = Clock::now() + period * p / publishers;  // publishers spread over one period
+      while (!stop) {
+        std::this_thread::sleep_until(next);
+        if (stop) break;
+        send_one(true);
+        next += period;
+      }
     });
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -253,6 +268,12 @@ int main(int argc, char** argv) {
   app.add_option("--commit-wait-us", commit_wait_us,
                  "The broker's longest wait for just-acknowledged senders before a group commit (default: the "
                  "broker's; 0: none)");
+  double load = 0.5;
+  app.add_option("--latency-load", load,
+                 "Also measure the broker's publish latency with the publishers offering this fraction of its "
+                 "measured throughput (0: skip)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   std::vector<std::string> only;
   app.add_option("--only", only, "Run only these systems (fedlora, rocksdb, zeromq, mosquitto, redis), e.g. to profile one");
   app.add_option("--json", json_out, "Write the table as JSON here")->capture_default_str();
@@ -355,6 +376,30 @@ int main(int argc, char** argv) {
         fig["runs"].push_back(one);
       }
       row[sys.name] = fig;
+    }
+    if (load > 0) {
+      // Latency at a stated load: the same publishers paced to `load` x the median throughput.
+      const double rate = load * broker;
+      std::vector<Figure> paced;
+      for (int r = 0; r < repeats; ++r) {
+        std::filesystem::remove_all(dir);
+        std::filesystem::create_directories(dir);
+        paced.push_back(BrokerIngest(dir + "/paced", kib * 1024, publishers, seconds, commit_wait_us, rate));
+        fmt::print(stderr, "  {} KiB, run {}/{}: fedlora at {:.0f} upd/s offered: p50 {:.2f} ms, p99 {:.2f} ms\n", kib,
+                   r + 1, repeats, rate, paced.back().p50_ms, paced.back().p99_ms);
+      }
+      auto med = [&](double Figure::*field) {
+        std::vector<double> v;
+        for (const auto& f : paced) v.push_back(f.*field);
+        return Median(v);
+      };
+      fmt::print("  fedlora at {:.0f}% load ({:.0f} updates/s offered, {:.0f} acknowledged): p50 {:.2f} ms, p99 {:.2f} ms\n",
+                 100 * load, rate, med(&Figure::updates_per_s), med(&Figure::p50_ms), med(&Figure::p99_ms));
+      row["fedlora_paced"] = {{"load", load},
+                              {"offered_per_s", rate},
+                              {"updates_per_s", med(&Figure::updates_per_s)},
+                              {"p50_ms", med(&Figure::p50_ms)},
+                              {"p99_ms", med(&Figure::p99_ms)}};
     }
     out.push_back(row);
   }
