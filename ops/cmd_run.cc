@@ -140,6 +140,7 @@ void RegisterRun(CLI::App& app) {
     uint32_t eval_every = 10;
     size_t eval_samples = 2000;
     bool fresh = false;
+    bool round_size_given = false;  // --round-size on the command line (else a round is every worker)
     bool verbose = false;
     std::string summary;
     std::string adapter = "default";
@@ -188,9 +189,10 @@ void RegisterRun(CLI::App& app) {
               "/metrics (broker and aggregator), the dashboard and POST /api/rollback (from this machine only)");
   AddEngineFlags(cmd, f->engine);
   AddTrainingFlags(cmd, f->training, /*delta_flag=*/false);
-  cmd->callback([f] {
+  cmd->callback([f, cmd] {
     SetupLogging(f->verbose);
     InstallStopSignals();
+    f->round_size_given = cmd->count("--round-size") > 0;
     if (Status s = ResolveEngineFlags(f->engine); !s.ok()) Fail("run", s, 2);
     f->training.dp.delta = f->engine.engine.dp_delta;
     if (f->training.dp.enabled() && f->engine.engine.method.method == Method::kFull) {
@@ -226,8 +228,18 @@ void RegisterRun(CLI::App& app) {
     for (double s : speeds) {
       if (!(s >= 1.0)) Fail("run", InvalidArgument(fmt::format("speed factor {} is below 1", s)), 2);
     }
-    if (f->engine.engine.mode == wire::Mode::Sync && f->engine.engine.round_size == aggregator::EngineOptions{}.round_size) {
-      f->engine.engine.round_size = static_cast<uint32_t>(f->task.num_clients);
+    if (f->engine.engine.mode == wire::Mode::Sync) {
+      // A round is every worker unless --round-size says otherwise. Fewer makes each round
+      // wait for the fastest N (the others' updates turn stale and are dropped); more could
+      // never close a round.
+      const auto workers = static_cast<uint32_t>(f->task.num_clients);
+      if (!f->round_size_given) {
+        f->engine.engine.round_size = workers;
+      } else if (f->engine.engine.round_size > workers) {
+        Fail("run", InvalidArgument(fmt::format("--round-size {} is more than the {} workers: no round could close",
+                                                f->engine.engine.round_size, workers)),
+             2);
+      }
     }
 
     const auto started = Clock::now();

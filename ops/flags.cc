@@ -126,7 +126,7 @@ void AddEngineFlags(CLI::App* app, EngineFlags& f) {
   app->add_option("--staleness-b", f.engine.staleness.b, "Hinge: staleness kept at full weight")->capture_default_str();
   app->add_option("--max-staleness", f.engine.staleness.max_staleness, "Drop updates staler than this")
       ->capture_default_str();
-  app->add_option("--round-size", f.engine.round_size, "Sync mode: clients per round")->capture_default_str();
+  app->add_option("--round-size", f.engine.round_size, "Sync mode: clients per round (`run`: every worker unless given; at most the workers)")->capture_default_str();
 }
 
 Status ResolveEngineFlags(EngineFlags& f) {

@@ -92,6 +92,30 @@ TEST_P(MethodsEndToEnd, CommitsVersionsFoldingEveryUpdate) {
   }
 }
 
+// In sync mode a round is every worker, unless --round-size says otherwise (even when it says
+// 6, the aggregator's default); a round larger than the workers could never close.
+TEST_F(MethodsEndToEnd, SyncRoundIsEveryWorkerUnlessGivenAndNeverMoreThanTheWorkers) {
+  const std::string store = dir_->path("round-size");
+  std::filesystem::create_directories(store + "/base");
+  std::filesystem::copy_file(dir_->path("shared/base/mlp.pt"), store + "/base/mlp.pt");
+  const std::string run = std::string(kBinary) + " run --arch mlp --speeds 1 --local-steps 4 --eval-every 0 --mode sync " +
+                          "--duration 240 --store " + Quote(store);
+  int rc = -1;
+  std::string out = RunCapture(run + " --workers 3 --round-size 4 2>&1", &rc);
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_NE(out.find("--round-size 4 is more than the 3 workers"), std::string::npos) << out;
+
+  out = RunCapture(run + " --workers 7 --round-size 6 --max-versions 2 2>&1", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string text = RunCapture(std::string(kBinary) + " history --json --store " + Quote(store) + " 2>/dev/null", &rc);
+  ASSERT_EQ(rc, 0);
+  const json history = json::parse(text, nullptr, false);
+  ASSERT_TRUE(history.is_array() && history.size() == 3u) << text;
+  for (const auto& v : history) {
+    if (v["version"].get<uint64_t>() > 0) EXPECT_EQ(v["updates"].get<uint64_t>(), 6u) << v.dump();
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     AllMethods, MethodsEndToEnd,
     ::testing::Combine(::testing::Values("fedavg", "ffa", "flasc", "lora-a2", "sa-fedlora", "hetlora", "flora", "fedsa",
