@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include "ops/commands.h"
@@ -11,6 +12,8 @@
 int main(int argc, char** argv) {
   CLI::App app{"fedlora-broker: the fedlora broker alone, without LibTorch (the same as `fedlora broker`)",
                "fedlora-broker"};
+  // Named as it was called: "fedlora" when `fedlora broker` handed over (its argv is kept).
+  app.name(std::filesystem::path(argv[0]).filename().string());
   app.require_subcommand(1);
   fedlora::ops::RegisterBroker(app);
   std::vector<char*> args(argv, argv + argc);
