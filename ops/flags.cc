@@ -126,7 +126,9 @@ void AddEngineFlags(CLI::App* app, EngineFlags& f) {
   app->add_option("--staleness-b", f.engine.staleness.b, "Hinge: staleness kept at full weight")->capture_default_str();
   app->add_option("--max-staleness", f.engine.staleness.max_staleness, "Drop updates staler than this")
       ->capture_default_str();
-  app->add_option("--round-size", f.engine.round_size, "Sync mode: clients per round (`run`: every worker unless given; at most the workers)")->capture_default_str();
+  app->add_option("--round-size", f.engine.round_size,
+                  "Sync mode: clients per round (`run`: every worker unless given; at most the workers)")
+      ->capture_default_str();
 }
 
 Status ResolveEngineFlags(EngineFlags& f) {
@@ -281,6 +283,5 @@ std::string HumanBytes(double bytes) {
   if (bytes >= 1e3) return fmt::format("{:.1f} KB", bytes / 1e3);
   return fmt::format("{:.0f} B", bytes);
 }
-
 
 }  // namespace fedlora::ops
