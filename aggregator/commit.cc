@@ -15,10 +15,14 @@ Result<std::shared_ptr<const std::string>> CommitVersion(storage::AdapterStore& 
                                                          const AdapterSpec& spec, const AdapterState& state,
                                                          bool final) {
   info.config = EngineConfigFlags(options);
-  codec::GlobalInfo g{info.adapter_id, info.version,
-                      info.content_hash, info.consumed_seq,
-                      options.mode,      final,
-                      engine != nullptr ? engine->method_state() : MethodStateAt(options.method, spec.rank, info.version)};
+  MethodState method_state;
+  if (engine != nullptr) {
+    method_state = engine->method_state();
+  } else {
+    ASSIGN_OR_RETURN(method_state, MethodStateOf(options, spec, info.version));
+  }
+  codec::GlobalInfo g{info.adapter_id, info.version, info.content_hash, info.consumed_seq,
+                      options.mode,    final,        std::move(method_state)};
   codec::Bytes global = codec::BuildGlobal(g, spec, state);
   codec::Bytes record = codec::BuildVersionRecord(info);
   // Adam's moments, the noise seed, AS-LoRA's scores and the ledger belong to the version:
@@ -43,7 +47,7 @@ void FillVersionZero(codec::VersionInfo& info, const std::string& adapter_id, co
   info.adapter_id = adapter_id;
   info.version = 0;
   info.mode = options.mode;
-  info.method = std::string(MethodName(options.method.method));
+  info.method = std::string(options.method.name());
   info.server_optimizer = std::string(ServerOptimizerName(options.server_optimizer.kind));
   info.content_hash = ToHex(HashAdapter(state));
 }
@@ -67,10 +71,9 @@ Result<ResumedEngine> ResumeEngine(storage::AdapterStore& store, const EngineOpt
   ASSIGN_OR_RETURN(std::optional<storage::Cursor> cursor, store.GetCursor(adapter_id));
   if (!cursor) return NotFound(fmt::format("the store has no adapter '{}'", adapter_id));
   ASSIGN_OR_RETURN(codec::DecodedGlobal current, storage::ReadVersion(store, adapter_id, cursor->version));
-  if (current.info.method.method != options.method.method) {
+  if (current.info.method.method != options.method.name()) {
     return FailedPrecondition(fmt::format("adapter '{}' is trained with method '{}', not '{}': use that method or another store",
-                                          adapter_id,
-                                          MethodName(current.info.method.method), MethodName(options.method.method)));
+                                          adapter_id, current.info.method.method, options.method.name()));
   }
   ServerState server_state;
   ASSIGN_OR_RETURN(std::optional<std::string> stored_state, store.GetServerState(adapter_id));

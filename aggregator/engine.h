@@ -12,21 +12,13 @@
 //  - Sync (the barrier baseline, classic FedAvg rounds): only updates trained from the current
 //    version count, one per client; after `round_size` of them the server optimizer steps by
 //      g = sum_k (n_k / sum_j n_j) delta_k
-// The method (schema/method.h) decides what "delta" means and how it is folded:
-//  - fedavg, ffa, flasc, lora-a2, sa-fedlora, fedsa, full: element-wise, over exactly the
-//    elements an update carries (dense tensors, sparse entries, rank slices; zero-padded);
-//  - hetlora: the same zero-padded mean with each update's weight multiplied by the Frobenius
-//    norm of its local LoRA products (sum over modules of ||B_k A_k||_F);
-//  - flora: in product space. Each update contributes B'_k A'_k - B_k A_k per module (its
-//    trained factors minus the base version's factors over the same ranks), stacked exactly
-//    (FLoRA) with the global product, then re-factorised to the adapter's rank by a truncated
-//    SVD (FlexLoRA); A keeps orthogonal rows of the initialisation's norm.
-//  - as-lora: element-wise over the factor each module trains at this version
-//    (factor_selection.h picks it from the aggregated pseudo-gradients); the other factor's
-//    part of a stale update is left out, so every step is exact.
-// Each method also rejects uploads that would break its exactness (an A factor under ffa, a B
-// factor under fedsa, both factors under lora-a2 or of one module under as-lora, unpaired
-// factors under flora).
+// The method (methods/method.h) decides what workers train and what "delta" means: the engine
+// calls its server half to refuse updates that would break its exactness, to weigh them (hetlora:
+// the norm of the client's product), to restrict what moves (ffa, fedsa, lora-a2, as-lora), and
+// to fold what it folds itself (flora: LoRA pairs in product space). Everything else is folded
+// element-wise over exactly the elements an update carries (dense tensors, sparse entries, rank
+// slices). n_k is the client's shard size (Update.shard_size; the examples of the local run for
+// updates that predate it).
 // Client-level DP (privacy.h, FedBuff and Sync): weights become s(tau) (sample counts are
 // private); each client's summed contributions to one step are clipped to C; N(0, (zC)^2) is
 // added to every coordinate the method may move at this version (from the seeded generator, so
@@ -46,20 +38,20 @@
 #include <string>
 #include <vector>
 
+#include "aggregator/methods/method.h"
 #include "aggregator/privacy.h"
 #include "aggregator/server_optimizer.h"
 #include "aggregator/server_state.h"
 #include "aggregator/staleness.h"
 #include "schema/adapter.h"
 #include "schema/codec.h"
-#include "schema/method.h"
 #include "schema/status.h"
 
 namespace fedlora::aggregator {
 
 struct EngineOptions {
   wire::Mode mode = wire::Mode::FedBuff;
-  MethodConfig method;             // default: FedAvg-LoRA
+  methods::MethodChoice method;    // default: FedAvg-LoRA
   // FedBuff K: accepted updates per version. Measured on the default task (6 non-IID workers):
   // K = 3 let each version follow whichever 3 clients it averaged (accuracy swung by 15
   // points, mean staleness 4.5); K = 6 is stable with mean staleness 1.
@@ -75,6 +67,11 @@ struct EngineOptions {
 
 // Validates option ranges. Errors: kInvalidArgument naming the option.
 Status ValidateEngineOptions(const EngineOptions& options);
+
+// What workers must know at `version` of an adapter that no engine holds (version 0, an import
+// or a branch): the method's state at that version with no history behind it.
+// Errors: kInvalidArgument (options or spec).
+Result<MethodState> MethodStateOf(const EngineOptions& options, const AdapterSpec& spec, uint64_t version);
 
 class Engine {
  public:

@@ -48,7 +48,7 @@ Result<PreparedRollback> PrepareRollback(storage::AdapterStore& store, const Eng
   info.version = current + 1;
   info.parent_version = current;
   info.mode = options.mode;
-  info.method = std::string(MethodName(options.method.method));
+  info.method = std::string(options.method.name());
   info.server_optimizer = std::string(ServerOptimizerName(options.server_optimizer.kind));
   info.consumed_seq = cursor->consumed_seq;
   info.content_hash = ToHex(HashAdapter(target.state));

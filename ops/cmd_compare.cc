@@ -21,7 +21,7 @@
 
 #include "ops/commands.h"
 #include "ops/flags.h"
-#include "schema/method.h"
+#include "aggregator/methods/registry.h"
 #include "storage/adapter_store.h"
 #include "storage/update_log.h"
 
@@ -198,7 +198,7 @@ void RegisterCompare(CLI::App& app) {
     std::vector<std::string> extra;
   };
   auto f = std::make_shared<Flags>();
-  for (Method m : kAllMethods) f->methods += fmt::format("{}{}", f->methods.empty() ? "" : ",", MethodName(m));
+  for (const methods::Method* m : methods::AllMethods()) f->methods += fmt::format("{}{}", f->methods.empty() ? "" : ",", m->name());
   auto* cmd = app.add_subcommand(
       "compare",
       "Run several methods on the same task, seeds, partition, worker speeds and time budget (one `fedlora run` "
@@ -233,7 +233,7 @@ void RegisterCompare(CLI::App& app) {
       const size_t comma = std::min(f->methods.find(',', pos), f->methods.size());
       const std::string name = f->methods.substr(pos, comma - pos);
       if (!name.empty()) {
-        if (auto m = ParseMethod(name); !m.ok()) Fail("compare", m.status(), 2);
+        if (auto m = methods::FindMethod(name); !m.ok()) Fail("compare", m.status(), 2);
         methods.push_back(name);
       }
       pos = comma + 1;

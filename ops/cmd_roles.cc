@@ -79,7 +79,7 @@ void RegisterAggregator(CLI::App& app) {
     auto keys = security::LoadClientKeys(flags->keys.broker_key, flags->keys.key);
     if (!keys.ok()) Fail("aggregator", keys.status(), 2);
     flags->options.keys = std::move(*keys);
-    flags->task.full = flags->engine.engine.method.method == Method::kFull;
+    flags->task.full = flags->engine.engine.method.method().full_model();
     SetTorchThreads(1);
     const std::string base = BasePath(flags->store.dir, flags->task.arch);
     if (!std::filesystem::exists(base)) {

@@ -195,11 +195,11 @@ void RegisterRun(CLI::App& app) {
     f->round_size_given = cmd->count("--round-size") > 0;
     if (Status s = ResolveEngineFlags(f->engine); !s.ok()) Fail("run", s, 2);
     f->training.dp.delta = f->engine.engine.dp_delta;
-    if (f->training.dp.enabled() && f->engine.engine.method.method == Method::kFull) {
-      Fail("run", InvalidArgument("record-level DP-SGD covers LoRA factors and the head; method 'full' trains every "
+    if (f->training.dp.enabled() && f->engine.engine.method.method().full_model()) {
+      Fail("run", InvalidArgument("record-level DP-SGD covers LoRA factors and the head; a full-model method trains every "
                                   "weight (use a LoRA method)"), 2);
     }
-    f->task.full = f->engine.engine.method.method == Method::kFull;
+    f->task.full = f->engine.engine.method.method().full_model();
     std::vector<double> ranks, densities, budgets;
     try {
       ranks = ParseNumbers(f->ranks);
@@ -446,7 +446,7 @@ void RegisterRun(CLI::App& app) {
     const double final_accuracy = final_r->accuracy;
     // Each client's accuracy on its own label mix, with the model it would use: the global,
     // or under fedsa the global with the client's personal B factors.
-    const bool personalised = f->engine.engine.method.method == Method::kFedSa;
+    const bool personalised = f->engine.engine.method.method().personal();
     if (personalised) {
       fmt::print("evaluating each client's personal model (global A, its own B) on the test set...\n");
       std::fflush(stdout);

@@ -4,11 +4,13 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <csignal>
 #include <thread>
 
+#include "aggregator/methods/registry.h"
 #include "ops/commands.h"
 
 namespace fedlora::ops {
@@ -43,46 +45,58 @@ void AddPartitionFlags(CLI::App* app, TaskOptions& task) {
       ->capture_default_str();
 }
 
+namespace {
+
+// Every registered method's hyperparameters as text flags, each flag once (lora-a2 and
+// sa-fedlora share --probe-batches), with the first method's help and default.
+class FlagCollector final : public methods::ParamVisitor {
+ public:
+  void Float(std::string_view flag, float& v, std::string_view help) override { Add(flag, fmt::format("{}", v), help); }
+  void Double(std::string_view flag, double& v, std::string_view help) override { Add(flag, fmt::format("{}", v), help); }
+  void Uint(std::string_view flag, uint32_t& v, std::string_view help) override { Add(flag, fmt::format("{}", v), help); }
+  void Choice(std::string_view flag, std::string& v, std::vector<std::string> choices, std::string_view help) override {
+    Add(flag, v, fmt::format("{} ({})", help, fmt::join(choices, ", ")));
+  }
+  struct Flag {
+    std::string name, default_text, help;
+  };
+  std::vector<Flag> flags;
+
+ private:
+  void Add(std::string_view flag, std::string default_text, std::string_view help) {
+    for (const Flag& f : flags) {
+      if (f.name == flag) return;
+    }
+    flags.push_back({std::string(flag), std::move(default_text), std::string(help)});
+  }
+};
+
+void AddMethodParamFlags(CLI::App* app, std::map<std::string, std::string, std::less<>>& values) {
+  FlagCollector collector;
+  for (const methods::Method* m : methods::AllMethods()) m->DefaultParams()->Visit(collector);
+  for (const auto& flag : collector.flags) {
+    app->add_option("--" + flag.name, values[flag.name], flag.help)->default_str(flag.default_text);
+  }
+}
+
+// Hyperparameters added after versions first recorded their settings, with the value those
+// versions ran with: (method, flag, value). A recorded string of that method without the flag
+// predates it and replays with this value; newer strings name every hyperparameter of their
+// method.
+struct LegacyParam {
+  std::string_view method, flag, value;
+};
+constexpr LegacyParam kLegacyParams[] = {
+    {"hetlora", "hetlora-rule", "deltas"},
+};
+
+}  // namespace
+
 void AddEngineFlags(CLI::App* app, EngineFlags& f) {
-  std::string methods;
-  for (Method m : kAllMethods) methods += fmt::format("\n  {:<11} {}", MethodName(m), MethodSummary(m));
-  app->add_option("--method", f.method, "Federation method (docs/methods.md):" + methods)->capture_default_str();
-  auto& m = f.engine.method;
-  app->add_option("--download-density", m.download_density, "flasc: fraction of the global LoRA downloaded")
-      ->capture_default_str();
-  app->add_option("--upload-density", m.upload_density, "flasc: fraction of the delta uploaded (top-k by magnitude)")
-      ->capture_default_str();
-  app->add_option("--density-decay", m.density_decay, "flasc: densities x decay every --decay-every versions")
-      ->capture_default_str();
-  app->add_option("--decay-every", m.decay_every, "flasc: versions between density decays (0: never)")
-      ->capture_default_str();
-  app->add_option("--phase-length", m.phase_length, "lora-a2: versions per phase (B trains first, then A)")
-      ->capture_default_str();
-  app->add_option("--rank-budget", m.a2_rank_budget, "lora-a2: ranks per module a client uploads")
-      ->capture_default_str();
-  app->add_option("--a-lr-ratio", m.a_lr_ratio, "lora-a2: learning rate of A relative to B")->capture_default_str();
-  app->add_option("--initiating-versions", m.initiating_versions,
-                  "sa-fedlora: versions trained with the proximal term")
-      ->capture_default_str();
-  app->add_option("--proximal-mu", m.proximal_mu, "sa-fedlora: weight mu of (mu/2)||theta - theta_global||^2")
-      ->capture_default_str();
-  app->add_option("--heating-until", m.heating_until, "sa-fedlora: keep every rank until this version")
-      ->capture_default_str();
-  app->add_option("--cooling-until", m.cooling_until, "sa-fedlora: the cubic budget reaches its minimum here")
-      ->capture_default_str();
-  app->add_option("--min-budget", m.min_budget, "sa-fedlora: ranks per module kept after cooling")->capture_default_str();
-  app->add_option("--max-budget", m.max_budget, "sa-fedlora: ranks per module while heating (0: the adapter's rank)")
-      ->capture_default_str();
-  app->add_option("--probe-batches", m.probe_batches, "lora-a2, sa-fedlora: batches that score the ranks")
-      ->capture_default_str();
-  app->add_option("--as-warmup", m.as_warmup, "as-lora: versions that train B everywhere before any choice")
-      ->capture_default_str();
-  app->add_option("--as-margin", m.as_margin,
-                  "as-lora: a module switches factor when the other's smoothed score beats the active one's by "
-                  "this fraction")
-      ->capture_default_str();
-  app->add_option("--as-beta", m.as_beta, "as-lora: EMA weight on the past of the scores and Fisher proxies")
-      ->capture_default_str();
+  std::string names;
+  for (const methods::Method* m : methods::AllMethods()) names += fmt::format("\n  {:<11} {}", m->name(), m->summary());
+  app->add_option("--method", f.method, "Federation method (docs/methods.md):" + names)->capture_default_str();
+  AddMethodParamFlags(app, f.method_params);
   auto& dp = f.engine.client_dp;
   app->add_option("--client-dp-noise", dp.noise_multiplier,
                   "Client-level DP (fedbuff, sync): noise multiplier z; each server step adds N(0, (z C)^2) to the "
@@ -142,7 +156,12 @@ Status ResolveEngineFlags(EngineFlags& f) {
     return InvalidArgument("unknown mode '" + f.mode + "' (fedbuff, fedasync, sync)");
   }
   ASSIGN_OR_RETURN(f.engine.staleness.fn, aggregator::ParseStalenessFn(f.staleness));
-  ASSIGN_OR_RETURN(f.engine.method.method, ParseMethod(f.method));
+  ASSIGN_OR_RETURN(f.engine.method, methods::MethodChoice::Named(f.method));
+  std::map<std::string, std::string, std::less<>> given;
+  for (const auto& [flag, value] : f.method_params) {
+    if (!value.empty()) given.emplace(flag, value);
+  }
+  RETURN_IF_ERROR(methods::SetParams(f.engine.method.params(), given));
   ASSIGN_OR_RETURN(f.engine.server_optimizer.kind, aggregator::ParseServerOptimizer(f.server_optimizer));
   f.engine.server_lr = f.server_lr.value_or(aggregator::DefaultServerLr(f.engine.server_optimizer.kind));
   return aggregator::ValidateEngineOptions(f.engine);
@@ -158,6 +177,16 @@ Result<aggregator::EngineOptions> ParseEngineConfig(const std::vector<std::strin
     app.parse(reversed);
   } catch (const CLI::ParseError& e) {
     return InvalidArgument(fmt::format("engine settings '{}': {}", fmt::join(args, " "), e.what()));
+  }
+  // The method the settings were recorded with is the first one named (what-if changes follow).
+  const auto first = std::find(args.begin(), args.end(), "--method");
+  const std::string recorded = first != args.end() && first + 1 != args.end() ? *(first + 1) : "fedavg";
+  if (flags.method == recorded) {
+    for (const LegacyParam& p : kLegacyParams) {
+      if (p.method == recorded && flags.method_params[std::string(p.flag)].empty()) {
+        flags.method_params[std::string(p.flag)] = std::string(p.value);
+      }
+    }
   }
   RETURN_IF_ERROR(ResolveEngineFlags(flags));
   return flags.engine;

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -32,6 +33,9 @@ void AddPartitionFlags(CLI::App* app, TaskOptions& task);
 // --max-staleness, --round-size, as-lora's --as-*, client-level DP (--client-dp-*), --dp-delta.
 struct EngineFlags {
   std::string method = "fedavg";
+  // The methods' hyperparameters as given (flag without "--" -> text); every registered
+  // method's flags are accepted, the chosen method's are applied (methods/method.h).
+  std::map<std::string, std::string, std::less<>> method_params;
   std::string mode = "fedbuff";
   std::string staleness = "polynomial";
   std::string server_optimizer = "sgd";

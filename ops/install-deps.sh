@@ -14,7 +14,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   dataset-fashion-mnist
-  python3
+  python3 xz-utils  # xz: the legacy-store fixtures of the replay test
 )
 packages+=("$@")
 

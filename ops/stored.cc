@@ -11,7 +11,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "aggregator/lowrank.h"
+#include "aggregator/methods/lowrank.h"
 #include "schema/validate.h"
 
 namespace fedlora::ops {
@@ -131,7 +131,7 @@ Result<uint64_t> ResolveVersion(const StoreLayout& store, const std::string& ada
 
 namespace {
 
-namespace lowrank = aggregator::lowrank;
+namespace lowrank = methods::lowrank;
 
 double Norm(const std::vector<float>& v) {
   double s = 0;

@@ -1,7 +1,7 @@
 // Read access to a stored run for the inspection and export commands: open a store's adapter,
 // read a version's record (lineage) and its global tensors, and describe what a version holds
 // (per-module norms, singular values and effective rank of each LoRA product, sparsity).
-// No LibTorch: the spectra come from aggregator/lowrank (exact, double precision).
+// No LibTorch: the spectra come from aggregator/methods/lowrank (exact, double precision).
 #pragma once
 
 #include <map>

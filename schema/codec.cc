@@ -219,9 +219,7 @@ Result<DecodedGlobal> DecodeGlobal(const wire::GlobalAdapter& global) {
   out.info.mode = global.mode();
   out.info.final = global.final();
   if (const auto* m = global.method(); m != nullptr) {
-    if (m->name() != nullptr) {
-      ASSIGN_OR_RETURN(out.info.method.method, ParseMethod(m->name()->string_view()));
-    }
+    if (m->name() != nullptr) out.info.method.method = m->name()->str();
     out.info.method.download_density = m->download_density();
     out.info.method.upload_density = m->upload_density();
     out.info.method.phase = m->phase();
@@ -229,6 +227,7 @@ Result<DecodedGlobal> DecodeGlobal(const wire::GlobalAdapter& global) {
     out.info.method.rank_budget = m->rank_budget();
     out.info.method.probe_batches = m->probe_batches();
     out.info.method.proximal_mu = m->proximal_mu();
+    out.info.method.density_scale = m->density_scale();
     if (m->active() != nullptr) out.info.method.active.assign(m->active()->begin(), m->active()->end());
   }
   out.spec = SpecFromWire(global.spec());
@@ -269,7 +268,7 @@ Bytes BuildUpdate(const UpdateHeader& h, const AdapterState& delta) {
   auto tensors = DenseTensors(b, delta);
   auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
                                    b.CreateString(h.adapter_id), h.base_version, h.num_samples,
-                                   h.local_steps, h.train_loss, tensors, BuildDp(b, h.dp));
+                                   h.local_steps, h.train_loss, tensors, BuildDp(b, h.dp), h.shard_size);
   return Finish(b, wire::Body::Update, update.Union());
 }
 
@@ -298,7 +297,7 @@ Bytes BuildUpdate(const UpdateHeader& h, const std::vector<EncodedTensor>& tenso
   auto tensor_vec = b.CreateVector(ts);
   auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
                                    b.CreateString(h.adapter_id), h.base_version, h.num_samples,
-                                   h.local_steps, h.train_loss, tensor_vec, BuildDp(b, h.dp));
+                                   h.local_steps, h.train_loss, tensor_vec, BuildDp(b, h.dp), h.shard_size);
   return Finish(b, wire::Body::Update, update.Union());
 }
 
@@ -307,10 +306,10 @@ Bytes BuildGlobal(const GlobalInfo& info, const AdapterSpec& spec, const Adapter
   auto spec_off = SpecToWire(b, spec);
   auto tensors = DenseTensors(b, state);
   const MethodState& m = info.method;
-  auto method = wire::CreateMethod(b, b.CreateString(MethodName(m.method)), m.download_density,
+  auto method = wire::CreateMethod(b, b.CreateString(m.method), m.download_density,
                                    m.upload_density, m.phase, m.a_lr_ratio, m.rank_budget,
                                    m.probe_batches, m.proximal_mu,
-                                   m.active.empty() ? 0 : b.CreateVector(m.active));
+                                   m.active.empty() ? 0 : b.CreateVector(m.active), m.density_scale);
   auto g = wire::CreateGlobalAdapter(b, b.CreateString(info.adapter_id), info.version, spec_off,
                                      tensors, b.CreateString(info.content_hash),
                                      info.consumed_seq, info.mode, info.final, method);

@@ -109,10 +109,11 @@ struct UpdateHeader {
   std::string client_id;
   std::string adapter_id;
   uint64_t base_version = 0;
-  uint64_t num_samples = 0;
+  uint64_t num_samples = 0;   // examples seen in the local run
   uint32_t local_steps = 0;
   float train_loss = 0;
   std::optional<DpReport> dp;  // set when the update was trained with record-level DP
+  uint64_t shard_size = 0;     // examples in the client's data: the data weight n_k
 };
 
 // One tensor of an update in one of the update encodings (see Encoding in fedlora.fbs):

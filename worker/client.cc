@@ -10,7 +10,7 @@
 #include "schema/codec.h"
 #include "schema/validate.h"
 #include "worker/broker_client.h"
-#include "worker/method.h"
+#include "worker/local_round.h"
 #include "worker/model.h"
 #include "schema/accountant.h"
 #include "worker/train.h"
@@ -126,7 +126,7 @@ class WorkerImpl final : public Worker {
       }
       ASSIGN_OR_RETURN(LocalRound round,
                        RunLocalRound(*model_, global->spec, global->state, global->info.method,
-                                     options_.heterogeneity, &personal_, *data_, shard_, train, stop));
+                                     options_.heterogeneity, personal_, *data_, shard_, train, stop));
       if (round.trained.stopped) break;
       last_trained_base = static_cast<int64_t>(global->info.version);
       if (round.upload.empty()) {

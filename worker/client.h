@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "schema/method.h"
+#include "aggregator/methods/method.h"
 #include "schema/security.h"
 #include "schema/status.h"
 #include "worker/data.h"
@@ -69,7 +69,7 @@ struct WorkerOptions {
   std::string adapter_id = "default";
   std::string base_path = "fedlora-data/base/vit-tiny.pt";
   WorkerTraining training;
-  ClientSettings heterogeneity;  // rank, FLASC density, LoRA-A2 budget of this client
+  methods::ClientSettings heterogeneity;  // rank, FLASC density, LoRA-A2 budget of this client
   uint64_t seed = 1;                 // batch sampling; combined with client id and run number
   uint64_t max_updates = 0;          // leave after this many acknowledged updates; 0: until final
   std::chrono::milliseconds request_timeout{4000};  // then reconnect and resend

@@ -14,6 +14,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -22,6 +23,7 @@
 #include <random>
 
 #include "aggregator/engine.h"
+#include "aggregator/methods/registry.h"
 #include "schema/codec.h"
 #include "schema/validate.h"
 
@@ -59,12 +61,33 @@ AdapterState Initial(const AdapterSpec& spec, std::mt19937_64& rng) {
   return s;
 }
 
-// An update of client k from version `base`: both factors (flora) or B only (as-lora warm-up).
-codec::Bytes Update(const AdapterSpec& spec, int k, uint64_t base, bool b_only, std::mt19937_64& rng) {
+// What a client of the engine's method trains and uploads at its current version: the method's
+// client half plans a round (probe gradients, where a method scores ranks, are ones).
+methods::TrainPlan Plan(const AdapterSpec& spec, const aggregator::Engine& engine, const methods::Method& method) {
+  auto layout = methods::LoraLayout::Of(spec);
+  if (!layout.ok()) throw std::runtime_error(layout.status().ToString());
+  const MethodState state = engine.method_state();
+  methods::PersonalState personal;
+  methods::ClientRound round{spec, *layout, engine.state(), state, {}, spec.rank, &personal, {}};
+  round.probe = [](const AdapterState& start, uint32_t) -> Result<AdapterState> {
+    AdapterState g = start;
+    for (auto& t : g.tensors) std::fill(t.values.begin(), t.values.end(), 1.0f);
+    return g;
+  };
+  auto plan = method.Client()->Plan(round);
+  if (!plan.ok()) throw std::runtime_error(plan.status().ToString());
+  plan->start = {};
+  return std::move(*plan);
+}
+
+// An update of client k from version `base` carrying the tensors `uploads` selects, dense.
+codec::Bytes Update(const AdapterSpec& spec, int k, uint64_t base, const std::vector<bool>& uploads,
+                    std::mt19937_64& rng) {
   std::normal_distribution<float> normal(0.0f, 1e-3f);
   std::vector<codec::EncodedTensor> tensors;
-  for (const auto& t : spec.tensors) {
-    if (b_only && t.role != TensorRole::kLoraB) continue;
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    const auto& t = spec.tensors[i];
+    if (!uploads[i]) continue;
     codec::EncodedTensor e{t.name, t.shape, wire::Encoding::Dense, {}, std::vector<float>(t.numel())};
     for (float& v : e.values) v = normal(rng);
     tensors.push_back(std::move(e));
@@ -74,20 +97,17 @@ codec::Bytes Update(const AdapterSpec& spec, int k, uint64_t base, bool b_only, 
 }
 
 // Seconds to fold `clients` updates into one new version, for each of `versions` versions.
-std::vector<double> Measure(const AdapterSpec& spec, Method method, int clients, int versions, uint64_t seed) {
+std::vector<double> Measure(const AdapterSpec& spec, const aggregator::EngineOptions& o, int versions, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  aggregator::EngineOptions o;
-  o.mode = wire::Mode::FedBuff;
-  o.buffer_size = static_cast<uint32_t>(clients);
-  o.method.method = method;
-  o.method.as_warmup = 1000;  // B throughout: every step folds one factor per module
+  const int clients = static_cast<int>(o.buffer_size);
   auto engine = aggregator::Engine::Create(o, "bench", spec, Initial(spec, rng), 0, 0, nullptr);
   if (!engine.ok()) throw std::runtime_error(engine.status().ToString());
   std::vector<double> seconds;
   uint64_t seq = 1;
   for (int v = 0; v < versions; ++v) {
     std::vector<codec::Bytes> updates;
-    for (int k = 0; k < clients; ++k) updates.push_back(Update(spec, k, (*engine)->version(), method == Method::kAsLora, rng));
+    const std::vector<bool> uploads = Plan(spec, **engine, o.method.method()).uploads;
+    for (int k = 0; k < clients; ++k) updates.push_back(Update(spec, k, (*engine)->version(), uploads, rng));
     const auto t0 = Clock::now();
     for (const auto& u : updates) {
       auto r = (*engine)->Consume(seq++, *wire::GetEnvelope(u.data())->body_as_Update());
@@ -111,19 +131,31 @@ void Fill(std::vector<float>& v, uint64_t seed, float scale) {
   }
 }
 
-// What a client of `method` uploads: both factors dense (fedavg, hetlora), B only (ffa, as-lora
-// while it trains B), A only (fedsa), or every tenth element of both (flasc at density 0.1).
-codec::Bytes MethodUpdate(const AdapterSpec& spec, Method method, int k, uint64_t base) {
+// What a client of the method uploads: the tensors its plan uploads (both factors: fedavg,
+// hetlora; B: ffa, as-lora while it trains B; A: fedsa), dense, as the rank slices the plan
+// keeps (lora-a2, sa-fedlora), or every (1/density)-th element when the method uploads a sparse
+// fraction (flasc).
+codec::Bytes MethodUpdate(const AdapterSpec& spec, const methods::TrainPlan& plan, float upload_density, int k,
+                          uint64_t base) {
+  auto layout = methods::LoraLayout::Of(spec);
+  if (!layout.ok()) throw std::runtime_error(layout.status().ToString());
   std::vector<codec::EncodedTensor> tensors;
   uint64_t seed = static_cast<uint64_t>(k) * 1000 + 1;
-  for (const auto& t : spec.tensors) {
-    const bool is_a = t.role == TensorRole::kLoraA;
-    if ((method == Method::kFfa || method == Method::kAsLora) && is_a) continue;
-    if (method == Method::kFedSa && !is_a) continue;
+  const uint32_t stride = upload_density < 1 ? static_cast<uint32_t>(std::lround(1.0 / upload_density)) : 1;
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    const auto& t = spec.tensors[i];
+    if (!plan.uploads[i]) continue;
     codec::EncodedTensor e{t.name, t.shape, wire::Encoding::Dense, {}, {}};
-    if (method == Method::kFlasc) {
+    const int m = layout->module_of(i);
+    const auto* ranks = m >= 0 ? &plan.ranks[static_cast<size_t>(m)] : nullptr;
+    if (ranks != nullptr && ranks->size() < spec.rank) {
+      if (ranks->empty()) continue;
+      e.encoding = wire::Encoding::RankSlice;
+      e.indices = *ranks;
+      e.values.resize(t.numel() / spec.rank * ranks->size());
+    } else if (stride > 1) {
       e.encoding = wire::Encoding::Sparse;
-      for (uint32_t i = 0; i < t.numel(); i += 10) e.indices.push_back(i);
+      for (uint32_t j = 0; j < t.numel(); j += stride) e.indices.push_back(j);
       e.values.resize(e.indices.size());
     } else {
       e.values.resize(t.numel());
@@ -133,6 +165,15 @@ codec::Bytes MethodUpdate(const AdapterSpec& spec, Method method, int k, uint64_
   }
   codec::UpdateHeader h{fmt::format("c{}-{}", k, base), fmt::format("c{}", k), "bench", base, 100, 20, 0.5f, {}};
   return codec::BuildUpdate(h, tensors);
+}
+
+// The engine settings of a method by name; as-lora trains B throughout (warm-up longer than the
+// run), so every step folds one factor per module.
+Result<aggregator::EngineOptions> Options(const std::string& name) {
+  aggregator::EngineOptions o;
+  ASSIGN_OR_RETURN(o.method, methods::MethodChoice::Named(name));
+  RETURN_IF_ERROR(methods::SetParams(o.method.params(), {{"as-warmup", "1000"}}));
+  return o;
 }
 
 // Bytes of tensor values (and indices) an update carries.
@@ -151,19 +192,18 @@ struct FoldFigure {
   size_t bytes = 0;
 };
 
-FoldFigure MeasureFold(const AdapterSpec& spec, Method method, int updates) {
-  aggregator::EngineOptions o;
+FoldFigure MeasureFold(const AdapterSpec& spec, aggregator::EngineOptions o, int updates) {
   o.mode = wire::Mode::FedBuff;
   o.buffer_size = static_cast<uint32_t>(updates) + 1;  // never closes a step
-  o.method.method = method;
-  o.method.as_warmup = 1000;
   std::mt19937_64 rng(7);
   auto engine = aggregator::Engine::Create(o, "bench", spec, Initial(spec, rng), 0, 0, nullptr);
   if (!engine.ok()) throw std::runtime_error(engine.status().ToString());
+  const methods::TrainPlan plan = Plan(spec, **engine, o.method.method());
+  const float density = (*engine)->method_state().upload_density;
   std::vector<double> fold, copy, validate;
   FoldFigure f;
   for (int k = 0; k < updates; ++k) {
-    const codec::Bytes u = MethodUpdate(spec, method, k, 0);
+    const codec::Bytes u = MethodUpdate(spec, plan, density, k, 0);
     const auto& update = *wire::GetEnvelope(u.data())->body_as_Update();
     f.bytes = TensorBytes(update);
     // The validation pass alone, on a copy of the update somewhere else in memory (so the timed
@@ -209,12 +249,12 @@ int Fold(uint32_t layers, uint32_t dim, const std::vector<uint32_t>& ranks, std:
   for (uint32_t rank : ranks) {
     const AdapterSpec spec = Spec(layers, dim, rank);
     for (const auto& name : methods) {
-      const auto method = ParseMethod(name);
-      if (!method.ok() || *method == Method::kFlora || *method == Method::kLoraA2 || *method == Method::kSaFedLora) {
-        fmt::print(stderr, "--fold measures fedavg, ffa, fedsa, flasc, hetlora and as-lora, not '{}'\n", name);
+      auto o = Options(name);
+      if (!o.ok() || o->method.method().full_model()) {
+        fmt::print(stderr, "--fold measures the LoRA methods, not '{}'\n", name);
         return 2;
       }
-      const FoldFigure f = MeasureFold(spec, *method, updates);
+      const FoldFigure f = MeasureFold(spec, *o, updates);
       const double ratio = f.fold_us / f.memcpy_us;
       fmt::print("{:>5} {:<9} {:>10.1f} {:>10.0f} {:>11.0f} {:>10.0f} {:>9.2f} {:>7.2f} {:>13.2f}\n", rank, name,
                  f.bytes / 1048576.0, f.fold_us, f.validate_us, f.memcpy_us, f.bytes / f.fold_us / 1e3, ratio,
@@ -237,7 +277,7 @@ int main(int argc, char** argv) {
   int clients = 6, versions = 2;
   std::string json_path;
   std::vector<std::string> methods = {"as-lora", "flora"};
-  app.add_option("--methods", methods, "Methods to measure (as-lora, flora)")->capture_default_str();
+  app.add_option("--methods", methods, "Methods to measure; the ratio is reported when as-lora and flora are both measured")->capture_default_str();
   app.add_option("--layers", layers, "Transformer layers (4 LoRA projections each)")->capture_default_str();
   app.add_option("--dim", dim, "Hidden size d (projections are d x d)")->capture_default_str();
   app.add_option("--rank", rank, "LoRA rank r")->capture_default_str();
@@ -262,20 +302,21 @@ int main(int argc, char** argv) {
   nlohmann::json out = {{"layers", layers}, {"dim", dim}, {"rank", rank}, {"clients", clients}};
   std::map<std::string, double> best;
   for (const std::string& name : methods) {
-    const auto parsed = ParseMethod(name);
-    if (!parsed.ok() || (*parsed != Method::kAsLora && *parsed != Method::kFlora)) {
-      fmt::print(stderr, "--methods takes as-lora and flora, not '{}'\n", name);
+    auto o = Options(name);
+    if (!o.ok() || o->method.method().full_model()) {
+      fmt::print(stderr, "--methods takes the LoRA methods, not '{}'\n", name);
       return 2;
     }
-    const Method method = *parsed;
+    o->mode = wire::Mode::FedBuff;
+    o->buffer_size = static_cast<uint32_t>(clients);
     fmt::print("measuring {} ...\n", name);
     std::fflush(stdout);
-    const auto seconds = Measure(spec, method, clients, versions, 7);
+    const auto seconds = Measure(spec, *o, versions, 7);
     best[name] = *std::min_element(seconds.begin(), seconds.end());
     out[name] = seconds;
     fmt::print("  {:<8} seconds per server step: {:.3f}\n", name, fmt::join(seconds, ", "));
   }
-  if (best.size() < 2) {
+  if (!best.count("flora") || !best.count("as-lora")) {
     if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
     return 0;
   }

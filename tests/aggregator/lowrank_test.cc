@@ -1,13 +1,13 @@
 // Exactness of the product-space algebra behind flora: stacking, the SVD of a product, and the
 // truncated re-factorisation.
-#include "aggregator/lowrank.h"
+#include "aggregator/methods/lowrank.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <random>
 
-namespace fedlora::aggregator::lowrank {
+namespace fedlora::methods::lowrank {
 namespace {
 
 Factors RandomFactors(uint32_t rows, uint32_t cols, uint32_t rank, uint64_t seed) {
@@ -132,4 +132,4 @@ TEST(LowRankTest, RefactorOfARankDeficientProductKeepsATrainableOrthogonalA) {
 }
 
 }  // namespace
-}  // namespace fedlora::aggregator::lowrank
+}  // namespace fedlora::methods::lowrank

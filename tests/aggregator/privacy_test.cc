@@ -7,7 +7,8 @@
 #include <cmath>
 
 #include "aggregator/engine.h"
-#include "aggregator/factor_selection.h"
+#include "aggregator/methods/as_lora.h"
+#include "aggregator/methods/factor_selection.h"
 #include "aggregator/privacy.h"
 #include "schema/accountant.h"
 #include "tests/testing/engine_harness.h"
@@ -16,6 +17,10 @@
 namespace fedlora::aggregator {
 namespace {
 
+using methods::FactorSelector;
+using methods::kFactorA;
+using methods::kFactorB;
+
 using testing::AsUpdate;
 using testing::ConstantState;
 using testing::EngineHarness;
@@ -23,11 +28,11 @@ using testing::FilledState;
 using testing::MakeUpdate;
 using testing::SmallSpec;
 
-EngineOptions DpOptions(double z, double clip, uint32_t k, Method method = Method::kFedAvg) {
+EngineOptions DpOptions(double z, double clip, uint32_t k, std::string_view method = "fedavg") {
   EngineOptions o;
   o.mode = wire::Mode::FedBuff;
   o.buffer_size = k;
-  o.method.method = method;
+  o.method = testing::Choose(method);
   o.staleness.fn = StalenessFn::kConstant;
   o.client_dp.noise_multiplier = z;
   o.client_dp.clip = clip;
@@ -118,7 +123,7 @@ TEST(ClientDpTest, NoiseHasTheConfiguredStandardDeviation) {
 
 TEST(ClientDpTest, NoiseCoversOnlyWhatTheMethodMoves) {
   // FFA-LoRA keeps A frozen: no noise may land on it.
-  EngineHarness h(DpOptions(2.0, 1.0, 1, Method::kFfa));
+  EngineHarness h(DpOptions(2.0, 1.0, 1, "ffa"));
   const AdapterState before = h.engine().state();
   AdapterState delta = ConstantState(SmallSpec(), 0.0f);
   delta.tensors.erase(delta.tensors.begin());  // no A factor
@@ -149,8 +154,8 @@ TEST(ClientDpTest, RefusedWhereSensitivityIsUndefined) {
   EngineOptions o = DpOptions(1.0, 1.0, 2);
   o.mode = wire::Mode::FedAsync;
   EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
-  EXPECT_EQ(ValidateEngineOptions(DpOptions(1.0, 1.0, 2, Method::kFlora)).code(), Code::kInvalidArgument);
-  EXPECT_EQ(ValidateEngineOptions(DpOptions(1.0, 1.0, 2, Method::kHetLora)).code(), Code::kInvalidArgument);
+  EXPECT_EQ(ValidateEngineOptions(DpOptions(1.0, 1.0, 2, "flora")).code(), Code::kInvalidArgument);
+  EXPECT_EQ(ValidateEngineOptions(DpOptions(1.0, 1.0, 2, "hetlora")).code(), Code::kInvalidArgument);
   EXPECT_EQ(ValidateEngineOptions(DpOptions(1.0, 0.0, 2)).code(), Code::kInvalidArgument);
   EngineOptions budget_without_noise = DpOptions(0.0, 1.0, 2);
   budget_without_noise.client_dp.budget = 3;
@@ -309,8 +314,8 @@ TEST(FactorSelectionTest, KnownNoiseIsSubtractedFromTheGradientEnergy) {
 TEST(AsLoraEngineTest, OnlyTheActiveFactorMovesAndBothFactorsAreRefused) {
   EngineOptions o;
   o.buffer_size = 1;
-  o.method.method = Method::kAsLora;
-  o.method.as_warmup = 100;  // B throughout
+  o.method = testing::Choose("as-lora");
+  o.method.params_as<methods::AsLoraParams>().warmup = 100;  // B throughout
   EngineHarness h(o);
   const AdapterState before = h.engine().state();
   EXPECT_TRUE(h.engine().method_state().active == std::vector<uint8_t>{0});

@@ -185,7 +185,7 @@ TEST(ServerOptimizerTest, OptionsOutsideFedBuffSyncOrElementwiseMethodsAreRefuse
   o.mode = wire::Mode::FedAsync;
   EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
   o = AdamOptions(ServerOptimizerKind::kAdamW, 2);
-  o.method.method = Method::kFlora;
+  o.method = testing::Choose("flora");
   EXPECT_EQ(ValidateEngineOptions(o).code(), Code::kInvalidArgument);
   o = AdamOptions(ServerOptimizerKind::kAdam, 2);
   o.server_optimizer.beta2 = 1.0;

@@ -2,7 +2,12 @@
 // flags; replay reads them back with the command line's own parser (ops/flags.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "aggregator/engine_config.h"
+#include "aggregator/methods/as_lora.h"
+#include "aggregator/methods/hetlora.h"
+#include "aggregator/methods/registry.h"
 #include "ops/flags.h"
 
 namespace fedlora::ops {
@@ -15,24 +20,11 @@ using aggregator::EngineOptions;
 EngineOptions Unusual() {
   EngineOptions o;
   o.mode = wire::Mode::Sync;
-  o.method.method = Method::kAsLora;
-  o.method.download_density = 0.37f;
-  o.method.upload_density = 0.123456789f;
-  o.method.density_decay = 0.9f;
-  o.method.decay_every = 7;
-  o.method.phase_length = 3;
-  o.method.a2_rank_budget = 2;
-  o.method.a_lr_ratio = 1.0f / 3.0f;
-  o.method.initiating_versions = 4;
-  o.method.proximal_mu = 0.0125f;
-  o.method.heating_until = 9;
-  o.method.cooling_until = 33;
-  o.method.min_budget = 3;
-  o.method.max_budget = 6;
-  o.method.probe_batches = 5;
-  o.method.as_warmup = 2;
-  o.method.as_margin = 0.07f;
-  o.method.as_beta = 0.85f;
+  o.method = *methods::MethodChoice::Named("as-lora");
+  auto& as = o.method.params_as<methods::AsLoraParams>();
+  as.warmup = 2;
+  as.margin = 0.07f;
+  as.beta = 0.85f + 1e-7f;
   o.buffer_size = 11;
   o.fedasync_alpha = 0.1 + 0.2;
   o.server_lr = 1.0 / 3.0;
@@ -52,6 +44,7 @@ EngineOptions Unusual() {
 
 TEST(EngineConfigTest, RecordedSettingsReadBackBitForBit) {
   const EngineOptions o = Unusual();
+  const auto& as = o.method.params_as<methods::AsLoraParams>();
   const std::string text = EngineConfigFlags(o);
   auto back = ParseEngineConfig(SplitFlags(text));
   ASSERT_TRUE(back.ok()) << back.status().ToString() << "\n" << text;
@@ -59,9 +52,9 @@ TEST(EngineConfigTest, RecordedSettingsReadBackBitForBit) {
   EXPECT_EQ(back->fedasync_alpha, o.fedasync_alpha);
   EXPECT_EQ(back->server_lr, o.server_lr);
   EXPECT_EQ(back->server_optimizer.eps, o.server_optimizer.eps);
-  EXPECT_EQ(back->method.a_lr_ratio, o.method.a_lr_ratio);
-  EXPECT_EQ(back->method.upload_density, o.method.upload_density);
-  EXPECT_EQ(back->method.max_budget, 6u);
+  EXPECT_EQ(back->method.name(), "as-lora");
+  EXPECT_EQ(back->method.params_as<methods::AsLoraParams>().beta, as.beta);
+  EXPECT_EQ(back->method.params_as<methods::AsLoraParams>().warmup, 2u);
   EXPECT_EQ(back->staleness.fn, aggregator::StalenessFn::kHinge);
   EXPECT_EQ(back->mode, wire::Mode::Sync);
   EXPECT_EQ(back->client_dp.budget, 4.2);
@@ -72,17 +65,46 @@ TEST(EngineConfigTest, RecordedSettingsReadBackBitForBit) {
   EXPECT_EQ(EngineConfigFlags(*defaults), EngineConfigFlags(EngineOptions{}));
 }
 
+// Every flag is recorded: the engine's always, a method's hyperparameters with that method.
 TEST(EngineConfigTest, EveryEngineFlagIsRecorded) {
   CLI::App app;
   EngineFlags flags;
   AddEngineFlags(&app, flags);
-  const std::string text = EngineConfigFlags(EngineOptions{});
+  std::vector<std::string> texts;
+  for (const methods::Method* m : methods::AllMethods()) {
+    EngineOptions o;
+    o.method = *methods::MethodChoice::Named(m->name());
+    texts.push_back(EngineConfigFlags(o));
+  }
   for (const CLI::Option* opt : app.get_options()) {
     for (const std::string& name : opt->get_lnames()) {
       if (name == "client-dp-seed" || name == "help") continue;  // secret / not a setting
-      EXPECT_NE(text.find("--" + name + " "), std::string::npos) << "--" << name << " is not recorded";
+      const bool recorded = std::any_of(texts.begin(), texts.end(), [&](const std::string& text) {
+        return text.find("--" + name + " ") != std::string::npos;
+      });
+      EXPECT_TRUE(recorded) << "--" << name << " is not recorded";
     }
   }
+  // Another method's hyperparameters are not.
+  EXPECT_EQ(texts[0].find("--upload-density"), std::string::npos) << texts[0];
+}
+
+// A hyperparameter added after versions first recorded their settings reads back as those
+// versions ran: hetlora settings from before --hetlora-rule replay with the rule they had; a
+// what-if that switches a store to hetlora gets today's default.
+TEST(EngineConfigTest, RecordedSettingsThatPredateAHyperparameterKeepTheValueTheyRanWith) {
+  const std::string old_hetlora = "--method hetlora --mode fedbuff --buffer-size 3";
+  auto legacy = ParseEngineConfig(SplitFlags(old_hetlora));
+  ASSERT_TRUE(legacy.ok()) << legacy.status().ToString();
+  EXPECT_EQ(legacy->method.params_as<methods::HetLoraParams>().rule, "deltas");
+  auto explicit_rule = ParseEngineConfig(SplitFlags(old_hetlora + " --hetlora-rule paper"));
+  EXPECT_EQ(explicit_rule->method.params_as<methods::HetLoraParams>().rule, "paper");
+  auto switched = ParseEngineConfig(SplitFlags("--method fedavg --buffer-size 3 --method hetlora"));
+  ASSERT_TRUE(switched.ok()) << switched.status().ToString();
+  EXPECT_EQ(switched->method.params_as<methods::HetLoraParams>().rule, "paper");
+  EngineOptions today;
+  today.method = *methods::MethodChoice::Named("hetlora");
+  EXPECT_NE(EngineConfigFlags(today).find("--hetlora-rule paper"), std::string::npos);
 }
 
 TEST(EngineConfigTest, LaterFlagsOverrideRecordedOnesAndBadOnesAreRefused) {

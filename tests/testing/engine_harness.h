@@ -13,6 +13,13 @@
 
 namespace fedlora::testing {
 
+// The method registered under `name`, with its default hyperparameters.
+inline methods::MethodChoice Choose(std::string_view name) {
+  auto choice = methods::MethodChoice::Named(name);
+  EXPECT_TRUE(choice.ok()) << choice.status().ToString();
+  return choice.ok() ? *choice : methods::MethodChoice();
+}
+
 class EngineHarness {
  public:
   EngineHarness(aggregator::EngineOptions options, AdapterSpec spec, AdapterState initial) {

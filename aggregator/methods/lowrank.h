@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-namespace fedlora::aggregator::lowrank {
+namespace fedlora::methods::lowrank {
 
 // The product B A of B (rows x rank) and A (rank x cols), both row-major.
 struct Factors {
@@ -50,4 +50,4 @@ Svd DenseSvd(const std::vector<double>& matrix, uint32_t m, uint32_t n);
 // orthogonal set (deterministically) with B's columns zero, so the adapter stays trainable.
 Factors Refactor(const Factors& f, uint32_t r, double a_row_norm);
 
-}  // namespace fedlora::aggregator::lowrank
+}  // namespace fedlora::methods::lowrank

@@ -1,10 +1,10 @@
-#include "aggregator/lowrank.h"
+#include "aggregator/methods/lowrank.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
-namespace fedlora::aggregator::lowrank {
+namespace fedlora::methods::lowrank {
 namespace {
 
 // Singular values below this fraction of the largest are numerical noise of a lower rank.
@@ -254,4 +254,4 @@ Factors Refactor(const Factors& f, uint32_t r, double a_row_norm) {
   return out;
 }
 
-}  // namespace fedlora::aggregator::lowrank
+}  // namespace fedlora::methods::lowrank

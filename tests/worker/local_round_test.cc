@@ -1,6 +1,9 @@
 // The worker half of each method on the real (mlp) model: what trains, what stays frozen, and
 // what is uploaded in which encoding.
-#include "worker/method.h"
+#include "worker/local_round.h"
+
+#include "aggregator/methods/flasc.h"
+#include "aggregator/methods/rank_scores.h"
 
 #include <gtest/gtest.h>
 
@@ -56,7 +59,8 @@ struct Fixture {
   }
 
   LocalRound Run(const MethodState& m, ClientSettings client = {}, PersonalState* personal = nullptr) {
-    auto r = RunLocalRound(*model, model->Spec(), global, m, client, personal, data, shard, train);
+    PersonalState none;
+    auto r = RunLocalRound(*model, model->Spec(), global, m, client, personal ? *personal : none, data, shard, train);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? std::move(*r) : LocalRound{};
   }
@@ -64,15 +68,15 @@ struct Fixture {
   TensorRole RoleOf(const std::string& name) const { return model->Spec().tensors[model->Spec().Find(name)].role; }
 };
 
-MethodState StateOf(Method m) {
+MethodState StateOf(std::string_view m) {
   MethodState s;
-  s.method = m;
+  s.method = std::string(m);
   return s;
 }
 
 TEST(WorkerMethodTest, FedAvgUploadsEveryTensorDense) {
   Fixture f;
-  const LocalRound r = f.Run(StateOf(Method::kFedAvg));
+  const LocalRound r = f.Run(StateOf("fedavg"));
   EXPECT_EQ(r.upload.size(), f.model->Spec().tensors.size());
   for (const auto& t : r.upload) EXPECT_EQ(t.encoding, wire::Encoding::Dense) << t.name;
   EXPECT_EQ(r.values_uploaded, f.model->Spec().numel());
@@ -80,7 +84,7 @@ TEST(WorkerMethodTest, FedAvgUploadsEveryTensorDense) {
 
 TEST(WorkerMethodTest, FfaKeepsAFrozenAndUploadsOnlyBAndTheHead) {
   Fixture f;
-  const LocalRound r = f.Run(StateOf(Method::kFfa));
+  const LocalRound r = f.Run(StateOf("ffa"));
   for (const auto& t : r.upload) EXPECT_NE(f.RoleOf(t.name), TensorRole::kLoraA) << t.name;
   const AdapterState after = f.model->ExportAdapter();
   size_t b_changed = 0;
@@ -96,7 +100,7 @@ TEST(WorkerMethodTest, FfaKeepsAFrozenAndUploadsOnlyBAndTheHead) {
 
 TEST(WorkerMethodTest, FlascUploadsExactlyTheTopKOfTheDelta) {
   Fixture f;
-  MethodState m = StateOf(Method::kFlasc);
+  MethodState m = StateOf("flasc");
   m.upload_density = 0.1f;
   const LocalRound r = f.Run(m);
   EXPECT_EQ(r.values_uploaded, static_cast<uint64_t>(std::floor(0.1 * f.model->Spec().numel())));
@@ -109,7 +113,7 @@ TEST(WorkerMethodTest, FlascUploadsExactlyTheTopKOfTheDelta) {
 TEST(WorkerMethodTest, TopKSparseKeepsTheKLargestMagnitudes) {
   AdapterState delta;
   delta.tensors = {{"x", {5}, {0.1f, -3.0f, 0.2f, 2.0f, -0.05f}}, {"y", {4}, {-2.5f, 0.0f, 1.0f, 0.3f}}};
-  const auto kept = TopKSparse(delta, 0.4);  // floor(0.4 * 9) = 3
+  const auto kept = methods::TopKSparse(delta, 0.4);  // floor(0.4 * 9) = 3
   std::vector<float> values;
   for (const auto& t : kept) {
     EXPECT_TRUE(std::is_sorted(t.indices.begin(), t.indices.end()));
@@ -134,13 +138,13 @@ TEST(WorkerMethodTest, LoraA2ScoreIsTheFrobeniusNormOfTheRankOuterProduct) {
         sq += outer * outer;
       }
     }
-    EXPECT_NEAR(RankScore(b, a, d, r, k, i), std::sqrt(sq), 1e-9);
+    EXPECT_NEAR(methods::RankScore(b, a, d, r, k, i), std::sqrt(sq), 1e-9);
   }
 }
 
 TEST(WorkerMethodTest, LoraA2UploadsItsRankBudgetOfThePhasesFactorOnly) {
   Fixture f;
-  MethodState m = StateOf(Method::kLoraA2);
+  MethodState m = StateOf("lora-a2");
   m.rank_budget = 1;
   m.probe_batches = 1;
   m.a_lr_ratio = 0.2f;
@@ -163,7 +167,7 @@ TEST(WorkerMethodTest, LoraA2UploadsItsRankBudgetOfThePhasesFactorOnly) {
 
 TEST(WorkerMethodTest, SaFedLoraKeepsItsBudgetPerModuleInBothFactors) {
   Fixture f;
-  MethodState m = StateOf(Method::kSaFedLora);
+  MethodState m = StateOf("sa-fedlora");
   m.rank_budget = 3;
   m.probe_batches = 1;
   m.proximal_mu = 0.1f;
@@ -180,7 +184,7 @@ TEST(WorkerMethodTest, SaFedLoraKeepsItsBudgetPerModuleInBothFactors) {
 
 TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
   Fixture f;
-  const LocalRound r = f.Run(StateOf(Method::kFlora), ClientSettings{2, 0, 0});
+  const LocalRound r = f.Run(StateOf("flora"), ClientSettings{2, 0, 0});
   for (const auto& t : r.upload) {
     if (f.RoleOf(t.name) == TensorRole::kDense) continue;
     EXPECT_EQ(t.encoding, wire::Encoding::RankSlice);
@@ -193,7 +197,8 @@ TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
     for (size_t i = 2; i < 8; ++i) EXPECT_EQ(b[row * 8 + i], 0.0f);
   }
   ClientSettings too_big{16, 0, 0};
-  EXPECT_EQ(RunLocalRound(*f.model, f.model->Spec(), f.global, StateOf(Method::kFlora), too_big, nullptr, f.data,
+  PersonalState none;
+  EXPECT_EQ(RunLocalRound(*f.model, f.model->Spec(), f.global, StateOf("flora"), too_big, none, f.data,
                           f.shard, f.train)
                 .status()
                 .code(),
@@ -203,7 +208,7 @@ TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
 TEST(WorkerMethodTest, FedSaKeepsBPersonalAndUploadsA) {
   Fixture f;
   PersonalState personal;
-  const LocalRound r = f.Run(StateOf(Method::kFedSa), {}, &personal);
+  const LocalRound r = f.Run(StateOf("fedsa"), {}, &personal);
   for (const auto& t : r.upload) EXPECT_NE(f.RoleOf(t.name), TensorRole::kLoraB) << t.name;
   ASSERT_EQ(personal.tensors.size(), 2u);
   // The next round starts from the personal B, not the global's.
@@ -211,7 +216,7 @@ TEST(WorkerMethodTest, FedSaKeepsBPersonalAndUploadsA) {
   EXPECT_NE(mine, f.global.tensors[static_cast<size_t>(f.model->Spec().Find("fc1.lora_B"))].values);
   f.train.steps = 1;
   f.train.lr = 1e-9f;
-  f.Run(StateOf(Method::kFedSa), {}, &personal);
+  f.Run(StateOf("fedsa"), {}, &personal);
   const auto& again = personal.tensors.at("fc1.lora_B");
   for (size_t i = 0; i < mine.size(); ++i) EXPECT_NEAR(again[i], mine[i], 1e-5);
 }
@@ -221,7 +226,7 @@ TEST(WorkerMethodTest, FullFineTuningTrainsAndUploadsEveryParameter) {
   EXPECT_EQ(f.model->Spec().rank, 0u);
   for (const auto& t : f.model->Spec().tensors) EXPECT_EQ(t.role, TensorRole::kDense);
   EXPECT_GE(f.model->Spec().Find("fc1.weight"), 0);
-  const LocalRound r = f.Run(StateOf(Method::kFull));
+  const LocalRound r = f.Run(StateOf("full"));
   EXPECT_EQ(r.values_uploaded, f.model->Spec().numel());
   EXPECT_GT(f.model->Spec().numel(), 100000u);  // the whole mlp, not an adapter
 }
@@ -234,7 +239,7 @@ namespace {
 
 TEST(WorkerMethodTest, FlascStartsFromTheGlobalMaskedToItsDownloadDensity) {
   Fixture f;
-  MethodState m = StateOf(Method::kFlasc);
+  MethodState m = StateOf("flasc");
   m.download_density = 0.25f;
   f.train.steps = 1;
   f.train.lr = 1e-12f;  // the model stays where it started, to within 1e-12
@@ -255,7 +260,7 @@ TEST(WorkerMethodTest, SaFedLoraProximalTermHoldsTheModelNearTheGlobal) {
   auto distance = [](float mu) {
     Fixture f;
     f.train.steps = 6;
-    MethodState m = StateOf(Method::kSaFedLora);
+    MethodState m = StateOf("sa-fedlora");
     m.proximal_mu = mu;
     f.Run(m);
     const AdapterState after = f.model->ExportAdapter();

@@ -19,7 +19,7 @@
 #include "schema/codec.h"
 #include "schema/status.h"
 
-namespace fedlora::aggregator {
+namespace fedlora::methods {
 
 inline constexpr int kFactorB = 0;
 inline constexpr int kFactorA = 1;
@@ -59,4 +59,4 @@ class FactorSelector {
   std::vector<codec::FactorScore> state_;
 };
 
-}  // namespace fedlora::aggregator
+}  // namespace fedlora::methods

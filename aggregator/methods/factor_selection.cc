@@ -1,10 +1,10 @@
-#include "aggregator/factor_selection.h"
+#include "aggregator/methods/factor_selection.h"
 
 #include <fmt/format.h>
 
 #include <cmath>
 
-namespace fedlora::aggregator {
+namespace fedlora::methods {
 
 Result<FactorSelector> FactorSelector::Create(const FactorSelectionOptions& options, std::vector<std::string> modules,
                                               std::vector<size_t> a_sizes, std::vector<size_t> b_sizes,
@@ -78,4 +78,4 @@ std::vector<uint8_t> FactorSelector::ActiveVector() const {
   return out;
 }
 
-}  // namespace fedlora::aggregator
+}  // namespace fedlora::methods

@@ -1,0 +1,133 @@
+// Exact product-space aggregation for heterogeneous ranks (FLoRA stacking with FlexLoRA-style
+// re-factorisation, docs/methods.md section 6). Every update contributes, per module, its
+// change in product space, B'_k A'_k - B_k A_k (its trained factors minus its base version's
+// over the same ranks); the contributions are stacked exactly (FLoRA: B_g A_g = sum_k w_k B_k A_k
+// whatever each rank) with the global product and re-factorised to the adapter's rank by a
+// truncated SVD (FlexLoRA); A keeps orthogonal rows of the initialisation's norm. FedAsync
+// mixes in product space: W <- (1 - a) W + a (W_base + B'A' - BA). Dense tensors fold as usual.
+// Needs sgd on the server and no client-level DP.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "aggregator/methods/method.h"
+
+#include "aggregator/methods/pair_change.h"
+
+namespace fedlora::methods {
+namespace {
+
+class FloraServer final : public PlainServer {
+ public:
+  FloraServer(std::string_view name, const AdapterSpec& spec, const LoraLayout& layout)
+      : PlainServer(name, spec, layout), pending_(layout_.modules().size()) {}
+
+  bool NeedsBase() const override { return true; }
+  bool FoldsOwnTensors() const override { return true; }
+  bool FoldsElementwise(size_t t) const override { return layout_.module_of(t) < 0; }
+
+  Status Check(const wire::Update& u) const override {
+    for (const CarriedPair& p : CarriedPairs(u, layout_)) {
+      const std::string& name = layout_.modules()[p.module].name;
+      if (!p.a || !p.b) return InvalidArgument(fmt::format("flora needs both factors of module '{}'", name));
+      if (CarriedRanks(*p.a, spec_.rank) != CarriedRanks(*p.b, spec_.rank)) {
+        return InvalidArgument(fmt::format("flora: the factors of module '{}' carry different ranks", name));
+      }
+    }
+    return Status::Ok();
+  }
+
+  void Buffer(const wire::Update& u, const AdapterState& base, double weight,
+              std::vector<std::vector<float>>&) override {
+    for (PairChange& c : PairChanges(u, base, spec_, layout_)) {
+      const size_t m = c.module;
+      pending_[m].push_back({weight, std::move(c)});
+    }
+  }
+
+  void Step(AdapterState& state, const StepSums& sums) override {
+    if (sums.scale > 0) {
+      for (size_t m = 0; m < pending_.size(); ++m) {
+        if (pending_[m].empty()) continue;
+        std::vector<std::pair<double, const lowrank::Factors*>> terms;
+        for (const auto& [weight, c] : pending_[m]) {
+          terms.emplace_back(sums.scale * weight, &c.end);
+          terms.emplace_back(-sums.scale * weight, &c.start);
+        }
+        Refactor(state, m, 1.0, terms);
+      }
+    }
+    for (auto& p : pending_) p.clear();
+  }
+
+  void Mix(AdapterState& state, const AdapterState& base, const wire::Update& u, double alpha) override {
+    for (const PairChange& c : PairChanges(u, base, spec_, layout_)) {
+      const lowrank::Factors base_full = Slice(base, layout_.modules()[c.module], spec_.rank, AllRanks());
+      Refactor(state, c.module, 1.0 - alpha, {{alpha, &base_full}, {alpha, &c.end}, {-alpha, &c.start}});
+    }
+  }
+
+ private:
+  std::vector<uint32_t> AllRanks() const {
+    std::vector<uint32_t> all(spec_.rank);
+    std::iota(all.begin(), all.end(), 0u);
+    return all;
+  }
+
+  // The RMS row norm of module m's current A factor, which re-factorisation keeps.
+  double ARowNorm(const AdapterState& state, const LoraModule& m) const {
+    double sq = 0;
+    for (float v : state.tensors[m.a].values) sq += static_cast<double>(v) * v;
+    const double n = std::sqrt(sq / static_cast<double>(spec_.rank));
+    return n > 0 ? n : 1.0;
+  }
+
+  // Module m of `state` becomes the truncated SVD of keep * B A + sum_i w_i B_i A_i.
+  void Refactor(AdapterState& state, size_t m, double keep,
+                const std::vector<std::pair<double, const lowrank::Factors*>>& extra) const {
+    const LoraModule& mod = layout_.modules()[m];
+    const lowrank::Factors current = Slice(state, mod, spec_.rank, AllRanks());
+    std::vector<std::pair<double, const lowrank::Factors*>> terms;
+    terms.emplace_back(keep, &current);
+    terms.insert(terms.end(), extra.begin(), extra.end());
+    const lowrank::Factors stacked = lowrank::Stack(terms);
+    const lowrank::Factors next = lowrank::Refactor(stacked, spec_.rank, ARowNorm(state, mod));
+    auto& a = state.tensors[mod.a].values;
+    auto& b = state.tensors[mod.b].values;
+    for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(next.a[i]);
+    for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(next.b[i]);
+  }
+
+  std::vector<std::vector<std::pair<double, PairChange>>> pending_;  // per module: (weight, change)
+};
+
+class Flora final : public Method {
+ public:
+  std::string_view name() const override { return "flora"; }
+  std::string_view summary() const override { return "FLoRA/FlexLoRA: exact product sum, truncated-SVD refactor"; }
+  Status Supports(const EngineSetup& setup, const MethodParams&) const override {
+    if (setup.client_dp) {
+      return InvalidArgument(fmt::format("client-level DP is not supported with '{}': its aggregation weights or "
+                                         "product-space step have no fixed per-client sensitivity",
+                                         name()));
+    }
+    if (setup.stateful_optimizer) {
+      return InvalidArgument("flora re-factorises in product space; it has no per-element server step (use sgd)");
+    }
+    return Status::Ok();
+  }
+  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams&, const AdapterSpec& spec, const LoraLayout& layout,
+                                             const EngineSetup&, uint64_t, MethodMemory) const override {
+    return std::unique_ptr<ServerHalf>(std::make_unique<FloraServer>(name(), spec, layout));
+  }
+};
+
+}  // namespace
+
+const Method& FloraMethod() {
+  static const Flora method;
+  return method;
+}
+
+}  // namespace fedlora::methods
