@@ -29,7 +29,7 @@ Status ValidateEngineOptions(const EngineOptions& o) {
   if (o.mode == wire::Mode::Sync && o.round_size == 0) return InvalidArgument("round size must be at least 1");
   if (!(o.fedasync_alpha > 0 && o.fedasync_alpha <= 1)) return InvalidArgument("FedAsync alpha must be in (0, 1]");
   if (!(o.server_lr > 0) || !std::isfinite(o.server_lr)) return InvalidArgument("server learning rate must be positive");
-  if (o.staleness.a < 0 || o.staleness.b < 0) return InvalidArgument("staleness parameters must be non-negative");
+  if (StalenessA(o.staleness) < 0 || o.staleness.b < 0) return InvalidArgument("staleness parameters must be non-negative");
   RETURN_IF_ERROR(ValidateServerOptimizer(o.server_optimizer));
   RETURN_IF_ERROR(ValidateClientDp(o.client_dp, o.dp_delta));
   if (o.client_dp.noise_multiplier > 0 && o.mode == wire::Mode::FedAsync) {

@@ -56,7 +56,9 @@ struct EngineOptions {
   // K = 3 let each version follow whichever 3 clients it averaged (accuracy swung by 15
   // points, mean staleness 4.5); K = 6 is stable with mean staleness 1.
   uint32_t buffer_size = 6;
-  double fedasync_alpha = 0.6;     // FedAsync mixing weight alpha
+  // FedAsync mixing weight alpha: 0.9, the spec's and FedAsync's (Xie et al. 2019). fedlora used
+  // 0.6 before 2026-12; settings recorded then name it and replay with it.
+  double fedasync_alpha = 0.9;
   double server_lr = 1.0;          // eta: server step size of FedBuff and Sync (adam: ~1e-3)
   ServerOptimizerOptions server_optimizer;  // sgd, adam or adamw (not fedasync, not flora)
   StalenessOptions staleness;

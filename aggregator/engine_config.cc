@@ -35,7 +35,7 @@ std::string EngineConfigFlags(const EngineOptions& o) {
   f.Add("server-eps", o.server_optimizer.eps);
   f.Add("server-weight-decay", o.server_optimizer.weight_decay);
   f.Add("staleness", StalenessFnName(o.staleness.fn));
-  f.Add("staleness-a", o.staleness.a);
+  f.Add("staleness-a", StalenessA(o.staleness));
   f.Add("staleness-b", o.staleness.b);
   f.Add("max-staleness", o.staleness.max_staleness);
   f.Add("client-dp-noise", o.client_dp.noise_multiplier);

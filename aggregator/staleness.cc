@@ -6,15 +6,20 @@
 
 namespace fedlora::aggregator {
 
+double DefaultStalenessA(StalenessFn fn) { return fn == StalenessFn::kHinge ? 10.0 : 0.5; }
+
+double StalenessA(const StalenessOptions& o) { return o.a.value_or(DefaultStalenessA(o.fn)); }
+
 double StalenessWeight(const StalenessOptions& o, uint64_t tau) {
   const double t = static_cast<double>(tau);
+  const double a = StalenessA(o);
   switch (o.fn) {
     case StalenessFn::kConstant:
       return 1.0;
     case StalenessFn::kPolynomial:
-      return std::pow(t + 1.0, -o.a);
+      return std::pow(t + 1.0, -a);
     case StalenessFn::kHinge:
-      return t <= o.b ? 1.0 : 1.0 / (o.a * (t - o.b) + 1.0);
+      return t <= o.b ? 1.0 : 1.0 / (a * (t - o.b) + 1.0);
   }
   return 1.0;
 }

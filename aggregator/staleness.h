@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -21,12 +22,19 @@ enum class StalenessFn {
 
 struct StalenessOptions {
   StalenessFn fn = StalenessFn::kPolynomial;
-  double a = 0.5;                // polynomial exponent (0.5), or hinge slope (use 10 for hinge)
+  // Polynomial exponent or hinge slope; unset: the function's own default (DefaultStalenessA).
+  std::optional<double> a;
   double b = 4;                  // hinge: staleness tolerated at full weight
   uint32_t max_staleness = 20;   // updates staler than this are dropped
 };
 
 double StalenessWeight(const StalenessOptions& options, uint64_t tau);
+
+// The defaults of FedAsync (Xie et al. 2019): polynomial exponent 0.5, hinge slope 10 (with
+// b = 4: weight 1/11 at staleness 5).
+double DefaultStalenessA(StalenessFn fn);
+// options.a, or the function's default.
+double StalenessA(const StalenessOptions& options);
 
 // "constant", "polynomial", "hinge". Errors: kInvalidArgument naming the accepted values.
 Result<StalenessFn> ParseStalenessFn(std::string_view name);

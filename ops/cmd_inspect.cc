@@ -349,9 +349,9 @@ void RegisterInspect(CLI::App& app) {
       versions.push_back(codec::DecodeVersionRecord(**rec));
     }
     if (versions.empty()) Fail("inspect", NotFound("no versions in that range"));
-    if (versions.back().method != "as-lora") {
+    if (versions.back().factors.empty()) {
       Fail("inspect", FailedPrecondition(fmt::format(
-                          "adapter '{}' is trained with method '{}': only as-lora chooses a factor per module",
+                          "adapter '{}' is trained with method '{}', which records no factor choices (as-lora does)",
                           f->adapter, versions.back().method)));
     }
     // Module names from the latest record; a version without choices (version 0, before the

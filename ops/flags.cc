@@ -136,7 +136,8 @@ void AddEngineFlags(CLI::App* app, EngineFlags& f) {
   app->add_option("--staleness", f.staleness, "Staleness weight: constant, polynomial, hinge")
       ->check(CLI::IsMember({"constant", "polynomial", "hinge"}))
       ->capture_default_str();
-  app->add_option("--staleness-a", f.engine.staleness.a, "Polynomial exponent / hinge slope")->capture_default_str();
+  app->add_option("--staleness-a", f.engine.staleness.a,
+                  "Polynomial exponent / hinge slope [default: 0.5 for polynomial, 10 for hinge (FedAsync's)]");
   app->add_option("--staleness-b", f.engine.staleness.b, "Hinge: staleness kept at full weight")->capture_default_str();
   app->add_option("--max-staleness", f.engine.staleness.max_staleness, "Drop updates staler than this")
       ->capture_default_str();

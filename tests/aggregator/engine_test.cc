@@ -52,6 +52,30 @@ TEST(EngineTest, FedBuffWaitsForKUpdatesThenAppliesTheSampleWeightedMean) {
   EXPECT_EQ(v->content_hash, ToHex(HashAdapter(h.engine().state())));
 }
 
+// p_k = n_k / sum n weighs by each client's data (its shard), not by the examples of one local
+// run (the same steps x batch for every client); the run's examples stay in the lineage.
+TEST(EngineTest, FedBuffWeighsByShardSizeAndKeepsTheRunsExamplesInTheLineage) {
+  EngineHarness h(FedBuff(2));
+  const AdapterState x0 = h.engine().state();
+  EXPECT_FALSE(h.Feed(MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 1.0f), 640, "default", 1000)));
+  auto v = h.Feed(MakeUpdate("u2", "c2", 0, ConstantState(SmallSpec(), 5.0f), 640, "default", 3000));
+  ASSERT_TRUE(v);
+  // (1000 * 1 + 3000 * 5) / 4000 = 4, where equal run sizes would give 3.
+  EXPECT_NEAR(h.engine().state().tensors[0].values[0], x0.tensors[0].values[0] + 4.0f, 1e-5);
+  EXPECT_NEAR(v->applied[0].weight, 0.25, 1e-6);
+  EXPECT_EQ(v->applied[0].num_samples, 640u);
+}
+
+// FedAsync mixes with alpha = 0.9 unless told otherwise (Xie et al.; our spec).
+TEST(EngineTest, FedAsyncMixesWithTheSpecsAlphaByDefault) {
+  EngineOptions o;
+  o.mode = wire::Mode::FedAsync;
+  EngineHarness h(o);
+  const float x0 = h.engine().state().tensors[2].values[1];
+  ASSERT_TRUE(h.Feed(MakeUpdate("u1", "c1", 0, ConstantState(SmallSpec(), 2.0f))));
+  EXPECT_NEAR(h.engine().state().tensors[2].values[1], x0 + 0.9f * 2.0f, 1e-5);
+}
+
 // The dense fold runs in blocks of 16 values and a remainder: every element, in either, gets
 // exactly acc + w * d (the same float operations as one element at a time, so versions stay
 // bit-identical across builds and replays), including with Adam's carried-element mask.

@@ -188,6 +188,66 @@ TEST(MethodsTest, HetLoraWeighsEachUpdateByItsProductNorm) {
   EXPECT_NEAR(h.engine().state().tensors[1].values[0], 0.2f * 0.01f + 0.8f * 0.04f, 1e-7);
 }
 
+// ||B A||_F of B (6 x r) and A (r x 5) row-major, the naive way.
+double NaiveProductNorm(const std::vector<float>& b, const std::vector<float>& a, size_t r) {
+  double sq = 0;
+  for (size_t row = 0; row < 6; ++row) {
+    for (size_t c = 0; c < 5; ++c) {
+      double x = 0;
+      for (size_t i = 0; i < r; ++i) x += static_cast<double>(b[row * r + i]) * a[i * 5 + c];
+      sq += x * x;
+    }
+  }
+  return std::sqrt(sq);
+}
+
+// HetLoRA as the paper defines it: a rank-2 client's factors are zero-padded to rank 4, so the
+// global's ranks 2 and 3 are averaged with its zeros (shrinking by the other client's weight),
+// and the weights are ||B_k A_k||_F / Z whatever the clients' data sizes. The rule of earlier
+// fedlora ("deltas": an unsent rank keeps the global value, weights n_k ||B_k A_k||_F) stays
+// available.
+TEST(MethodsTest, HetLoraZeroPadsLowerRankFactorsAndWeighsByProductNormOnly) {
+  const AdapterSpec spec = Rank4Spec();
+  AdapterState x0 = FreshState(spec, 3);
+  x0.tensors[1].values = RandomValues(24, 4);  // a trained B
+  auto run = [&](const std::string& rule) {
+    EngineOptions o = Options("hetlora", 2);
+    ASSERT_TRUE(methods::SetParams(o.method.params(), {{"hetlora-rule", rule}}).ok());
+    Harness h(o, spec, x0);
+    // c1 trains rank 2 (slices 0 and 1, no change); c2 all four ranks (no change), 9x the data.
+    const codec::EncodedTensor a2{"m.lora_A", {4, 5}, wire::Encoding::RankSlice, {0, 1}, std::vector<float>(10, 0.0f)};
+    const codec::EncodedTensor b2{"m.lora_B", {6, 4}, wire::Encoding::RankSlice, {0, 1}, std::vector<float>(12, 0.0f)};
+    const codec::EncodedTensor a4{"m.lora_A", {4, 5}, wire::Encoding::Dense, {}, std::vector<float>(20, 0.0f)};
+    const codec::EncodedTensor b4{"m.lora_B", {6, 4}, wire::Encoding::Dense, {}, std::vector<float>(24, 0.0f)};
+    EXPECT_FALSE(h.Feed(Update("u1", "c1", 0, 10, {a2, b2})));
+    auto v = h.Feed(Update("u2", "c2", 0, 90, {a4, b4}));
+    ASSERT_TRUE(v);
+    std::vector<float> b_low(12), a_low(x0.tensors[0].values.begin(), x0.tensors[0].values.begin() + 10);
+    for (size_t row = 0; row < 6; ++row) {
+      for (size_t i = 0; i < 2; ++i) b_low[row * 2 + i] = x0.tensors[1].values[row * 4 + i];
+    }
+    const double s1 = NaiveProductNorm(b_low, a_low, 2), s2 = NaiveProductNorm(x0.tensors[1].values, x0.tensors[0].values, 4);
+    const double n1 = rule == "paper" ? 1 : 10, n2 = rule == "paper" ? 1 : 90;
+    const double p2 = n2 * s2 / (n1 * s1 + n2 * s2);
+    EXPECT_NEAR(v->applied[1].weight, p2, 1e-5) << rule;
+    const auto& b = h.engine().state().tensors[1].values;
+    const auto& a = h.engine().state().tensors[0].values;
+    for (size_t row = 0; row < 6; ++row) {
+      for (size_t i = 0; i < 4; ++i) {
+        const float old = x0.tensors[1].values[row * 4 + i];
+        const float want = rule == "paper" && i >= 2 ? static_cast<float>(p2) * old : old;
+        EXPECT_NEAR(b[row * 4 + i], want, 1e-5) << rule << " B row " << row << " rank " << i;
+      }
+    }
+    for (size_t i = 10; i < 20; ++i) {
+      const float old = x0.tensors[0].values[i];
+      EXPECT_NEAR(a[i], rule == "paper" ? static_cast<float>(p2) * old : old, 1e-5) << rule << " A " << i;
+    }
+  };
+  run("paper");
+  run("deltas");
+}
+
 TEST(MethodsTest, FullFineTuningNeedsAnAdapterWithoutLoraAndLoraMethodsNeedLora) {
   const AdapterSpec lora = Rank4Spec();
   auto e = Engine::Create(Options("full", 1), "default", lora, FreshState(lora, 1), 0, 0, {});

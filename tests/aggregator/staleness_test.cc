@@ -30,6 +30,19 @@ TEST(StalenessTest, HingeKeepsFullWeightUpToB) {
   EXPECT_DOUBLE_EQ(StalenessWeight(o, 6), 1.0 / 21.0);
 }
 
+// FedAsync's hinge has slope a = 10 by default, not the polynomial exponent's 0.5 (which would
+// weigh an update of staleness 5 at 0.67 instead of 0.09).
+TEST(StalenessTest, EachFunctionHasItsOwnDefaultParameter) {
+  StalenessOptions hinge{StalenessFn::kHinge};
+  EXPECT_DOUBLE_EQ(StalenessA(hinge), 10.0);
+  EXPECT_DOUBLE_EQ(StalenessWeight(hinge, 5), 1.0 / 11.0);
+  StalenessOptions poly;
+  EXPECT_DOUBLE_EQ(StalenessA(poly), 0.5);
+  EXPECT_DOUBLE_EQ(StalenessWeight(poly, 3), 0.5);
+  hinge.a = 0.5;  // an explicit slope is kept
+  EXPECT_NEAR(StalenessWeight(hinge, 5), 1.0 / 1.5, 1e-12);
+}
+
 TEST(StalenessTest, WeightNeverIncreasesWithStaleness) {
   for (auto fn : {StalenessFn::kConstant, StalenessFn::kPolynomial, StalenessFn::kHinge}) {
     StalenessOptions o{fn, fn == StalenessFn::kHinge ? 10.0 : 0.5, 4};

@@ -118,6 +118,18 @@ TEST(EngineConfigTest, LaterFlagsOverrideRecordedOnesAndBadOnesAreRefused) {
   EXPECT_FALSE(ParseEngineConfig({"--buffer-size", "0"}).ok());
 }
 
+TEST(EngineConfigTest, HingeWithoutASlopeGetsFedAsyncsAndRecordsIt) {
+  auto hinge = ParseEngineConfig({"--staleness", "hinge"});
+  ASSERT_TRUE(hinge.ok()) << hinge.status().ToString();
+  EXPECT_DOUBLE_EQ(aggregator::StalenessWeight(hinge->staleness, 5), 1.0 / 11.0);
+  EXPECT_NE(EngineConfigFlags(*hinge).find("--staleness-a 10 "), std::string::npos);
+  auto poly = ParseEngineConfig({});
+  EXPECT_NE(EngineConfigFlags(*poly).find("--staleness-a 0.5 "), std::string::npos);
+  // Settings recorded with an explicit slope keep it.
+  auto recorded = ParseEngineConfig({"--staleness", "hinge", "--staleness-a", "0.5"});
+  EXPECT_DOUBLE_EQ(aggregator::StalenessA(recorded->staleness), 0.5);
+}
+
 TEST(EngineConfigTest, FlagFilesSplitAtWhitespaceWithComments) {
   EXPECT_EQ(SplitFlags("# what if K were 3\n--buffer-size 3\t--staleness hinge  # and hinge\n\n--max-staleness 4\n"),
             (std::vector<std::string>{"--buffer-size", "3", "--staleness", "hinge", "--max-staleness", "4"}));

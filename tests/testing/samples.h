@@ -45,7 +45,7 @@ inline AdapterState ConstantState(const AdapterSpec& spec, float value) {
 
 inline codec::Bytes MakeUpdate(const std::string& id, const std::string& client, uint64_t base_version,
                                const AdapterState& delta, uint64_t samples = 10,
-                               const std::string& adapter = "default") {
+                               const std::string& adapter = "default", uint64_t shard_size = 0) {
   codec::UpdateHeader h;
   h.update_id = id;
   h.client_id = client;
@@ -54,6 +54,7 @@ inline codec::Bytes MakeUpdate(const std::string& id, const std::string& client,
   h.num_samples = samples;
   h.local_steps = 5;
   h.train_loss = 0.5f;
+  h.shard_size = shard_size;
   return codec::BuildUpdate(h, delta);
 }
 

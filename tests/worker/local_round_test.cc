@@ -110,6 +110,17 @@ TEST(WorkerMethodTest, FlascUploadsExactlyTheTopKOfTheDelta) {
   EXPECT_EQ(r2.values_uploaded, static_cast<uint64_t>(std::floor(0.05 * f.model->Spec().numel())));
 }
 
+// A client's own density is its d_0 and decays on the global schedule: after one decay by 0.5,
+// a client of 0.2 uploads 0.1 of the delta (not 0.2, and not the global's density).
+TEST(WorkerMethodTest, FlascClientDensitiesFollowTheGlobalSchedule) {
+  Fixture f;
+  MethodState m = StateOf("flasc");
+  m.upload_density = 0.05f;  // the global's d_0 = 0.1 after one decay
+  m.density_scale = 0.5f;
+  const LocalRound r = f.Run(m, ClientSettings{0, 0.2f, 0});
+  EXPECT_EQ(r.values_uploaded, static_cast<uint64_t>(std::floor(0.1 * f.model->Spec().numel())));
+}
+
 TEST(WorkerMethodTest, TopKSparseKeepsTheKLargestMagnitudes) {
   AdapterState delta;
   delta.tensors = {{"x", {5}, {0.1f, -3.0f, 0.2f, 2.0f, -0.05f}}, {"y", {4}, {-2.5f, 0.0f, 1.0f, 0.3f}}};
