@@ -45,7 +45,9 @@ Result<MethodState> MethodStateOf(const EngineOptions& options, const AdapterSpe
   ASSIGN_OR_RETURN(methods::LoraLayout layout, methods::LoraLayout::Of(spec));
   ASSIGN_OR_RETURN(std::unique_ptr<methods::ServerHalf> server,
                    options.method.method().Server(options.method.params(), spec, layout, SetupOf(options), 0, {}));
-  return server->StateAt(version);
+  MethodState state = server->StateAt(version);
+  state.own_rank_scale = options.own_rank_scale;
+  return state;
 }
 
 namespace {
@@ -90,7 +92,11 @@ class EngineImpl final : public Engine {
   uint64_t version() const override { return version_; }
   uint64_t next_seq() const override { return next_seq_; }
   size_t buffered() const override { return buffer_.size(); }
-  MethodState method_state() const override { return method_->StateAt(version_); }
+  MethodState method_state() const override {
+    MethodState s = method_->StateAt(version_);
+    s.own_rank_scale = options_.own_rank_scale;
+    return s;
+  }
   const ServerOptimizerState& server_state() const override { return optimizer_.state(); }
   ServerState saved_state() const override {
     ServerState s;

@@ -63,6 +63,10 @@ struct EngineOptions {
   ServerOptimizerOptions server_optimizer;  // sgd, adam or adamw (not fedasync, not flora)
   StalenessOptions staleness;
   uint32_t round_size = 6;         // Sync: distinct clients per round
+  // Clients of a lower rank r_k train at LoRA scale alpha / r_k (PEFT's convention) instead of
+  // the global's alpha / r; either way their updates arrive in the global's units. Measured on
+  // the default task with ranks 2/4/8 (docs/methods.md), alpha / r learns better: the default.
+  bool own_rank_scale = false;
   ClientDpOptions client_dp;       // off unless noise_multiplier > 0
   double dp_delta = 1e-5;          // delta of every epsilon in the privacy ledger
 };

@@ -28,6 +28,7 @@ std::string EngineConfigFlags(const EngineOptions& o) {
   f.Add("buffer-size", o.buffer_size);
   f.Add("fedasync-alpha", o.fedasync_alpha);
   f.Add("round-size", o.round_size);
+  f.Add("rank-scale", o.own_rank_scale ? "own" : "global");
   f.Add("server-optimizer", ServerOptimizerName(o.server_optimizer.kind));
   f.Add("server-lr", o.server_lr);
   f.Add("server-beta1", o.server_optimizer.beta1);

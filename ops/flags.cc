@@ -141,6 +141,12 @@ void AddEngineFlags(CLI::App* app, EngineFlags& f) {
   app->add_option("--staleness-b", f.engine.staleness.b, "Hinge: staleness kept at full weight")->capture_default_str();
   app->add_option("--max-staleness", f.engine.staleness.max_staleness, "Drop updates staler than this")
       ->capture_default_str();
+  app->add_option("--rank-scale", f.rank_scale,
+                  "LoRA scale of a worker that trains fewer ranks r_k than the adapter's r: global (alpha/r, as "
+                  "the global) or own (alpha/r_k, PEFT's convention for a rank-r_k adapter); updates arrive in the "
+                  "global's units either way")
+      ->check(CLI::IsMember({"global", "own"}))
+      ->capture_default_str();
   app->add_option("--round-size", f.engine.round_size,
                   "Sync mode: clients per round (`run`: every worker unless given; at most the workers)")
       ->capture_default_str();
@@ -157,6 +163,7 @@ Status ResolveEngineFlags(EngineFlags& f) {
     return InvalidArgument("unknown mode '" + f.mode + "' (fedbuff, fedasync, sync)");
   }
   ASSIGN_OR_RETURN(f.engine.staleness.fn, aggregator::ParseStalenessFn(f.staleness));
+  f.engine.own_rank_scale = f.rank_scale == "own";
   ASSIGN_OR_RETURN(f.engine.method, methods::MethodChoice::Named(f.method));
   std::map<std::string, std::string, std::less<>> given;
   for (const auto& [flag, value] : f.method_params) {

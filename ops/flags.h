@@ -39,6 +39,7 @@ struct EngineFlags {
   std::string mode = "fedbuff";
   std::string staleness = "polynomial";
   std::string server_optimizer = "sgd";
+  std::string rank_scale = "global";
   std::optional<double> server_lr;  // unset: the optimizer's default
   aggregator::EngineOptions engine;
 };

@@ -228,6 +228,9 @@ Result<DecodedGlobal> DecodeGlobal(const wire::GlobalAdapter& global) {
     out.info.method.probe_batches = m->probe_batches();
     out.info.method.proximal_mu = m->proximal_mu();
     out.info.method.density_scale = m->density_scale();
+    out.info.method.prune_lambda = m->prune_lambda();
+    out.info.method.prune_gamma = m->prune_gamma();
+    out.info.method.own_rank_scale = m->own_rank_scale();
     if (m->active() != nullptr) out.info.method.active.assign(m->active()->begin(), m->active()->end());
   }
   out.spec = SpecFromWire(global.spec());
@@ -309,7 +312,8 @@ Bytes BuildGlobal(const GlobalInfo& info, const AdapterSpec& spec, const Adapter
   auto method = wire::CreateMethod(b, b.CreateString(m.method), m.download_density,
                                    m.upload_density, m.phase, m.a_lr_ratio, m.rank_budget,
                                    m.probe_batches, m.proximal_mu,
-                                   m.active.empty() ? 0 : b.CreateVector(m.active), m.density_scale);
+                                   m.active.empty() ? 0 : b.CreateVector(m.active), m.density_scale,
+                                   m.prune_lambda, m.prune_gamma, m.own_rank_scale);
   auto g = wire::CreateGlobalAdapter(b, b.CreateString(info.adapter_id), info.version, spec_off,
                                      tensors, b.CreateString(info.content_hash),
                                      info.consumed_seq, info.mode, info.final, method);

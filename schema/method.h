@@ -21,6 +21,11 @@ struct MethodState {
   uint32_t rank_budget = 0;       // lora-a2 ranks per module; sa-fedlora b(t); 0: every rank
   uint32_t probe_batches = 0;     // lora-a2, sa-fedlora
   float proximal_mu = 0.0f;       // > 0 during sa-fedlora's initiating stage
+  float prune_lambda = 0.0f;      // hetlora: rank self-pruning penalty weight (0: off)
+  float prune_gamma = 0.0f;       // hetlora: fraction of its ranks a pruning client keeps
+  // Any method: a client of rank r_k < r trains at scale alpha / r_k (PEFT's convention for a
+  // rank-r_k adapter) rather than the global's alpha / r.
+  bool own_rank_scale = false;
   // as-lora: per LoRA module (spec order of the lora_A tensors) 0 = B trains, 1 = A trains.
   // Empty or shorter than the module count: B for the modules it does not cover.
   std::vector<uint8_t> active;

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <optional>
+
 #include "aggregator/methods/registry.h"
 
 namespace fedlora::worker {
@@ -27,13 +29,14 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
   ASSIGN_OR_RETURN(methods::LoraLayout layout, methods::LoraLayout::Of(spec));
   std::vector<torch::Tensor> tensors = model.AdapterTensors();
   LocalRound round;
-  // A client of lower rank holds the top-my_rank slice: the other ranks of B are zero locally.
+  // A client of lower rank holds the top-`trained` slice: the other ranks of B are zero locally.
+  uint32_t trained = my_rank;  // the plan may lower it (hetlora's self-pruning)
   auto Restrict = [&](AdapterState& start) {
-    if (my_rank >= rank) return;
+    if (trained >= rank) return;
     for (const methods::LoraModule& m : layout.modules()) {
       auto& b = start.tensors[m.b].values;
       for (uint32_t row = 0; row < m.rows; ++row) {
-        for (uint32_t i = my_rank; i < rank; ++i) b[static_cast<size_t>(row) * rank + i] = 0.0f;
+        for (uint32_t i = trained; i < rank; ++i) b[static_cast<size_t>(row) * rank + i] = 0.0f;
       }
     }
   };
@@ -62,9 +65,38 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
   };
   const std::unique_ptr<methods::ClientHalf> half = method->Client();
   ASSIGN_OR_RETURN(methods::TrainPlan plan, half->Plan(ctx));
+  if (plan.rank > my_rank) {
+    return Internal(fmt::format("method {} planned rank {} above the client's {}", state.method, plan.rank, my_rank));
+  }
+  if (plan.rank > 0) trained = plan.rank;
+  plan.rank = trained;
 
   Restrict(plan.start);
-  RETURN_IF_ERROR(model.LoadAdapter(plan.start));
+  // With own_rank_scale a rank-r_k client trains at LoRA's scale alpha / r_k, as a rank-r_k
+  // adapter would (PEFT's convention), not the global's alpha / r: its local B is the global's
+  // times r_k / r, so that its product equals the global's over its ranks, and its change to B
+  // goes up times r / r_k, in the global's units, so the server's folds stay exact.
+  const bool rescaled = state.own_rank_scale && !layout.empty() && trained < rank;
+  const float to_local = rescaled ? static_cast<float>(trained) / static_cast<float>(rank) : 1.0f;
+  const float to_global = rescaled ? static_cast<float>(rank) / static_cast<float>(trained) : 1.0f;
+  AdapterState local_start = plan.start;
+  if (rescaled) {
+    for (const methods::LoraModule& m : layout.modules()) {
+      for (float& v : local_start.tensors[m.b].values) v *= to_local;
+    }
+  }
+  struct ScaleGuard {  // the model goes back to the global's scale whatever happens
+    Model& model;
+    double global_scale;
+    ~ScaleGuard() { model.SetLoraScale(global_scale); }
+  };
+  const double global_scale = spec.rank > 0 ? spec.alpha / static_cast<double>(spec.rank) : 1.0;
+  std::optional<ScaleGuard> guard;
+  if (rescaled) {
+    model.SetLoraScale(spec.alpha / static_cast<double>(trained));
+    guard.emplace(ScaleGuard{model, global_scale});
+  }
+  RETURN_IF_ERROR(model.LoadAdapter(local_start));
   for (size_t t = 0; t < spec.tensors.size(); ++t) tensors[t].set_requires_grad(plan.trains[t]);
   for (const auto& r : plan.ranks) round.kept_ranks.push_back(static_cast<uint32_t>(r.size()));
 
@@ -83,11 +115,23 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
     for (size_t t = 0; t < spec.tensors.size(); ++t) {
       if (plan.trains[t]) anchors.emplace_back(tensors[t], tensors[t].detach().clone());
     }
-    const double mu = plan.proximal_mu;
-    options.regularizer = [&anchors, mu] {
+  }
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> tails;  // (B, A) of every module
+  if (plan.tail_lambda > 0 && plan.tail_from < trained) {
+    for (const methods::LoraModule& m : layout.modules()) tails.emplace_back(tensors[m.b], tensors[m.a]);
+  }
+  if (!anchors.empty() || !tails.empty()) {
+    const double mu = plan.proximal_mu, lambda = plan.tail_lambda;
+    const int64_t from = plan.tail_from, n = static_cast<int64_t>(trained) - plan.tail_from;
+    options.regularizer = [&anchors, &tails, mu, lambda, from, n] {
       torch::Tensor sum = torch::zeros({});
-      for (auto& [param, anchor] : anchors) sum = sum + (param - anchor).pow(2).sum();
-      return sum * (mu / 2.0);
+      for (auto& [param, anchor] : anchors) sum = sum + (param - anchor).pow(2).sum() * (mu / 2.0);
+      // ||B[:, from:r] A[from:r, :]||_F, kept differentiable where the product is zero.
+      for (auto& [b, a] : tails) {
+        const torch::Tensor p = torch::mm(b.narrow(1, from, n), a.narrow(0, from, n));
+        sum = sum + (p.pow(2).sum() + 1e-12).sqrt() * lambda;
+      }
+      return sum;
     };
   }
   if (plan.lr_scale != 1.0) options.lr = train.lr * static_cast<float>(plan.lr_scale);
@@ -97,12 +141,18 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
   for (auto& t : tensors) t.set_requires_grad(true);
   if (round.trained.stopped) return round;
 
-  // The delta against the local start; the method decides what of it goes up.
+  // The delta against the local start, in the global's units; the method decides what of it
+  // goes up.
   AdapterState delta = model.ExportAdapter();
   for (size_t t = 0; t < delta.tensors.size(); ++t) {
     auto& d = delta.tensors[t].values;
-    const auto& s = plan.start.tensors[t].values;
+    const auto& s = local_start.tensors[t].values;
     for (size_t i = 0; i < d.size(); ++i) d[i] -= s[i];
+  }
+  if (rescaled) {
+    for (const methods::LoraModule& m : layout.modules()) {
+      for (float& v : delta.tensors[m.b].values) v *= to_global;
+    }
   }
   round.upload = half->Upload(ctx, plan, delta);
   for (const auto& e : round.upload) round.values_uploaded += e.values.size();

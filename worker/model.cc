@@ -157,6 +157,7 @@ class LoraLinearImpl : public torch::nn::Module {
 
   bool has_lora() const { return rank_ > 0; }
   double scale() const { return scale_; }
+  void set_scale(double scale) { scale_ = scale; }
   void set_lora_enabled(bool enabled) { lora_enabled_ = enabled; }
   // Per-example gradients: keep the next forward's input and output.
   void set_capture(bool capture) {
@@ -489,6 +490,10 @@ class TorchModel final : public Model {
       adapter_tensors_[i].copy_(src);
     }
     return Status::Ok();
+  }
+
+  void SetLoraScale(double scale) override {
+    for (auto* layer : lora_layers_) layer->set_scale(scale);
   }
 
   void SetPretraining(bool pretraining) override {

@@ -55,6 +55,10 @@ class Model {
   virtual AdapterState ExportAdapter() const = 0;
   virtual Status LoadAdapter(const AdapterState& state) = 0;
 
+  // The LoRA scale of every LoRA layer (alpha / r unless set): a client that trains fewer ranks
+  // than the adapter's uses alpha / r_k, as PEFT does for a rank-r_k adapter.
+  virtual void SetLoraScale(double scale) = 0;
+
   // Pretraining mode trains every base weight and the head with LoRA disabled (B stays zero);
   // fine-tuning mode freezes the base and trains only the adapter tensors.
   virtual void SetPretraining(bool pretraining) = 0;

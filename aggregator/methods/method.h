@@ -174,7 +174,9 @@ class PlainServer : public ServerHalf {
 
 // What a client keeps between versions (fedsa: its personal B factors, by tensor name).
 struct PersonalState {
-  std::map<std::string, std::vector<float>> tensors;
+  std::map<std::string, std::vector<float>> tensors;  // fedsa: the client's B factors
+  uint32_t rank = 0;          // hetlora: the rank this client pruned itself to (0: its own)
+  double tail_norm = -1;      // hetlora: the norm of its top ranks' product after its last round
 };
 
 // A client's own heterogeneity, on top of what the global's method state says.
@@ -201,12 +203,17 @@ struct ClientRound {
 
 // How the worker trains one round.
 struct TrainPlan {
+  uint32_t rank = 0;                         // the rank trained (<= ClientRound::rank); 0: that one
   AdapterState start;                        // what the local model starts from
   std::vector<bool> trains;                  // per spec tensor
   std::vector<bool> uploads;                 // per spec tensor
   std::vector<std::vector<uint32_t>> ranks;  // per LoRA module (layout order): ranks that train
   double lr_scale = 1.0;                     // on the local learning rate
   double proximal_mu = 0.0;                  // > 0: loss + (mu/2) ||theta - start||^2 over what trains
+  // > 0: loss + tail_lambda sum over modules of ||B[:, tail_from:rank] A[tail_from:rank, :]||_F
+  // (hetlora's rank self-pruning penalty on the top ranks).
+  double tail_lambda = 0.0;
+  uint32_t tail_from = 0;
 };
 
 class ClientHalf {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "aggregator/methods/flasc.h"
+#include "aggregator/methods/hetlora.h"
 #include "aggregator/methods/lora_a2.h"
 #include "aggregator/methods/registry.h"
 #include "aggregator/methods/sa_fedlora.h"
@@ -134,6 +135,18 @@ TEST(FlascTest, DensitiesDecayByVersion) {
   EXPECT_FLOAT_EQ(StateAt(*choice, 10).upload_density, 0.1f);
   EXPECT_FLOAT_EQ(StateAt(*choice, 25).download_density, 0.125f);
   EXPECT_FLOAT_EQ(StateAt(*choice, 25).density_scale, 0.25f);
+}
+
+TEST(HetLoraTest, ThePaperRuleHandsWorkersItsPruningSettingsAndTheDeltasRuleNone) {
+  auto paper = MethodChoice::Named("hetlora");
+  paper->params_as<HetLoraParams>().prune_lambda = 0.5f;
+  EXPECT_FLOAT_EQ(StateAt(*paper, 3).prune_lambda, 0.5f);
+  EXPECT_FLOAT_EQ(StateAt(*paper, 3).prune_gamma, 0.9f);
+  auto deltas = MethodChoice::Named("hetlora");
+  deltas->params_as<HetLoraParams>().rule = "deltas";
+  EXPECT_EQ(StateAt(*deltas, 3).prune_lambda, 0.0f);
+  paper->params_as<HetLoraParams>().prune_gamma = 1.0f;
+  EXPECT_EQ(paper->params().Validate().code(), Code::kInvalidArgument);
 }
 
 TEST(LoraLayoutTest, PairsFactorsInSpecOrderAndRefusesAnUnpairedOrMisrankedFactor) {

@@ -35,6 +35,7 @@ EngineOptions Unusual() {
   o.server_optimizer.weight_decay = 0.02;
   o.staleness = {aggregator::StalenessFn::kHinge, 7.5, 3, 12};
   o.round_size = 5;
+  o.own_rank_scale = true;
   o.client_dp.noise_multiplier = 1.1;
   o.client_dp.clip = 0.7;
   o.client_dp.budget = 4.2;
@@ -58,6 +59,7 @@ TEST(EngineConfigTest, RecordedSettingsReadBackBitForBit) {
   EXPECT_EQ(back->staleness.fn, aggregator::StalenessFn::kHinge);
   EXPECT_EQ(back->mode, wire::Mode::Sync);
   EXPECT_EQ(back->client_dp.budget, 4.2);
+  EXPECT_TRUE(back->own_rank_scale);
   EXPECT_FALSE(back->client_dp.seed);  // the secret seed is never recorded
   // The defaults read back to themselves as well.
   auto defaults = ParseEngineConfig(SplitFlags(EngineConfigFlags(EngineOptions{})));

@@ -193,6 +193,114 @@ TEST(WorkerMethodTest, SaFedLoraKeepsItsBudgetPerModuleInBothFactors) {
   EXPECT_EQ(factors, 4u);  // A and B of fc1 and fc2
 }
 
+// With own_rank_scale (--rank-scale own) a rank-2 client of a rank-8 adapter trains as a rank-2
+// LoRA at scale alpha / 2 (PEFT's convention): its local B starts at the global's B times 2/8, so
+// that its product equals the global's over its ranks, and its change to B goes up times 8/2, in
+// the global's units. The model is back at the global's scale afterwards. Without it the client
+// trains the global's own factors at alpha / 8.
+TEST(WorkerMethodTest, ALowerRankClientTrainsAtAlphaOverItsRankAndUploadsInTheGlobalsUnits) {
+  for (const bool own : {true, false}) {
+  SCOPED_TRACE(own ? "own" : "global");
+  Fixture f;
+  ASSERT_TRUE(f.model->LoadAdapter(f.global).ok());
+  f.model->Train(false);
+  const torch::Tensor images = torch::from_blob(f.data.images.data(), {8, 28, 28}, torch::kUInt8).clone();
+  const torch::Tensor before = f.model->Forward(images).detach().clone();
+  MethodState m = StateOf("fedavg");
+  m.own_rank_scale = own;
+  const float ratio = own ? 4.0f : 1.0f;
+  const LocalRound r = f.Run(m, ClientSettings{2, 0, 0});
+  const AdapterState local = f.model->ExportAdapter();  // the client's trained factors, local units
+  const int ib = f.model->Spec().Find("fc2.lora_B"), ia = f.model->Spec().Find("fc2.lora_A");
+  const auto& global_b = f.global.tensors[static_cast<size_t>(ib)].values;
+  const auto& local_b = local.tensors[static_cast<size_t>(ib)].values;
+  bool checked_b = false, checked_a = false;
+  for (const auto& t : r.upload) {
+    if (t.name == "fc2.lora_B") {
+      ASSERT_EQ(t.indices, (std::vector<uint32_t>{0, 1}));
+      for (size_t row = 0; row < 64; ++row) {
+        for (size_t j = 0; j < 2; ++j) {
+          const float local_start = global_b[row * 8 + j] / ratio;
+          EXPECT_NEAR(t.values[row * 2 + j], (local_b[row * 8 + j] - local_start) * ratio, 1e-6) << row << "," << j;
+        }
+      }
+      checked_b = true;
+    }
+    if (t.name == "fc2.lora_A") {  // A is the same in both units
+      const auto& global_a = f.global.tensors[static_cast<size_t>(ia)].values;
+      const auto& local_a = local.tensors[static_cast<size_t>(ia)].values;
+      for (size_t i = 0; i < t.values.size(); ++i) EXPECT_NEAR(t.values[i], local_a[i] - global_a[i], 1e-6) << i;
+      checked_a = true;
+    }
+  }
+  EXPECT_TRUE(checked_b && checked_a);
+  ASSERT_TRUE(f.model->LoadAdapter(f.global).ok());
+  f.model->Train(false);
+  EXPECT_TRUE(torch::allclose(f.model->Forward(images), before, 1e-6, 1e-6));
+  }
+}
+
+// The sum over the mlp's modules of ||B[:, from:8] A[from:8, :]||_F.
+double TailNorm(const Model& model, const AdapterState& s, size_t from) {
+  double norm = 0;
+  for (const char* m : {"fc1", "fc2"}) {
+    const auto& a = s.tensors[static_cast<size_t>(model.Spec().Find(std::string(m) + ".lora_A"))];
+    const auto& b = s.tensors[static_cast<size_t>(model.Spec().Find(std::string(m) + ".lora_B"))];
+    const size_t rows = b.shape[0], cols = a.shape[1];
+    double sq = 0;
+    for (size_t r = 0; r < rows; ++r) {
+      for (size_t c = 0; c < cols; ++c) {
+        double x = 0;
+        for (size_t i = from; i < 8; ++i) x += static_cast<double>(b.values[r * 8 + i]) * a.values[i * cols + c];
+        sq += x * x;
+      }
+    }
+    norm += std::sqrt(sq);
+  }
+  return norm;
+}
+
+// HetLoRA's rank self-pruning: the penalty shrinks the top ranks' product, and a client whose
+// top-ranks norm fell since its last round keeps floor(gamma r) ranks from then on: it uploads
+// that many and trains at alpha over them.
+TEST(WorkerMethodTest, HetLoraClientsPenaliseTheirTopRanksAndPruneThemWhenTheyShrink) {
+  MethodState m = StateOf("hetlora");
+  m.prune_gamma = 0.5f;  // ranks 4..7 are the tail of a rank-8 client
+  double free_tail = 0, penalised_tail = 0;
+  for (float lambda : {0.0f, 10.0f}) {
+    Fixture f;
+    m.prune_lambda = lambda;
+    PersonalState me;
+    f.Run(m, {}, &me);
+    (lambda > 0 ? penalised_tail : free_tail) = TailNorm(*f.model, f.model->ExportAdapter(), 4);
+  }
+  EXPECT_LT(penalised_tail, 0.5 * free_tail);
+
+  Fixture f;
+  m.prune_lambda = 0.01f;
+  PersonalState me;
+  me.tail_norm = 0;  // nothing can shrink below zero: no pruning
+  LocalRound r = f.Run(m, {}, &me);
+  EXPECT_EQ(me.rank, 0u);
+  EXPECT_GT(me.tail_norm, 0.0);
+  for (const auto& t : r.upload) EXPECT_EQ(t.encoding, wire::Encoding::Dense) << t.name;
+  me.tail_norm = 1e9;  // the tail shrank since "last round"
+  f.Run(m, {}, &me);
+  EXPECT_EQ(me.rank, 4u);
+  r = f.Run(m, {}, &me);
+  for (const auto& t : r.upload) {
+    if (f.RoleOf(t.name) == TensorRole::kDense) continue;
+    EXPECT_EQ(t.encoding, wire::Encoding::RankSlice) << t.name;
+    EXPECT_EQ(t.indices, (std::vector<uint32_t>{0, 1, 2, 3})) << t.name;
+  }
+  // Without the paper's penalty (lambda 0, or the deltas rule) nothing is pruned.
+  m.prune_lambda = 0;
+  PersonalState other;
+  other.tail_norm = 1e9;
+  f.Run(m, {}, &other);
+  EXPECT_EQ(other.rank, 0u);
+}
+
 TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
   Fixture f;
   const LocalRound r = f.Run(StateOf("flora"), ClientSettings{2, 0, 0});
