@@ -88,6 +88,7 @@ struct LegacyParam {
 };
 constexpr LegacyParam kLegacyParams[] = {
     {"hetlora", "hetlora-rule", "deltas"},
+    {"as-lora", "as-score", "change"},
 };
 
 }  // namespace

@@ -142,6 +142,12 @@ std::span<const float> DenseValues(const wire::Tensor& tensor) {
   return {v->data(), v->size()};
 }
 
+std::span<const float> FactorScores(const wire::Update& update) {
+  const auto* v = update.factor_scores();
+  if (v == nullptr) return {};
+  return {v->data(), v->size()};
+}
+
 std::span<const uint32_t> Indices(const wire::Tensor& tensor) {
   const auto* v = tensor.indices();
   if (v == nullptr) return {};
@@ -271,7 +277,8 @@ Bytes BuildUpdate(const UpdateHeader& h, const AdapterState& delta) {
   auto tensors = DenseTensors(b, delta);
   auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
                                    b.CreateString(h.adapter_id), h.base_version, h.num_samples,
-                                   h.local_steps, h.train_loss, tensors, BuildDp(b, h.dp), h.shard_size);
+                                   h.local_steps, h.train_loss, tensors, BuildDp(b, h.dp), h.shard_size,
+                                   h.factor_scores.empty() ? 0 : b.CreateVector(h.factor_scores));
   return Finish(b, wire::Body::Update, update.Union());
 }
 
@@ -300,7 +307,8 @@ Bytes BuildUpdate(const UpdateHeader& h, const std::vector<EncodedTensor>& tenso
   auto tensor_vec = b.CreateVector(ts);
   auto update = wire::CreateUpdate(b, b.CreateString(h.update_id), b.CreateString(h.client_id),
                                    b.CreateString(h.adapter_id), h.base_version, h.num_samples,
-                                   h.local_steps, h.train_loss, tensor_vec, BuildDp(b, h.dp), h.shard_size);
+                                   h.local_steps, h.train_loss, tensor_vec, BuildDp(b, h.dp), h.shard_size,
+                                   h.factor_scores.empty() ? 0 : b.CreateVector(h.factor_scores));
   return Finish(b, wire::Body::Update, update.Union());
 }
 

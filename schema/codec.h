@@ -63,6 +63,8 @@ std::string_view BodyName(wire::Body type);
 std::span<const float> DenseValues(const wire::Tensor& tensor);
 // Sparse: the flat indices; RankSlice: the rank indices. In place; empty if absent.
 std::span<const uint32_t> Indices(const wire::Tensor& tensor);
+// An update's AS-LoRA factor scores (empty when it carries none).
+std::span<const float> FactorScores(const wire::Update& update);
 std::span<const uint32_t> Ranks(const wire::Tensor& tensor);
 std::vector<uint32_t> Shape(const wire::Tensor& tensor);
 
@@ -114,6 +116,7 @@ struct UpdateHeader {
   float train_loss = 0;
   std::optional<DpReport> dp;  // set when the update was trained with record-level DP
   uint64_t shard_size = 0;     // examples in the client's data: the data weight n_k
+  std::vector<float> factor_scores;  // as-lora: per LoRA module, the scores of B and A
 };
 
 // One tensor of an update in one of the update encodings (see Encoding in fedlora.fbs):

@@ -129,6 +129,9 @@ Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint6
                                        update.base_version(), latest_version));
   }
   if (!std::isfinite(update.train_loss())) return InvalidArgument("train_loss is not finite");
+  for (float f : codec::FactorScores(update)) {
+    if (!std::isfinite(f)) return InvalidArgument("a factor score is not finite");
+  }
   const auto* tensors = update.tensors();
   if (tensors == nullptr || tensors->size() == 0) return InvalidArgument("update carries no tensors");
   std::vector<bool> seen(spec.tensors.size(), false);

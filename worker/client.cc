@@ -156,6 +156,7 @@ class WorkerImpl final : public Worker {
     header.adapter_id = options_.adapter_id;
     header.base_version = base_version;
     header.num_samples = round.trained.samples;
+    header.factor_scores = round.factor_scores;
     header.shard_size = shard_.size();  // n_k, the data weight (the run's examples stay in the lineage)
     header.local_steps = round.trained.steps;
     header.train_loss = round.trained.mean_loss;

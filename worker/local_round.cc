@@ -41,7 +41,8 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
     }
   };
 
-  methods::ClientRound ctx{spec, layout, global, state, client, my_rank, &personal, {}};
+  methods::ClientRound ctx{spec, layout, global, state, client, my_rank, &personal, {},
+                          static_cast<double>(train.lr) * train.steps};
   // Gradients at the start, summed over probe batches (DP-SGD ones when DP is on: each batch is
   // one more application of the mechanism, since the ranks a client uploads must not leak its data).
   ctx.probe = [&](const AdapterState& plan_start, uint32_t batches) -> Result<AdapterState> {
@@ -155,6 +156,7 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
     }
   }
   round.upload = half->Upload(ctx, plan, delta);
+  round.factor_scores = std::move(plan.factor_scores);
   for (const auto& e : round.upload) round.values_uploaded += e.values.size();
   return round;
 }

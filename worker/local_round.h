@@ -27,6 +27,7 @@ struct LocalRound {
   uint64_t values_uploaded = 0;              // carried values (sparse/rank slices: only those)
   std::vector<uint32_t> kept_ranks;          // ranks kept per LoRA module (for logs)
   uint32_t dp_steps = 0;                     // DP-SGD: applications of the mechanism (probes included)
+  std::vector<float> factor_scores;          // sent with the update (as-lora's gradient scores)
 };
 
 // Prepares `model` from `global` under the method named by `state`, trains it on data[shard],

@@ -53,6 +53,13 @@ void FactorSelector::Observe(size_t m, int factor, std::span<const float> g, dou
   s.seen[factor] = true;
 }
 
+void FactorSelector::ObserveScore(size_t m, int factor, double raw) {
+  codec::FactorScore& s = state_[m];
+  const double b = options_.beta;
+  s.score[factor] = s.seen[factor] ? b * s.score[factor] + (1.0 - b) * raw : raw;
+  s.seen[factor] = true;
+}
+
 void FactorSelector::Choose(uint64_t version) {
   for (auto& s : state_) {
     if (version < options_.warmup) {

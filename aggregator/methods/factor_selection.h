@@ -44,6 +44,9 @@ class FactorSelector {
   // `noise_variance`: per-coordinate variance of noise the server itself added to g (client-
   // level DP), subtracted from ||g||^2 in expectation; 0 otherwise.
   void Observe(size_t m, int factor, std::span<const float> g, double noise_variance);
+  // A score computed elsewhere (the clients' mean predicted decrease from their gradients), for
+  // either factor: smoothed into that factor's score by the same EMA.
+  void ObserveScore(size_t m, int factor, double score);
   // Decides what every module trains from `version` on.
   void Choose(uint64_t version);
 

@@ -199,6 +199,7 @@ struct ClientRound {
   // (DP-SGD gradients when record-level DP is on: each batch is one more application of the
   // mechanism, which the worker accounts). Set by the worker.
   std::function<Result<AdapterState>(const AdapterState& start, uint32_t batches)> probe;
+  double step_size = 0;              // the local learning rate times the round's steps
 };
 
 // How the worker trains one round.
@@ -214,6 +215,7 @@ struct TrainPlan {
   // (hetlora's rank self-pruning penalty on the top ranks).
   double tail_lambda = 0.0;
   uint32_t tail_from = 0;
+  std::vector<float> factor_scores;          // sent with the update (as-lora's gradient scores)
 };
 
 class ClientHalf {

@@ -335,5 +335,46 @@ TEST(AsLoraEngineTest, OnlyTheActiveFactorMovesAndBothFactorsAreRefused) {
   EXPECT_TRUE(info->factors[0].fisher[0].empty());  // records keep no Fisher proxies
 }
 
+// --as-score gradient: the clients' scores of both factors, weighted like their updates, pick the
+// factor after the warm-up; a wrong number of scores is refused; client-level DP is refused.
+TEST(AsLoraEngineTest, GradientScoresFromTheClientsPickTheFactor) {
+  EngineOptions o;
+  o.buffer_size = 2;
+  o.method = testing::Choose("as-lora");
+  auto& p = o.method.params_as<methods::AsLoraParams>();
+  p.warmup = 1;
+  p.beta = 0;  // no smoothing: the last step decides
+  EngineHarness h(o);
+  EXPECT_EQ(h.engine().method_state().probe_batches, 2u);  // workers are asked for scores
+  AdapterState b_only = FilledState(SmallSpec(), 0.01f);
+  b_only.tensors.erase(b_only.tensors.begin());  // drop A
+  auto update = [&](const std::string& id, std::vector<float> scores, uint64_t samples) {
+    codec::UpdateHeader hd{id, "c" + id, "default", h.engine().version(), samples, 5, 0.5f, {}, samples, scores};
+    return codec::BuildUpdate(hd, b_only);
+  };
+  // B scores 1 and 3, A scores 4 and 0: weighted by shard size 1:3, B = 2.5 > A = 1: B stays.
+  EXPECT_FALSE(h.Feed(update("1", {1.0f, 4.0f}, 10)));
+  auto v = h.Feed(update("2", {3.0f, 0.0f}, 30));
+  ASSERT_TRUE(v);
+  EXPECT_NEAR(v->factors[0].score[methods::kFactorB], 2.5, 1e-6);
+  EXPECT_NEAR(v->factors[0].score[methods::kFactorA], 1.0, 1e-6);
+  EXPECT_EQ(h.engine().method_state().active, std::vector<uint8_t>{0});
+  // Now A's scores win by more than the margin: A trains next.
+  EXPECT_FALSE(h.Feed(update("3", {1.0f, 5.0f}, 10)));
+  ASSERT_TRUE(h.Feed(update("4", {1.0f, 5.0f}, 10)));
+  EXPECT_EQ(h.engine().method_state().active, std::vector<uint8_t>{1});
+  // Three scores for one module: dropped as invalid.
+  AdapterState a_only = FilledState(SmallSpec(), 0.01f);
+  a_only.tensors.erase(a_only.tensors.begin() + 1);
+  codec::UpdateHeader bad{"5", "c5", "default", h.engine().version(), 10, 5, 0.5f, {}, 10, {1.0f, 2.0f, 3.0f}};
+  EXPECT_FALSE(h.Feed(codec::BuildUpdate(bad, a_only)));
+  EXPECT_EQ(h.engine().buffered(), 0u);
+  // Per-client scores are not covered by client-level DP.
+  o.client_dp.noise_multiplier = 1.0;
+  EXPECT_NE(ValidateEngineOptions(o).message().find("--as-score change"), std::string::npos);
+  o.method.params_as<methods::AsLoraParams>().score = "change";
+  EXPECT_TRUE(ValidateEngineOptions(o).ok());
+}
+
 }  // namespace
 }  // namespace fedlora::aggregator

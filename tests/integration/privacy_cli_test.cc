@@ -111,7 +111,7 @@ TEST(PrivacyRun, RecordLevelDpSgdWithAsLoraFillsEachWorkersLedgerAndInspectShows
   const std::string store = dir.path() + "/store";
   int rc = -1;
   std::string out = RunCapture(std::string(kBinary) + " run --arch mlp --local-steps 5 --store " + Quote(store) +
-                                   " --method as-lora --as-warmup 3 --dp-epsilon 4 --dp-steps 400 --max-versions 12"
+                                   " --method as-lora --as-score change --as-warmup 3 --dp-epsilon 4 --dp-steps 400 --max-versions 12"
                                    " --duration 120 2>&1",
                                &rc);
   ASSERT_EQ(rc, 0) << out;

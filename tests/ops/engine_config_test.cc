@@ -25,6 +25,7 @@ EngineOptions Unusual() {
   as.warmup = 2;
   as.margin = 0.07f;
   as.beta = 0.85f + 1e-7f;
+  as.score = "change";  // with client-level DP (below)
   o.buffer_size = 11;
   o.fedasync_alpha = 0.1 + 0.2;
   o.server_lr = 1.0 / 3.0;
@@ -95,6 +96,9 @@ TEST(EngineConfigTest, EveryEngineFlagIsRecorded) {
 // versions ran: hetlora settings from before --hetlora-rule replay with the rule they had; a
 // what-if that switches a store to hetlora gets today's default.
 TEST(EngineConfigTest, RecordedSettingsThatPredateAHyperparameterKeepTheValueTheyRanWith) {
+  auto old_as_lora = ParseEngineConfig(SplitFlags("--method as-lora --as-warmup 5"));
+  ASSERT_TRUE(old_as_lora.ok()) << old_as_lora.status().ToString();
+  EXPECT_EQ(old_as_lora->method.params_as<methods::AsLoraParams>().score, "change");
   const std::string old_hetlora = "--method hetlora --mode fedbuff --buffer-size 3";
   auto legacy = ParseEngineConfig(SplitFlags(old_hetlora));
   ASSERT_TRUE(legacy.ok()) << legacy.status().ToString();

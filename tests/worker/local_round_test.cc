@@ -301,6 +301,35 @@ TEST(WorkerMethodTest, HetLoraClientsPenaliseTheirTopRanksAndPruneThemWhenTheySh
   EXPECT_EQ(other.rank, 0u);
 }
 
+// AS-LoRA's gradient scores: with probe batches asked for, a client scores both factors of each
+// module, S = eta ||g||^2 - (eta^2 / 2) sum g^4 with eta = lr x steps, from the mean gradient
+// at the global; under DP-SGD the probes are DP steps.
+TEST(WorkerMethodTest, AsLoraClientsScoreBothFactorsFromProbeGradients) {
+  Fixture f;
+  MethodState m = StateOf("as-lora");
+  LocalRound r = f.Run(m);
+  EXPECT_TRUE(r.factor_scores.empty());  // the change score needs nothing from clients
+  m.probe_batches = 2;
+  r = f.Run(m);
+  ASSERT_EQ(r.factor_scores.size(), 4u);  // fc1 B, A; fc2 B, A
+  for (float s : r.factor_scores) EXPECT_GT(s, 0.0f);
+  // Recompute fc2's from the same probe: its gradients at the global over the same two batches.
+  ASSERT_TRUE(f.model->LoadAdapter(f.global).ok());
+  for (auto& t : f.model->AdapterTensors()) {
+    t.set_requires_grad(true);
+    if (t.grad().defined()) t.grad().zero_();
+  }
+  ASSERT_TRUE(AccumulateGradients(*f.model, f.data, f.shard, 2, f.train.batch_size, f.train.seed ^ 0x5eedULL).ok());
+  const double eta = f.train.lr * f.train.steps;
+  const torch::Tensor g = f.model->AdapterTensors()[static_cast<size_t>(f.model->Spec().Find("fc2.lora_B"))].grad() / 2;
+  const double n2 = g.pow(2).sum().item<double>(), n4 = g.pow(4).sum().item<double>();
+  EXPECT_NEAR(r.factor_scores[2], eta * n2 - 0.5 * eta * eta * n4, 1e-6 * eta * n2);
+  f.train.dp.noise_multiplier = 1.0;
+  f.train.dp.seed = 3;
+  r = f.Run(m);
+  EXPECT_EQ(r.dp_steps, r.trained.steps + 2);
+}
+
 TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
   Fixture f;
   const LocalRound r = f.Run(StateOf("flora"), ClientSettings{2, 0, 0});
