@@ -38,22 +38,16 @@ class FedSaClient final : public ClientHalf {
   }
 };
 
-class FedSa final : public Method {
+class FedSa final : public BasicMethod<NoParams, FedSaServer, FedSaClient> {
  public:
-  std::string_view name() const override { return "fedsa"; }
-  std::string_view summary() const override { return "FedSA-LoRA: share A only, B stays personal"; }
+  using BasicMethod::BasicMethod;
   bool personal() const override { return true; }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams&, const AdapterSpec& spec, const LoraLayout& layout,
-                                             const EngineSetup&, uint64_t, MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(std::make_unique<FedSaServer>(name(), spec, layout));
-  }
-  std::unique_ptr<ClientHalf> Client() const override { return std::make_unique<FedSaClient>(); }
 };
 
 }  // namespace
 
 const Method& FedSaMethod() {
-  static const FedSa method;
+  static const FedSa method("fedsa", "FedSA-LoRA: share A only, B stays personal");
   return method;
 }
 

@@ -25,21 +25,10 @@ class FfaClient final : public ClientHalf {
   }
 };
 
-class Ffa final : public Method {
- public:
-  std::string_view name() const override { return "ffa"; }
-  std::string_view summary() const override { return "FFA-LoRA: A frozen, train and upload B only"; }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams&, const AdapterSpec& spec, const LoraLayout& layout,
-                                             const EngineSetup&, uint64_t, MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(std::make_unique<FfaServer>(name(), spec, layout));
-  }
-  std::unique_ptr<ClientHalf> Client() const override { return std::make_unique<FfaClient>(); }
-};
-
 }  // namespace
 
 const Method& FfaMethod() {
-  static const Ffa method;
+  static const BasicMethod<NoParams, FfaServer, FfaClient> method("ffa", "FFA-LoRA: A frozen, train and upload B only");
   return method;
 }
 

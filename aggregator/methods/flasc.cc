@@ -122,24 +122,11 @@ class FlascClient final : public ClientHalf {
   }
 };
 
-class Flasc final : public Method {
- public:
-  std::string_view name() const override { return "flasc"; }
-  std::string_view summary() const override { return "FLASC: dense local training, top-k sparse upload"; }
-  std::unique_ptr<MethodParams> DefaultParams() const override { return std::make_unique<FlascParams>(); }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams& params, const AdapterSpec& spec,
-                                             const LoraLayout& layout, const EngineSetup&, uint64_t,
-                                             MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(
-        std::make_unique<FlascServer>(name(), spec, layout, dynamic_cast<const FlascParams&>(params)));
-  }
-  std::unique_ptr<ClientHalf> Client() const override { return std::make_unique<FlascClient>(); }
-};
-
 }  // namespace
 
 const Method& FlascMethod() {
-  static const Flasc method;
+  static const BasicMethod<FlascParams, FlascServer, FlascClient> method(
+      "flasc", "FLASC: dense local training, top-k sparse upload");
   return method;
 }
 

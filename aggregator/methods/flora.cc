@@ -102,31 +102,22 @@ class FloraServer final : public PlainServer {
   std::vector<std::vector<std::pair<double, PairChange>>> pending_;  // per module: (weight, change)
 };
 
-class Flora final : public Method {
+class Flora final : public BasicMethod<NoParams, FloraServer> {
  public:
-  std::string_view name() const override { return "flora"; }
-  std::string_view summary() const override { return "FLoRA/FlexLoRA: exact product sum, truncated-SVD refactor"; }
+  using BasicMethod::BasicMethod;
   Status Supports(const EngineSetup& setup, const MethodParams&) const override {
-    if (setup.client_dp) {
-      return InvalidArgument(fmt::format("client-level DP is not supported with '{}': its aggregation weights or "
-                                         "product-space step have no fixed per-client sensitivity",
-                                         name()));
-    }
+    if (setup.client_dp) return NoClientDp(name());
     if (setup.stateful_optimizer) {
       return InvalidArgument("flora re-factorises in product space; it has no per-element server step (use sgd)");
     }
     return Status::Ok();
-  }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams&, const AdapterSpec& spec, const LoraLayout& layout,
-                                             const EngineSetup&, uint64_t, MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(std::make_unique<FloraServer>(name(), spec, layout));
   }
 };
 
 }  // namespace
 
 const Method& FloraMethod() {
-  static const Flora method;
+  static const Flora method("flora", "FLoRA/FlexLoRA: exact product sum, truncated-SVD refactor");
   return method;
 }
 

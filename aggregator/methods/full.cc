@@ -5,21 +5,16 @@
 namespace fedlora::methods {
 namespace {
 
-class Full final : public Method {
+class Full final : public BasicMethod<NoParams, PlainServer> {
  public:
-  std::string_view name() const override { return "full"; }
-  std::string_view summary() const override { return "full fine-tuning of every parameter (reference)"; }
+  using BasicMethod::BasicMethod;
   bool full_model() const override { return true; }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams&, const AdapterSpec& spec, const LoraLayout& layout,
-                                             const EngineSetup&, uint64_t, MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(std::make_unique<PlainServer>(name(), spec, layout));
-  }
 };
 
 }  // namespace
 
 const Method& FullMethod() {
-  static const Full method;
+  static const Full method("full", "full fine-tuning of every parameter (reference)");
   return method;
 }
 

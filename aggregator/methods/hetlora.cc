@@ -127,32 +127,18 @@ class HetLoraClient final : public ClientHalf {
   }
 };
 
-class HetLora final : public Method {
+class HetLora final : public BasicMethod<HetLoraParams, HetLoraServer, HetLoraClient> {
  public:
-  std::string_view name() const override { return "hetlora"; }
-  std::string_view summary() const override { return "HetLoRA: per-client ranks, zero-padded norm-weighted mean"; }
-  std::unique_ptr<MethodParams> DefaultParams() const override { return std::make_unique<HetLoraParams>(); }
+  using BasicMethod::BasicMethod;
   Status Supports(const EngineSetup& setup, const MethodParams&) const override {
-    if (setup.client_dp) {
-      return InvalidArgument(fmt::format("client-level DP is not supported with '{}': its aggregation weights or "
-                                         "product-space step have no fixed per-client sensitivity",
-                                         name()));
-    }
-    return Status::Ok();
+    return setup.client_dp ? NoClientDp(name()) : Status::Ok();
   }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams& params, const AdapterSpec& spec,
-                                             const LoraLayout& layout, const EngineSetup&, uint64_t,
-                                             MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(
-        std::make_unique<HetLoraServer>(name(), spec, layout, dynamic_cast<const HetLoraParams&>(params)));
-  }
-  std::unique_ptr<ClientHalf> Client() const override { return std::make_unique<HetLoraClient>(); }
 };
 
 }  // namespace
 
 const Method& HetLoraMethod() {
-  static const HetLora method;
+  static const HetLora method("hetlora", "HetLoRA: per-client ranks, zero-padded norm-weighted mean");
   return method;
 }
 

@@ -71,24 +71,11 @@ class LoraA2Client final : public ClientHalf {
   }
 };
 
-class LoraA2 final : public Method {
- public:
-  std::string_view name() const override { return "lora-a2"; }
-  std::string_view summary() const override { return "LoRA-A2: alternating factors, top-scored rank slices"; }
-  std::unique_ptr<MethodParams> DefaultParams() const override { return std::make_unique<LoraA2Params>(); }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams& params, const AdapterSpec& spec,
-                                             const LoraLayout& layout, const EngineSetup&, uint64_t,
-                                             MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(
-        std::make_unique<LoraA2Server>(name(), spec, layout, dynamic_cast<const LoraA2Params&>(params)));
-  }
-  std::unique_ptr<ClientHalf> Client() const override { return std::make_unique<LoraA2Client>(); }
-};
-
 }  // namespace
 
 const Method& LoraA2Method() {
-  static const LoraA2 method;
+  static const BasicMethod<LoraA2Params, LoraA2Server, LoraA2Client> method(
+      "lora-a2", "LoRA-A2: alternating factors, top-scored rank slices");
   return method;
 }
 

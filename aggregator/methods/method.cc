@@ -137,6 +137,12 @@ std::vector<codec::EncodedTensor> ClientHalf::Upload(ClientRound& round, const T
   return out;
 }
 
+Status NoClientDp(std::string_view method) {
+  return InvalidArgument(fmt::format("client-level DP is not supported with '{}': its aggregation weights or "
+                                     "product-space step have no fixed per-client sensitivity",
+                                     method));
+}
+
 MethodChoice::MethodChoice() : MethodChoice(*Named("fedavg")) {}
 
 Result<MethodChoice> MethodChoice::Named(std::string_view name) {

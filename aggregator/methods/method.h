@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "aggregator/methods/lora_layout.h"
@@ -252,6 +253,35 @@ class Method {
                                                      uint64_t version, MethodMemory stored) const = 0;
   virtual std::unique_ptr<ClientHalf> Client() const { return std::make_unique<ClientHalf>(); }
 };
+
+// The usual shape of a method: its server half is built from (name, spec, layout) and, unless
+// it has none, its params; its client half from nothing.
+template <typename ParamsT, typename ServerT, typename ClientT = ClientHalf>
+class BasicMethod : public Method {
+ public:
+  BasicMethod(std::string_view name, std::string_view summary) : name_(name), summary_(summary) {}
+  std::string_view name() const override { return name_; }
+  std::string_view summary() const override { return summary_; }
+  std::unique_ptr<MethodParams> DefaultParams() const override { return std::make_unique<ParamsT>(); }
+  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams& params, const AdapterSpec& spec,
+                                             const LoraLayout& layout, const EngineSetup& /*setup*/,
+                                             uint64_t /*version*/, MethodMemory /*stored*/) const override {
+    if constexpr (std::is_same_v<ParamsT, NoParams>) {
+      return std::unique_ptr<ServerHalf>(std::make_unique<ServerT>(name_, spec, layout));
+    } else {
+      return std::unique_ptr<ServerHalf>(
+          std::make_unique<ServerT>(name_, spec, layout, dynamic_cast<const ParamsT&>(params)));
+    }
+  }
+  std::unique_ptr<ClientHalf> Client() const override { return std::make_unique<ClientT>(); }
+
+ private:
+  std::string_view name_, summary_;
+};
+
+// Why a method whose aggregation weights or product-space step have no fixed per-client
+// sensitivity cannot run under client-level DP.
+Status NoClientDp(std::string_view method);
 
 // A method and its hyperparameters, as a value (EngineOptions::method).
 class MethodChoice {

@@ -73,24 +73,11 @@ class SaFedLoraClient final : public ClientHalf {
   }
 };
 
-class SaFedLora final : public Method {
- public:
-  std::string_view name() const override { return "sa-fedlora"; }
-  std::string_view summary() const override { return "SA-FedLoRA: proximal start, annealed rank budget"; }
-  std::unique_ptr<MethodParams> DefaultParams() const override { return std::make_unique<SaFedLoraParams>(); }
-  Result<std::unique_ptr<ServerHalf>> Server(const MethodParams& params, const AdapterSpec& spec,
-                                             const LoraLayout& layout, const EngineSetup&, uint64_t,
-                                             MethodMemory) const override {
-    return std::unique_ptr<ServerHalf>(
-        std::make_unique<SaFedLoraServer>(name(), spec, layout, dynamic_cast<const SaFedLoraParams&>(params)));
-  }
-  std::unique_ptr<ClientHalf> Client() const override { return std::make_unique<SaFedLoraClient>(); }
-};
-
 }  // namespace
 
 const Method& SaFedLoraMethod() {
-  static const SaFedLora method;
+  static const BasicMethod<SaFedLoraParams, SaFedLoraServer, SaFedLoraClient> method(
+      "sa-fedlora", "SA-FedLoRA: proximal start, annealed rank budget");
   return method;
 }
 

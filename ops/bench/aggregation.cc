@@ -92,7 +92,7 @@ codec::Bytes Update(const AdapterSpec& spec, int k, uint64_t base, const std::ve
     for (float& v : e.values) v = normal(rng);
     tensors.push_back(std::move(e));
   }
-  codec::UpdateHeader h{fmt::format("c{}-{}", k, base), fmt::format("c{}", k), "bench", base, 100, 20, 0.5f, {}};
+  codec::UpdateHeader h{fmt::format("c{}-{}", k, base), fmt::format("c{}", k), "bench", base, 100, 20, 0.5f, {}, 100, {}};
   return codec::BuildUpdate(h, tensors);
 }
 
@@ -163,7 +163,7 @@ codec::Bytes MethodUpdate(const AdapterSpec& spec, const methods::TrainPlan& pla
     Fill(e.values, seed++, 1e-3f);
     tensors.push_back(std::move(e));
   }
-  codec::UpdateHeader h{fmt::format("c{}-{}", k, base), fmt::format("c{}", k), "bench", base, 100, 20, 0.5f, {}};
+  codec::UpdateHeader h{fmt::format("c{}-{}", k, base), fmt::format("c{}", k), "bench", base, 100, 20, 0.5f, {}, 100, {}};
   return codec::BuildUpdate(h, tensors);
 }
 

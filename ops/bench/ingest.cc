@@ -180,7 +180,7 @@ Figure BrokerIngest(const std::string& dir, size_t update_bytes, int publishers,
       const AdapterState delta = StateOf(spec, 0.001f * p);
       uint64_t i = 0;
       auto send_one = [&](bool measure) -> bool {
-        fedlora::codec::UpdateHeader h{fmt::format("p{}-{}", p, i++), fmt::format("pub-{}", p), "bench", 0, 1, 1, 0, {}};
+        fedlora::codec::UpdateHeader h{fmt::format("p{}-{}", p, i++), fmt::format("pub-{}", p), "bench", 0, 1, 1, 0, {}, 1, {}};
         fedlora::codec::Bytes u = fedlora::codec::BuildUpdate(h, delta);
         const auto t0 = Clock::now();
         s.send(zmq::buffer(u.data(), u.size()), zmq::send_flags::none);

@@ -168,7 +168,7 @@ TEST_F(BrokerTest, RejectsBadInputWithCodeAndReasonAndKeepsServing) {
   nan.tensors[0].values[0] = std::numeric_limits<float>::quiet_NaN();
   const std::string valid = str(MakeUpdate("ok", "c1", 0, FilledState(SmallSpec(), 0)));
   auto encoded = [&](const std::string& id, codec::EncodedTensor t) {
-    codec::UpdateHeader h{id, "c1", "default", 0, 10, 1, 0.5f, std::nullopt};
+    codec::UpdateHeader h{id, "c1", "default", 0, 10, 1, 0.5f, std::nullopt, 10, {}};
     return str(codec::BuildUpdate(h, {std::move(t)}));
   };
   std::vector<Case> cases = {

@@ -128,7 +128,7 @@ std::vector<std::pair<std::string, codec::Bytes>> SeedMessages() {
   const AdapterSpec spec = SmallSpec();
   std::vector<std::pair<std::string, codec::Bytes>> seeds;
   seeds.emplace_back("update-dense", testing::MakeUpdate("u1", "c1", 0, FilledState(spec, 0.1f)));
-  codec::UpdateHeader h{"u2", "c1", "default", 0, 10, 1, 0.5f, codec::DpReport{1.1, 0.01, 20, 1.0f}};
+  codec::UpdateHeader h{"u2", "c1", "default", 0, 10, 1, 0.5f, codec::DpReport{1.1, 0.01, 20, 1.0f}, 10, {}};
   seeds.emplace_back("update-sparse-dp",
                      codec::BuildUpdate(h, {{"head.weight", {2, 4}, wire::Encoding::Sparse, {1, 5, 7}, {0.1f, -0.2f, 0.3f}}}));
   h.update_id = "u3";
