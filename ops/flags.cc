@@ -51,23 +51,25 @@ namespace {
 // sa-fedlora share --probe-batches), with the first method's help and default.
 class FlagCollector final : public methods::ParamVisitor {
  public:
-  void Float(std::string_view flag, float& v, std::string_view help) override { Add(flag, fmt::format("{}", v), help); }
-  void Double(std::string_view flag, double& v, std::string_view help) override { Add(flag, fmt::format("{}", v), help); }
-  void Uint(std::string_view flag, uint32_t& v, std::string_view help) override { Add(flag, fmt::format("{}", v), help); }
+  void Float(std::string_view flag, float& v, std::string_view help) override { Add(flag, "FLOAT", fmt::format("{}", v), help); }
+  void Double(std::string_view flag, double& v, std::string_view help) override {
+    Add(flag, "FLOAT", fmt::format("{}", v), help);
+  }
+  void Uint(std::string_view flag, uint32_t& v, std::string_view help) override { Add(flag, "UINT", fmt::format("{}", v), help); }
   void Choice(std::string_view flag, std::string& v, std::vector<std::string> choices, std::string_view help) override {
-    Add(flag, v, fmt::format("{} ({})", help, fmt::join(choices, ", ")));
+    Add(flag, fmt::format("{{{}}}", fmt::join(choices, ",")), v, help);
   }
   struct Flag {
-    std::string name, default_text, help;
+    std::string name, type, default_text, help;
   };
   std::vector<Flag> flags;
 
  private:
-  void Add(std::string_view flag, std::string default_text, std::string_view help) {
+  void Add(std::string_view flag, std::string type, std::string default_text, std::string_view help) {
     for (const Flag& f : flags) {
       if (f.name == flag) return;
     }
-    flags.push_back({std::string(flag), std::move(default_text), std::string(help)});
+    flags.push_back({std::string(flag), std::move(type), std::move(default_text), std::string(help)});
   }
 };
 
@@ -75,7 +77,9 @@ void AddMethodParamFlags(CLI::App* app, std::map<std::string, std::string, std::
   FlagCollector collector;
   for (const methods::Method* m : methods::AllMethods()) m->DefaultParams()->Visit(collector);
   for (const auto& flag : collector.flags) {
-    app->add_option("--" + flag.name, values[flag.name], flag.help)->default_str(flag.default_text);
+    app->add_option("--" + flag.name, values[flag.name], flag.help)
+        ->type_name(flag.type)
+        ->default_str(flag.default_text);
   }
 }
 
