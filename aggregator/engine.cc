@@ -420,6 +420,15 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std
   if (!method.full_model() && layout.empty()) {
     return InvalidArgument(fmt::format("method '{}' needs LoRA factors; this adapter has none", method.name()));
   }
+  if (layout.has_residuals() != method.KeepsResiduals(options.method.params())) {
+    return InvalidArgument(layout.has_residuals()
+                               ? fmt::format("this adapter's LoRA modules carry residuals, which method '{}' with "
+                                             "these settings does not keep (flora with --flora-merge exact does)",
+                                             method.name())
+                               : fmt::format("method '{}' with these settings keeps a residual per LoRA module; this "
+                                             "adapter has none (made for another method or setting)",
+                                             method.name()));
+  }
   ASSIGN_OR_RETURN(ServerOptimizer optimizer,
                    ServerOptimizer::Create(options.server_optimizer, options.server_lr, spec,
                                            std::move(server_state.optimizer), version));

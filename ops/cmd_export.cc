@@ -52,6 +52,10 @@ void RegisterExport(CLI::App& app) {
                "{}) -> {}/adapter_model.safetensors, adapter_config.json\n",
                version, f->adapter, global->spec.rank, global->spec.alpha, modules, global->spec.tensors.size(),
                global->spec.numel(), global->info.content_hash, f->out);
+    if (global->spec.has_residuals()) {
+      fmt::print("export: each module's residual is merged into its factors (rank_pattern and alpha_pattern in "
+                 "adapter_config.json give the per-module ranks)\n");
+    }
   });
 }
 

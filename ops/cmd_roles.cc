@@ -80,6 +80,8 @@ void RegisterAggregator(CLI::App& app) {
     if (!keys.ok()) Fail("aggregator", keys.status(), 2);
     flags->options.keys = std::move(*keys);
     flags->task.full = flags->engine.engine.method.method().full_model();
+    flags->task.lora_residual =
+        flags->engine.engine.method.method().KeepsResiduals(flags->engine.engine.method.params());
     SetTorchThreads(1);
     const std::string base = BasePath(flags->store.dir, flags->task.arch);
     if (!std::filesystem::exists(base)) {

@@ -200,6 +200,7 @@ void RegisterRun(CLI::App& app) {
                                   "weight (use a LoRA method)"), 2);
     }
     f->task.full = f->engine.engine.method.method().full_model();
+    f->task.lora_residual = f->engine.engine.method.method().KeepsResiduals(f->engine.engine.method.params());
     std::vector<double> ranks, densities, budgets;
     try {
       ranks = ParseNumbers(f->ranks);

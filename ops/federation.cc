@@ -35,6 +35,7 @@ worker::ModelOptions ModelFor(const TaskOptions& task) {
   mo.lora_alpha = task.lora_alpha;
   mo.lora_seed = task.lora_seed;
   mo.full = task.full;
+  mo.lora_residual = task.lora_residual;
   return mo;
 }
 
@@ -46,6 +47,7 @@ worker::ModelOptions ModelFor(const AdapterSpec& spec) {
   mo.lora_seed = spec.seed;
   mo.target_modules = spec.target_modules;
   mo.full = spec.rank == 0;
+  mo.lora_residual = spec.has_residuals();
   return mo;
 }
 

@@ -23,6 +23,7 @@ struct TaskOptions {
   float lora_alpha = 16.0f;         // LoRA scale alpha / r
   uint64_t lora_seed = 1;           // seed of every client's identical A initialisation
   bool full = false;                // no LoRA: every base parameter is trained (method "full")
+  bool lora_residual = false;       // LoRA modules keep a residual (flora --flora-merge exact)
   int num_clients = 6;              // clients the private data is split across
   double dirichlet_alpha = 0.5;     // non-IID strength: 0.5 mild, 0.1 strong, 0.01 extreme
   uint64_t partition_seed = 11;

@@ -93,6 +93,7 @@ struct LegacyParam {
 constexpr LegacyParam kLegacyParams[] = {
     {"hetlora", "hetlora-rule", "deltas"},
     {"as-lora", "as-score", "change"},
+    {"flora", "flora-merge", "truncate"},
 };
 
 }  // namespace

@@ -4,7 +4,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -13,10 +12,13 @@
 #include <set>
 #include <sstream>
 
+#include "aggregator/methods/lora_layout.h"
+#include "aggregator/methods/lowrank.h"
+#include "schema/safetensors.h"
+
 namespace fedlora::ops {
 namespace {
 
-static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
 
 constexpr std::string_view kPrefix = "base_model.model.";
 constexpr const char* kWeights = "adapter_model.safetensors";
@@ -53,86 +55,33 @@ Result<std::string> ReadFile(const std::string& path) {
 
 std::string EncodeSafetensors(const std::vector<std::pair<std::string, const DenseTensor*>>& tensors,
                               const std::map<std::string, std::string>& metadata) {
-  nlohmann::ordered_json header;
-  if (!metadata.empty()) header["__metadata__"] = metadata;
-  size_t offset = 0;
-  for (const auto& [name, t] : tensors) {
-    const size_t bytes = t->values.size() * sizeof(float);
-    header[name] = {{"dtype", "F32"}, {"shape", t->shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string json = header.dump();
-  json.append((8 - (8 + json.size()) % 8) % 8, ' ');  // data starts 8-byte aligned
-  std::string out(8, '\0');
-  const uint64_t n = json.size();
-  std::memcpy(out.data(), &n, 8);
-  out += json;
-  out.reserve(out.size() + offset);
-  for (const auto& [name, t] : tensors) {
-    out.append(reinterpret_cast<const char*>(t->values.data()), t->values.size() * sizeof(float));
-  }
-  return out;
+  std::vector<safetensors::F32Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) out.push_back({name, t->shape, t->values});
+  return safetensors::Encode(out, metadata);
 }
 
 Result<SafetensorsFile> DecodeSafetensors(std::string_view bytes) {
-  if (bytes.size() < 8) return DataLoss("safetensors file is shorter than its 8-byte header length");
-  uint64_t n = 0;
-  std::memcpy(&n, bytes.data(), 8);
-  if (n > bytes.size() - 8) {
-    return DataLoss(fmt::format("safetensors header says {} bytes, the file has {} after the length", n, bytes.size() - 8));
-  }
-  const auto header = nlohmann::json::parse(bytes.substr(8, n), nullptr, false);
-  if (!header.is_object()) return DataLoss("safetensors header is not a JSON object");
-  const std::string_view data = bytes.substr(8 + n);
+  const std::span<const std::byte> file(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size());
+  ASSIGN_OR_RETURN(const safetensors::Header header, safetensors::ParseHeader(file));
   SafetensorsFile out;
-  std::vector<std::pair<uint64_t, uint64_t>> spans;
-  for (const auto& [key, value] : header.items()) {
-    if (key == "__metadata__") {
-      if (!value.is_object()) return DataLoss("__metadata__ is not an object");
-      for (const auto& [k, v] : value.items()) {
-        if (!v.is_string()) return DataLoss(fmt::format("metadata '{}' is not a string", k));
-        out.metadata[k] = v.get<std::string>();
-      }
-      continue;
-    }
-    if (!value.is_object() || !value.contains("dtype") || !value.contains("shape") || !value.contains("data_offsets")) {
-      return DataLoss(fmt::format("tensor '{}': needs dtype, shape and data_offsets", key));
-    }
-    if (value["dtype"] != "F32") {
-      return InvalidArgument(fmt::format("tensor '{}' is {}; fedlora adapters are F32", key, value["dtype"].dump()));
+  out.metadata = header.metadata;
+  for (const auto& e : header.tensors) {
+    if (e.dtype != safetensors::Dtype::kF32) {
+      return InvalidArgument(fmt::format("tensor '{}' is {}; fedlora adapters are F32", e.name, safetensors::DtypeName(e.dtype)));
     }
     DenseTensor t;
-    t.name = key;
-    size_t numel = 1;
-    for (const auto& d : value["shape"]) {
-      if (!d.is_number_unsigned() || d.get<uint64_t>() > UINT32_MAX) {
-        return DataLoss(fmt::format("tensor '{}' has a bad shape {}", key, value["shape"].dump()));
-      }
-      t.shape.push_back(d.get<uint32_t>());
-      numel *= t.shape.back();
+    t.name = e.name;
+    for (uint64_t d : e.shape) {
+      if (d > UINT32_MAX) return DataLoss(fmt::format("tensor '{}' has a dimension of {}", e.name, d));
+      t.shape.push_back(static_cast<uint32_t>(d));
     }
-    const auto& off = value["data_offsets"];
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      return DataLoss(fmt::format("tensor '{}' has bad data_offsets", key));
+    t.values.resize(e.numel());
+    if (!t.values.empty()) {
+      RETURN_IF_ERROR(safetensors::ToFloat(e.dtype, file.data() + header.data_start + e.begin, t.values.size(), t.values.data()));
     }
-    const uint64_t begin = off[0], end = off[1];
-    if (begin > end || end > data.size() || end - begin != numel * sizeof(float)) {
-      return DataLoss(fmt::format("tensor '{}': offsets [{}, {}) do not hold {} floats within {} data bytes", key,
-                                  begin, end, numel, data.size()));
-    }
-    spans.emplace_back(begin, end);
-    t.values.resize(numel);
-    if (numel > 0) std::memcpy(t.values.data(), data.data() + begin, numel * sizeof(float));
     out.tensors.push_back(std::move(t));
   }
-  // The data must be covered exactly: no overlap, no gap.
-  std::sort(spans.begin(), spans.end());
-  uint64_t at = 0;
-  for (const auto& [b, e] : spans) {
-    if (b != at) return DataLoss(fmt::format("safetensors data has a gap or an overlap at byte {}", std::min(b, at)));
-    at = e;
-  }
-  if (at != data.size()) return DataLoss(fmt::format("safetensors data has {} bytes no tensor uses", data.size() - at));
   return out;
 }
 
@@ -153,14 +102,61 @@ Status WritePeft(const std::string& dir, const PeftAdapter& a) {
   std::filesystem::create_directories(root, ec);
   if (ec) return Unavailable(fmt::format("cannot create '{}': {}", dir, ec.message()));
 
+  // A module with a non-zero residual R (flora's exact remainder) goes out as its exact product
+  // B A + R, factorised at its numerical rank r_m, with rank_pattern r_m and alpha_pattern
+  // alpha r_m / r so that PEFT's scale alpha_m / r_m stays alpha / r.
+  ASSIGN_OR_RETURN(const methods::LoraLayout layout, methods::LoraLayout::Of(spec));
+  std::map<size_t, std::pair<DenseTensor, DenseTensor>> merged;  // spec index of A -> (A', B')
+  nlohmann::ordered_json rank_pattern = nlohmann::ordered_json::object();
+  nlohmann::ordered_json alpha_pattern = nlohmann::ordered_json::object();
+  for (const methods::LoraModule& m : layout.modules()) {
+    if (m.residual < 0) continue;
+    const auto& r = a.state.tensors[static_cast<size_t>(m.residual)].values;
+    if (std::all_of(r.begin(), r.end(), [](float v) { return v == 0.0f; })) continue;
+    methods::lowrank::Factors p = methods::lowrank::FromDense(r, m.rows, m.cols);
+    std::vector<double> product = methods::lowrank::Product(p);
+    const auto& av = a.state.tensors[m.a].values;
+    const auto& bv = a.state.tensors[m.b].values;
+    for (uint32_t i = 0; i < m.rows; ++i) {
+      for (uint32_t l = 0; l < spec.rank; ++l) {
+        const double bil = bv[static_cast<size_t>(i) * spec.rank + l];
+        for (uint32_t j = 0; j < m.cols; ++j) {
+          product[static_cast<size_t>(i) * m.cols + j] += bil * av[static_cast<size_t>(l) * m.cols + j];
+        }
+      }
+    }
+    const methods::lowrank::Svd svd = methods::lowrank::DenseSvd(product, m.rows, m.cols);
+    const uint32_t rm = std::max<uint32_t>(1, static_cast<uint32_t>(svd.s.size()));
+    DenseTensor ea{spec.tensors[m.a].name, {rm, m.cols}, std::vector<float>(static_cast<size_t>(rm) * m.cols, 0.0f)};
+    DenseTensor eb{spec.tensors[m.b].name, {m.rows, rm}, std::vector<float>(static_cast<size_t>(m.rows) * rm, 0.0f)};
+    for (size_t l = 0; l < svd.s.size(); ++l) {  // A' = V^T, B' = U diag(s)
+      for (uint32_t j = 0; j < m.cols; ++j) ea.values[l * m.cols + j] = static_cast<float>(svd.v[l * m.cols + j]);
+      for (uint32_t i = 0; i < m.rows; ++i) {
+        eb.values[static_cast<size_t>(i) * rm + l] = static_cast<float>(svd.u[l * m.rows + i] * svd.s[l]);
+      }
+    }
+    rank_pattern[m.name] = rm;
+    alpha_pattern[m.name] = spec.alpha * static_cast<double>(rm) / spec.rank;
+    merged.emplace(m.a, std::pair{std::move(ea), std::move(eb)});
+  }
+  std::map<size_t, const DenseTensor*> replaced;  // spec index -> what goes out instead
+  for (const methods::LoraModule& m : layout.modules()) {
+    if (const auto it = merged.find(m.a); it != merged.end()) {
+      replaced[m.a] = &it->second.first;
+      replaced[m.b] = &it->second.second;
+    }
+  }
+
   std::vector<std::pair<std::string, const DenseTensor*>> tensors;
   std::set<std::string> modules_to_save;
   std::string order;
   for (size_t i = 0; i < spec.tensors.size(); ++i) {
     const auto& t = spec.tensors[i];
-    tensors.emplace_back(PeftName(t), &a.state.tensors[i]);
+    if (t.role == TensorRole::kLoraResidual) continue;  // in its module's factors (or zero)
+    const auto it = replaced.find(i);
+    tensors.emplace_back(PeftName(t), it != replaced.end() ? it->second : &a.state.tensors[i]);
     if (t.role == TensorRole::kDense) modules_to_save.insert(t.name.substr(0, t.name.rfind('.')));
-    order += (i ? "," : "") + t.name;
+    order += (order.empty() ? "" : ",") + t.name;
   }
   auto metadata = a.metadata;
   metadata["format"] = "pt";
@@ -184,6 +180,10 @@ Status WritePeft(const std::string& dir, const PeftAdapter& a) {
                                                         modules_to_save.begin(), modules_to_save.end()))},
       {"init_lora_weights", true},
       {"inference_mode", true}};
+  if (!rank_pattern.empty()) {
+    config["rank_pattern"] = rank_pattern;
+    config["alpha_pattern"] = alpha_pattern;
+  }
   for (const auto& [name, text] : {std::pair<const char*, std::string>{kWeights, weights}, {kConfig, config.dump(2) + "\n"}}) {
     std::ofstream out(root / name, std::ios::binary);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
@@ -203,6 +203,13 @@ Result<PeftAdapter> ReadPeft(const std::string& dir) {
   }
   if (!config.contains("r") || !config["r"].is_number_unsigned() || config["r"].get<uint32_t>() == 0) {
     return InvalidArgument(fmt::format("'{}': r must be a positive integer", (root / kConfig).string()));
+  }
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (config.contains(key) && config[key].is_object() && !config[key].empty()) {
+      return Unimplemented(fmt::format("'{}': per-module ranks or alphas ({}) are not imported: a fedlora adapter has "
+                                       "one rank (an export of flora's exact residual has them)",
+                                       (root / kConfig).string(), key));
+    }
   }
   if (config.value("fan_in_fan_out", false)) {
     return Unimplemented("fan_in_fan_out adapters (transposed, GPT-2 style Conv1D) are not supported");

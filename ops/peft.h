@@ -4,6 +4,10 @@
 //   <module>.lora_A  (r x in)   ->  base_model.model.<module>.lora_A.weight
 //   <module>.lora_B  (out x r)  ->  base_model.model.<module>.lora_B.weight
 //   any other tensor <name>     ->  base_model.model.<name>   (its module in modules_to_save)
+// A module that keeps a non-zero residual R (flora, docs/methods.md) goes out as its exact
+// product B A + R, factorised at its numerical rank r_m, with PEFT's rank_pattern (r_m) and
+// alpha_pattern (alpha r_m / r, so its scale stays alpha / r); ReadPeft refuses such per-module
+// ranks (a fedlora adapter has one rank).
 // The safetensors header's __metadata__ also carries fedlora's own identity (adapter, version,
 // content hash, model, tensor order), which PEFT ignores and `fedlora import` uses to rebuild the
 // adapter exactly (same content hash).

@@ -174,7 +174,7 @@ AdapterStats Describe(const AdapterSpec& spec, const AdapterState& state, const 
   std::vector<std::string> order;
   for (size_t i = 0; i < spec.tensors.size(); ++i) {
     const auto& t = spec.tensors[i];
-    if (t.role == TensorRole::kDense) {
+    if (t.role == TensorRole::kDense || t.role == TensorRole::kLoraResidual) {  // a residual: its norm, like a dense tensor
       DenseStats d{t.name, Norm(state.tensors[i].values), Zeros(state.tensors[i].values), std::nullopt};
       if (other) {
         double s = 0;

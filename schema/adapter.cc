@@ -32,6 +32,13 @@ size_t AdapterState::numel() const {
   return n;
 }
 
+bool AdapterSpec::has_residuals() const {
+  for (const auto& t : tensors) {
+    if (t.role == TensorRole::kLoraResidual) return true;
+  }
+  return false;
+}
+
 Status CheckStateMatchesSpec(const AdapterSpec& spec, const AdapterState& state) {
   if (spec.tensors.size() != state.tensors.size()) {
     return InvalidArgument(fmt::format("adapter has {} tensors, spec has {}", state.tensors.size(),

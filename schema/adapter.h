@@ -19,6 +19,10 @@ enum class TensorRole : uint8_t {
   kLoraA = 0,  // r x k factor of a LoRA pair ("<module>.lora_A")
   kLoraB = 1,  // d x r factor of a LoRA pair ("<module>.lora_B")
   kDense = 2,  // any other trained tensor (classifier head, ...), averaged like a dense weight
+  // d x k remainder of a module's exact product sum beyond rank r ("<module>.lora_residual",
+  // flora), in B A's units: the layer computes W + (alpha / r) (B A + R). Only the aggregator
+  // writes it: clients never train or upload it.
+  kLoraResidual = 3,
 };
 
 struct TensorSpec {
@@ -37,7 +41,8 @@ struct AdapterSpec {
   uint64_t seed = 0;                        // seed of the LoRA A initialisation
   std::vector<TensorSpec> tensors;          // every trained tensor, in a fixed order
 
-  size_t numel() const;  // total number of trained values
+  size_t numel() const;        // total number of values
+  bool has_residuals() const;  // any tensor of role kLoraResidual
   // Index of the tensor with this name, or -1.
   int Find(const std::string& name) const;
 };

@@ -13,6 +13,7 @@ static_assert(static_cast<int>(wire::ErrorCode::ResourceExhausted) ==
 static_assert(static_cast<int>(wire::TensorRole::LoraA) == static_cast<int>(TensorRole::kLoraA));
 static_assert(static_cast<int>(wire::TensorRole::LoraB) == static_cast<int>(TensorRole::kLoraB));
 static_assert(static_cast<int>(wire::TensorRole::Dense) == static_cast<int>(TensorRole::kDense));
+static_assert(static_cast<int>(wire::TensorRole::LoraResidual) == static_cast<int>(TensorRole::kLoraResidual));
 
 namespace {
 

@@ -145,6 +145,9 @@ Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint6
     if (seen[idx]) return InvalidArgument(fmt::format("tensor '{}' appears twice", name));
     seen[idx] = true;
     const auto& ts = spec.tensors[idx];
+    if (ts.role == TensorRole::kLoraResidual) {
+      return InvalidArgument(fmt::format("tensor '{}' is a residual the aggregator keeps; updates never carry it", name));
+    }
     const auto shape = codec::Shape(*t);
     if (shape != ts.shape) {
       return InvalidArgument(fmt::format("tensor '{}' has shape [{}], the adapter expects [{}]", name,

@@ -197,6 +197,7 @@ class WorkerImpl final : public Worker {
     mo.lora_seed = g.spec.seed;
     mo.target_modules = g.spec.target_modules;
     mo.full = g.spec.rank == 0;
+    mo.lora_residual = g.spec.has_residuals();
     ASSIGN_OR_RETURN(model_, Model::Create(mo));
     RETURN_IF_ERROR(model_->LoadBase(options_.base_path).WithContext("load base model"));
     model_->SetPretraining(false);

@@ -14,6 +14,9 @@ std::vector<float> ToVector(const torch::Tensor& t) {
   return {c.data_ptr<float>(), c.data_ptr<float>() + c.numel()};
 }
 
+// A residual (flora's exact remainder beyond rank r) is the aggregator's alone.
+bool Trainable(const AdapterSpec& spec, size_t t) { return spec.tensors[t].role != TensorRole::kLoraResidual; }
+
 }  // namespace
 
 Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const AdapterState& global,
@@ -49,7 +52,7 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
     AdapterState start = plan_start;
     Restrict(start);
     RETURN_IF_ERROR(model.LoadAdapter(start));
-    for (auto& t : tensors) t.set_requires_grad(true);
+    for (size_t t = 0; t < tensors.size(); ++t) tensors[t].set_requires_grad(Trainable(spec, t));
     RETURN_IF_ERROR(AccumulateGradients(model, data, shard, batches, train.batch_size, train.seed ^ 0x5eedULL, train.dp));
     if (train.dp.enabled()) round.dp_steps += batches;
     AdapterState grad = start;
@@ -98,7 +101,13 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
     guard.emplace(ScaleGuard{model, global_scale});
   }
   RETURN_IF_ERROR(model.LoadAdapter(local_start));
-  for (size_t t = 0; t < spec.tensors.size(); ++t) tensors[t].set_requires_grad(plan.trains[t]);
+  for (size_t t = 0; t < spec.tensors.size(); ++t) {
+    if (plan.trains[t] && !Trainable(spec, t)) {
+      return Internal(fmt::format("method {} planned to train '{}', which the aggregator alone writes", state.method,
+                                  spec.tensors[t].name));
+    }
+    tensors[t].set_requires_grad(plan.trains[t]);
+  }
   for (const auto& r : plan.ranks) round.kept_ranks.push_back(static_cast<uint32_t>(r.size()));
 
   LocalTrainOptions options = train;
@@ -139,7 +148,7 @@ Result<LocalRound> RunLocalRound(Model& model, const AdapterSpec& spec, const Ad
 
   ASSIGN_OR_RETURN(round.trained, TrainLocal(model, data, shard, options, stop));
   if (train.dp.enabled()) round.dp_steps += round.trained.steps;
-  for (auto& t : tensors) t.set_requires_grad(true);
+  for (size_t t = 0; t < tensors.size(); ++t) tensors[t].set_requires_grad(Trainable(spec, t));
   if (round.trained.stopped) return round;
 
   // The delta against the local start, in the global's units; the method decides what of it

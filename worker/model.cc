@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "worker/data.h"
+#include "worker/lora_linear.h"
 
 namespace fedlora::worker {
 namespace {
@@ -45,38 +46,6 @@ constexpr const char* kBaseNamesKey = "fedlora_names";
 constexpr int64_t kBaseFormatVersion = 1;
 constexpr const char* kBaseFormatKey = "fedlora_format";
 
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// A per-tensor seed: stable across processes and platforms, so every client derives the same
-// initial values from the same (seed, name).
-uint64_t DeriveSeed(uint64_t seed, std::string_view name) {
-  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a
-  for (char c : name) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 0x100000001b3ULL;
-  }
-  return SplitMix64(seed ^ SplitMix64(h));
-}
-
-// Uniform(-bound, bound) values from mt19937_64 with an explicit bits-to-float mapping, so the
-// values do not depend on a standard library's distributions or on LibTorch's generators.
-torch::Tensor SeededUniform(std::vector<int64_t> shape, double bound, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  torch::Tensor t = torch::empty(shape, torch::kFloat);
-  float* data = t.data_ptr<float>();
-  const int64_t n = t.numel();
-  for (int64_t i = 0; i < n; ++i) {
-    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1)
-    data[i] = static_cast<float>((2.0 * u - 1.0) * bound);
-  }
-  return t;
-}
-
 bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
@@ -91,91 +60,6 @@ std::vector<uint32_t> ShapeOf(const torch::Tensor& t) {
   return shape;
 }
 
-// x W^T + b for x [..., in], computed as a 1x1 convolution over x viewed as [rows, in, 1, 1].
-// Why: the Debian LibTorch links the reference BLAS, whose sgemm runs the small matrix
-// products here 5-10x slower than oneDNN's convolution kernels (which LibTorch picks for fp32
-// convolutions, forward and backward).
-torch::Tensor Dense(const torch::Tensor& x, const torch::Tensor& weight,
-                    const torch::Tensor& bias = {}) {
-  const int64_t in = weight.size(1);
-  const int64_t out = weight.size(0);
-  std::vector<int64_t> out_shape = x.sizes().vec();
-  out_shape.back() = out;
-  torch::Tensor y = torch::nn::functional::conv2d(
-      x.reshape({-1, in, 1, 1}), weight.view({out, in, 1, 1}),
-      torch::nn::functional::Conv2dFuncOptions().bias(bias));
-  return y.view(out_shape);
-}
-
-// A linear layer y = x W^T + b, optionally with a LoRA pair: y += scale * (x A^T) B^T.
-// rank 0 makes it a plain linear layer without LoRA parameters.
-class LoraLinearImpl : public torch::nn::Module {
- public:
-  LoraLinearImpl(int64_t in_features, int64_t out_features, int64_t rank, double scale)
-      : rank_(rank), scale_(scale) {
-    weight = register_parameter("weight", torch::zeros({out_features, in_features}));
-    bias = register_parameter("bias", torch::zeros({out_features}));
-    if (rank_ > 0) {
-      lora_A = register_parameter("lora_A", torch::zeros({rank_, in_features}));
-      lora_B = register_parameter("lora_B", torch::zeros({out_features, rank_}));
-    }
-  }
-
-  // PyTorch's default Linear initialisation bound, drawn from a name-derived seed.
-  void ResetBase(uint64_t seed, std::string_view name) {
-    torch::NoGradGuard no_grad;
-    const double bound = 1.0 / std::sqrt(static_cast<double>(weight.size(1)));
-    weight.copy_(SeededUniform(weight.sizes().vec(), bound,
-                               DeriveSeed(seed, fmt::format("{}.weight", name))));
-    bias.copy_(SeededUniform(bias.sizes().vec(), bound,
-                             DeriveSeed(seed, fmt::format("{}.bias", name))));
-  }
-
-  // A: kaiming-uniform-like bound 1/sqrt(in) (as PEFT does); B: zero so that a fresh adapter
-  // leaves the base's output unchanged.
-  void ResetLora(uint64_t seed, std::string_view name) {
-    if (rank_ == 0) return;
-    torch::NoGradGuard no_grad;
-    const double bound = 1.0 / std::sqrt(static_cast<double>(lora_A.size(1)));
-    lora_A.copy_(SeededUniform(lora_A.sizes().vec(), bound,
-                               DeriveSeed(seed, fmt::format("{}.lora_A", name))));
-    lora_B.zero_();
-  }
-
-  torch::Tensor forward(const torch::Tensor& x) {
-    // The LoRA pair is folded into the weight, W + scale * B A: one product with the
-    // activations instead of three, and the pair's gradients come from the weight's gradient
-    // through two small matrix products.
-    torch::Tensor y = rank_ > 0 && lora_enabled_ ? Dense(x, weight + scale_ * torch::mm(lora_B, lora_A), bias)
-                                                 : Dense(x, weight, bias);
-    if (capture_) {
-      captured_input = x.detach();
-      captured_output = y;
-    }
-    return y;
-  }
-
-  bool has_lora() const { return rank_ > 0; }
-  double scale() const { return scale_; }
-  void set_scale(double scale) { scale_ = scale; }
-  void set_lora_enabled(bool enabled) { lora_enabled_ = enabled; }
-  // Per-example gradients: keep the next forward's input and output.
-  void set_capture(bool capture) {
-    capture_ = capture;
-    if (!capture) captured_input = captured_output = torch::Tensor();
-  }
-
-  torch::Tensor weight, bias, lora_A, lora_B;
-  torch::Tensor captured_input, captured_output;
-
- private:
-  int64_t rank_;
-  double scale_;
-  bool lora_enabled_ = true;
-  bool capture_ = false;
-};
-TORCH_MODULE(LoraLinear);
-
 // What a network needs to tell the Model wrapper: how to run and which layer is the head.
 class NetImpl : public torch::nn::Module {
  public:
@@ -189,6 +73,7 @@ struct LoraConfig {
   const std::set<std::string>* targets;  // full module names that carry LoRA
   int64_t rank;
   double scale;
+  bool residual;  // LoRA layers keep a residual
 
   int64_t RankFor(const std::string& name) const { return targets->count(name) ? rank : 0; }
 };
@@ -199,7 +84,7 @@ class AttentionImpl : public torch::nn::Module {
     auto make = [&](const char* name) {
       return register_module(name, LoraLinear(kVitDim, kVitDim,
                                               lora.RankFor(fmt::format("{}.{}", prefix, name)),
-                                              lora.scale));
+                                              lora.scale, lora.residual));
     };
     q = make("q");
     k = make("k");
@@ -232,8 +117,8 @@ class FeedForwardImpl : public torch::nn::Module {
   FeedForwardImpl(const std::string& prefix, const LoraConfig& lora) {
     const std::string fc1_name = prefix + ".fc1";
     const std::string fc2_name = prefix + ".fc2";
-    fc1 = register_module("fc1", LoraLinear(kVitDim, kVitMlpDim, lora.RankFor(fc1_name), lora.scale));
-    fc2 = register_module("fc2", LoraLinear(kVitMlpDim, kVitDim, lora.RankFor(fc2_name), lora.scale));
+    fc1 = register_module("fc1", LoraLinear(kVitDim, kVitMlpDim, lora.RankFor(fc1_name), lora.scale, lora.residual));
+    fc2 = register_module("fc2", LoraLinear(kVitMlpDim, kVitDim, lora.RankFor(fc2_name), lora.scale, lora.residual));
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
@@ -268,7 +153,7 @@ TORCH_MODULE(Block);
 class VitTinyImpl : public NetImpl {
  public:
   explicit VitTinyImpl(const LoraConfig& lora) {
-    patch_embed_ = register_module("patch_embed", LoraLinear(kPatchPixels, kVitDim, 0, 1.0));
+    patch_embed_ = register_module("patch_embed", LoraLinear(kPatchPixels, kVitDim, 0, 1.0, false));
     cls_token_ = register_parameter("cls_token", torch::zeros({1, 1, kVitDim}));
     pos_embed_ = register_parameter("pos_embed", torch::zeros({1, kNumPatches + 1, kVitDim}));
     blocks_ = register_module("blocks", torch::nn::ModuleList());
@@ -276,7 +161,7 @@ class VitTinyImpl : public NetImpl {
       blocks_->push_back(Block(fmt::format("blocks.{}", i), lora));
     }
     norm_ = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({kVitDim})));
-    head_ = register_module("head", LoraLinear(kVitDim, kNumClasses, 0, 1.0));
+    head_ = register_module("head", LoraLinear(kVitDim, kNumClasses, 0, 1.0, false));
   }
 
   torch::Tensor forward(const torch::Tensor& x) override {
@@ -323,9 +208,9 @@ class VitTinyImpl : public NetImpl {
 class MlpNetImpl : public NetImpl {
  public:
   explicit MlpNetImpl(const LoraConfig& lora) {
-    fc1_ = register_module("fc1", LoraLinear(kImagePixels, kMlpHidden1, lora.RankFor("fc1"), lora.scale));
-    fc2_ = register_module("fc2", LoraLinear(kMlpHidden1, kMlpHidden2, lora.RankFor("fc2"), lora.scale));
-    head_ = register_module("head", LoraLinear(kMlpHidden2, kNumClasses, 0, 1.0));
+    fc1_ = register_module("fc1", LoraLinear(kImagePixels, kMlpHidden1, lora.RankFor("fc1"), lora.scale, lora.residual));
+    fc2_ = register_module("fc2", LoraLinear(kMlpHidden1, kMlpHidden2, lora.RankFor("fc2"), lora.scale, lora.residual));
+    head_ = register_module("head", LoraLinear(kMlpHidden2, kNumClasses, 0, 1.0, false));
   }
 
   torch::Tensor forward(const torch::Tensor& x) override {
@@ -365,9 +250,14 @@ class TorchModel final : public Model {
     for (const auto& item : net_->named_parameters()) {
       if (!IsLoraTensorName(item.key())) base_tensors_.emplace_back(item.key(), item.value());
     }
-    for (const auto& item : net_->named_buffers()) base_tensors_.emplace_back(item.key(), item.value());
+    for (const auto& item : net_->named_buffers()) {
+      if (!EndsWith(item.key(), ".lora_residual")) base_tensors_.emplace_back(item.key(), item.value());
+    }
     const auto params = net_->named_parameters();
-    for (const auto& t : spec_.tensors) adapter_tensors_.push_back(params[t.name]);
+    const auto buffers = net_->named_buffers();
+    for (const auto& t : spec_.tensors) {
+      adapter_tensors_.push_back(t.role == TensorRole::kLoraResidual ? buffers[t.name] : params[t.name]);
+    }
     // Which layer and which of its tensors each adapter tensor is (for per-example gradients).
     std::map<std::string, LoraLinearImpl*> layers;
     for (const auto& item : net_->named_modules()) {
@@ -641,8 +531,9 @@ Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
 
   try {
     const uint32_t rank = options.full ? 0 : options.lora_rank;
+    if (options.full && options.lora_residual) return InvalidArgument("full fine-tuning keeps no LoRA residual");
     const LoraConfig lora{&targets, static_cast<int64_t>(rank),
-                          rank == 0 ? 1.0 : static_cast<double>(options.lora_alpha) / rank};
+                          rank == 0 ? 1.0 : static_cast<double>(options.lora_alpha) / rank, options.lora_residual};
     std::shared_ptr<NetImpl> net;
     if (options.arch == kArchVitTiny) {
       auto vit = std::make_shared<VitTinyImpl>(lora);
@@ -666,6 +557,10 @@ Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
       spec.target_modules.push_back(item.key());
       spec.tensors.push_back({item.key() + ".lora_A", ShapeOf(layer->lora_A), TensorRole::kLoraA});
       spec.tensors.push_back({item.key() + ".lora_B", ShapeOf(layer->lora_B), TensorRole::kLoraB});
+      if (layer->lora_residual.defined()) {
+        spec.tensors.push_back(
+            {item.key() + ".lora_residual", ShapeOf(layer->lora_residual), TensorRole::kLoraResidual});
+      }
     }
     if (options.full) {
       for (const auto& item : net->named_parameters()) {

@@ -34,6 +34,10 @@ struct ModelOptions {
   // Full fine-tuning (method "full"): no LoRA; every parameter of the network is an adapter
   // tensor (role Dense) and trains. The spec then has rank 0 and no target modules.
   bool full = false;
+  // Every LoRA layer also holds a dense d x k residual R ("<module>.lora_residual", role
+  // LoraResidual, zero at first) and computes W + (alpha / r) (B A + R): the part of an exact
+  // product sum beyond rank r (method flora). R is set by LoadAdapter and never trains.
+  bool lora_residual = false;
   // Seed of the base weights' initialisation. Only pretraining depends on it: fine-tuning
   // loads the pretrained base over these values.
   uint64_t init_seed = 0;

@@ -1,10 +1,14 @@
 // Exact product-space aggregation for heterogeneous ranks (FLoRA stacking with FlexLoRA-style
 // re-factorisation, docs/methods.md section 6). Every update contributes, per module, its
 // change in product space, B'_k A'_k - B_k A_k (its trained factors minus its base version's
-// over the same ranks); the contributions are stacked exactly (FLoRA: B_g A_g = sum_k w_k B_k A_k
-// whatever each rank) with the global product and re-factorised to the adapter's rank by a
-// truncated SVD (FlexLoRA); A keeps orthogonal rows of the initialisation's norm. FedAsync
-// mixes in product space: W <- (1 - a) W + a (W_base + B'A' - BA). Dense tensors fold as usual.
+// over the same ranks); the contributions are summed exactly (FLoRA: sum_k w_k B_k A_k whatever
+// each rank) with the global product P = B A + R, and P is re-factorised by a truncated SVD
+// (FlexLoRA): B A becomes its best rank-r part (A keeps orthogonal rows of the initialisation's
+// norm) and, with --flora-merge exact (the default), the residual R = P - B A keeps the rest, so
+// nothing any client contributed is ever lost (FLoRA merges the stacked product into the base
+// weights; R is that merge, kept in the adapter). --flora-merge truncate drops the remainder at
+// each commit, as versions before the residual did. FedAsync mixes in product space:
+// P <- (1 - a) P + a (P_base + B'A' - BA). Dense tensors fold as usual.
 // Needs sgd on the server and no client-level DP.
 #include <fmt/format.h>
 
@@ -18,9 +22,23 @@
 namespace fedlora::methods {
 namespace {
 
+class FloraParams final : public MethodParams {
+ public:
+  std::unique_ptr<MethodParams> Clone() const override { return std::make_unique<FloraParams>(*this); }
+  void Visit(ParamVisitor& v) override {
+    v.Choice("flora-merge", merge, {"exact", "truncate"},
+             "flora: keep each module's remainder beyond rank r as a dense residual the global carries "
+             "(exact, FLoRA's rule; the download grows by a d x k matrix per module), or drop it at each "
+             "commit (truncate: rank-r downloads, the product sum is no longer exact)");
+  }
+  bool exact() const { return merge == "exact"; }
+
+  std::string merge = "exact";
+};
+
 class FloraServer final : public PlainServer {
  public:
-  FloraServer(std::string_view name, const AdapterSpec& spec, const LoraLayout& layout)
+  FloraServer(std::string_view name, const AdapterSpec& spec, const LoraLayout& layout, const FloraParams&)
       : PlainServer(name, spec, layout), pending_(layout_.modules().size()) {}
 
   bool NeedsBase() const override { return true; }
@@ -63,8 +81,16 @@ class FloraServer final : public PlainServer {
 
   void Mix(AdapterState& state, const AdapterState& base, const wire::Update& u, double alpha) override {
     for (const PairChange& c : PairChanges(u, base, spec_, layout_)) {
-      const lowrank::Factors base_full = Slice(base, layout_.modules()[c.module], spec_.rank, AllRanks());
-      Refactor(state, c.module, 1.0 - alpha, {{alpha, &base_full}, {alpha, &c.end}, {-alpha, &c.start}});
+      const LoraModule& mod = layout_.modules()[c.module];
+      const lowrank::Factors base_full = Slice(base, mod, spec_.rank, AllRanks());
+      std::vector<std::pair<double, const lowrank::Factors*>> terms = {
+          {alpha, &base_full}, {alpha, &c.end}, {-alpha, &c.start}};
+      lowrank::Factors base_residual;
+      if (mod.residual >= 0) {
+        base_residual = lowrank::FromDense(base.tensors[static_cast<size_t>(mod.residual)].values, mod.rows, mod.cols);
+        terms.emplace_back(alpha, &base_residual);
+      }
+      Refactor(state, c.module, 1.0 - alpha, terms);
     }
   }
 
@@ -83,13 +109,20 @@ class FloraServer final : public PlainServer {
     return n > 0 ? n : 1.0;
   }
 
-  // Module m of `state` becomes the truncated SVD of keep * B A + sum_i w_i B_i A_i.
+  // Module m of `state` becomes the truncated SVD of keep * P + sum_i w_i B_i A_i, where P is
+  // the module's product B A plus its residual R, if it keeps one; R then holds what the
+  // rank-r factors leave out.
   void Refactor(AdapterState& state, size_t m, double keep,
                 const std::vector<std::pair<double, const lowrank::Factors*>>& extra) const {
     const LoraModule& mod = layout_.modules()[m];
     const lowrank::Factors current = Slice(state, mod, spec_.rank, AllRanks());
     std::vector<std::pair<double, const lowrank::Factors*>> terms;
     terms.emplace_back(keep, &current);
+    lowrank::Factors residual;
+    if (mod.residual >= 0) {
+      residual = lowrank::FromDense(state.tensors[static_cast<size_t>(mod.residual)].values, mod.rows, mod.cols);
+      terms.emplace_back(keep, &residual);
+    }
     terms.insert(terms.end(), extra.begin(), extra.end());
     const lowrank::Factors stacked = lowrank::Stack(terms);
     const lowrank::Factors next = lowrank::Refactor(stacked, spec_.rank, ARowNorm(state, mod));
@@ -97,14 +130,27 @@ class FloraServer final : public PlainServer {
     auto& b = state.tensors[mod.b].values;
     for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(next.a[i]);
     for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(next.b[i]);
+    if (mod.residual < 0) return;
+    // R = P - B A with the factors as stored (rounded to float), so that B A + R is P up to R's
+    // own rounding.
+    lowrank::Factors rounded = next;
+    for (size_t i = 0; i < a.size(); ++i) rounded.a[i] = a[i];
+    for (size_t i = 0; i < b.size(); ++i) rounded.b[i] = b[i];
+    const std::vector<double> exact = lowrank::Product(stacked);
+    const std::vector<double> kept = lowrank::Product(rounded);
+    auto& r = state.tensors[static_cast<size_t>(mod.residual)].values;
+    for (size_t i = 0; i < r.size(); ++i) r[i] = static_cast<float>(exact[i] - kept[i]);
   }
 
   std::vector<std::vector<std::pair<double, PairChange>>> pending_;  // per module: (weight, change)
 };
 
-class Flora final : public BasicMethod<NoParams, FloraServer> {
+class Flora final : public BasicMethod<FloraParams, FloraServer> {
  public:
   using BasicMethod::BasicMethod;
+  bool KeepsResiduals(const MethodParams& params) const override {
+    return dynamic_cast<const FloraParams&>(params).exact();
+  }
   Status Supports(const EngineSetup& setup, const MethodParams&) const override {
     if (setup.client_dp) return NoClientDp(name());
     if (setup.stateful_optimizer) {

@@ -1,6 +1,7 @@
 #include "aggregator/methods/lora_layout.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <numeric>
@@ -19,10 +20,22 @@ Result<LoraLayout> LoraLayout::Of(const AdapterSpec& spec) {
   layout.rank_ = spec.rank;
   layout.module_of_.assign(spec.tensors.size(), -1);
   std::map<std::string, std::pair<int, int>, std::less<>> by_name;  // stem -> (A, B)
+  std::map<std::string, int, std::less<>> residuals;                 // stem -> residual
   for (size_t i = 0; i < spec.tensors.size(); ++i) {
     const auto& t = spec.tensors[i];
     layout.index_.emplace(t.name, i);
     if (t.role == TensorRole::kDense) continue;
+    if (t.role == TensorRole::kLoraResidual) {
+      constexpr std::string_view kSuffix = ".lora_residual";
+      if (!EndsWith(t.name, kSuffix) || t.shape.size() != 2) {
+        return InvalidArgument(fmt::format("residual tensor '{}' must be 2-D and end in {}", t.name, kSuffix));
+      }
+      residuals.emplace(t.name.substr(0, t.name.size() - kSuffix.size()), static_cast<int>(i));
+      continue;
+    }
+    if (t.role != TensorRole::kLoraA && t.role != TensorRole::kLoraB) {
+      return InvalidArgument(fmt::format("tensor '{}' has unknown role {}", t.name, static_cast<int>(t.role)));
+    }
     const std::string_view suffix = t.role == TensorRole::kLoraA ? ".lora_A" : ".lora_B";
     if (!EndsWith(t.name, suffix) || t.shape.size() != 2) {
       return InvalidArgument(fmt::format("LoRA tensor '{}' must be 2-D and end in {}", t.name, suffix));
@@ -44,7 +57,23 @@ Result<LoraLayout> LoraLayout::Of(const AdapterSpec& spec) {
     m.b = static_cast<size_t>(pair.second);
     m.rows = spec.tensors[m.b].shape[0];
     m.cols = spec.tensors[m.a].shape[1];
+    if (const auto it = residuals.find(stem); it != residuals.end()) {
+      const auto& shape = spec.tensors[static_cast<size_t>(it->second)].shape;
+      if (shape != std::vector<uint32_t>{m.rows, m.cols}) {
+        return InvalidArgument(fmt::format("residual of LoRA module '{}' has shape [{}], the module's product is [{},{}]",
+                                           stem, fmt::join(shape, ","), m.rows, m.cols));
+      }
+      m.residual = it->second;
+      residuals.erase(it);
+    }
     layout.modules_.push_back(std::move(m));
+  }
+  if (!residuals.empty()) {
+    return InvalidArgument(fmt::format("residual '{}.lora_residual' has no LoRA module", residuals.begin()->first));
+  }
+  if (std::any_of(layout.modules_.begin(), layout.modules_.end(),
+                  [&](const LoraModule& m) { return (m.residual >= 0) != (layout.modules_[0].residual >= 0); })) {
+    return InvalidArgument("only some LoRA modules carry a residual: all or none must");
   }
   std::sort(layout.modules_.begin(), layout.modules_.end(),
             [](const LoraModule& x, const LoraModule& y) { return x.a < y.a; });
@@ -55,6 +84,7 @@ Result<LoraLayout> LoraLayout::Of(const AdapterSpec& spec) {
   for (size_t m = 0; m < layout.modules_.size(); ++m) {
     layout.module_of_[layout.modules_[m].a] = static_cast<int>(m);
     layout.module_of_[layout.modules_[m].b] = static_cast<int>(m);
+    if (layout.modules_[m].residual >= 0) layout.module_of_[static_cast<size_t>(layout.modules_[m].residual)] = static_cast<int>(m);
   }
   return layout;
 }

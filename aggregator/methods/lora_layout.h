@@ -23,20 +23,24 @@ struct LoraModule {
   size_t b = 0;      // spec index of B (d x r)
   uint32_t rows = 0; // d
   uint32_t cols = 0; // k
+  int residual = -1; // spec index of its d x k residual ("<name>.lora_residual"), or -1
 };
 
 class LoraLayout {
  public:
   LoraLayout() = default;
   // Errors: kInvalidArgument (a LoRA factor that is not 2-D, does not end in .lora_A/.lora_B,
-  // has another rank than the spec's, or lacks its other factor).
+  // has another rank than the spec's, or lacks its other factor; a residual that is not d x k
+  // or has no module; residuals on some modules only; an unknown role).
   static Result<LoraLayout> Of(const AdapterSpec& spec);
 
   // In the spec order of their A factors (the order of MethodState::active).
   const std::vector<LoraModule>& modules() const { return modules_; }
   // Module positions sorted by module name.
   const std::vector<size_t>& by_name() const { return by_name_; }
-  // The module of spec tensor t, or -1 for a dense tensor.
+  // Whether the modules carry residuals (all of them or none: Of() refuses a mix).
+  bool has_residuals() const { return !modules_.empty() && modules_[0].residual >= 0; }
+  // The module of spec tensor t (its A, B or residual), or -1 for a dense tensor.
   int module_of(size_t t) const { return module_of_[t]; }
   // Spec index of the tensor with this name, or -1.
   int tensor(std::string_view name) const;

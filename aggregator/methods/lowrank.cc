@@ -68,6 +68,23 @@ Svd SortAndTruncate(uint32_t rows, uint32_t cols, const std::vector<double>& s, 
 
 }  // namespace
 
+Factors FromDense(std::span<const float> dense, uint32_t rows, uint32_t cols) {
+  Factors f;
+  f.rows = rows;
+  f.cols = cols;
+  f.rank = std::min(rows, cols);
+  if (rows <= cols) {  // I (rows x rows) times the matrix
+    f.b.assign(static_cast<size_t>(rows) * rows, 0.0);
+    for (uint32_t i = 0; i < rows; ++i) f.b[static_cast<size_t>(i) * rows + i] = 1.0;
+    f.a.assign(dense.begin(), dense.end());
+  } else {  // the matrix times I (cols x cols)
+    f.b.assign(dense.begin(), dense.end());
+    f.a.assign(static_cast<size_t>(cols) * cols, 0.0);
+    for (uint32_t i = 0; i < cols; ++i) f.a[static_cast<size_t>(i) * cols + i] = 1.0;
+  }
+  return f;
+}
+
 std::vector<double> Product(const Factors& f) {
   std::vector<double> p(static_cast<size_t>(f.rows) * f.cols, 0.0);
   for (uint32_t i = 0; i < f.rows; ++i) {

@@ -24,6 +24,10 @@ struct Factors {
 // rows x cols, row-major.
 std::vector<double> Product(const Factors& f);
 
+// A dense rows x cols matrix (row-major) as factors of rank min(rows, cols), one of them the
+// identity, so that it stacks with low-rank terms.
+Factors FromDense(std::span<const float> dense, uint32_t rows, uint32_t cols);
+
 // FLoRA stacking: B_g = [w_1 B_1, ..., w_K B_K] (columns), A_g = [A_1; ...; A_K] (rows), so that
 // B_g A_g = sum_k w_k B_k A_k exactly, whatever each rank. Every term must have the same rows
 // and cols (checked by the caller).

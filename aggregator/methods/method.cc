@@ -88,6 +88,9 @@ Result<TrainPlan> ClientHalf::Plan(ClientRound& round) const {
   const size_t n = round.spec.tensors.size();
   plan.trains.assign(n, true);
   plan.uploads.assign(n, true);
+  for (size_t t = 0; t < n; ++t) {  // a residual is the aggregator's alone
+    if (round.spec.tensors[t].role == TensorRole::kLoraResidual) plan.trains[t] = plan.uploads[t] = false;
+  }
   plan.ranks.resize(round.layout.modules().size());
   for (auto& r : plan.ranks) {
     r.resize(round.rank);

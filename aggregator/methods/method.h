@@ -241,6 +241,9 @@ class Method {
   virtual bool full_model() const { return false; }
   // Part of the adapter stays on each client (per-client evaluation applies).
   virtual bool personal() const { return false; }
+  // Whether the adapter's LoRA modules carry residuals (TensorRole::kLoraResidual) under these
+  // params: the engine refuses an adapter that has them when this says no, and the reverse.
+  virtual bool KeepsResiduals(const MethodParams& /*params*/) const { return false; }
   virtual std::unique_ptr<MethodParams> DefaultParams() const { return std::make_unique<NoParams>(); }
   // Errors: kInvalidArgument saying why this method cannot run with these settings.
   virtual Status Supports(const EngineSetup& /*setup*/, const MethodParams& /*params*/) const {

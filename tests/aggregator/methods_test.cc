@@ -1,12 +1,15 @@
 // The server half of each method: what the engine folds, exactly, and what it refuses.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <random>
 
 #include "aggregator/engine.h"
 #include "aggregator/methods/lowrank.h"
+#include "schema/validate.h"
 #include "tests/testing/engine_harness.h"
 #include "tests/testing/fixtures.h"
 
@@ -17,16 +20,18 @@ using testing::AsUpdate;
 namespace lowrank = methods::lowrank;
 using Harness = testing::EngineHarness;
 
-// One LoRA module "m" with A 4x5 and B 6x4 (rank 4), and a dense "head.bias" (3).
-AdapterSpec Rank4Spec() {
+// One LoRA module "m" with A rx5 and B 6xr (rank 4 unless given), a dense "head.bias" (3), and
+// with `residual` the module's 6x5 residual (flora --flora-merge exact) last.
+AdapterSpec Rank4Spec(bool residual = false, uint32_t rank = 4) {
   AdapterSpec spec;
   spec.model = "test";
-  spec.rank = 4;
+  spec.rank = rank;
   spec.alpha = 8;
   spec.target_modules = {"m"};
-  spec.tensors = {{"m.lora_A", {4, 5}, TensorRole::kLoraA},
-                  {"m.lora_B", {6, 4}, TensorRole::kLoraB},
+  spec.tensors = {{"m.lora_A", {rank, 5}, TensorRole::kLoraA},
+                  {"m.lora_B", {6, rank}, TensorRole::kLoraB},
                   {"head.bias", {3}, TensorRole::kDense}};
+  if (residual) spec.tensors.push_back({"m.lora_residual", {6, 5}, TensorRole::kLoraResidual});
   return spec;
 }
 
@@ -74,12 +79,17 @@ EngineOptions Options(std::string_view method, uint32_t k) {
   return o;
 }
 
-// B A (6 x 5) of a state in Rank4Spec's layout.
+// B A (6 x 5) of a state in Rank4Spec's layout, plus its residual R when it has one.
 std::vector<double> ProductOf(const AdapterState& s) {
-  lowrank::Factors f{6, 5, 4, {}, {}};
+  const uint32_t rank = s.tensors[0].shape[0];
+  lowrank::Factors f{6, 5, rank, {}, {}};
   f.a.assign(s.tensors[0].values.begin(), s.tensors[0].values.end());
   f.b.assign(s.tensors[1].values.begin(), s.tensors[1].values.end());
-  return lowrank::Product(f);
+  std::vector<double> p = lowrank::Product(f);
+  if (s.tensors.size() > 3) {
+    for (size_t i = 0; i < p.size(); ++i) p[i] += s.tensors[3].values[i];
+  }
+  return p;
 }
 
 TEST(MethodsTest, FfaAggregationIsTheWeightedMeanOfTheClientsProducts) {
@@ -119,7 +129,8 @@ TEST(MethodsTest, EachMethodDropsUploadsThatBreakItsExactness) {
       {"flora", {a, b_slice}, "different ranks"},
   };
   for (const auto& c : cases) {
-    Harness h(Options(c.method, 1), spec, FreshState(spec, 1));
+    const AdapterSpec s = Rank4Spec(c.method == "flora");
+    Harness h(Options(c.method, 1), s, FreshState(s, 1));
     EXPECT_FALSE(h.Feed(Update("bad", "c1", 0, 10, c.tensors))) << c.method;
     auto v = h.Feed(Update("good", "c1", 0, 10, {head}));
     ASSERT_TRUE(v) << c.method;
@@ -150,7 +161,7 @@ TEST(MethodsTest, SparseAndRankSliceUpdatesMoveOnlyWhatTheyCarry) {
 }
 
 TEST(MethodsTest, FloraFoldsHeterogeneousRanksExactlyInProductSpace) {
-  const AdapterSpec spec = Rank4Spec();
+  const AdapterSpec spec = Rank4Spec(/*residual=*/true);
   AdapterState x0 = FreshState(spec, 1);
   Harness h(Options("flora", 2), spec, x0);
   // Client 1 holds rank 1 (rank slice {0}), client 2 rank 2 ({0, 1}); B starts at zero.
@@ -173,6 +184,81 @@ TEST(MethodsTest, FloraFoldsHeterogeneousRanksExactlyInProductSpace) {
   const auto p1 = client_product({0}, a1, b1), p2 = client_product({0, 1}, a2, b2);
   const auto got = ProductOf(h.engine().state());
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], 0.25 * p1[i] + 0.75 * p2[i], 1e-5) << i;
+}
+
+// FLoRA's sum is exact over any number of commits: what the rank-r factors cannot hold stays in
+// the module's residual, so B A + R is sum_t (B'_t A'_t - B_t A_t) however many rank-r changes
+// pile up (FedBuff, and FedAsync's product-space mix). With --flora-merge truncate the
+// remainder is dropped at each commit and the product drifts from the sum, which is what the
+// residual is for.
+TEST(MethodsTest, FloraStaysExactAcrossCommitsWithItsResidual) {
+  for (const wire::Mode mode : {wire::Mode::FedBuff, wire::Mode::FedAsync}) {
+    for (const std::string merge : {"exact", "truncate"}) {
+      const AdapterSpec spec = Rank4Spec(merge == "exact", /*rank=*/2);
+      const AdapterState x0 = FreshState(spec, 11);
+      // FedBuff: two clients' changes per commit (their sum has rank 2r); FedAsync: one, mixed.
+      const size_t k = mode == wire::Mode::FedBuff ? 2 : 1;
+      EngineOptions o = Options("flora", static_cast<uint32_t>(k));
+      o.mode = mode;
+      o.fedasync_alpha = 0.5;
+      ASSERT_TRUE(methods::SetParams(o.method.params(), {{"flora-merge", merge}}).ok());
+      Harness h(o, spec, x0);
+      std::vector<double> want = ProductOf(x0);  // zero: B starts at zero
+      double worst = 0;
+      for (uint64_t t = 0; t < 6; ++t) {
+        const AdapterState x = h.engine().state();
+        std::optional<codec::VersionInfo> made;
+        for (size_t c = 0; c < k; ++c) {
+          const auto da = RandomValues(10, 100 + 10 * t + c), db = RandomValues(12, 200 + 10 * t + c);
+          // The client's change in product space: (B + dB)(A + dA) - B A, from version t.
+          AdapterState end = x;
+          for (size_t i = 0; i < 10; ++i) end.tensors[0].values[i] += da[i];
+          for (size_t i = 0; i < 12; ++i) end.tensors[1].values[i] += db[i];
+          if (end.tensors.size() > 3) std::fill(end.tensors[3].values.begin(), end.tensors[3].values.end(), 0.0f);
+          AdapterState start = x;
+          if (start.tensors.size() > 3) std::fill(start.tensors[3].values.begin(), start.tensors[3].values.end(), 0.0f);
+          const auto pe = ProductOf(end), ps = ProductOf(start);
+          // Equal data weights: 1/k each in FedBuff; FedAsync at staleness 0 mixes with alpha.
+          const double step = mode == wire::Mode::FedAsync ? 0.5 : 1.0 / static_cast<double>(k);
+          for (size_t i = 0; i < want.size(); ++i) want[i] += step * (pe[i] - ps[i]);
+          made = h.Feed(Update(fmt::format("u{}-{}", t, c), fmt::format("c{}", c), t, 10,
+                               {{"m.lora_A", {2, 5}, wire::Encoding::Dense, {}, da},
+                                {"m.lora_B", {6, 2}, wire::Encoding::Dense, {}, db}}));
+        }
+        ASSERT_TRUE(made);
+        const auto got = ProductOf(h.engine().state());
+        for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]));
+      }
+      if (merge == "exact") {
+        EXPECT_LT(worst, 1e-4) << wire::EnumNameMode(mode);
+      } else {
+        EXPECT_GT(worst, 0.1) << wire::EnumNameMode(mode) << ": truncation should lose the remainder";
+      }
+    }
+  }
+}
+
+TEST(MethodsTest, FloraNeedsAResidualAdapterExactlyWhenItMergesExactly) {
+  const AdapterSpec plain = Rank4Spec(), residual = Rank4Spec(true);
+  EXPECT_EQ(Engine::Create(Options("flora", 1), "default", plain, FreshState(plain, 1), 0, 0, {}).status().code(),
+            Code::kInvalidArgument);
+  EngineOptions truncate = Options("flora", 1);
+  ASSERT_TRUE(methods::SetParams(truncate.method.params(), {{"flora-merge", "truncate"}}).ok());
+  EXPECT_TRUE(Engine::Create(truncate, "default", plain, FreshState(plain, 1), 0, 0, {}).ok());
+  EXPECT_EQ(Engine::Create(truncate, "default", residual, FreshState(residual, 1), 0, 0, {}).status().code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(Engine::Create(Options("fedavg", 1), "default", residual, FreshState(residual, 1), 0, 0, {}).status().code(),
+            Code::kInvalidArgument);
+  // An update never carries a residual.
+  const codec::Bytes bad = Update("u1", "c1", 0, 10, {{"m.lora_residual", {6, 5}, wire::Encoding::Dense, {}, RandomValues(30, 1)}});
+  EXPECT_EQ(ValidateUpdate(AsUpdate(bad), residual, 0).code(), Code::kInvalidArgument);
+  // A residual must match its module's product shape and have a module.
+  AdapterSpec misshapen = residual;
+  misshapen.tensors[3].shape = {5, 6};
+  EXPECT_EQ(methods::LoraLayout::Of(misshapen).status().code(), Code::kInvalidArgument);
+  AdapterSpec orphan = residual;
+  orphan.tensors[3].name = "n.lora_residual";
+  EXPECT_EQ(methods::LoraLayout::Of(orphan).status().code(), Code::kInvalidArgument);
 }
 
 TEST(MethodsTest, HetLoraWeighsEachUpdateByItsProductNorm) {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/fixtures.h"
@@ -44,8 +46,10 @@ TEST(Safetensors, RefusesMalformedFiles) {
   overlap["b"]["data_offsets"] = {4, 12};
   EXPECT_FALSE(DecodeSafetensors(File(overlap, 16)).ok()) << "overlap";
   nlohmann::json half = two;
-  half["a"]["dtype"] = "F16";
-  auto r = DecodeSafetensors(File(half, 16));
+  half["a"]["dtype"] = "F16";  // a well-formed F16 tensor: adapters are F32 only
+  half["a"]["data_offsets"] = {0, 4};
+  half["b"]["data_offsets"] = {4, 12};
+  auto r = DecodeSafetensors(File(half, 12));
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("F32"), std::string::npos);
   nlohmann::json wrong_size = two;
@@ -77,6 +81,60 @@ TEST(Peft, WritesAndReadsBackTheSameAdapterAndRefusesFullModels) {
   full.spec.rank = 0;
   for (auto& t : full.spec.tensors) t.role = TensorRole::kDense;
   EXPECT_EQ(WritePeft(dir.path("full"), full).code(), Code::kFailedPrecondition);
+}
+
+// flora's residual goes out merged: a module with a non-zero residual is its exact product
+// B A + R at its own rank (rank_pattern), its alpha scaled so that PEFT's alpha_m / r_m is the
+// adapter's alpha / r; a module whose residual is zero goes out as its factors. fedlora does not
+// import per-module ranks, and says so.
+TEST(Peft, MergesEachNonZeroResidualIntoItsModuleAtItsOwnRank) {
+  AdapterSpec spec;
+  spec.model = "test";
+  spec.rank = 2;
+  spec.alpha = 4;
+  spec.target_modules = {"m", "n"};
+  spec.tensors = {{"m.lora_A", {2, 5}, TensorRole::kLoraA},    {"m.lora_B", {6, 2}, TensorRole::kLoraB},
+                  {"m.lora_residual", {6, 5}, TensorRole::kLoraResidual},
+                  {"n.lora_A", {2, 3}, TensorRole::kLoraA},    {"n.lora_B", {4, 2}, TensorRole::kLoraB},
+                  {"n.lora_residual", {4, 3}, TensorRole::kLoraResidual}};
+  AdapterState state;
+  uint32_t seed = 1;
+  for (const auto& t : spec.tensors) {
+    DenseTensor d{t.name, t.shape, std::vector<float>(t.numel())};
+    for (float& v : d.values) v = t.name == "n.lora_residual" ? 0.0f : static_cast<float>((seed = seed * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+    state.tensors.push_back(std::move(d));
+  }
+  testing::TempDir dir;
+  ASSERT_TRUE(WritePeft(dir.path("p"), {spec, state, {}}).ok());
+  std::ifstream in(dir.path("p") + "/adapter_config.json");
+  const nlohmann::json config = nlohmann::json::parse(in);
+  EXPECT_EQ(config["rank_pattern"], (nlohmann::json{{"m", 5}}));
+  EXPECT_EQ(config["alpha_pattern"], (nlohmann::json{{"m", 10.0}}));
+  std::ifstream wf(dir.path("p") + "/adapter_model.safetensors", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(wf)), std::istreambuf_iterator<char>());
+  auto file = DecodeSafetensors(bytes);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  ASSERT_EQ(file->tensors.size(), 4u);  // no residual goes out on its own
+  std::map<std::string, const DenseTensor*> by;
+  for (const auto& t : file->tensors) by[t.name] = &t;
+  const DenseTensor& am = *by.at("base_model.model.m.lora_A.weight");
+  const DenseTensor& bm = *by.at("base_model.model.m.lora_B.weight");
+  ASSERT_EQ(am.shape, (std::vector<uint32_t>{5, 5}));
+  ASSERT_EQ(bm.shape, (std::vector<uint32_t>{6, 5}));
+  for (size_t i = 0; i < 6; ++i) {
+    for (size_t j = 0; j < 5; ++j) {
+      double want = state.tensors[2].values[i * 5 + j], got = 0;
+      for (size_t l = 0; l < 2; ++l) want += double{state.tensors[1].values[i * 2 + l]} * state.tensors[0].values[l * 5 + j];
+      for (size_t l = 0; l < 5; ++l) got += double{bm.values[i * 5 + l]} * am.values[l * 5 + j];
+      EXPECT_NEAR((10.0 / 5) * got, (4.0 / 2) * want, 1e-5) << i << "," << j;
+    }
+  }
+  EXPECT_EQ(by.at("base_model.model.n.lora_A.weight")->values, state.tensors[3].values);
+  EXPECT_EQ(by.at("base_model.model.n.lora_B.weight")->values, state.tensors[4].values);
+  auto back = ReadPeft(dir.path("p"));
+  ASSERT_FALSE(back.ok());
+  EXPECT_EQ(back.status().code(), Code::kUnimplemented);
+  EXPECT_NE(back.status().message().find("rank_pattern"), std::string::npos) << back.status().ToString();
 }
 
 }  // namespace

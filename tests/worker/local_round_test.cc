@@ -38,17 +38,19 @@ struct Fixture {
   std::vector<size_t> shard;
   LocalTrainOptions train;
 
-  explicit Fixture(bool full = false) {
+  explicit Fixture(bool full = false, bool residual = false) {
     ModelOptions mo;
     mo.arch = "mlp";
     mo.full = full;
+    mo.lora_residual = residual;
     model = std::move(Model::Create(mo)).value();
     global = model->ExportAdapter();
     // A non-zero B, as any version after the first has.
     std::mt19937_64 rng(5);
     std::uniform_real_distribution<float> dist(-0.05f, 0.05f);
     for (size_t t = 0; t < global.tensors.size(); ++t) {
-      if (model->Spec().tensors[t].role == TensorRole::kLoraB) {
+      const TensorRole role = model->Spec().tensors[t].role;
+      if (role == TensorRole::kLoraB || role == TensorRole::kLoraResidual) {
         for (float& v : global.tensors[t].values) v = dist(rng);
       }
     }
@@ -351,6 +353,18 @@ TEST(WorkerMethodTest, ALowerRankClientTrainsAndUploadsItsTopSliceOnly) {
                 .status()
                 .code(),
             Code::kInvalidArgument);
+}
+
+// flora's residual is the global's: a client trains on top of it, never changes or uploads it.
+TEST(WorkerMethodTest, FloraTrainsOnTopOfTheResidualAndNeverUploadsIt) {
+  Fixture f(/*full=*/false, /*residual=*/true);
+  const LocalRound r = f.Run(StateOf("flora"));
+  ASSERT_FALSE(r.upload.empty());
+  for (const auto& t : r.upload) EXPECT_NE(f.RoleOf(t.name), TensorRole::kLoraResidual) << t.name;
+  const int residual = f.model->Spec().Find("fc1.lora_residual");
+  ASSERT_GE(residual, 0);
+  EXPECT_EQ(f.model->ExportAdapter().tensors[static_cast<size_t>(residual)].values,
+            f.global.tensors[static_cast<size_t>(residual)].values);
 }
 
 TEST(WorkerMethodTest, FedSaKeepsBPersonalAndUploadsA) {

@@ -337,6 +337,70 @@ TEST(ModelBaseTest, LoadBaseRejectsWrongArchMissingAndCorruptFiles) {
   EXPECT_TRUE(torch::equal(vit->Forward(images), before));
 }
 
+// A residual R (flora's exact remainder) adds to the layer at the global's scale: (B, A, R = B2 A)
+// computes what (B + B2, A) does without one. It is part of the adapter (exported, loaded) but
+// neither trains nor goes into the base file.
+TEST(ModelAdapterTest, AResidualAddsToItsLayerAndNeverTrains) {
+  ModelOptions options;
+  options.arch = "mlp";
+  options.lora_rank = 4;
+  options.lora_residual = true;
+  auto with = Model::Create(options);
+  ASSERT_TRUE(with.ok()) << with.status().ToString();
+  Model& model = **with;
+  const AdapterSpec& spec = model.Spec();
+  ASSERT_EQ(spec.Find("fc1.lora_residual"), 2);
+  EXPECT_EQ(spec.tensors[2].role, TensorRole::kLoraResidual);
+  EXPECT_EQ(spec.tensors[2].shape, (std::vector<uint32_t>{128, 784}));
+  EXPECT_EQ(spec.tensors.size(), 8u);  // two modules of three, the head's two
+  EXPECT_EQ(model.TrainableParameters().size(), 6u);
+
+  options.lora_residual = false;
+  auto plain = std::move(Model::Create(options)).value();
+  AdapterState without = RandomAdapter(*plain, 3);
+  AdapterState state = RandomAdapter(model, 3);
+  for (const char* m : {"fc1", "fc2"}) {
+    const int a = spec.Find(std::string(m) + ".lora_A"), b = spec.Find(std::string(m) + ".lora_B");
+    const int r = spec.Find(std::string(m) + ".lora_residual");
+    const torch::Tensor ta = torch::tensor(state.tensors[a].values).view({4, -1});
+    const torch::Tensor tb = torch::tensor(state.tensors[b].values).view({-1, 4});
+    const torch::Tensor b2 = torch::tensor(RandomAdapter(model, 9).tensors[b].values).view({-1, 4});
+    const torch::Tensor residual = torch::mm(b2, ta).contiguous();
+    state.tensors[r].values.assign(residual.data_ptr<float>(), residual.data_ptr<float>() + residual.numel());
+    const torch::Tensor sum = (tb + b2).contiguous();
+    for (auto& t : without.tensors) {
+      if (t.name == std::string(m) + ".lora_A") t.values = state.tensors[a].values;
+      if (t.name == std::string(m) + ".lora_B") t.values.assign(sum.data_ptr<float>(), sum.data_ptr<float>() + sum.numel());
+    }
+  }
+  for (auto& t : without.tensors) {
+    if (t.name.starts_with("head.")) t.values = TensorNamed(state, t.name).values;
+  }
+  ASSERT_TRUE(model.LoadAdapter(state).ok());
+  ASSERT_TRUE(plain->LoadAdapter(without).ok());
+  EXPECT_TRUE(SameAdapter(model.ExportAdapter(), state));
+  const torch::Tensor images = RandomImages(5, 8);
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::allclose(model.Forward(images), plain->Forward(images), 1e-4, 1e-4));
+  }
+  // Training moves the factors, never the residual.
+  const Dataset data = SeparableData(16, 1);
+  LocalTrainOptions train;
+  train.steps = 2;
+  train.batch_size = 4;
+  train.lr = 1e-2f;
+  ASSERT_TRUE(TrainLocal(model, data, Range(data.size()), train).ok());
+  const AdapterState after = model.ExportAdapter();
+  EXPECT_EQ(TensorNamed(after, "fc1.lora_residual").values, TensorNamed(state, "fc1.lora_residual").values);
+  EXPECT_NE(TensorNamed(after, "fc1.lora_B").values, TensorNamed(state, "fc1.lora_B").values);
+  // The base file holds no residual: a plain model loads it.
+  TempDir dir;
+  const std::string base = dir.path("base.pt");
+  ASSERT_TRUE(model.SaveBase(base).ok());
+  EXPECT_TRUE(plain->LoadBase(base).ok());
+}
+
 TEST(ModelTrainTest, FineTuningModeTrainsOnlyTheAdapter) {
   for (const char* arch : {"mlp", "vit-tiny"}) {
     auto model = MakeModel(arch, 1, 3);

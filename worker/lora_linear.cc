@@ -1,0 +1,112 @@
+#include "worker/lora_linear.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <random>
+
+namespace fedlora::worker {
+namespace {
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+uint64_t DeriveSeed(uint64_t seed, std::string_view name) {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a
+  for (char c : name) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ULL;
+  }
+  return SplitMix64(seed ^ SplitMix64(h));
+}
+
+torch::Tensor SeededUniform(std::vector<int64_t> shape, double bound, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  torch::Tensor t = torch::empty(shape, torch::kFloat);
+  float* data = t.data_ptr<float>();
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53;  // [0, 1)
+    data[i] = static_cast<float>((2.0 * u - 1.0) * bound);
+  }
+  return t;
+}
+
+torch::Tensor Dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const int64_t in = weight.size(1);
+  const int64_t out = weight.size(0);
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = out;
+  auto options = torch::nn::functional::Conv2dFuncOptions();
+  if (bias.defined()) options.bias(bias);
+  torch::Tensor y = torch::nn::functional::conv2d(x.reshape({-1, in, 1, 1}), weight.view({out, in, 1, 1}), options);
+  return y.view(out_shape);
+}
+
+LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, int64_t rank, double scale, bool residual,
+                               LoraApply apply, bool has_bias)
+    : rank_(rank), scale_(scale), residual_scale_(scale), apply_(apply) {
+  weight = register_parameter("weight", torch::zeros({out_features, in_features}));
+  if (has_bias) bias = register_parameter("bias", torch::zeros({out_features}));
+  RegisterLora(in_features, out_features, residual);
+}
+
+LoraLinearImpl::LoraLinearImpl(torch::Tensor w, torch::Tensor b, int64_t rank, double scale, bool residual,
+                               LoraApply apply)
+    : rank_(rank), scale_(scale), residual_scale_(scale), apply_(apply) {
+  const int64_t out_features = w.size(0), in_features = w.size(1);
+  weight = register_parameter("weight", std::move(w), /*requires_grad=*/false);
+  if (b.defined()) bias = register_parameter("bias", std::move(b), /*requires_grad=*/false);
+  RegisterLora(in_features, out_features, residual);
+}
+
+void LoraLinearImpl::RegisterLora(int64_t in_features, int64_t out_features, bool residual) {
+  if (rank_ == 0) return;
+  lora_A = register_parameter("lora_A", torch::zeros({rank_, in_features}));
+  lora_B = register_parameter("lora_B", torch::zeros({out_features, rank_}));
+  if (residual) lora_residual = register_buffer("lora_residual", torch::zeros({out_features, in_features}));
+}
+
+void LoraLinearImpl::ResetBase(uint64_t seed, std::string_view name) {
+  torch::NoGradGuard no_grad;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(weight.size(1)));
+  weight.copy_(SeededUniform(weight.sizes().vec(), bound, DeriveSeed(seed, fmt::format("{}.weight", name))));
+  if (bias.defined()) {
+    bias.copy_(SeededUniform(bias.sizes().vec(), bound, DeriveSeed(seed, fmt::format("{}.bias", name))));
+  }
+}
+
+void LoraLinearImpl::ResetLora(uint64_t seed, std::string_view name) {
+  if (rank_ == 0) return;
+  torch::NoGradGuard no_grad;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(lora_A.size(1)));
+  lora_A.copy_(SeededUniform(lora_A.sizes().vec(), bound, DeriveSeed(seed, fmt::format("{}.lora_A", name))));
+  lora_B.zero_();
+}
+
+torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
+  torch::Tensor y;
+  if (rank_ == 0 || !lora_enabled_) {
+    y = Dense(x, weight, bias);
+  } else if (apply_ == LoraApply::kFold) {
+    torch::Tensor w = weight + scale_ * torch::mm(lora_B, lora_A);
+    if (lora_residual.defined()) w = w + residual_scale_ * lora_residual;
+    y = Dense(x, w, bias);
+  } else {
+    y = Dense(x, weight, bias) + scale_ * Dense(Dense(x, lora_A), lora_B);
+    if (lora_residual.defined()) y = y + residual_scale_ * Dense(x, lora_residual);
+  }
+  if (capture_) {
+    captured_input = x.detach();
+    captured_output = y;
+  }
+  return y;
+}
+
+}  // namespace fedlora::worker
