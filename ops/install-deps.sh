@@ -13,8 +13,11 @@ packages=(
   libspdlog-dev libfmt-dev
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libsentencepiece-dev  # the language models' tokenizer.model
   dataset-fashion-mnist
   python3 xz-utils  # xz: the legacy-store fixtures of the replay test
+  # The independent reference the language-model tests compare with (tests/lm/reference).
+  python3-torch python3-sentencepiece python3-numpy
 )
 packages+=("$@")
 

@@ -1,0 +1,218 @@
+#include "worker/lm/tokenizer.h"
+
+#include <fmt/format.h>
+#include <sentencepiece_processor.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+
+namespace fedlora::worker::lm {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr const char* kModelFile = "tokenizer.model";
+constexpr const char* kFastTokenizerFile = "tokenizer.json";
+constexpr const char* kConfigFile = "config.json";
+constexpr const char* kTokenizerConfigFile = "tokenizer_config.json";
+
+bool IsFile(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+Result<std::string> ReadFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return IoError(fmt::format("cannot read '{}'", p.string()));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) return IoError(fmt::format("error reading '{}'", p.string()));
+  return ss.str();
+}
+
+// The parsed JSON object of P, or nullopt when P does not exist.
+Result<std::optional<json>> ReadJsonObject(const fs::path& p) {
+  if (!IsFile(p)) return std::optional<json>();
+  ASSIGN_OR_RETURN(std::string text, ReadFile(p));
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return DataLoss(fmt::format("'{}' is not valid JSON", p.string()));
+  if (!j.is_object()) return DataLoss(fmt::format("'{}' is not a JSON object", p.string()));
+  return std::optional<json>(std::move(j));
+}
+
+// Broken invariant: Encode/Decode only fail on an unloaded model or out-of-range ids, both
+// excluded by construction.
+[[noreturn]] void Die(const char* what, const sentencepiece::util::Status& s) {
+  std::fprintf(stderr, "fedlora tokenizer: SentencePiece %s failed: %s\n", what, s.ToString().c_str());
+  std::abort();
+}
+
+Status CheckId(int64_t id, int vocab, const fs::path& file, std::string_view field) {
+  if (id < 0 || id >= vocab) {
+    return InvalidArgument(fmt::format("'{}' field {}: id {} is outside the tokenizer's vocabulary [0, {})",
+                                       file.string(), field, id, vocab));
+  }
+  return Status::Ok();
+}
+
+// config.json's `FIELD` (bos_token_id / eos_token_id): nullopt when absent or null, else the
+// ids (one, or for a list when ALLOW_LIST, each entry), all checked against the vocabulary.
+Result<std::optional<std::vector<int32_t>>> IdsFromConfig(const json& config, std::string_view field,
+                                                          bool allow_list, int vocab, const fs::path& file) {
+  const auto it = config.find(field);
+  if (it == config.end() || it->is_null()) return std::optional<std::vector<int32_t>>();
+  std::vector<int32_t> ids;
+  auto add = [&](const json& v) -> Status {
+    if (!v.is_number_integer()) {
+      return InvalidArgument(fmt::format("'{}' field {}: expected an integer token id, got {}",
+                                         file.string(), field, v.dump()));
+    }
+    const int64_t id = v.get<int64_t>();
+    RETURN_IF_ERROR(CheckId(id, vocab, file, field));
+    ids.push_back(static_cast<int32_t>(id));
+    return Status::Ok();
+  };
+  if (it->is_array() && allow_list) {
+    if (it->empty()) return InvalidArgument(fmt::format("'{}' field {}: empty list", file.string(), field));
+    for (const json& v : *it) RETURN_IF_ERROR(add(v));
+  } else {
+    RETURN_IF_ERROR(add(*it));
+  }
+  return std::optional<std::vector<int32_t>>(std::move(ids));
+}
+
+// tokenizer_config.json's `FIELD` (bos_token / eos_token): nullopt when absent or null, else
+// the id of the piece it names ("<s>", or {"content": "<s>", ...} as transformers' AddedToken).
+Result<std::optional<int32_t>> IdFromTokenizerConfig(const json& config, std::string_view field,
+                                                     const sentencepiece::SentencePieceProcessor& sp,
+                                                     const fs::path& file) {
+  const auto it = config.find(field);
+  if (it == config.end() || it->is_null()) return std::optional<int32_t>();
+  const json* piece = &*it;
+  if (it->is_object()) {
+    const auto content = it->find("content");
+    if (content == it->end()) {
+      return InvalidArgument(fmt::format("'{}' field {}: object without \"content\"", file.string(), field));
+    }
+    piece = &*content;
+  }
+  if (!piece->is_string()) {
+    return InvalidArgument(fmt::format("'{}' field {}: expected a token string, got {}", file.string(), field,
+                                       it->dump()));
+  }
+  const std::string& text = piece->get_ref<const std::string&>();
+  const int id = sp.PieceToId(text);  // unknown pieces map to unk_id()
+  if (id < 0 || id >= sp.GetPieceSize() || (id == sp.unk_id() && sp.IdToPiece(id) != text)) {
+    return InvalidArgument(fmt::format("'{}' field {}: token '{}' is not in the SentencePiece vocabulary",
+                                       file.string(), field, text));
+  }
+  return std::optional<int32_t>(id);
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer() : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
+Tokenizer::~Tokenizer() = default;
+
+Result<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir) {
+  const fs::path root(dir);
+  const fs::path model_path = root / kModelFile;
+  if (!IsFile(model_path)) {
+    if (IsFile(root / kFastTokenizerFile)) {
+      return Unimplemented(fmt::format(
+          "'{}' has only a Hugging Face fast tokenizer ({}, e.g. byte-level BPE); fedlora reads "
+          "SentencePiece {} files",
+          dir, kFastTokenizerFile, kModelFile));
+    }
+    std::error_code ec;
+    if (!fs::is_directory(root, ec)) return NotFound(fmt::format("checkpoint directory '{}' does not exist", dir));
+    return NotFound(fmt::format("'{}' not found (and no {} either)", model_path.string(), kFastTokenizerFile));
+  }
+
+  auto tok = std::unique_ptr<Tokenizer>(new Tokenizer());
+  ASSIGN_OR_RETURN(std::string serialized, ReadFile(model_path));
+  if (const auto s = tok->sp_->LoadFromSerializedProto(serialized); !s.ok()) {
+    return DataLoss(fmt::format("'{}' is not a valid SentencePiece model: {}", model_path.string(), s.ToString()));
+  }
+  const int vocab = tok->sp_->GetPieceSize();
+  if (vocab <= 0) return DataLoss(fmt::format("'{}' has no pieces", model_path.string()));
+
+  const fs::path config_path = root / kConfigFile;
+  const fs::path tok_config_path = root / kTokenizerConfigFile;
+  ASSIGN_OR_RETURN(std::optional<json> config, ReadJsonObject(config_path));
+  ASSIGN_OR_RETURN(std::optional<json> tok_config, ReadJsonObject(tok_config_path));
+
+  std::optional<std::vector<int32_t>> bos, eos;
+  if (config) {
+    ASSIGN_OR_RETURN(bos, IdsFromConfig(*config, "bos_token_id", /*allow_list=*/false, vocab, config_path));
+    ASSIGN_OR_RETURN(eos, IdsFromConfig(*config, "eos_token_id", /*allow_list=*/true, vocab, config_path));
+  }
+  if (tok_config) {
+    if (!bos) {
+      ASSIGN_OR_RETURN(std::optional<int32_t> id, IdFromTokenizerConfig(*tok_config, "bos_token", *tok->sp_,
+                                                                       tok_config_path));
+      if (id) bos = std::vector<int32_t>{*id};
+    }
+    if (!eos) {
+      ASSIGN_OR_RETURN(std::optional<int32_t> id, IdFromTokenizerConfig(*tok_config, "eos_token", *tok->sp_,
+                                                                       tok_config_path));
+      if (id) eos = std::vector<int32_t>{*id};
+    }
+    if (const auto it = tok_config->find("add_bos_token"); it != tok_config->end() && !it->is_null()) {
+      if (!it->is_boolean()) {
+        return InvalidArgument(fmt::format("'{}' field add_bos_token: expected true or false, got {}",
+                                           tok_config_path.string(), it->dump()));
+      }
+      tok->add_bos_ = it->get<bool>();
+    }
+  }
+  // The model's own ids are -1 when it defines none; then no id is added or skipped.
+  tok->bos_id_ = bos ? bos->front() : tok->sp_->bos_id();
+  if (eos) {
+    tok->eos_ids_ = std::move(*eos);
+  } else if (tok->sp_->eos_id() >= 0) {
+    tok->eos_ids_ = {tok->sp_->eos_id()};
+  }
+  return tok;
+}
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos, bool add_eos) const {
+  std::vector<int> pieces;
+  if (const auto s = sp_->Encode(text, &pieces); !s.ok()) Die("Encode", s);
+  std::vector<int32_t> ids;
+  ids.reserve(pieces.size() + 2);
+  if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
+  ids.insert(ids.end(), pieces.begin(), pieces.end());
+  if (add_eos && eos_id() >= 0) ids.push_back(eos_id());
+  return ids;
+}
+
+std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
+  const int vocab = sp_->GetPieceSize();
+  std::vector<int> kept;
+  kept.reserve(ids.size());
+  for (const int32_t id : ids) {
+    if (id < 0 || id >= vocab || id == bos_id_) continue;
+    if (std::find(eos_ids_.begin(), eos_ids_.end(), id) != eos_ids_.end()) continue;
+    kept.push_back(id);
+  }
+  std::string text;
+  if (const auto s = sp_->Decode(kept, &text); !s.ok()) Die("Decode", s);
+  return text;
+}
+
+std::string Tokenizer::Piece(int32_t id) const {
+  if (id < 0 || id >= sp_->GetPieceSize()) return {};
+  return sp_->IdToPiece(id);
+}
+
+size_t Tokenizer::vocab_size() const { return static_cast<size_t>(sp_->GetPieceSize()); }
+
+}  // namespace fedlora::worker::lm
