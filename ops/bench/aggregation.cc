@@ -168,11 +168,13 @@ codec::Bytes MethodUpdate(const AdapterSpec& spec, const methods::TrainPlan& pla
 }
 
 // The engine settings of a method by name; as-lora trains B throughout (warm-up longer than the
-// run), so every step folds one factor per module.
+// run), so every step folds one factor per module. flora is measured as its rank-r
+// re-factorisation (--flora-merge truncate): its exact residual is a dense d x k matrix per
+// module, which at these shapes is the size of the base weights.
 Result<aggregator::EngineOptions> Options(const std::string& name) {
   aggregator::EngineOptions o;
   ASSIGN_OR_RETURN(o.method, methods::MethodChoice::Named(name));
-  RETURN_IF_ERROR(methods::SetParams(o.method.params(), {{"as-warmup", "1000"}}));
+  RETURN_IF_ERROR(methods::SetParams(o.method.params(), {{"as-warmup", "1000"}, {"flora-merge", "truncate"}}));
   return o;
 }
 
