@@ -426,7 +426,8 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options, std
                                              "these settings does not keep (flora with --flora-merge exact does)",
                                              method.name())
                                : fmt::format("method '{}' with these settings keeps a residual per LoRA module; this "
-                                             "adapter has none (made for another method or setting)",
+                                             "adapter has none (made for another method or setting; flora runs without one under "
+                                             "--flora-merge truncate)",
                                              method.name()));
   }
   ASSIGN_OR_RETURN(ServerOptimizer optimizer,
