@@ -1,7 +1,7 @@
 #include "worker/lm/tokenizer.h"
 
+#include <dlfcn.h>
 #include <fmt/format.h>
-#include <sentencepiece_processor.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -9,10 +9,109 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <mutex>
 #include <optional>
 #include <sstream>
+#include <type_traits>
+
+#ifndef FEDLORA_SENTENCEPIECE_MODULE
+#error "worker/lm/tokenizer.cc needs -DFEDLORA_SENTENCEPIECE_MODULE=\"/path/to/libfedlora_sentencepiece.so\""
+#endif
 
 namespace fedlora::worker::lm {
+namespace {
+
+// The functions of worker/lm/sentencepiece_module.cc, loaded once per process with
+// RTLD_LOCAL | RTLD_DEEPBIND (see that file: libsentencepiece cannot be linked beside LibTorch).
+// FEDLORA_SENTENCEPIECE_MODULE in the environment overrides the module's path.
+struct SpmApi {
+  void* (*load)(const char*, size_t, char*, size_t);
+  void (*free)(void*);
+  int (*pieces)(const void*);
+  int (*bos)(const void*);
+  int (*eos)(const void*);
+  int (*unk)(const void*);
+  int (*piece_to_id)(const void*, const char*, size_t);
+  int (*encode)(const void*, const char*, size_t, void (*)(void*, const int*, size_t), void*);
+  int (*decode)(const void*, const int*, size_t, void (*)(void*, const char*, size_t), void*);
+  void (*piece)(const void*, int, void (*)(void*, const char*, size_t), void*);
+};
+
+Result<const SpmApi*> LoadSpmApi() {
+  static std::once_flag once;
+  static SpmApi api;
+  static Status status;
+  std::call_once(once, [] {
+    const char* env = std::getenv("FEDLORA_SENTENCEPIECE_MODULE");
+    const std::string path = env != nullptr && *env != '\0' ? env : FEDLORA_SENTENCEPIECE_MODULE;
+    void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (lib == nullptr) {
+      status = Unavailable(fmt::format("cannot load the SentencePiece module '{}': {}", path, dlerror()));
+      return;
+    }
+    auto get = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (fn == nullptr && status.ok()) status = Unavailable(fmt::format("'{}' lacks {}", path, name));
+    };
+    get(api.load, "fedlora_spm_load");
+    get(api.free, "fedlora_spm_free");
+    get(api.pieces, "fedlora_spm_pieces");
+    get(api.bos, "fedlora_spm_bos");
+    get(api.eos, "fedlora_spm_eos");
+    get(api.unk, "fedlora_spm_unk");
+    get(api.piece_to_id, "fedlora_spm_piece_to_id");
+    get(api.encode, "fedlora_spm_encode");
+    get(api.decode, "fedlora_spm_decode");
+    get(api.piece, "fedlora_spm_piece");
+  });
+  if (!status.ok()) return status;
+  return &api;
+}
+
+}  // namespace
+
+// A loaded SentencePiece model behind the module's C interface.
+class SentencePieceModel {
+ public:
+  static Result<std::unique_ptr<SentencePieceModel>> Load(std::string_view bytes, std::string* error) {
+    ASSIGN_OR_RETURN(const SpmApi* api, LoadSpmApi());
+    char err[512] = {0};
+    void* handle = api->load(bytes.data(), bytes.size(), err, sizeof(err));
+    if (handle == nullptr) {
+      *error = err;
+      return std::unique_ptr<SentencePieceModel>();
+    }
+    return std::unique_ptr<SentencePieceModel>(new SentencePieceModel(api, handle));
+  }
+  ~SentencePieceModel() { api_->free(handle_); }
+
+  int GetPieceSize() const { return api_->pieces(handle_); }
+  int bos_id() const { return api_->bos(handle_); }
+  int eos_id() const { return api_->eos(handle_); }
+  int unk_id() const { return api_->unk(handle_); }
+  int PieceToId(std::string_view piece) const { return api_->piece_to_id(handle_, piece.data(), piece.size()); }
+  std::string IdToPiece(int id) const {
+    std::string out;
+    api_->piece(handle_, id, &AppendText, &out);
+    return out;
+  }
+  bool Encode(std::string_view text, std::vector<int>* ids) const {
+    return api_->encode(handle_, text.data(), text.size(), &AppendIds, ids) == 0;
+  }
+  bool Decode(const std::vector<int>& ids, std::string* text) const {
+    return api_->decode(handle_, ids.data(), ids.size(), &AppendText, text) == 0;
+  }
+
+ private:
+  SentencePieceModel(const SpmApi* api, void* handle) : api_(api), handle_(handle) {}
+  static void AppendText(void* ctx, const char* text, size_t n) { static_cast<std::string*>(ctx)->append(text, n); }
+  static void AppendIds(void* ctx, const int* ids, size_t n) {
+    static_cast<std::vector<int>*>(ctx)->insert(static_cast<std::vector<int>*>(ctx)->end(), ids, ids + n);
+  }
+  const SpmApi* api_;
+  void* handle_;
+};
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -49,8 +148,8 @@ Result<std::optional<json>> ReadJsonObject(const fs::path& p) {
 
 // Broken invariant: Encode/Decode only fail on an unloaded model or out-of-range ids, both
 // excluded by construction.
-[[noreturn]] void Die(const char* what, const sentencepiece::util::Status& s) {
-  std::fprintf(stderr, "fedlora tokenizer: SentencePiece %s failed: %s\n", what, s.ToString().c_str());
+[[noreturn]] void Die(const char* what) {
+  std::fprintf(stderr, "fedlora tokenizer: SentencePiece %s failed\n", what);
   std::abort();
 }
 
@@ -91,7 +190,7 @@ Result<std::optional<std::vector<int32_t>>> IdsFromConfig(const json& config, st
 // tokenizer_config.json's `FIELD` (bos_token / eos_token): nullopt when absent or null, else
 // the id of the piece it names ("<s>", or {"content": "<s>", ...} as transformers' AddedToken).
 Result<std::optional<int32_t>> IdFromTokenizerConfig(const json& config, std::string_view field,
-                                                     const sentencepiece::SentencePieceProcessor& sp,
+                                                     const SentencePieceModel& sp,
                                                      const fs::path& file) {
   const auto it = config.find(field);
   if (it == config.end() || it->is_null()) return std::optional<int32_t>();
@@ -118,7 +217,7 @@ Result<std::optional<int32_t>> IdFromTokenizerConfig(const json& config, std::st
 
 }  // namespace
 
-Tokenizer::Tokenizer() : sp_(std::make_unique<sentencepiece::SentencePieceProcessor>()) {}
+Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir) {
@@ -138,8 +237,10 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir) {
 
   auto tok = std::unique_ptr<Tokenizer>(new Tokenizer());
   ASSIGN_OR_RETURN(std::string serialized, ReadFile(model_path));
-  if (const auto s = tok->sp_->LoadFromSerializedProto(serialized); !s.ok()) {
-    return DataLoss(fmt::format("'{}' is not a valid SentencePiece model: {}", model_path.string(), s.ToString()));
+  std::string error;
+  ASSIGN_OR_RETURN(tok->sp_, SentencePieceModel::Load(serialized, &error));
+  if (tok->sp_ == nullptr) {
+    return DataLoss(fmt::format("'{}' is not a valid SentencePiece model: {}", model_path.string(), error));
   }
   const int vocab = tok->sp_->GetPieceSize();
   if (vocab <= 0) return DataLoss(fmt::format("'{}' has no pieces", model_path.string()));
@@ -185,7 +286,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& dir) {
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos, bool add_eos) const {
   std::vector<int> pieces;
-  if (const auto s = sp_->Encode(text, &pieces); !s.ok()) Die("Encode", s);
+  if (!sp_->Encode(text, &pieces)) Die("Encode");
   std::vector<int32_t> ids;
   ids.reserve(pieces.size() + 2);
   if (add_bos && bos_id_ >= 0) ids.push_back(bos_id_);
@@ -204,7 +305,7 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
     kept.push_back(id);
   }
   std::string text;
-  if (const auto s = sp_->Decode(kept, &text); !s.ok()) Die("Decode", s);
+  if (!sp_->Decode(kept, &text)) Die("Decode");
   return text;
 }
 

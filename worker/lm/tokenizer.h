@@ -29,11 +29,10 @@
 
 #include "schema/status.h"
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}  // namespace sentencepiece
-
 namespace fedlora::worker::lm {
+
+// Debian's libsentencepiece behind a module loaded in isolation (worker/lm/sentencepiece_module.cc).
+class SentencePieceModel;
 
 class Tokenizer {
  public:
@@ -77,7 +76,7 @@ class Tokenizer {
  private:
   Tokenizer();
 
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<SentencePieceModel> sp_;
   int32_t bos_id_ = -1;
   std::vector<int32_t> eos_ids_;
   bool add_bos_ = true;
