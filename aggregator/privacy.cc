@@ -6,17 +6,9 @@
 #include <limits>
 #include <numbers>
 
+#include "schema/hash.h"
+
 namespace fedlora::aggregator {
-namespace {
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 Status ValidateClientDp(const ClientDpOptions& o, double delta) {
   if (!(delta > 0 && delta < 1)) return InvalidArgument("DP delta must be in (0, 1)");

@@ -24,4 +24,12 @@ Digest128 HashAdapter(const AdapterState& state);
 
 std::string ToHex(std::span<const uint8_t> bytes);
 
+// SplitMix64's finaliser: a well-mixed 64-bit value of x, for deriving seeds (not for security).
+constexpr uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
 }  // namespace fedlora
