@@ -65,13 +65,17 @@ void RegisterAggregator(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--eval-every", flags->options.eval_every, "Evaluate the global every N versions (0: never)")
       ->capture_default_str();
-  cmd->add_option("--eval-samples", flags->eval_samples, "Test images per evaluation (0: all 10,000; evaluation blocks aggregation while it runs)")
+  cmd->add_option("--eval-samples", flags->eval_samples,
+                  "Test examples per evaluation (0: all; image: 10,000; evaluation blocks aggregation while it runs)")
       ->capture_default_str();
+  cmd->add_option("--base", flags->task.base,
+                  "lm: the checkpoint directory the workers fine-tune (version 0's spec and the evaluation use it)");
   cmd->add_option("--window", flags->options.window, "Log records in flight from the broker")->capture_default_str();
   cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync commits (unsafe: for tests only)");
   AddClientKeyFlags(cmd, flags->keys);
   AddHttpFlag(cmd, flags->http, "/metrics, the dashboard and POST /api/rollback (from this machine only)");
   AddTaskFlags(cmd, flags->task);
+  AddLanguageTaskFlags(cmd, flags->task);
   AddEngineFlags(cmd, flags->engine);
   cmd->callback([flags] {
     SetupLogging(true);
@@ -83,8 +87,10 @@ void RegisterAggregator(CLI::App& app) {
     flags->task.lora_residual =
         flags->engine.engine.method.method().KeepsResiduals(flags->engine.engine.method.params());
     SetTorchThreads(1);
-    const std::string base = BasePath(flags->store.dir, flags->task.arch);
-    if (!std::filesystem::exists(base)) {
+    auto base_or = TaskBase(flags->task, flags->store.dir);
+    if (!base_or.ok()) Fail("aggregator", base_or.status(), 2);
+    const std::string base = *base_or;
+    if (!IsLanguageTask(flags->task) && !std::filesystem::exists(base)) {
       Fail("aggregator", FailedPrecondition(fmt::format(
                              "no base model at '{}': run `fedlora pretrain --store {} --arch {}` first", base,
                              flags->store.dir, flags->task.arch)));
@@ -96,13 +102,21 @@ void RegisterAggregator(CLI::App& app) {
     auto initial = MakeInitialAdapter(flags->task, base);
     if (!initial.ok()) Fail("aggregator", initial.status());
     o.initial = std::move(*initial);
-    auto test = worker::LoadFashionMnist(flags->task.data_dir, worker::Split::kTest);
-    if (!test.ok()) Fail("aggregator", test.status());
-    auto eval = MakeEvaluator(base, std::make_shared<const worker::Dataset>(std::move(*test)), flags->eval_samples);
+    std::shared_ptr<const worker::Dataset> test;
+    if (IsLanguageTask(flags->task)) {
+      auto data = LoadTaskData(flags->task);  // the held-out text: the workers' split, from the same flags
+      if (!data.ok()) Fail("aggregator", data.status());
+      test = data->test;
+    } else {
+      auto images = worker::LoadFashionMnist(flags->task.data_dir, worker::Split::kTest);
+      if (!images.ok()) Fail("aggregator", images.status());
+      test = std::make_shared<const worker::Dataset>(std::move(*images));
+    }
+    auto eval = MakeEvaluator(base, test, flags->eval_samples);
     if (!eval.ok()) Fail("aggregator", eval.status());
     o.evaluate = std::move(*eval);
     o.on_commit = [](const codec::VersionInfo& v) {
-      std::string acc = v.test_accuracy >= 0 ? fmt::format(" acc={:.4f}", v.test_accuracy) : "";
+      std::string acc = v.test_accuracy >= 0 ? fmt::format(" acc={:.4f} loss={:.4f}", v.test_accuracy, v.test_loss) : "";
       fmt::print("aggregator: version={} updates={} dropped={} staleness_mean={:.2f} max={}{}\n", v.version,
                  v.applied.size(), v.dropped.size(), v.mean_staleness, v.max_staleness, acc);
       std::fflush(stdout);
@@ -147,7 +161,8 @@ void RegisterWorker(CLI::App& app) {
   cmd->add_option("--index", flags->index, "Which shard of the partition this worker trains on (0-based)")
       ->required();
   cmd->add_option("--store", flags->store.dir, "Store directory holding base/<arch>.pt")->capture_default_str();
-  cmd->add_option("--base", flags->base, "Frozen base model file (default: <store>/base/<arch>.pt)");
+  cmd->add_option("--base", flags->base,
+                  "image: the frozen base model file (default: <store>/base/<arch>.pt); lm: the checkpoint directory");
   cmd->add_option("--broker", flags->options.broker, "The broker's worker endpoint")->capture_default_str();
   cmd->add_option("--announce", flags->options.announce, "The broker's announcement endpoint")->capture_default_str();
   cmd->add_option("--adapter", flags->options.adapter_id, "Adapter to train")->capture_default_str();
@@ -171,6 +186,7 @@ void RegisterWorker(CLI::App& app) {
       ->capture_default_str();
   AddClientKeyFlags(cmd, flags->keys);
   AddTaskFlags(cmd, flags->task);
+  AddLanguageTaskFlags(cmd, flags->task);
   AddTrainingFlags(cmd, flags->options.training);
   cmd->callback([flags] {
     SetupLogging(true);
@@ -181,15 +197,18 @@ void RegisterWorker(CLI::App& app) {
     if (!keys.ok()) Fail("worker", keys.status(), 2);
     o.keys = std::move(*keys);
     if (o.client_id == "worker-0" && flags->index != 0) o.client_id = fmt::format("worker-{}", flags->index);
-    o.base_path = flags->base.empty() ? BasePath(flags->store.dir, flags->task.arch) : flags->base;
+    if (IsLanguageTask(flags->task)) flags->task.base = flags->base;
+    auto base = flags->base.empty() || IsLanguageTask(flags->task) ? TaskBase(flags->task, flags->store.dir)
+                                                                   : Result<std::string>(flags->base);
+    if (!base.ok()) Fail("worker", base.status(), 2);
+    o.base_path = *base;
     if (flags->index < 0 || flags->index >= flags->task.num_clients) {
       Fail("worker", InvalidArgument(fmt::format("--index {} is outside 0..{} (--clients {})", flags->index,
                                                  flags->task.num_clients - 1, flags->task.num_clients)), 2);
     }
-    auto train = worker::LoadFashionMnist(flags->task.data_dir, worker::Split::kTrain);
-    if (!train.ok()) Fail("worker", train.status());
-    auto shards = ClientShards(*train, flags->task);
-    if (!shards.ok()) Fail("worker", shards.status());
+    auto task_data = LoadTaskData(flags->task);
+    if (!task_data.ok()) Fail("worker", task_data.status());
+    auto& shards = task_data->shards;
     std::shared_ptr<std::ofstream> acks;
     if (!flags->ack_log.empty()) {
       acks = std::make_shared<std::ofstream>(flags->ack_log, std::ios::app);
@@ -210,9 +229,8 @@ void RegisterWorker(CLI::App& app) {
       }
       std::fflush(stdout);
     };
-    auto data = std::make_shared<const worker::Dataset>(std::move(*train));
-    const size_t shard_size = (*shards)[flags->index].size();
-    auto w = worker::Worker::Create(std::move(o), data, std::move((*shards)[flags->index]));
+    const size_t shard_size = shards[flags->index].size();
+    auto w = worker::Worker::Create(std::move(o), task_data->train, std::move(shards[flags->index]));
     if (!w.ok()) Fail("worker", w.status(), 2);
     fmt::print("worker {}: shard of {} examples, speed x{}\n", client, shard_size,
                flags->options.training.speed_factor);

@@ -2,10 +2,12 @@
 // workers on real loopback sockets, a real store), with progress and a summary; and
 // `fedlora pretrain`, which builds the frozen base model.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +34,7 @@ struct Progress {
   std::mutex mu;
   uint64_t version = 0;
   double last_accuracy = -1;
+  double last_loss = -1;
   uint64_t last_accuracy_version = 0;
   uint64_t folded = 0;
   uint64_t dropped = 0;
@@ -43,6 +46,7 @@ struct Progress {
     version = v.version;
     if (v.test_accuracy >= 0) {
       last_accuracy = v.test_accuracy;
+      last_loss = v.test_loss;
       last_accuracy_version = v.version;
     }
     folded += v.applied.size();
@@ -149,7 +153,8 @@ void RegisterRun(CLI::App& app) {
   auto f = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand(
       "run", "Run the whole federation on this machine: broker, aggregator and heterogeneous workers on "
-             "loopback sockets, with the store in --store. Pretrains the base model first if it is missing.");
+             "loopback sockets, with the store in --store. The image task pretrains its base model first if it is "
+             "missing; the lm task fine-tunes the checkpoint directory given with --base.");
   cmd->add_option("--store", f->store.dir, "Store directory (log, adapters, base model)")->capture_default_str();
   cmd->add_option("--workers", f->task.num_clients, "Number of workers (one data shard each)")
       ->check(CLI::Range(1, 256))
@@ -163,17 +168,22 @@ void RegisterRun(CLI::App& app) {
   cmd->add_option("--eval-every", f->eval_every, "Evaluate the global on the test set every N versions")
       ->capture_default_str();
   cmd->add_option("--eval-samples", f->eval_samples,
-                  "Test images per periodic evaluation (0: all 10,000); version 0 and the final version "
-                  "are always evaluated on all of them")
+                  "Test examples per periodic evaluation (0: all; image: 10,000, lm: the held-out text); version 0 "
+                  "and the final version are always evaluated on all of them")
       ->capture_default_str();
   cmd->add_option("--summary", f->summary, "Also write the summary as JSON to this file");
   cmd->add_flag("--fresh", f->fresh, "Delete the store's log and adapters first (the base model is kept)");
   cmd->add_flag("--verbose,-v", f->verbose, "Log every component's messages");
-  cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
-  cmd->add_option("--arch", f->task.arch, "Base model: vit-tiny or mlp")
+  cmd->add_option("--data-dir", f->task.data_dir, "image: Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--arch", f->task.arch, "image: base model, vit-tiny or mlp")
       ->check(CLI::IsMember({"vit-tiny", "mlp"}))
       ->capture_default_str();
+  cmd->add_option("--base", f->task.base,
+                  "lm: the Hugging Face checkpoint directory to fine-tune (config.json, model.safetensors or shards, "
+                  "tokenizer.model); a Llama, Mistral or Qwen2 model");
+  AddLanguageTaskFlags(cmd, f->task);
   cmd->add_option("--rank", f->task.rank, "LoRA rank")->check(CLI::Range(1, 256))->capture_default_str();
+  cmd->add_option("--lora-alpha", f->task.lora_alpha, "LoRA alpha (scale alpha/r)")->capture_default_str();
   cmd->add_option("--dirichlet", f->task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -249,8 +259,11 @@ void RegisterRun(CLI::App& app) {
       std::filesystem::remove_all(f->store.adapters());
       fmt::print("removed {} and {}\n", f->store.log(), f->store.adapters());
     }
-    const std::string base = BasePath(f->store.dir, f->task.arch);
-    if (!std::filesystem::exists(base)) {
+    auto base_or = TaskBase(f->task, f->store.dir);
+    if (!base_or.ok()) Fail("run", base_or.status(), 2);
+    const std::string base = *base_or;
+    const bool lm = IsLanguageTask(f->task);
+    if (!lm && !std::filesystem::exists(base)) {
       fmt::print("no base model at {}: pretraining it (fedlora pretrain)\n", base);
       SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
       const auto t0 = Clock::now();
@@ -264,14 +277,16 @@ void RegisterRun(CLI::App& app) {
     SetTorchThreads(1);
     worker::TuneAllocatorForTraining();  // most of this process's work is the workers' training
 
-    auto train = worker::LoadFashionMnist(f->task.data_dir, worker::Split::kTrain);
-    if (!train.ok()) Fail("run", train.status());
-    auto test = worker::LoadFashionMnist(f->task.data_dir, worker::Split::kTest);
-    if (!test.ok()) Fail("run", test.status());
-    auto shards = ClientShards(*train, f->task);
-    if (!shards.ok()) Fail("run", shards.status());
-    auto train_data = std::make_shared<const worker::Dataset>(std::move(*train));
-    auto test_data = std::make_shared<const worker::Dataset>(std::move(*test));
+    if (lm) fmt::print("reading and tokenizing the text ({})\n", fmt::join(f->task.text, ", "));
+    StatusLine reading;
+    auto data = LoadTaskData(f->task, [&reading](size_t done, size_t total) {
+      reading.Update(fmt::format("  tokenized {}/{} files", done, total));
+    });
+    reading.Clear();
+    if (!data.ok()) Fail("run", data.status());
+    auto shards = std::make_optional(std::move(data->shards));
+    auto train_data = data->train;
+    auto test_data = data->test;
 
     broker::BrokerOptions bo;
     bo.frontend = "tcp://127.0.0.1:*";
@@ -292,6 +307,7 @@ void RegisterRun(CLI::App& app) {
     ao.eval_every = f->eval_every;
     auto initial = MakeInitialAdapter(f->task, base);
     if (!initial.ok()) Fail("run", initial.status());
+    const std::string initial_spec_model = initial->spec.model;
     ao.initial = std::move(*initial);
     auto eval = MakeEvaluator(base, test_data, f->eval_samples);
     if (!eval.ok()) Fail("run", eval.status());
@@ -303,7 +319,7 @@ void RegisterRun(CLI::App& app) {
     // Headline figures use the whole test set, whatever the periodic evaluations use.
     auto full_eval = MakeEvaluator(base, test_data, 0);
     if (!full_eval.ok()) Fail("run", full_eval.status());
-    double base_accuracy = -1;
+    double base_accuracy = -1, base_loss = -1;
     {
       // A read-only handle beside the aggregator's: version 0 never changes once committed.
       storage::AdapterStoreOptions so;
@@ -316,6 +332,7 @@ void RegisterRun(CLI::App& app) {
       auto r = (*full_eval)(v0->spec, v0->state);
       if (!r.ok()) Fail("run", r.status());
       base_accuracy = r->accuracy;
+      base_loss = r->loss;
     }
 
     std::vector<std::unique_ptr<worker::Worker>> workers;
@@ -340,16 +357,18 @@ void RegisterRun(CLI::App& app) {
     const std::string split = f->task.partition == "pathological"
                                   ? fmt::format("pathological ({} classes each)", f->task.classes_per_client)
                                   : fmt::format("Dirichlet({})", f->task.dirichlet_alpha);
-    fmt::print("federation: {} workers (speeds x{}{}), method {}, {} shards of {} private images, mode {}",
+    fmt::print("federation: {} workers (speeds x{}{}), method {}, {} shards of {} private {}, mode {}",
                workers.size(), f->speeds, f->ranks.empty() ? "" : ", ranks " + f->ranks, f->engine.method, split, [&] {
                  size_t n = 0;
                  for (const auto& s : *shards) n += s.size();
                  return n;
-               }(), f->engine.mode);
+               }(), data->unit, f->engine.mode);
     if (f->engine.engine.mode == wire::Mode::FedBuff) fmt::print(" (K={})", f->engine.engine.buffer_size);
     fmt::print(", store {}\n", f->store.dir);
     if (start_version > 0) fmt::print("resuming the stored run at version {}\n", start_version);
-    fmt::print("version 0 (base) accuracy on the 10,000 test images: {:.4f}\n", base_accuracy);
+    if (lm) fmt::print("base model: {} ({})\n", base, initial_spec_model);
+    fmt::print("version 0 (base) {} on the {} held-out {}\n", DescribeEval(f->task, base_accuracy, base_loss),
+               test_data->size(), data->unit);
     std::unique_ptr<http::Server> http;
     if (!f->http.empty()) {
       auto served = ServeLive(f->http, {.broker = broker->get(), .aggregator = agg->get(), .store = f->store,
@@ -410,10 +429,11 @@ void RegisterRun(CLI::App& app) {
         rate = 0.8 * rate + 0.2 * (progress->folded - last_folded) / std::max(dt, 1e-9);
         last_folded = progress->folded;
         last_report = now;
-        const std::string acc = progress->last_accuracy >= 0
-                                    ? fmt::format("{:.4f} (v{})", progress->last_accuracy, progress->last_accuracy_version)
-                                    : "-";
-        status.Update(fmt::format("[{:>4.0f}/{:.0f}s] version {}  accuracy {}  updates {} ({:.1f}/s)  staleness {:.2f}  "
+        const std::string acc =
+            progress->last_accuracy < 0 ? (lm ? "perplexity -" : "accuracy -")
+            : lm ? fmt::format("perplexity {:.2f} (v{})", std::exp(progress->last_loss), progress->last_accuracy_version)
+                 : fmt::format("accuracy {:.4f} (v{})", progress->last_accuracy, progress->last_accuracy_version);
+        status.Update(fmt::format("[{:>4.0f}/{:.0f}s] version {}  {}  updates {} ({:.1f}/s)  staleness {:.2f}  "
                                   "dropped {}  uploaded {}",
                                   std::chrono::duration<double>(now - fed_start).count(), f->duration_s,
                                   progress->version, acc, progress->folded, rate,
@@ -445,6 +465,7 @@ void RegisterRun(CLI::App& app) {
     auto final_r = (*full_eval)(latest->first.spec, latest->first.state);
     if (!final_r.ok()) Fail("run", final_r.status());
     const double final_accuracy = final_r->accuracy;
+    const double final_loss = final_r->loss;
     // Each client's accuracy on its own label mix, with the model it would use: the global,
     // or under fedsa the global with the client's personal B factors.
     const bool personalised = f->engine.engine.method.method().personal();
@@ -474,12 +495,20 @@ void RegisterRun(CLI::App& app) {
     std::lock_guard lock(progress->mu);
     const double wall = std::chrono::duration<double>(Clock::now() - started).count();
     fmt::print("\nfedlora run: {} after {:.1f} s of federated training\n", stop_reason, fed_seconds);
-    fmt::print("  base accuracy (version 0)    {}\n", base_accuracy >= 0 ? fmt::format("{:.4f}", base_accuracy) : "-");
-    fmt::print("  final accuracy (version {})  {:.4f}", last.version, final_accuracy);
-    if (base_accuracy >= 0) fmt::print("  ({:+.1f} points)", 100.0 * (final_accuracy - base_accuracy));
-    fmt::print("\n");
+    if (lm) {
+      fmt::print("  {:<29}{}\n", "base (version 0)", DescribeEval(f->task, base_accuracy, base_loss));
+      fmt::print("  {:<29}{}\n", fmt::format("final (version {})", last.version),
+                 DescribeEval(f->task, final_accuracy, final_loss));
+      fmt::print("  perplexity change            {:+.1f}%\n", 100.0 * (std::exp(final_loss - base_loss) - 1.0));
+    } else {
+      fmt::print("  base accuracy (version 0)    {}\n", base_accuracy >= 0 ? fmt::format("{:.4f}", base_accuracy) : "-");
+      fmt::print("  final accuracy (version {})  {:.4f}", last.version, final_accuracy);
+      if (base_accuracy >= 0) fmt::print("  ({:+.1f} points)", 100.0 * (final_accuracy - base_accuracy));
+      fmt::print("\n");
+    }
     if (!client_accuracy.empty()) {
-      fmt::print("  on each client's label mix   mean {:.4f} (min {:.4f}, max {:.4f}; {})\n", client_mean,
+      fmt::print("  {:<29}mean {:.4f} (min {:.4f}, max {:.4f}; {})\n",
+                 lm ? "on each client's source mix" : "on each client's label mix", client_mean,
                  *std::min_element(client_accuracy.begin(), client_accuracy.end()),
                  *std::max_element(client_accuracy.begin(), client_accuracy.end()),
                  personalised ? "global A with each client's own B" : "the global model");
@@ -526,6 +555,7 @@ void RegisterRun(CLI::App& app) {
     fmt::print("  store                        {} (see: fedlora history --store {})\n", f->store.dir, f->store.dir);
     if (!f->summary.empty()) {
       const nlohmann::json j = {
+          {"task", f->task.task},
           {"method", f->engine.method},
           {"mode", f->engine.mode},
           {"server_optimizer", f->engine.server_optimizer},
@@ -534,6 +564,10 @@ void RegisterRun(CLI::App& app) {
           {"federated_seconds", fed_seconds},
           {"base_accuracy", base_accuracy},
           {"final_accuracy", final_accuracy},
+          {"base_loss", base_loss},
+          {"final_loss", final_loss},
+          {"base_perplexity", lm ? nlohmann::json(std::exp(base_loss)) : nlohmann::json(nullptr)},
+          {"final_perplexity", lm ? nlohmann::json(std::exp(final_loss)) : nlohmann::json(nullptr)},
           {"client_accuracy_mean", client_mean},
           {"client_accuracies", client_accuracy},
           {"client_models", personalised ? "personal" : "global"},

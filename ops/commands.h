@@ -31,6 +31,8 @@ void RegisterTag(CLI::App& app);
 void RegisterBranch(CLI::App& app);
 void RegisterRollback(CLI::App& app);
 void RegisterDashboard(CLI::App& app);
+void RegisterGenerate(CLI::App& app);
+void RegisterScore(CLI::App& app);
 
 // "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
 std::string HumanBytes(double bytes);

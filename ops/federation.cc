@@ -4,6 +4,11 @@
 
 #include <filesystem>
 
+#include <cmath>
+
+#include "worker/lm/checkpoint.h"
+#include "worker/lm/text_corpus.h"
+#include "worker/lm/tokenizer.h"
 #include "worker/model.h"
 #include "worker/train.h"
 
@@ -13,8 +18,69 @@ std::string BasePath(const std::string& store_dir, const std::string& arch) {
   return (std::filesystem::path(store_dir) / "base" / (arch + ".pt")).string();
 }
 
+bool IsLanguageTask(const TaskOptions& task) { return task.task == "lm"; }
+
+Result<std::string> TaskBase(const TaskOptions& task, const std::string& store_dir) {
+  if (task.task == "image") return BasePath(store_dir, task.arch);
+  if (task.task != "lm") return InvalidArgument(fmt::format("unknown task '{}' (image, lm)", task.task));
+  if (task.base.empty()) {
+    return InvalidArgument("the lm task fine-tunes a checkpoint: give its directory with --base DIR (config.json, "
+                           "model.safetensors, tokenizer.model)");
+  }
+  return task.base;
+}
+
+Result<TaskData> LoadTaskData(const TaskOptions& task, const std::function<void(size_t, size_t)>& progress) {
+  TaskData out;
+  if (!IsLanguageTask(task)) {
+    ASSIGN_OR_RETURN(worker::Dataset train, worker::LoadFashionMnist(task.data_dir, worker::Split::kTrain));
+    ASSIGN_OR_RETURN(worker::Dataset test, worker::LoadFashionMnist(task.data_dir, worker::Split::kTest));
+    ASSIGN_OR_RETURN(out.shards, ClientShards(train, task));
+    out.train = std::make_shared<const worker::Dataset>(std::move(train));
+    out.test = std::make_shared<const worker::Dataset>(std::move(test));
+    out.unit = "images";
+    return out;
+  }
+  if (task.num_clients <= 0) return InvalidArgument("number of clients must be positive");
+  ASSIGN_OR_RETURN(const std::string base, TaskBase(task, ""));
+  ASSIGN_OR_RETURN(std::unique_ptr<worker::lm::Tokenizer> tokenizer, worker::lm::Tokenizer::Load(base));
+  worker::lm::TextCorpusOptions co;
+  co.paths = task.text;
+  co.max_tokens = task.seq_len;
+  co.max_examples_per_source = task.examples_per_source;
+  const worker::lm::Tokenizer& tok = *tokenizer;
+  ASSIGN_OR_RETURN(worker::Dataset corpus,
+                   worker::lm::LoadTextCorpus(
+                       co, [&tok](std::string_view text) { return tok.Encode(text, tok.add_bos(), false); }, progress));
+  const worker::lm::TextSplit split = worker::lm::SplitHeldOut(corpus, task.test_fraction, task.partition_seed);
+  if (split.test.empty() || split.train.empty()) {
+    return InvalidArgument(fmt::format("the text holds {} examples: too few to hold some out for evaluation",
+                                       corpus.size()));
+  }
+  if (task.partition == "pathological") {
+    ASSIGN_OR_RETURN(out.shards, worker::PathologicalPartition(corpus, split.train, task.num_clients,
+                                                               task.classes_per_client, task.partition_seed));
+  } else if (task.partition == "dirichlet") {
+    ASSIGN_OR_RETURN(out.shards, worker::DirichletPartition(corpus, split.train, task.num_clients,
+                                                            task.dirichlet_alpha, task.partition_seed,
+                                                            /*min_per_client=*/1));
+  } else {
+    return InvalidArgument(fmt::format("unknown partition '{}' (dirichlet, pathological)", task.partition));
+  }
+  out.test = std::make_shared<const worker::Dataset>(worker::lm::Subset(corpus, split.test));
+  out.train = std::make_shared<const worker::Dataset>(std::move(corpus));
+  out.unit = "text examples";
+  return out;
+}
+
+std::string DescribeEval(const TaskOptions& task, double accuracy, double loss) {
+  if (!IsLanguageTask(task)) return fmt::format("accuracy {:.4f}", accuracy);
+  return fmt::format("perplexity {:.3f} (next-token accuracy {:.4f})", std::exp(loss), accuracy);
+}
+
 Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path, uint32_t epochs,
                         const std::function<void(uint32_t, uint32_t, double)>& progress) {
+  if (IsLanguageTask(task)) return false;  // the checkpoint is the base
   if (std::filesystem::exists(base_path)) return false;
   worker::PretrainOptions po;
   po.model.arch = task.arch;
@@ -31,6 +97,7 @@ namespace {
 worker::ModelOptions ModelFor(const TaskOptions& task) {
   worker::ModelOptions mo;
   mo.arch = task.arch;
+  mo.target_modules = task.target_modules;
   mo.lora_rank = task.rank;
   mo.lora_alpha = task.lora_alpha;
   mo.lora_seed = task.lora_seed;
@@ -54,8 +121,12 @@ worker::ModelOptions ModelFor(const AdapterSpec& spec) {
 }  // namespace
 
 Result<aggregator::InitialAdapter> MakeInitialAdapter(const TaskOptions& task, const std::string& base_path) {
-  ASSIGN_OR_RETURN(auto model, worker::Model::Create(ModelFor(task)));
-  RETURN_IF_ERROR(model->LoadBase(base_path).WithContext("load base model"));
+  worker::ModelOptions mo = ModelFor(task);
+  if (IsLanguageTask(task)) {
+    ASSIGN_OR_RETURN(const worker::lm::LlamaConfig config, worker::lm::ReadConfig(base_path));
+    mo.arch = config.architecture;
+  }
+  ASSIGN_OR_RETURN(auto model, worker::Model::Open(mo, base_path));
   return aggregator::InitialAdapter{model->Spec(), model->ExportAdapter()};
 }
 
@@ -74,8 +145,7 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
                                             const AdapterState& adapter) -> Result<aggregator::EvalOutcome> {
         if (!state->model || state->spec.tensors.size() != spec.tensors.size() ||
             state->spec.model != spec.model || state->spec.rank != spec.rank) {
-          ASSIGN_OR_RETURN(state->model, worker::Model::Create(ModelFor(spec)));
-          RETURN_IF_ERROR(state->model->LoadBase(base_path).WithContext("load base model"));
+          ASSIGN_OR_RETURN(state->model, worker::Model::Open(ModelFor(spec), base_path));
           state->spec = spec;
         }
         RETURN_IF_ERROR(state->model->LoadAdapter(adapter));

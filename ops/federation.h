@@ -1,7 +1,11 @@
-// The default task, wired for the command line: which data, which split, which model, and
-// the pieces every role needs from them (the frozen base, version 0 of the adapter, each
-// client's shard, the evaluator of a global). This header is LibTorch-free so that only
-// ops/federation.cc pays LibTorch's compile time.
+// The tasks, wired for the command line: which data, which split, which model, and the pieces
+// every role needs from them (the frozen base, version 0 of the adapter, each client's shard,
+// the evaluator of a global).
+//   image: Fashion-MNIST classification with a base fedlora pretrains (vit-tiny or mlp);
+//   lm:    next-token fine-tuning of a Llama-family checkpoint directory (--base) on text
+//          files, tokenized with the checkpoint's tokenizer; a client's shard is drawn from the
+//          sources (files) by the same non-IID partitions as the image classes.
+// This header is LibTorch-free so that only ops/federation.cc pays LibTorch's compile time.
 #pragma once
 
 #include <cstdint>
@@ -13,12 +17,23 @@
 #include "aggregator/aggregator.h"
 #include "schema/status.h"
 #include "worker/data.h"
+#include "worker/lm/text_corpus.h"
 
 namespace fedlora::ops {
 
 struct TaskOptions {
+  std::string task = "image";       // "image" or "lm"
+  // image
   std::string data_dir = worker::kDefaultFashionMnistDir;
   std::string arch = "vit-tiny";    // base model: "vit-tiny" or "mlp"
+  // lm
+  std::string base;                 // the checkpoint directory (config.json, safetensors, tokenizer.model)
+  std::vector<std::string> text = {worker::lm::kDefaultTextDir};  // files or directories (one source per file)
+  uint32_t seq_len = 128;           // tokens per example at most (BOS included)
+  uint32_t examples_per_source = 0; // 0: every example of every source
+  double test_fraction = 0.1;       // of each source, held out for evaluation
+  // both
+  std::vector<std::string> target_modules;  // LoRA targets (empty: the model's default)
   uint32_t rank = 8;                // LoRA rank
   float lora_alpha = 16.0f;         // LoRA scale alpha / r
   uint64_t lora_seed = 1;           // seed of every client's identical A initialisation
@@ -34,24 +49,48 @@ struct TaskOptions {
 // <store>/base/<arch>.pt
 std::string BasePath(const std::string& store_dir, const std::string& arch);
 
+bool IsLanguageTask(const TaskOptions& task);
+
+// The base a task fine-tunes: an image task's pretrained file (<store>/base/<arch>.pt), or a
+// language-model task's checkpoint directory. Errors: kInvalidArgument (an unknown task, lm
+// without a base directory).
+Result<std::string> TaskBase(const TaskOptions& task, const std::string& store_dir);
+
+// A task's data: what the clients' shards index, and the held-out examples evaluation uses.
+struct TaskData {
+  std::shared_ptr<const worker::Dataset> train;
+  std::shared_ptr<const worker::Dataset> test;
+  std::vector<std::vector<size_t>> shards;  // per client, indices into *train
+  std::string unit;                         // what an example is, for messages ("images", "text examples")
+};
+// `progress(done, total)` while text files are read (optional). Errors: those of the loaders
+// (missing data, tokenizer, empty corpus) and of the partitions.
+Result<TaskData> LoadTaskData(const TaskOptions& task, const std::function<void(size_t, size_t)>& progress = {});
+
+// The headline figure of an evaluation: "0.8123 accuracy" or "perplexity 23.41 (next-token
+// accuracy 0.3120)".
+std::string DescribeEval(const TaskOptions& task, double accuracy, double loss);
+
 // Pretrains the base into `base_path` unless the file exists (epochs 0: the default).
 // `progress(epoch, epochs, loss)` after each epoch. Returns true when it pretrained.
 Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path, uint32_t epochs,
                         const std::function<void(uint32_t, uint32_t, double)>& progress);
 
-// Version 0: the base's head, LoRA A from the shared seed, LoRA B zero.
+// Version 0: the base's head, LoRA A from the shared seed, LoRA B zero. `base_path` is
+// TaskBase's.
 Result<aggregator::InitialAdapter> MakeInitialAdapter(const TaskOptions& task, const std::string& base_path);
 
-// Evaluates a global on the first `max_samples` test images (0: all). The returned callable
+// Evaluates a global on the first `max_samples` test examples (0: all). The returned callable
 // owns its own model and must be called from one thread at a time.
 Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
                                             std::shared_ptr<const worker::Dataset> test,
                                             size_t max_samples);
 
-// Every client's shard of the private training split (deterministic in `task`).
+// Every client's shard of the private training split of Fashion-MNIST (deterministic in `task`).
 Result<std::vector<std::vector<size_t>>> ClientShards(const worker::Dataset& train, const TaskOptions& task);
 
-// A client's accuracy on its own label mix: sum_c p(c) acc(c), p the label distribution of
+// A client's accuracy on its own label mix (image classes or text sources): sum_c p(c) acc(c),
+// p the label distribution of
 // train[shard] and acc the per-class test accuracy of the model it would use.
 double MixAccuracy(const worker::Dataset& train, const std::vector<size_t>& shard,
                    const std::vector<double>& class_accuracy);

@@ -34,14 +34,37 @@ void AddTaskFlags(CLI::App* app, TaskOptions& task) {
   AddPartitionFlags(app, task);
 }
 
+void AddLanguageTaskFlags(CLI::App* app, TaskOptions& task) {
+  app->add_option("--task", task.task,
+                  "image: classify Fashion-MNIST with a base fedlora pretrains; lm: fine-tune the language model "
+                  "of --base on next tokens of --text")
+      ->check(CLI::IsMember({"image", "lm"}))
+      ->capture_default_str();
+  app->add_option("--text", task.text,
+                  "lm: text files or directories (each file one source, the unit of the non-IID split; fortune "
+                  "files split at '%' lines, other files at blank lines)")
+      ->capture_default_str();
+  app->add_option("--seq-len", task.seq_len, "lm: tokens per example at most (longer texts are cut into windows)")
+      ->check(CLI::Range(2, 1 << 20))
+      ->capture_default_str();
+  app->add_option("--examples-per-source", task.examples_per_source,
+                  "lm: use the first N examples of each source (0: all)")
+      ->capture_default_str();
+  app->add_option("--target-modules", task.target_modules,
+                  "LoRA targets, comma-separated (lm: PEFT's names q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                  "down_proj, default q_proj,v_proj; image: the model's module paths, default all)")
+      ->delimiter(',');
+}
+
 void AddPartitionFlags(CLI::App* app, TaskOptions& task) {
   app->add_option("--partition", task.partition,
                   "Label split across clients: dirichlet (see --dirichlet) or pathological (each client holds "
                   "--classes-per-client label-sorted shards)")
       ->check(CLI::IsMember({"dirichlet", "pathological"}))
       ->capture_default_str();
-  app->add_option("--classes-per-client", task.classes_per_client, "Pathological split: shards (classes) per client")
-      ->check(CLI::Range(1, 10))
+  app->add_option("--classes-per-client", task.classes_per_client,
+                  "Pathological split: shards (classes, or text sources) per client")
+      ->check(CLI::Range(1, 256))
       ->capture_default_str();
 }
 

@@ -25,6 +25,9 @@ struct StoreLayout {
 };
 
 void AddTaskFlags(CLI::App* app, TaskOptions& task);
+// --task, --text, --seq-len, --examples-per-source, --target-modules (the lm task's data and
+// LoRA targets; the checkpoint directory comes from each command's --base).
+void AddLanguageTaskFlags(CLI::App* app, TaskOptions& task);
 // --partition and --classes-per-client (part of AddTaskFlags; `run` adds them on their own).
 void AddPartitionFlags(CLI::App* app, TaskOptions& task);
 

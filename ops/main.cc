@@ -61,6 +61,8 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterReplay(app);
   fedlora::ops::RegisterLoadgen(app);
   fedlora::ops::RegisterKeygen(app);
+  fedlora::ops::RegisterGenerate(app);
+  fedlora::ops::RegisterScore(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

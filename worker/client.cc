@@ -198,9 +198,9 @@ class WorkerImpl final : public Worker {
     mo.target_modules = g.spec.target_modules;
     mo.full = g.spec.rank == 0;
     mo.lora_residual = g.spec.has_residuals();
-    ASSIGN_OR_RETURN(model_, Model::Create(mo));
-    RETURN_IF_ERROR(model_->LoadBase(options_.base_path).WithContext("load base model"));
-    model_->SetPretraining(false);
+    ASSIGN_OR_RETURN(model_, Model::Open(mo, options_.base_path));
+    RETURN_IF_ERROR(model_->SetPretraining(false));
+    if (data_) RETURN_IF_ERROR(model_->CheckData(*data_).WithContext("the worker's data"));
     RETURN_IF_ERROR(CheckStateMatchesSpec(g.spec, model_->ExportAdapter())
                         .WithContext("the local model does not match the adapter spec"));
     RETURN_IF_ERROR(model_->LoadAdapter(g.state));

@@ -236,11 +236,15 @@ Result<std::vector<std::vector<size_t>>> DirichletPartition(const Dataset& train
   if (!(alpha > 0) || !std::isfinite(alpha)) {
     return InvalidArgument(fmt::format("Dirichlet alpha must be positive, got {}", alpha));
   }
-  std::vector<std::vector<size_t>> by_class(kNumClasses);
+  std::vector<std::vector<size_t>> by_class(static_cast<size_t>(std::max(train.num_classes, 1)));
   for (size_t index : indices) {
     if (index >= train.size()) {
       return InvalidArgument(
           fmt::format("index {} is out of range for a dataset of {}", index, train.size()));
+    }
+    if (train.labels[index] >= by_class.size()) {
+      return InvalidArgument(fmt::format("example {} has label {}, beyond the dataset's {} classes", index,
+                                         train.labels[index], train.num_classes));
     }
     by_class[train.labels[index]].push_back(index);
   }
@@ -316,9 +320,9 @@ Result<std::vector<std::vector<size_t>>> PathologicalPartition(const Dataset& tr
 }
 
 std::vector<size_t> ClassHistogram(const Dataset& data, const std::vector<size_t>& indices) {
-  std::vector<size_t> histogram(kNumClasses, 0);
+  std::vector<size_t> histogram(static_cast<size_t>(std::max(data.num_classes, 0)), 0);
   for (size_t index : indices) {
-    if (index < data.size()) ++histogram[data.labels[index]];
+    if (index < data.size() && data.labels[index] < histogram.size()) ++histogram[data.labels[index]];
   }
   return histogram;
 }

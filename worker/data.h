@@ -1,6 +1,7 @@
-// Fashion-MNIST (IDX format, gzip or raw) and the seeded splits the federation uses:
-// a public pretraining split for the frozen base, and a Dirichlet(alpha) non-IID partition
-// of the rest across clients. No LibTorch here, so the splits are testable without it.
+// A task's examples, Fashion-MNIST (IDX format, gzip or raw) and the seeded splits the
+// federation uses: a public pretraining split for the frozen base, and a Dirichlet(alpha)
+// non-IID partition of the rest across clients. No LibTorch here, so the splits are testable
+// without it.
 // Thread safety: a loaded Dataset is immutable and may be shared by threads.
 #pragma once
 
@@ -19,10 +20,21 @@ inline constexpr int kImageCols = 28;
 inline constexpr int kImagePixels = kImageRows * kImageCols;
 inline constexpr int kNumClasses = 10;
 
+// The examples of a task. Every example has a label in [0, num_classes): the image's class,
+// or for text the source it came from (a fortune file, a dictionary); the non-IID partitions
+// deal examples out by label. The payload is the task's:
+//   image: images holds size() * 784 pixels, row-major, 0..255;
+//   text:  example i is the token ids tokens[offsets[i], offsets[i + 1]) of the base model's
+//          tokenizer (offsets has size() + 1 entries).
 struct Dataset {
-  std::vector<uint8_t> images;  // size() * 784 pixels, row-major, 0..255
-  std::vector<uint8_t> labels;  // 0..9
+  std::vector<uint8_t> images;
+  std::vector<uint8_t> labels;
+  std::vector<int32_t> tokens;
+  std::vector<size_t> offsets;
+  int num_classes = kNumClasses;
+  std::vector<std::string> class_names;  // optional, one per label (text: the source's name)
   size_t size() const { return labels.size(); }
+  bool is_text() const { return !offsets.empty(); }
 };
 
 enum class Split { kTrain, kTest };

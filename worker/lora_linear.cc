@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -99,6 +100,62 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
     captured_output = y;
   }
   return y;
+}
+
+Result<std::vector<torch::Tensor>> PerExampleGradients(const AdapterSpec& spec, const std::vector<TensorOwner>& owners,
+                                                       const std::vector<torch::Tensor>& tensors,
+                                                       const std::function<torch::Tensor()>& losses_of,
+                                                       torch::Tensor* losses) {
+  std::vector<LoraLinearImpl*> captured;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!tensors[i].requires_grad()) continue;
+    if (owners[i].layer == nullptr) {
+      return FailedPrecondition(fmt::format("no per-example gradient rule for trainable tensor '{}' (DP-SGD "
+                                            "covers LoRA factors and the head)", spec.tensors[i].name));
+    }
+    if (std::find(captured.begin(), captured.end(), owners[i].layer) == captured.end()) {
+      captured.push_back(owners[i].layer);
+    }
+  }
+  std::vector<torch::Tensor> out(tensors.size());
+  if (captured.empty()) return out;
+  for (auto* layer : captured) layer->set_capture(true);
+  struct Release {
+    std::vector<LoraLinearImpl*>& layers;
+    ~Release() {
+      for (auto* layer : layers) layer->set_capture(false);
+    }
+  } release{captured};
+  const torch::Tensor per_example = losses_of();
+  std::vector<torch::Tensor> outputs;
+  for (auto* layer : captured) outputs.push_back(layer->captured_output);
+  const std::vector<torch::Tensor> grads = torch::autograd::grad({per_example.sum()}, outputs);
+  const int64_t n = per_example.size(0);
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!tensors[i].requires_grad()) continue;
+    LoraLinearImpl* layer = owners[i].layer;
+    const size_t c = static_cast<size_t>(std::find(captured.begin(), captured.end(), layer) - captured.begin());
+    // [N, T, in] and [N, T, out] (T = 1 for a layer applied once per example).
+    const torch::Tensor x = layer->captured_input.reshape({n, -1, layer->captured_input.size(-1)});
+    const torch::Tensor g = grads[c].reshape({n, -1, grads[c].size(-1)});
+    switch (owners[i].part) {
+      case LinearPart::kB:  // s * sum_t g_t (A x_t)^T: [N, out, r]
+        out[i] = torch::bmm(g.transpose(1, 2), torch::matmul(x, layer->lora_A.t())) * layer->scale();
+        break;
+      case LinearPart::kA:  // s * sum_t (B^T g_t) x_t^T: [N, r, in]
+        out[i] = torch::bmm(torch::matmul(g, layer->lora_B).transpose(1, 2), x) * layer->scale();
+        break;
+      case LinearPart::kWeight:  // sum_t g_t x_t^T: [N, out, in]
+        out[i] = torch::bmm(g.transpose(1, 2), x);
+        break;
+      case LinearPart::kBias:
+        out[i] = g.sum(1);
+        break;
+    }
+  }
+  if (losses != nullptr) *losses = per_example.detach();
+  return out;
 }
 
 }  // namespace fedlora::worker

@@ -9,8 +9,12 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <string_view>
 #include <vector>
+
+#include "schema/adapter.h"
+#include "schema/status.h"
 
 namespace fedlora::worker {
 
@@ -81,5 +85,25 @@ class LoraLinearImpl : public torch::nn::Module {
   bool capture_ = false;
 };
 TORCH_MODULE(LoraLinear);
+
+// Which tensor of which layer an adapter tensor is, for per-example gradients.
+enum class LinearPart { kA, kB, kWeight, kBias };
+struct TensorOwner {
+  LoraLinearImpl* layer = nullptr;  // not owned; null: no per-example rule for the tensor
+  LinearPart part = LinearPart::kA;
+};
+
+// DP-SGD's per-example gradients of a model's adapter tensors (spec order; `owners` and
+// `tensors` parallel to spec.tensors). `losses_of` runs the forward pass and returns each
+// example's loss [N]; while it runs, the owning layers keep their inputs and outputs. One
+// backward to those outputs then gives each trainable tensor's gradient for every example as a
+// batched product with the captured input (B: s g^T (x A^T); A: s (g B)^T x; a dense weight:
+// g^T x; a bias: the sum of g), [N, ...shape], never a loop over examples. Tensors that do not
+// require grad get an undefined tensor. `losses` (optional) receives the losses, detached.
+// Errors: kFailedPrecondition (a trainable tensor without an owner).
+Result<std::vector<torch::Tensor>> PerExampleGradients(const AdapterSpec& spec, const std::vector<TensorOwner>& owners,
+                                                       const std::vector<torch::Tensor>& tensors,
+                                                       const std::function<torch::Tensor()>& losses_of,
+                                                       torch::Tensor* losses);
 
 }  // namespace fedlora::worker

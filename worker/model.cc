@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -13,6 +14,7 @@
 #include <utility>
 
 #include "worker/data.h"
+#include "worker/lm/llama.h"
 #include "worker/lora_linear.h"
 
 namespace fedlora::worker {
@@ -264,76 +266,68 @@ class TorchModel final : public Model {
       if (auto* layer = item.value()->as<LoraLinearImpl>(); layer != nullptr) layers[item.key()] = layer;
     }
     for (const auto& t : spec_.tensors) {
-      Owner owner;
-      for (const auto& [suffix, part] : {std::pair<std::string_view, Part>{".lora_A", Part::kA},
-                                         {".lora_B", Part::kB}, {".weight", Part::kWeight}, {".bias", Part::kBias}}) {
+      TensorOwner owner;
+      for (const auto& [suffix, part] :
+           {std::pair<std::string_view, LinearPart>{".lora_A", LinearPart::kA},
+            {".lora_B", LinearPart::kB}, {".weight", LinearPart::kWeight}, {".bias", LinearPart::kBias}}) {
         if (!EndsWith(t.name, suffix)) continue;
         const auto it = layers.find(t.name.substr(0, t.name.size() - suffix.size()));
         if (it == layers.end()) continue;
         // A base linear's weight/bias is an adapter tensor only in full fine-tuning; only the
         // head's (or a LoRA factor) has a per-example rule here.
-        if ((part == Part::kWeight || part == Part::kBias) && it->second != net_->head().get()) continue;
+        if ((part == LinearPart::kWeight || part == LinearPart::kBias) && it->second != net_->head().get()) continue;
         owner = {it->second, part};
       }
       owners_.push_back(owner);
     }
-    SetPretraining(false);
+    (void)SetPretraining(false);
   }
 
-  Result<std::vector<torch::Tensor>> PerExampleGradients(const torch::Tensor& images, const torch::Tensor& labels,
-                                                         torch::Tensor* losses) override {
-    std::vector<LoraLinearImpl*> captured;
-    for (size_t i = 0; i < spec_.tensors.size(); ++i) {
-      if (!adapter_tensors_[i].requires_grad()) continue;
-      if (owners_[i].layer == nullptr) {
-        return FailedPrecondition(fmt::format("no per-example gradient rule for trainable tensor '{}' (DP-SGD "
-                                              "covers LoRA factors and the head)", spec_.tensors[i].name));
-      }
-      if (std::find(captured.begin(), captured.end(), owners_[i].layer) == captured.end()) {
-        captured.push_back(owners_[i].layer);
-      }
-    }
-    std::vector<torch::Tensor> out(spec_.tensors.size());
-    if (captured.empty()) return out;
-    for (auto* layer : captured) layer->set_capture(true);
-    struct Release {
-      std::vector<LoraLinearImpl*>& layers;
-      ~Release() {
-        for (auto* layer : layers) layer->set_capture(false);
-      }
-    } release{captured};
-    torch::Tensor per_example = torch::nn::functional::cross_entropy(
-        Forward(images), labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-    std::vector<torch::Tensor> outputs;
-    for (auto* layer : captured) outputs.push_back(layer->captured_output);
-    const std::vector<torch::Tensor> grads = torch::autograd::grad({per_example.sum()}, outputs);
-    const int64_t n = images.size(0);
-    for (size_t i = 0; i < spec_.tensors.size(); ++i) {
-      if (!adapter_tensors_[i].requires_grad()) continue;
-      LoraLinearImpl* layer = owners_[i].layer;
-      const size_t c = static_cast<size_t>(std::find(captured.begin(), captured.end(), layer) - captured.begin());
-      // [N, T, in] and [N, T, out] (T = 1 for a layer applied once per example).
-      const torch::Tensor x = layer->captured_input.reshape({n, -1, layer->captured_input.size(-1)});
-      const torch::Tensor g = grads[c].reshape({n, -1, grads[c].size(-1)});
-      torch::NoGradGuard no_grad;
-      switch (owners_[i].part) {
-        case Part::kB:  // s * sum_t g_t (A x_t)^T: [N, out, r]
-          out[i] = torch::bmm(g.transpose(1, 2), torch::matmul(x, layer->lora_A.t())) * layer->scale();
-          break;
-        case Part::kA:  // s * sum_t (B^T g_t) x_t^T: [N, r, in]
-          out[i] = torch::bmm(torch::matmul(g, layer->lora_B).transpose(1, 2), x) * layer->scale();
-          break;
-        case Part::kWeight:  // sum_t g_t x_t^T: [N, out, in]
-          out[i] = torch::bmm(g.transpose(1, 2), x);
-          break;
-        case Part::kBias:
-          out[i] = g.sum(1);
-          break;
-      }
-    }
-    if (losses != nullptr) *losses = per_example.detach();
-    return out;
+  Result<std::vector<torch::Tensor>> PerExampleGradients(const Batch& batch, torch::Tensor* losses) override {
+    return worker::PerExampleGradients(spec_, owners_, adapter_tensors_, [&] { return Losses(batch); }, losses);
   }
+
+  Status CheckData(const Dataset& data) const override {
+    if (data.is_text() || data.images.size() != data.size() * static_cast<size_t>(kImagePixels)) {
+      return InvalidArgument(fmt::format("'{}' classifies 28x28 images; the data holds {}", spec_.model,
+                                         data.is_text() ? "text" : "a malformed image set"));
+    }
+    return Status::Ok();
+  }
+
+  // Copies the examples into a uint8 image batch [N, 28, 28] and int64 labels [N].
+  Batch MakeBatch(const Dataset& data, const std::vector<size_t>& examples) const override {
+    const auto n = static_cast<int64_t>(examples.size());
+    Batch batch;
+    batch.inputs = torch::empty({n, kImageRows, kImageCols}, torch::kUInt8);
+    batch.targets = torch::empty({n}, torch::kLong);
+    uint8_t* image_data = batch.inputs.data_ptr<uint8_t>();
+    int64_t* label_data = batch.targets.data_ptr<int64_t>();
+    for (size_t i = 0; i < examples.size(); ++i) {
+      std::memcpy(image_data + i * kImagePixels, data.images.data() + examples[i] * kImagePixels, kImagePixels);
+      label_data[i] = data.labels[examples[i]];
+    }
+    return batch;
+  }
+
+  torch::Tensor Losses(const Batch& batch) override {
+    return torch::nn::functional::cross_entropy(
+        Forward(batch.inputs), batch.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  }
+
+  BatchScore Score(const Batch& batch) override {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor logits = Forward(batch.inputs);
+    BatchScore score;
+    score.loss_sum = torch::nn::functional::cross_entropy(
+                         logits, batch.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
+                         .to(torch::kDouble);
+    score.correct = logits.argmax(1).eq(batch.targets).to(torch::kDouble);
+    score.count = torch::ones({batch.size()}, torch::kDouble);
+    return score;
+  }
+
+  size_t EvalBatchSize() const override { return 1000; }
 
   torch::Tensor Forward(const torch::Tensor& images) override {
     TORCH_CHECK(images.numel() % kImagePixels == 0, "images must hold N x 784 pixels, got shape ",
@@ -386,7 +380,7 @@ class TorchModel final : public Model {
     for (auto* layer : lora_layers_) layer->set_scale(scale);
   }
 
-  void SetPretraining(bool pretraining) override {
+  Status SetPretraining(bool pretraining) override {
     for (auto& p : base_only_params_) p.set_requires_grad(pretraining);
     for (auto* layer : lora_layers_) {
       layer->set_lora_enabled(!pretraining);
@@ -396,6 +390,7 @@ class TorchModel final : public Model {
     // The head is part of the base (pretraining) and of the adapter (fine-tuning).
     net_->head()->weight.set_requires_grad(true);
     net_->head()->bias.set_requires_grad(true);
+    return Status::Ok();
   }
 
   std::vector<torch::Tensor> AdapterTensors() override { return adapter_tensors_; }
@@ -490,12 +485,7 @@ class TorchModel final : public Model {
  private:
   std::shared_ptr<NetImpl> net_;
   AdapterSpec spec_;
-  enum class Part { kA, kB, kWeight, kBias };
-  struct Owner {
-    LoraLinearImpl* layer = nullptr;  // owned by net_; null: no per-example rule
-    Part part = Part::kA;
-  };
-  std::vector<Owner> owners_;                   // Spec() order
+  std::vector<TensorOwner> owners_;             // Spec() order; layers owned by net_
   std::vector<LoraLinearImpl*> lora_layers_;    // owned by net_
   std::vector<torch::Tensor> adapter_tensors_;  // Spec() order
   std::vector<torch::Tensor> base_only_params_;  // frozen while fine-tuning
@@ -504,7 +494,36 @@ class TorchModel final : public Model {
 
 }  // namespace
 
+bool IsLanguageModel(const std::string& arch) {
+  return std::find(lm::kArchitectures.begin(), lm::kArchitectures.end(), arch) != lm::kArchitectures.end();
+}
+
+Result<std::unique_ptr<Model>> Model::Open(const ModelOptions& options, const std::string& base) {
+  if (!IsLanguageModel(options.arch)) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Create(options));
+    RETURN_IF_ERROR(model->LoadBase(base).WithContext("load base model"));
+    return model;
+  }
+  ASSIGN_OR_RETURN(std::shared_ptr<const lm::Checkpoint> checkpoint, lm::Checkpoint::Open(base));
+  if (checkpoint->config().architecture != options.arch) {
+    return InvalidArgument(fmt::format("the checkpoint '{}' is a {}, the adapter is for a {}", base,
+                                       checkpoint->config().architecture, options.arch));
+  }
+  lm::LlamaOptions lo;
+  lo.lora_rank = options.lora_rank;
+  lo.lora_alpha = options.lora_alpha;
+  lo.lora_seed = options.lora_seed;
+  if (!options.target_modules.empty()) lo.target_modules = options.target_modules;
+  lo.lora_residual = options.lora_residual;
+  lo.full = options.full;
+  ASSIGN_OR_RETURN(std::unique_ptr<lm::LlamaModel> model, lm::LlamaModel::Create(std::move(checkpoint), lo));
+  return std::unique_ptr<Model>(std::move(model));
+}
+
 Result<std::unique_ptr<Model>> Model::Create(const ModelOptions& options) {
+  if (IsLanguageModel(options.arch)) {
+    return InvalidArgument(fmt::format("a {} is opened from its checkpoint directory (Model::Open)", options.arch));
+  }
   if (options.arch != kArchVitTiny && options.arch != kArchMlp) {
     return InvalidArgument(fmt::format("unknown model architecture '{}' (expected '{}' or '{}')",
                                        options.arch, kArchVitTiny, kArchMlp));

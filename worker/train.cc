@@ -15,7 +15,6 @@
 namespace fedlora::worker {
 namespace {
 
-constexpr size_t kEvalBatch = 1000;
 constexpr double kMaxDelaySeconds = 24 * 3600.0;
 
 // Uniform integer in [0, n) by rejection from raw mt19937_64 output: batch order must not
@@ -58,29 +57,6 @@ class BatchSampler {
   std::mt19937_64 rng_;
   size_t pos_ = 0;
 };
-
-// Copies the examples into a uint8 image batch [N, 28, 28] and int64 labels [N].
-std::pair<torch::Tensor, torch::Tensor> MakeBatch(const Dataset& data,
-                                                  const std::vector<size_t>& batch) {
-  const auto n = static_cast<int64_t>(batch.size());
-  torch::Tensor images = torch::empty({n, kImageRows, kImageCols}, torch::kUInt8);
-  torch::Tensor labels = torch::empty({n}, torch::kLong);
-  uint8_t* image_data = images.data_ptr<uint8_t>();
-  int64_t* label_data = labels.data_ptr<int64_t>();
-  for (size_t i = 0; i < batch.size(); ++i) {
-    std::memcpy(image_data + i * kImagePixels, data.images.data() + batch[i] * kImagePixels,
-                kImagePixels);
-    label_data[i] = data.labels[batch[i]];
-  }
-  return {images, labels};
-}
-
-// Contiguous examples [begin, end) of `data`.
-std::pair<torch::Tensor, torch::Tensor> MakeRange(const Dataset& data, size_t begin, size_t end) {
-  std::vector<size_t> batch(end - begin);
-  for (size_t i = 0; i < batch.size(); ++i) batch[i] = begin + i;
-  return MakeBatch(data, batch);
-}
 
 // Sleeps for `duration` unless `stop` fires first.
 void SleepUnlessStopped(std::chrono::nanoseconds duration, const std::stop_token& stop) {
@@ -132,9 +108,9 @@ class DpSgd {
     std::vector<torch::Tensor> sums(tensors_.size());
     double mean_loss = 0;
     if (!batch.empty()) {
-      auto [images, labels] = MakeBatch(data_, batch);
       torch::Tensor losses;
-      ASSIGN_OR_RETURN(std::vector<torch::Tensor> per_example, model_.PerExampleGradients(images, labels, &losses));
+      ASSIGN_OR_RETURN(std::vector<torch::Tensor> per_example,
+                       model_.PerExampleGradients(model_.MakeBatch(data_, batch), &losses));
       torch::NoGradGuard no_grad;
       const int64_t n = static_cast<int64_t>(batch.size());
       torch::Tensor sq = torch::zeros({n}, torch::kDouble);
@@ -209,6 +185,7 @@ Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std
                                     const LocalTrainOptions& options, std::stop_token stop) {
   LocalTrainResult result;
   if (indices.empty() || options.steps == 0 || options.batch_size == 0) return result;
+  RETURN_IF_ERROR(model.CheckData(data));
 
   model.Train(true);
   // A fresh optimizer per run: workers keep no state between local runs.
@@ -237,8 +214,7 @@ Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std
       loss_sum += loss;
       result.samples += options.batch_size;  // expected batch size (the actual one is private)
     } else {
-      auto [images, labels] = MakeBatch(data, sampler->Next(options.batch_size));
-      torch::Tensor loss = torch::nn::functional::cross_entropy(model.Forward(images), labels);
+      torch::Tensor loss = model.Losses(model.MakeBatch(data, sampler->Next(options.batch_size))).mean();
       loss_sum += loss.item<double>();
       if (options.regularizer) loss = loss + options.regularizer();
       loss.backward();
@@ -266,6 +242,7 @@ Status AccumulateGradients(Model& model, const Dataset& data, const std::vector<
   model.Train(true);
   ZeroGradients(model);
   if (indices.empty() || batch_size == 0) return Status::Ok();
+  RETURN_IF_ERROR(model.CheckData(data));
   if (dp.enabled()) {
     DpSgd sgd(model, data, indices, batch_size, dp, {});
     for (uint32_t i = 0; i < batches; ++i) RETURN_IF_ERROR(sgd.AddGradient().status());
@@ -273,8 +250,7 @@ Status AccumulateGradients(Model& model, const Dataset& data, const std::vector<
   }
   BatchSampler sampler(indices, seed);
   for (uint32_t i = 0; i < batches; ++i) {
-    auto [images, labels] = MakeBatch(data, sampler.Next(batch_size));
-    torch::nn::functional::cross_entropy(model.Forward(images), labels).backward();
+    model.Losses(model.MakeBatch(data, sampler.Next(batch_size))).mean().backward();
   }
   return Status::Ok();
 }
@@ -285,32 +261,36 @@ EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples) {
   if (n == 0) return result;
   torch::NoGradGuard no_grad;
   model.Train(false);
-  size_t correct = 0;
-  double loss_sum = 0;
-  for (size_t begin = 0; begin < n; begin += kEvalBatch) {
-    const size_t end = std::min(n, begin + kEvalBatch);
-    auto [images, labels] = MakeRange(data, begin, end);
-    torch::Tensor logits = model.Forward(images);
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, labels, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .item<double>();
-    const torch::Tensor hit = logits.argmax(1).eq(labels);
-    correct += static_cast<size_t>(hit.sum().item<int64_t>());
-    const int64_t classes = logits.size(1);
-    if (result.class_total.empty()) {
-      result.class_total.assign(static_cast<size_t>(classes), 0);
-      result.class_correct.assign(static_cast<size_t>(classes), 0);
-    }
-    const torch::Tensor total = torch::bincount(labels, {}, classes);
-    const torch::Tensor right = torch::bincount(labels.masked_select(hit), {}, classes);
-    for (int64_t c = 0; c < classes; ++c) {
-      result.class_total[static_cast<size_t>(c)] += static_cast<size_t>(total[c].item<int64_t>());
-      result.class_correct[static_cast<size_t>(c)] += static_cast<size_t>(right[c].item<int64_t>());
+  const auto classes = static_cast<size_t>(std::max(data.num_classes, 1));
+  result.class_total.assign(classes, 0);
+  result.class_correct.assign(classes, 0);
+  double correct = 0, loss_sum = 0, count = 0;
+  const size_t step = std::max<size_t>(model.EvalBatchSize(), 1);
+  for (size_t begin = 0; begin < n; begin += step) {
+    std::vector<size_t> examples(std::min(n, begin + step) - begin);
+    for (size_t i = 0; i < examples.size(); ++i) examples[i] = begin + i;
+    const BatchScore score = model.Score(model.MakeBatch(data, examples));
+    loss_sum += score.loss_sum.sum().item<double>();
+    const torch::Tensor right = score.correct.to(torch::kLong).contiguous();
+    const torch::Tensor total = score.count.to(torch::kLong).contiguous();
+    for (size_t i = 0; i < examples.size(); ++i) {
+      const size_t label = data.labels[examples[i]];
+      const auto r = static_cast<size_t>(right.data_ptr<int64_t>()[i]);
+      const auto t = static_cast<size_t>(total.data_ptr<int64_t>()[i]);
+      correct += static_cast<double>(r);
+      count += static_cast<double>(t);
+      if (label < classes) {
+        result.class_correct[label] += r;
+        result.class_total[label] += t;
+      }
     }
   }
   result.samples = n;
-  result.accuracy = static_cast<double>(correct) / static_cast<double>(n);
-  result.loss = loss_sum / static_cast<double>(n);
+  result.predictions = static_cast<uint64_t>(count);
+  if (count > 0) {
+    result.accuracy = correct / count;
+    result.loss = loss_sum / count;
+  }
   return result;
 }
 
@@ -331,7 +311,7 @@ Result<PretrainReport> Pretrain(const PretrainOptions& options,
     ModelOptions model_options = options.model;
     model_options.init_seed = options.seed;
     ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Create(model_options));
-    model->SetPretraining(true);
+    RETURN_IF_ERROR(model->SetPretraining(true));
     model->Train(true);
     torch::optim::Adam optimizer(model->TrainableParameters(), torch::optim::AdamOptions(options.lr));
     std::vector<size_t> order = split.public_indices;
@@ -342,11 +322,11 @@ Result<PretrainReport> Pretrain(const PretrainOptions& options,
       size_t batches = 0;
       for (size_t begin = 0; begin < order.size(); begin += options.batch_size) {
         const size_t end = std::min(order.size(), begin + options.batch_size);
-        auto [images, labels] = MakeBatch(
+        const Batch batch = model->MakeBatch(
             train, std::vector<size_t>(order.begin() + static_cast<ptrdiff_t>(begin),
                                        order.begin() + static_cast<ptrdiff_t>(end)));
         optimizer.zero_grad();
-        torch::Tensor loss = torch::nn::functional::cross_entropy(model->Forward(images), labels);
+        torch::Tensor loss = model->Losses(batch).mean();
         loss.backward();
         optimizer.step();
         loss_sum += loss.item<double>();
@@ -354,7 +334,7 @@ Result<PretrainReport> Pretrain(const PretrainOptions& options,
       }
       if (progress) progress(epoch + 1, options.epochs, loss_sum / static_cast<double>(batches));
     }
-    model->SetPretraining(false);
+    RETURN_IF_ERROR(model->SetPretraining(false));
     report.base_test_accuracy = Evaluate(*model, test).accuracy;
 
     const std::filesystem::path out(options.out_path);

@@ -1,4 +1,5 @@
-// Local training, evaluation and pretraining on Fashion-MNIST with a worker::Model.
+// Local training and evaluation of a worker::Model on its task's data, and pretraining of the
+// image models on Fashion-MNIST.
 // Include only from worker/ and ops/: pulls in LibTorch through worker/model.h.
 // Thread safety: each call uses the given model from the calling thread only.
 #pragma once
@@ -57,12 +58,16 @@ struct LocalTrainResult {
 Result<LocalTrainResult> TrainLocal(Model& model, const Dataset& data, const std::vector<size_t>& indices,
                             const LocalTrainOptions& options, std::stop_token stop = {});
 
+// Evaluation of a model on examples: image classification counts examples; a language model
+// counts predicted tokens (accuracy is next-token accuracy, loss the mean NLL per token, and
+// perplexity exp(loss)).
 struct EvalResult {
-  double accuracy = 0;  // in [0, 1]
-  double loss = 0;      // mean cross-entropy
-  size_t samples = 0;
-  std::vector<size_t> class_correct;  // per label: correctly classified examples
-  std::vector<size_t> class_total;    // per label: examples
+  double accuracy = 0;       // right predictions / predictions, in [0, 1]
+  double loss = 0;           // mean loss per prediction
+  size_t samples = 0;        // examples
+  uint64_t predictions = 0;  // image: examples; language model: predicted tokens
+  std::vector<size_t> class_correct;  // per label (class or text source): right predictions
+  std::vector<size_t> class_total;    // per label: predictions
 };
 
 // Sums the gradients of model.TrainableParameters() over `batches` batches sampled like
@@ -75,7 +80,8 @@ Status AccumulateGradients(Model& model, const Dataset& data, const std::vector<
 // DP-SGD's sampling rate for a shard: min(1, batch_size / shard size).
 double DpSampleRate(uint32_t batch_size, size_t shard_size);
 
-// Evaluates on the first min(max_samples, data.size()) examples (0: all), in batches.
+// Evaluates on the first min(max_samples, data.size()) examples (0: all), in batches of
+// model.EvalBatchSize().
 EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples = 0);
 
 struct PretrainOptions {

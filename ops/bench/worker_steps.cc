@@ -109,12 +109,12 @@ int main(int argc, char** argv) {
   if (!model.ok()) Fail(model.status());
   // The Model interface has no "all parameters": in pretraining mode every base weight and the
   // head train (LoRA frozen), so the total is those plus the LoRA factors.
-  (*model)->SetPretraining(true);
+  if (auto st = (*model)->SetPretraining(true); !st.ok()) Fail(st);
   int64_t total = Numel((*model)->TrainableParameters());
   for (size_t i = 0; i < (*model)->Spec().tensors.size(); ++i) {
     if ((*model)->Spec().tensors[i].role != TensorRole::kDense) total += (*model)->AdapterTensors()[i].numel();
   }
-  (*model)->SetPretraining(false);
+  if (auto st = (*model)->SetPretraining(false); !st.ok()) Fail(st);
   const int64_t trainable = Numel((*model)->TrainableParameters());
 
   uint64_t seed = 1;

@@ -221,12 +221,12 @@ TEST(ModelAdapterTest, FreshAdapterLeavesTheBaseOutputUnchanged) {
     torch::NoGradGuard no_grad;
     const torch::Tensor images = RandomImages(4, 2);
     const torch::Tensor with_adapter = model->Forward(images);
-    model->SetPretraining(true);  // LoRA path off: the bare base
+    ASSERT_TRUE(model->SetPretraining(true).ok());  // LoRA path off: the bare base
     const torch::Tensor base = model->Forward(images);
     EXPECT_TRUE(torch::equal(with_adapter, base)) << arch;
 
     // And the adapter is live once B is not zero.
-    model->SetPretraining(false);
+    ASSERT_TRUE(model->SetPretraining(false).ok());
     ASSERT_TRUE(model->LoadAdapter(RandomAdapter(*model, 3)).ok());
     EXPECT_FALSE(torch::allclose(model->Forward(images), base)) << arch;
   }
@@ -437,7 +437,7 @@ TEST(ModelTrainTest, FineTuningModeTrainsOnlyTheAdapter) {
 TEST(ModelTrainTest, PretrainingModeTrainsTheBaseAndNotTheLora) {
   auto model = MakeModel("mlp");
   const size_t adapter_tensors = model->Spec().tensors.size();
-  model->SetPretraining(true);
+  ASSERT_TRUE(model->SetPretraining(true).ok());
   // fc1 and fc2 weight + bias, head weight + bias.
   EXPECT_EQ(model->TrainableParameters().size(), 6u);
   const AdapterState initial = model->ExportAdapter();
@@ -564,7 +564,7 @@ TEST(DpSgdTest, PerExampleGradientsEqualOneExampleAtATime) {
     const torch::Tensor images = RandomImages(3, 4);
     const torch::Tensor labels = torch::tensor({1, 7, 3}, torch::kLong);
     torch::Tensor losses;
-    auto per_example = model->PerExampleGradients(images, labels, &losses);
+    auto per_example = model->PerExampleGradients(Batch{images, labels, {}}, &losses);
     ASSERT_TRUE(per_example.ok()) << per_example.status().ToString();
     auto tensors = model->AdapterTensors();
     for (int64_t n = 0; n < 3; ++n) {
@@ -590,7 +590,7 @@ TEST(DpSgdTest, FrozenTensorsHaveNoPerExampleGradient) {
   auto model = MakeModel("mlp");
   auto tensors = model->AdapterTensors();
   tensors[0].set_requires_grad(false);  // fc1.lora_A, as FFA-LoRA freezes it
-  auto per_example = model->PerExampleGradients(RandomImages(2, 1), torch::tensor({0, 1}, torch::kLong), nullptr);
+  auto per_example = model->PerExampleGradients(Batch{RandomImages(2, 1), torch::tensor({0, 1}, torch::kLong), {}}, nullptr);
   ASSERT_TRUE(per_example.ok());
   EXPECT_FALSE((*per_example)[0].defined());
   EXPECT_TRUE((*per_example)[1].defined());
@@ -660,7 +660,7 @@ TEST(DpSgdTest, FullFineTuningHasNoPerExampleRule) {
   options.full = true;
   auto model = Model::Create(options);
   ASSERT_TRUE(model.ok());
-  auto r = (*model)->PerExampleGradients(RandomImages(2, 1), torch::tensor({0, 1}, torch::kLong), nullptr);
+  auto r = (*model)->PerExampleGradients(Batch{RandomImages(2, 1), torch::tensor({0, 1}, torch::kLong), {}}, nullptr);
   EXPECT_EQ(r.status().code(), Code::kFailedPrecondition);
 }
 

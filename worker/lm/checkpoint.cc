@@ -23,11 +23,12 @@ struct ArchitectureDefaults {
   std::string_view name;
   int64_t max_positions;
 };
-constexpr ArchitectureDefaults kArchitectures[] = {
+constexpr ArchitectureDefaults kArchitectureDefaults[] = {
     {"LlamaForCausalLM", 2048},
     {"MistralForCausalLM", 4096 * 32},
     {"Qwen2ForCausalLM", 32768},
 };
+static_assert(std::size(kArchitectureDefaults) == kArchitectures.size());
 
 // A positive integer field; `fallback` when absent or null (nullopt: required).
 Result<int64_t> PositiveInt(const json& j, const char* key, std::optional<int64_t> fallback, std::string_view origin) {
@@ -78,7 +79,7 @@ Result<LlamaConfig> ParseConfig(std::string_view json_text, std::string_view ori
   }
   c.architecture = j["architectures"][0].get<std::string>();
   const ArchitectureDefaults* arch = nullptr;
-  for (const auto& a : kArchitectures) {
+  for (const auto& a : kArchitectureDefaults) {
     if (a.name == c.architecture) arch = &a;
   }
   if (arch == nullptr) {
@@ -174,14 +175,20 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedWeights(const 
   return w;
 }
 
-Result<std::shared_ptr<const Checkpoint>> Checkpoint::Open(const std::string& dir) {
+Result<LlamaConfig> ReadConfig(const std::string& dir) {
   const fs::path root(dir);
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return NotFound(fmt::format("checkpoint directory '{}' does not exist", dir));
+  ASSIGN_OR_RETURN(const std::string config_text, ReadText(root / "config.json"));
+  return ParseConfig(config_text, (root / "config.json").string());
+}
+
+Result<std::shared_ptr<const Checkpoint>> Checkpoint::Open(const std::string& dir) {
+  const fs::path root(dir);
+  std::error_code ec;
   auto out = std::make_shared<Checkpoint>();
   out->dir_ = dir;
-  ASSIGN_OR_RETURN(const std::string config_text, ReadText(root / "config.json"));
-  ASSIGN_OR_RETURN(out->config_, ParseConfig(config_text, (root / "config.json").string()));
+  ASSIGN_OR_RETURN(out->config_, ReadConfig(dir));
 
   // Which files hold the weights, and (sharded) which file each weight is in.
   std::vector<std::string> files;

@@ -12,6 +12,7 @@
 // Thread safety: a Checkpoint is immutable after Open.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -25,6 +26,14 @@
 namespace fedlora::worker::lm {
 
 inline constexpr const char* kSupportedArchitectures = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
+inline constexpr std::array<std::string_view, 3> kArchitectures = {"LlamaForCausalLM", "MistralForCausalLM",
+                                                                   "Qwen2ForCausalLM"};
+
+// PEFT's module names that can carry LoRA, in PEFT's order (the first four in self_attn, the
+// rest in mlp), and the default targets (PEFT's for Llama).
+inline const std::vector<std::string> kLoraTargets = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                      "gate_proj", "up_proj", "down_proj"};
+inline const std::vector<std::string> kDefaultLoraTargets = {"q_proj", "v_proj"};
 
 struct LlamaConfig {
   std::string architecture;  // e.g. "LlamaForCausalLM"
@@ -50,6 +59,10 @@ struct LlamaConfig {
 // missing or malformed field, sizes that do not fit together), kUnimplemented (an unsupported
 // architecture, activation, rope_scaling or Qwen2 sliding window, named with what is supported).
 Result<LlamaConfig> ParseConfig(std::string_view json_text, std::string_view origin);
+
+// DIR/config.json, parsed, without touching the weights. Errors: kNotFound (no such directory
+// or no config.json), those of ParseConfig.
+Result<LlamaConfig> ReadConfig(const std::string& dir);
 
 // One weight of the checkpoint, as its file holds it.
 struct WeightView {
