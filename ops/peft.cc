@@ -9,16 +9,18 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "aggregator/methods/lora_layout.h"
 #include "aggregator/methods/lowrank.h"
 #include "schema/safetensors.h"
+#include "worker/lm/checkpoint.h"
 
 namespace fedlora::ops {
 namespace {
-
 
 constexpr std::string_view kPrefix = "base_model.model.";
 constexpr const char* kWeights = "adapter_model.safetensors";
@@ -41,6 +43,34 @@ Result<std::pair<std::string, TensorRole>> FedloraName(const std::string& key) {
     }
   }
   return std::pair{name, TensorRole::kDense};
+}
+
+bool IsLanguageModel(const std::string& model) {
+  return std::find(worker::lm::kArchitectures.begin(), worker::lm::kArchitectures.end(), model) !=
+         worker::lm::kArchitectures.end();
+}
+
+// "model.layers.<n>.<self_attn|mlp>.<target>.lora_<A|B>" as (n, target's place in PEFT's
+// order, 0 for A and 1 for B); nullopt for any other name.
+std::optional<std::tuple<uint64_t, size_t, int>> LanguageModelSlot(const std::string& name) {
+  const std::vector<std::string>& kTargets = worker::lm::kLoraTargets;
+  constexpr std::string_view kLayers = "model.layers.";
+  if (!name.starts_with(kLayers)) return std::nullopt;
+  size_t pos = kLayers.size();
+  uint64_t layer = 0;
+  const size_t digits_start = pos;
+  while (pos < name.size() && name[pos] >= '0' && name[pos] <= '9' && pos - digits_start < 9) {
+    layer = layer * 10 + static_cast<uint64_t>(name[pos++] - '0');
+  }
+  if (pos == digits_start || pos >= name.size() || name[pos] != '.') return std::nullopt;
+  const std::string rest = name.substr(pos + 1);
+  for (size_t t = 0; t < kTargets.size(); ++t) {
+    const std::string group = t < 4 ? "self_attn." : "mlp.";
+    for (int part = 0; part < 2; ++part) {
+      if (rest == group + kTargets[t] + (part == 0 ? ".lora_A" : ".lora_B")) return std::tuple{layer, t, part};
+    }
+  }
+  return std::nullopt;
 }
 
 Result<std::string> ReadFile(const std::string& path) {
@@ -166,8 +196,9 @@ Status WritePeft(const std::string& dir, const PeftAdapter& a) {
   const std::string weights = EncodeSafetensors(tensors, metadata);
   nlohmann::ordered_json config = {
       {"peft_type", "LORA"},
-      {"task_type", nullptr},
-      {"base_model_name_or_path", nullptr},
+      {"task_type", IsLanguageModel(spec.model) ? nlohmann::ordered_json("CAUSAL_LM") : nlohmann::ordered_json(nullptr)},
+      {"base_model_name_or_path",
+       a.base_model.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(a.base_model)},
       {"revision", nullptr},
       {"r", spec.rank},
       {"lora_alpha", spec.alpha},
@@ -220,6 +251,9 @@ Result<PeftAdapter> ReadPeft(const std::string& dir) {
 
   PeftAdapter out;
   out.metadata = file->metadata;
+  if (config.contains("base_model_name_or_path") && config["base_model_name_or_path"].is_string()) {
+    out.base_model = config["base_model_name_or_path"].get<std::string>();
+  }
   auto& spec = out.spec;
   spec.rank = config["r"].get<uint32_t>();
   spec.alpha = config.value("lora_alpha", static_cast<float>(spec.rank));
@@ -267,6 +301,11 @@ Result<PeftAdapter> ReadPeft(const std::string& dir) {
     }
   } else {
     for (const auto& [name, entry] : by_name) order.push_back(name);
+    // A language model's adapter from PEFT: fedlora's model order (layer 10 after layer 9).
+    if (std::all_of(order.begin(), order.end(), [](const std::string& n) { return LanguageModelSlot(n).has_value(); })) {
+      std::sort(order.begin(), order.end(),
+                [](const std::string& x, const std::string& y) { return *LanguageModelSlot(x) < *LanguageModelSlot(y); });
+    }
   }
   for (const auto& name : order) {
     auto it = by_name.find(name);

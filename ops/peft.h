@@ -30,7 +30,15 @@ struct PeftAdapter {
   AdapterSpec spec;
   AdapterState state;
   std::map<std::string, std::string> metadata;  // fedlora.* identity; written and read back
+  // adapter_config.json's base_model_name_or_path (a language model's checkpoint directory or
+  // hub id); empty: null.
+  std::string base_model;
 };
+
+// A language model's adapter (spec.model one of worker::lm::kArchitectures) goes out with
+// task_type CAUSAL_LM. An adapter PEFT wrote for one has no fedlora metadata: ReadPeft then
+// orders its LoRA tensors as fedlora's model does (layer by layer, PEFT's module order, A
+// before B), and its model is "unknown" until the importer names the checkpoint.
 
 // Writes DIR/adapter_model.safetensors and DIR/adapter_config.json (DIR is created). Refuses
 // to overwrite an existing export (kAlreadyExists) and a spec without LoRA factors

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -62,7 +64,7 @@ TEST(Safetensors, RefusesMalformedFiles) {
 
 TEST(Peft, WritesAndReadsBackTheSameAdapterAndRefusesFullModels) {
   testing::TempDir dir;
-  PeftAdapter a{testing::SmallSpec(), testing::FilledState(testing::SmallSpec(), 0.25f), {{"fedlora.version", "3"}}};
+  PeftAdapter a{testing::SmallSpec(), testing::FilledState(testing::SmallSpec(), 0.25f), {{"fedlora.version", "3"}}, {}};
   ASSERT_TRUE(WritePeft(dir.path("p"), a).ok());
   EXPECT_EQ(WritePeft(dir.path("p"), a).code(), Code::kAlreadyExists);
   auto back = ReadPeft(dir.path("p"));
@@ -105,7 +107,7 @@ TEST(Peft, MergesEachNonZeroResidualIntoItsModuleAtItsOwnRank) {
     state.tensors.push_back(std::move(d));
   }
   testing::TempDir dir;
-  ASSERT_TRUE(WritePeft(dir.path("p"), {spec, state, {}}).ok());
+  ASSERT_TRUE(WritePeft(dir.path("p"), {spec, state, {}, {}}).ok());
   std::ifstream in(dir.path("p") + "/adapter_config.json");
   const nlohmann::json config = nlohmann::json::parse(in);
   EXPECT_EQ(config["rank_pattern"], (nlohmann::json{{"m", 5}}));
@@ -135,6 +137,59 @@ TEST(Peft, MergesEachNonZeroResidualIntoItsModuleAtItsOwnRank) {
   ASSERT_FALSE(back.ok());
   EXPECT_EQ(back.status().code(), Code::kUnimplemented);
   EXPECT_NE(back.status().message().find("rank_pattern"), std::string::npos) << back.status().ToString();
+}
+
+// A language model's adapter goes out as PEFT's CAUSAL_LM with its base, and one PEFT wrote
+// (no fedlora metadata, keys in any order) comes back in fedlora's model order: layer by
+// layer (10 after 9), PEFT's module order within a layer, A before B.
+TEST(Peft, LanguageModelAdaptersAreCausalLmAndComeBackInModelOrder) {
+  testing::TempDir dir;
+  AdapterSpec spec;
+  spec.model = "LlamaForCausalLM";
+  spec.rank = 2;
+  spec.alpha = 4;
+  spec.target_modules = {"q_proj", "down_proj"};
+  for (int layer : {0, 9, 10}) {
+    for (const char* m : {"self_attn.q_proj", "mlp.down_proj"}) {
+      const std::string module = "model.layers." + std::to_string(layer) + "." + m;
+      spec.tensors.push_back({module + ".lora_A", {2, 8}, TensorRole::kLoraA});
+      spec.tensors.push_back({module + ".lora_B", {8, 2}, TensorRole::kLoraB});
+    }
+  }
+  const AdapterState state = testing::FilledState(spec, 0.5f);
+  PeftAdapter a{spec, state, {}, "/models/tiny-llama"};
+  ASSERT_TRUE(WritePeft(dir.path("lm"), a).ok());
+  std::ifstream in(dir.path("lm") + "/adapter_config.json");
+  const nlohmann::json config = nlohmann::json::parse(in);
+  EXPECT_EQ(config["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(config["base_model_name_or_path"], "/models/tiny-llama");
+  EXPECT_EQ(config["target_modules"], nlohmann::json({"q_proj", "down_proj"}));
+  auto back = ReadPeft(dir.path("lm"));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->base_model, "/models/tiny-llama");
+  EXPECT_EQ(back->spec.model, "LlamaForCausalLM");
+
+  // The same tensors as PEFT writes them: sorted keys, no metadata.
+  std::vector<std::pair<std::string, const DenseTensor*>> sorted;
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    sorted.emplace_back("base_model.model." + spec.tensors[i].name + ".weight", &state.tensors[i]);
+  }
+  std::sort(sorted.begin(), sorted.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  const auto first = [&](const std::string& layer) {
+    return std::find_if(sorted.begin(), sorted.end(), [&](const auto& e) { return e.first.find(layer) != std::string::npos; });
+  };
+  ASSERT_LT(first("layers.10."), first("layers.9.")) << "the file's order puts layer 10 before 9";
+  std::filesystem::create_directories(dir.path("foreign"));
+  std::ofstream(dir.path("foreign") + "/adapter_model.safetensors", std::ios::binary) << EncodeSafetensors(sorted, {});
+  std::ofstream(dir.path("foreign") + "/adapter_config.json") << config.dump();
+  auto foreign = ReadPeft(dir.path("foreign"));
+  ASSERT_TRUE(foreign.ok()) << foreign.status().ToString();
+  EXPECT_EQ(foreign->spec.model, "unknown");
+  ASSERT_EQ(foreign->spec.tensors.size(), spec.tensors.size());
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    EXPECT_EQ(foreign->spec.tensors[i].name, spec.tensors[i].name) << i;
+    EXPECT_EQ(foreign->state.tensors[i].values, state.tensors[i].values) << i;
+  }
 }
 
 }  // namespace
