@@ -147,6 +147,59 @@ TEST_F(LmRun, FineTuningLowersTheHeldOutPerplexity) {
   EXPECT_GT(summary["final_accuracy"].get<double>(), summary["base_accuracy"].get<double>()) << out;
 }
 
+// The adapter a run trained, exported for PEFT, merged into the base by the independent
+// reference (llama_reference.py merge-peft): the merged model scores a text exactly as fedlora
+// scores it with base + adapter; imported back, the adapter scores it the same again.
+TEST_F(LmRun, AnExportedAdapterMergedByTheReferenceScoresTheSameAndImportsBack) {
+  std::string out;
+  const json summary = Run("export", "--method fedavg --mode fedbuff --target-modules q_proj,v_proj,o_proj,down_proj",
+                           3, &out);
+  ASSERT_FALSE(summary.is_discarded()) << out;
+  const std::string store = dir_->path("export"), ckpt = dir_->path("ckpt");
+  int rc = -1;
+  out = RunCapture(std::string(kBinary) + " export --store " + Quote(store) + " --base " + Quote(ckpt) + " --out " +
+                       Quote(dir_->path("peft")) + " 2>&1",
+                   &rc);
+  ASSERT_EQ(rc, 0) << out;
+  std::ifstream config_file(dir_->path("peft/adapter_config.json"));
+  const json config = json::parse(config_file, nullptr, false);
+  EXPECT_EQ(config["peft_type"], "LORA");
+  EXPECT_EQ(config["task_type"], "CAUSAL_LM");
+  EXPECT_EQ(config["base_model_name_or_path"], std::filesystem::absolute(ckpt).lexically_normal().string());
+  EXPECT_EQ(config["target_modules"], json({"q_proj", "v_proj", "o_proj", "down_proj"}));
+  auto merged = RunPython({ReferenceTool("llama_reference.py"), "merge-peft", "--model", ckpt, "--adapter",
+                           dir_->path("peft"), "--out", dir_->path("merged")});
+  ASSERT_TRUE(merged.ok()) << merged.status().ToString();
+
+  std::ofstream(dir_->path("score.txt")) << "the sea wave ship salt wind sails blue deep.\n";
+  const auto score = [&](const std::string& args) {
+    int code = -1;
+    const std::string text =
+        RunCapture(std::string(kBinary) + " score " + args + " --text " + Quote(dir_->path("score.txt")) + " --json", &code);
+    EXPECT_EQ(code, 0) << text;
+    return json::parse(text, nullptr, false);
+  };
+  const json trained = score("--base " + Quote(ckpt) + " --store " + Quote(store));
+  const json bare = score("--base " + Quote(ckpt));
+  const json reference = score("--base " + Quote(dir_->path("merged")));
+  ASSERT_FALSE(trained.is_discarded() || bare.is_discarded() || reference.is_discarded());
+  ASSERT_EQ(trained["tokens"].size(), reference["tokens"].size());
+  EXPECT_GT(std::abs(trained["mean_nll"].get<double>() - bare["mean_nll"].get<double>()), 1e-2)
+      << "the adapter must change the scores for the comparison to mean anything";
+  for (size_t i = 0; i < trained["tokens"].size(); ++i) {
+    EXPECT_NEAR(trained["tokens"][i]["nll"].get<double>(), reference["tokens"][i]["nll"].get<double>(), 1e-3) << i;
+  }
+
+  out = RunCapture(std::string(kBinary) + " import --in " + Quote(dir_->path("peft")) + " --adapter imported --store " +
+                       Quote(dir_->path("imported")) + " 2>&1",
+                   &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("LlamaForCausalLM"), std::string::npos) << out;  // the architecture recorded at export
+  const json imported = score("--base " + Quote(ckpt) + " --store " + Quote(dir_->path("imported")) + " --adapter imported");
+  ASSERT_FALSE(imported.is_discarded());
+  EXPECT_DOUBLE_EQ(imported["mean_nll"].get<double>(), trained["mean_nll"].get<double>());
+}
+
 // A missing checkpoint, an image-only option or a checkpoint without a tokenizer: a clear
 // error and a non-zero exit, nothing written.
 TEST_F(LmRun, BadInputsAreRefusedClearly) {
