@@ -29,7 +29,9 @@ torch::Tensor SeededUniform(std::vector<int64_t> shape, double bound, uint64_t s
 // x W^T + b for x [..., in], computed as a 1x1 convolution over x viewed as [rows, in, 1, 1].
 // Why: the Debian LibTorch links the reference BLAS, whose sgemm runs the small matrix
 // products here 5-10x slower than oneDNN's convolution kernels (which LibTorch picks for fp32
-// convolutions, forward and backward). `bias` may be undefined.
+// convolutions, forward and backward). Below 16 rows oneDNN's convolution is slower still
+// (a generation step has one row per sequence): up to 4 rows use the BLAS product, 5 to 15 are
+// padded to 16. `bias` may be undefined.
 torch::Tensor Dense(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
 
 // How a layer applies its LoRA pair.
