@@ -4,6 +4,7 @@
 // reports where and how the two histories part.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -17,6 +18,7 @@
 #include "ops/progress.h"
 #include "storage/adapter_store.h"
 #include "storage/update_log.h"
+#include "worker/lm/checkpoint.h"
 
 namespace fedlora::ops {
 namespace {
@@ -37,6 +39,7 @@ struct ReplayFlags {
   bool no_eval = false;
   std::string data_dir = worker::kDefaultFashionMnistDir;
   std::string base;
+  TaskOptions text;  // a language model's evaluation text (--text, --seq-len, --examples-per-source)
   bool json = false;
 };
 
@@ -173,9 +176,24 @@ void RunReplay(const ReplayFlags& f) {
   if (!f.no_eval) {
     auto zero = storage::ReadVersion(*original, f.adapter, 0);
     if (!zero.ok()) Fail("replay", zero.status());
+    const bool lm = std::find(worker::lm::kArchitectures.begin(), worker::lm::kArchitectures.end(),
+                              zero->spec.model) != worker::lm::kArchitectures.end();
     const std::string base = !f.base.empty() ? f.base : BasePath(paths->store, zero->spec.model);
-    auto test = worker::LoadFashionMnist(f.data_dir, worker::Split::kTest);
-    if (!fs::exists(base)) {
+    Result<worker::Dataset> test = InvalidArgument("no --base checkpoint directory");
+    if (lm && !f.base.empty()) {
+      TaskOptions task = f.text;  // the held-out text of the original run, when given its flags
+      task.task = "lm";
+      task.base = f.base;
+      auto data = LoadTaskData(task);
+      test = data.ok() ? Result<worker::Dataset>(*data->test) : Result<worker::Dataset>(data.status());
+    } else if (!lm) {
+      test = worker::LoadFashionMnist(f.data_dir, worker::Split::kTest);
+    }
+    if (lm && f.base.empty()) {
+      eval_note = fmt::format("not evaluated: a {} adapter is evaluated on its checkpoint: give --base DIR (and the "
+                              "original's --text, --seq-len, --examples-per-source)",
+                              zero->spec.model);
+    } else if (!fs::exists(base)) {
       eval_note = fmt::format("not evaluated: no base model at '{}' (--base)", base);
     } else if (!test.ok()) {
       eval_note = fmt::format("not evaluated: {}", test.status().ToString());
@@ -309,7 +327,10 @@ void RegisterReplay(CLI::App& app) {
                   "Test images per evaluation [default: as many as the original's latest evaluation]");
   cmd->add_flag("--no-eval", f->no_eval, "Do not evaluate (needs no base model or dataset)");
   cmd->add_option("--data-dir", f->data_dir, "Fashion-MNIST IDX files")->capture_default_str();
-  cmd->add_option("--base", f->base, "Base model for evaluation [default: <store>/base/<model>.pt]");
+  cmd->add_option("--base", f->base,
+                  "Base model for evaluation [default: <store>/base/<model>.pt]; a language model's checkpoint "
+                  "directory (required to evaluate one)");
+  AddTextFlags(cmd, f->text);
   cmd->add_flag("--json", f->json, "Print the report as JSON");
   cmd->add_option("settings", f->extra, "Aggregator flags (after --) for a what-if replay, e.g. -- --method flora");
   cmd->callback([f] { RunReplay(*f); });

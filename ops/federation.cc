@@ -146,6 +146,7 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
         if (!state->model || state->spec.tensors.size() != spec.tensors.size() ||
             state->spec.model != spec.model || state->spec.rank != spec.rank) {
           ASSIGN_OR_RETURN(state->model, worker::Model::Open(ModelFor(spec), base_path));
+          RETURN_IF_ERROR(state->model->CheckData(*test).WithContext("the evaluation data"));
           state->spec = spec;
         }
         RETURN_IF_ERROR(state->model->LoadAdapter(adapter));

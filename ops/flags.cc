@@ -40,6 +40,14 @@ void AddLanguageTaskFlags(CLI::App* app, TaskOptions& task) {
                   "of --base on next tokens of --text")
       ->check(CLI::IsMember({"image", "lm"}))
       ->capture_default_str();
+  AddTextFlags(app, task);
+  app->add_option("--target-modules", task.target_modules,
+                  "LoRA targets, comma-separated (lm: PEFT's names q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                  "down_proj, default q_proj,v_proj; image: the model's module paths, default all)")
+      ->delimiter(',');
+}
+
+void AddTextFlags(CLI::App* app, TaskOptions& task) {
   app->add_option("--text", task.text,
                   "lm: text files or directories (each file one source, the unit of the non-IID split; fortune "
                   "files split at '%' lines, other files at blank lines)")
@@ -50,10 +58,6 @@ void AddLanguageTaskFlags(CLI::App* app, TaskOptions& task) {
   app->add_option("--examples-per-source", task.examples_per_source,
                   "lm: use the first N examples of each source (0: all)")
       ->capture_default_str();
-  app->add_option("--target-modules", task.target_modules,
-                  "LoRA targets, comma-separated (lm: PEFT's names q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
-                  "down_proj, default q_proj,v_proj; image: the model's module paths, default all)")
-      ->delimiter(',');
 }
 
 void AddPartitionFlags(CLI::App* app, TaskOptions& task) {

@@ -28,6 +28,8 @@ void AddTaskFlags(CLI::App* app, TaskOptions& task);
 // --task, --text, --seq-len, --examples-per-source, --target-modules (the lm task's data and
 // LoRA targets; the checkpoint directory comes from each command's --base).
 void AddLanguageTaskFlags(CLI::App* app, TaskOptions& task);
+// --text, --seq-len, --examples-per-source (part of AddLanguageTaskFlags): the lm task's data.
+void AddTextFlags(CLI::App* app, TaskOptions& task);
 // --partition and --classes-per-client (part of AddTaskFlags; `run` adds them on their own).
 void AddPartitionFlags(CLI::App* app, TaskOptions& task);
 

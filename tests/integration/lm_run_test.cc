@@ -48,13 +48,13 @@ class LmRun : public ::testing::TestWithParam<std::tuple<std::string, std::strin
     std::ofstream all(dir_->path("all.txt"));
     for (const char* s : {"sea", "wood", "town"}) all << std::ifstream(dir_->path(std::string("text/") + s)).rdbuf();
     all.close();
-    auto tok = RunPython({ReferenceTool("hf_checkpoint.py"), "train-tokenizer", "--text", dir_->path("all.txt"),
-                          "--vocab", "320", "--out", dir_->path("tokenizer.model")});
-    ASSERT_TRUE(tok.ok()) << tok.status().ToString();
-    auto made = RunPython({ReferenceTool("hf_checkpoint.py"), "make", "--out", dir_->path("ckpt"), "--arch", "llama",
-                           "--hidden", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--intermediate", "48",
-                           "--vocab", "320", "--seed", "5", "--tie", "1", "--dtype", "F32", "--std", "0.3", "--tokenizer-model",
-                           dir_->path("tokenizer.model")});
+    // One interpreter for both: importing torch is most of the cost.
+    auto made = testing::RunReferenceToolBatch(
+        "hf_checkpoint.py",
+        {{"train-tokenizer", "--text", dir_->path("all.txt"), "--vocab", "320", "--out", dir_->path("tokenizer.model")},
+         {"make", "--out", dir_->path("ckpt"), "--arch", "llama", "--hidden", "32", "--layers", "2", "--heads", "4",
+          "--kv-heads", "2", "--intermediate", "48", "--vocab", "320", "--seed", "5", "--tie", "1", "--dtype", "F32",
+          "--std", "0.3", "--tokenizer-model", dir_->path("tokenizer.model")}});
     ASSERT_TRUE(made.ok()) << made.status().ToString();
   }
   static void TearDownTestSuite() {
@@ -198,6 +198,33 @@ TEST_F(LmRun, AnExportedAdapterMergedByTheReferenceScoresTheSameAndImportsBack) 
   const json imported = score("--base " + Quote(ckpt) + " --store " + Quote(dir_->path("imported")) + " --adapter imported");
   ASSERT_FALSE(imported.is_discarded());
   EXPECT_DOUBLE_EQ(imported["mean_nll"].get<double>(), trained["mean_nll"].get<double>());
+}
+
+// A language model's stored run replays bit for bit from its log, and the replay evaluates
+// on the checkpoint and the original's held-out text to the original's figure.
+TEST_F(LmRun, AStoredRunReplaysBitForBitAndEvaluatesOnItsCheckpoint) {
+  std::string out;
+  const json summary = Run("replayed", "--method fedavg --mode fedbuff", 3, &out);
+  ASSERT_FALSE(summary.is_discarded()) << out;
+  int rc = -1;
+  out = RunCapture(std::string(kBinary) + " replay --log " + Quote(dir_->path("replayed")) + " --out " +
+                       Quote(dir_->path("replay-out")) + " --base " + Quote(dir_->path("ckpt")) + " --text " +
+                       Quote(dir_->path("text")) + " --seq-len 24 --json 2>/dev/null",
+                   &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const json report = json::parse(out, nullptr, false);
+  ASSERT_FALSE(report.is_discarded()) << out;
+  EXPECT_EQ(report["last_version"], 3u);
+  EXPECT_EQ(report["identical"], report["compared"]);
+  EXPECT_TRUE(report["first_difference"].is_null());
+  ASSERT_FALSE(report["last_accuracy"].is_null()) << out;
+  EXPECT_NEAR(report["last_accuracy"].get<double>(), summary["final_accuracy"].get<double>(), 1e-6);
+  // Without the checkpoint the replay still rebuilds every version, and says why it did not evaluate.
+  out = RunCapture(std::string(kBinary) + " replay --log " + Quote(dir_->path("replayed")) + " --out " +
+                       Quote(dir_->path("replay-bare")) + " 2>&1",
+                   &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("give --base DIR"), std::string::npos) << out;
 }
 
 // A missing checkpoint, an image-only option or a checkpoint without a tokenizer: a clear

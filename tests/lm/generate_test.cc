@@ -12,7 +12,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <future>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -32,7 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::fedlora::testing::ReferenceTool;
-using ::fedlora::testing::RunPython;
+using ::fedlora::testing::RunReferenceToolBatch;
 using ::fedlora::testing::TempDir;
 
 constexpr int kVocab = 400;  // tokenizer pieces = model vocabulary
@@ -71,38 +70,31 @@ class GenerateTest : public ::testing::Test {
     const std::string text = suite_->dir->path("train.txt");
     const std::string model = suite_->dir->path("tokenizer.model");
     std::ofstream(text, std::ios::binary) << kTrainingText;
-    auto trained = RunPython({ReferenceTool("hf_checkpoint.py"), "train-tokenizer", "--text", text, "--vocab",
-                              std::to_string(kVocab), "--out", model});
-    if (!trained.ok()) {
-      suite_->status = trained.status();
-      return;
-    }
     suite_->llama = suite_->dir->path("llama");
     suite_->mistral = suite_->dir->path("mistral");
     suite_->qwen2 = suite_->dir->path("qwen2");
     suite_->short_context = suite_->dir->path("short");
     auto make = [&](const std::string& out, std::vector<std::string> args) {
-      std::vector<std::string> all = {ReferenceTool("hf_checkpoint.py"), "make", "--out", out, "--vocab",
-                                      std::to_string(kVocab), "--seed", "5", "--dtype", "F32", "--std", "0.05"};
+      std::vector<std::string> all = {"make", "--out", out, "--vocab", std::to_string(kVocab), "--seed", "5",
+                                      "--dtype", "F32", "--std", "0.05"};
       all.insert(all.end(), args.begin(), args.end());
-      return std::async(std::launch::async, [all] { return RunPython(all); });
+      return all;
     };
-    std::vector<std::future<Result<std::string>>> runs;
-    runs.push_back(make(suite_->llama, {"--arch", "llama", "--hidden", "64", "--layers", "2", "--heads", "4",
-                                        "--kv-heads", "2", "--intermediate", "96", "--tie", "0", "--tokenizer-model",
-                                        model}));
-    runs.push_back(make(suite_->mistral, {"--arch", "mistral", "--hidden", "64", "--layers", "2", "--heads", "4",
-                                          "--kv-heads", "2", "--intermediate", "64", "--tie", "0", "--sliding-window",
-                                          "4", "--tokenizer-model", model}));
-    runs.push_back(make(suite_->qwen2, {"--arch", "qwen2", "--hidden", "48", "--layers", "2", "--heads", "6",
-                                        "--kv-heads", "2", "--intermediate", "80", "--tie", "1"}));
-    runs.push_back(make(suite_->short_context, {"--arch", "llama", "--hidden", "32", "--layers", "1", "--heads", "2",
-                                                "--kv-heads", "1", "--intermediate", "48", "--tie", "1", "--max-pos",
-                                                std::to_string(kShortMaxPositions), "--tokenizer-model", model}));
-    for (auto& run : runs) {
-      auto r = run.get();
-      if (!r.ok() && suite_->status.ok()) suite_->status = r.status();
-    }
+    // One interpreter for the tokenizer and every checkpoint: importing torch is most of the cost.
+    auto made = RunReferenceToolBatch(
+        "hf_checkpoint.py",
+        {{"train-tokenizer", "--text", text, "--vocab", std::to_string(kVocab), "--out", model},
+         make(suite_->llama, {"--arch", "llama", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+                              "--intermediate", "96", "--tie", "0", "--tokenizer-model", model}),
+         make(suite_->mistral, {"--arch", "mistral", "--hidden", "64", "--layers", "2", "--heads", "4", "--kv-heads",
+                                "2", "--intermediate", "64", "--tie", "0", "--sliding-window", "4", "--tokenizer-model",
+                                model}),
+         make(suite_->qwen2, {"--arch", "qwen2", "--hidden", "48", "--layers", "2", "--heads", "6", "--kv-heads", "2",
+                              "--intermediate", "80", "--tie", "1"}),
+         make(suite_->short_context, {"--arch", "llama", "--hidden", "32", "--layers", "1", "--heads", "2",
+                                      "--kv-heads", "1", "--intermediate", "48", "--tie", "1", "--max-pos",
+                                      std::to_string(kShortMaxPositions), "--tokenizer-model", model})});
+    if (!made.ok()) suite_->status = made.status();
   }
   static void TearDownTestSuite() {
     delete suite_;

@@ -419,10 +419,8 @@ def main():
             if verbose:
                 import traceback
                 traceback.print_exc()
+    # Reported, not asserted: a timing depends on the machine's load, and tests check behaviour.
     print(f"slowest command line: {SLOWEST[1]} {SLOWEST[0]:.2f} s")
-    if SLOWEST[0] >= 5:
-        failed += 1
-        print("FAIL a command line took 5 s or more")
     if "--keep" in sys.argv:
         print(f"kept {TMP}")
     else:
