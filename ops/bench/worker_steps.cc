@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <numeric>
 
+#include "ops/bench/train_steps.h"
 #include "worker/client.h"
 #include "worker/data.h"
 #include "worker/model.h"
@@ -45,28 +46,12 @@ struct Flags {
   std::exit(1);
 }
 
-int64_t Numel(const std::vector<torch::Tensor>& tensors) {
-  return std::accumulate(tensors.begin(), tensors.end(), int64_t{0},
-                         [](int64_t n, const torch::Tensor& t) { return n + t.numel(); });
-}
-
-// Runs `steps` optimizer steps as the worker does: local runs of `steps_per_run` steps, each a
-// TrainLocal call with a fresh Adam. Returns the mean loss of the last run.
+// Runs `steps` steps as the worker does (bench::TrainSteps); returns the last run's mean loss.
 double Train(worker::Model& model, const worker::Dataset& data, const std::vector<size_t>& indices,
              const Flags& f, uint32_t steps, uint64_t& seed) {
-  double loss = 0;
-  for (uint32_t done = 0; done < steps;) {
-    worker::LocalTrainOptions o;
-    o.steps = std::min(f.steps_per_run, steps - done);
-    o.batch_size = f.batch_size;
-    o.lr = f.lr;
-    o.seed = seed++;
-    auto r = worker::TrainLocal(model, data, indices, o);
-    if (!r.ok()) Fail(r.status());
-    done += r->steps;
-    loss = r->mean_loss;
-  }
-  return loss;
+  auto loss = bench::TrainSteps(model, data, indices, {f.steps_per_run, f.batch_size, f.lr}, steps, seed);
+  if (!loss.ok()) Fail(loss.status());
+  return *loss;
 }
 
 }  // namespace
@@ -110,12 +95,12 @@ int main(int argc, char** argv) {
   // The Model interface has no "all parameters": in pretraining mode every base weight and the
   // head train (LoRA frozen), so the total is those plus the LoRA factors.
   if (auto st = (*model)->SetPretraining(true); !st.ok()) Fail(st);
-  int64_t total = Numel((*model)->TrainableParameters());
+  int64_t total = bench::Numel((*model)->TrainableParameters());
   for (size_t i = 0; i < (*model)->Spec().tensors.size(); ++i) {
     if ((*model)->Spec().tensors[i].role != TensorRole::kDense) total += (*model)->AdapterTensors()[i].numel();
   }
   if (auto st = (*model)->SetPretraining(false); !st.ok()) Fail(st);
-  const int64_t trainable = Numel((*model)->TrainableParameters());
+  const int64_t trainable = bench::Numel((*model)->TrainableParameters());
 
   uint64_t seed = 1;
   Train(**model, *data, indices, f, f.warmup, seed);

@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_loop import check_counts, train  # noqa: E402
+
 PIXEL_MEAN = 0.2860
 PIXEL_STD = 0.3530
 ROWS = COLS = 28
@@ -185,52 +188,6 @@ def build(arch, rank, alpha, dense):
     return model
 
 
-class Sampler:
-    """Every example once per epoch, in a fresh shuffled order per epoch."""
-
-    def __init__(self, n, seed):
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(n)
-        self.pos = 0
-
-    def next(self, size):
-        parts = []
-        while size > 0:
-            if self.pos == len(self.order):
-                self.order = self.rng.permutation(len(self.order))
-                self.pos = 0
-            take = min(size, len(self.order) - self.pos)
-            parts.append(self.order[self.pos:self.pos + take])
-            self.pos += take
-            size -= take
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-
-def train(model, images, labels, args, steps, seed):
-    """`steps` steps in local runs of --steps-per-run, each with a fresh Adam (TrainLocal)."""
-    loss_mean = 0.0
-    done = 0
-    while done < steps:
-        run = min(args.steps_per_run, steps - done)
-        model.train(True)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-        sampler = Sampler(len(labels), seed)
-        seed += 1
-        loss_sum = 0.0
-        for _ in range(run):
-            optimizer.zero_grad()
-            batch = sampler.next(args.batch_size)
-            x = torch.from_numpy(images[batch])
-            y = torch.from_numpy(labels[batch])
-            loss = F.cross_entropy(model(x), y)
-            loss_sum += loss.item()
-            loss.backward()
-            optimizer.step()
-        loss_mean = loss_sum / run
-        done += run
-    return loss_mean, seed
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="vit-tiny", choices=["vit-tiny", "mlp"])
@@ -254,15 +211,14 @@ def main():
     torch.manual_seed(0)
     images, labels = load_train(args.data_dir)
     model = build(args.arch, args.rank, args.alpha, args.dense)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    for what, have, want in (("total", total, args.expect_total), ("trainable", trainable, args.expect_trainable)):
-        if want is not None and have != want:
-            sys.exit(f"worker_steps.py: {args.arch} has {have} {what} parameters, the C++ model {want}")
+    total, trainable = check_counts("worker_steps.py", args.arch, model, args)
 
-    _, seed = train(model, images, labels, args, args.warmup, 1)
+    def batch_loss(batch):
+        return F.cross_entropy(model(torch.from_numpy(images[batch])), torch.from_numpy(labels[batch]))
+
+    _, seed = train(model, len(labels), batch_loss, args, args.warmup, 1)
     started, cpu_started = time.perf_counter(), time.process_time()
-    loss, _ = train(model, images, labels, args, args.steps, seed)
+    loss, _ = train(model, len(labels), batch_loss, args, args.steps, seed)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     print(json.dumps({"side": f"pytorch-{args.dense}", "torch": torch.__version__, "arch": args.arch,
                       "batch_size": args.batch_size, "threads": args.threads, "rank": args.rank,

@@ -10,7 +10,7 @@ Usage (run with /usr/bin/python3):
       --heads NH --kv-heads NKV --intermediate I --vocab V --tie {0,1} \\
       --dtype {F32,F16,BF16} --seed S [--shards K] [--rope-theta T] [--rms-eps E] \\
       [--head-dim D] [--max-pos P] [--sliding-window W (mistral)] [--std 0.02] \\
-      [--tokenizer-model PATH]
+      [--tokenizer-model PATH] [--stream]
   hf_checkpoint.py convert --in DIR --out DIR2 --dtype {F32,F16,BF16}
   hf_checkpoint.py train-tokenizer --text FILE --vocab V --out PATH [--model-type bpe|unigram]
 
@@ -28,6 +28,10 @@ Values: normal(0, --std) for matrices and biases, 1 + normal(0, 0.05) for norm w
 in float32 from torch.Generator().manual_seed(S) in state-dict order, then rounded to --dtype.
 Within one file tensors are stored sorted by name (as the safetensors library does for one
 dtype), and each file has __metadata__ {"format": "pt"}.
+
+With --stream, each tensor is written to its place in the file as soon as it is drawn, so
+memory holds one tensor instead of the whole model (a 1B model at F32 is 4.4 GB); the files are
+byte for byte those written without it.
 
 With --tokenizer-model, DIR gets a copy as tokenizer.model plus tokenizer_config.json and
 special_tokens_map.json; config.json's bos/eos ids then come from the tokenizer (else 1 and 2).
@@ -194,6 +198,53 @@ def save_checkpoint(d, cfg, tensors, groups=None):
         f.write("\n")
 
 
+def stream_checkpoint(d, cfg, order, shapes, dtype, shards, draw):
+    """save_checkpoint's files without holding the tensors: the headers come from the shapes,
+    then draw(name, shape) is called in `order` and each tensor is written at its offset."""
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    for old in os.listdir(d):
+        if old.startswith("model") and (old.endswith(".safetensors") or old.endswith(".index.json")):
+            os.remove(os.path.join(d, old))
+    # Meta tensors know their sizes without memory, so split_shards cuts them as it cuts real ones.
+    meta = {n: torch.empty(shapes[n], dtype=DTYPES[dtype], device="meta") for n in order}
+    groups = split_shards(order, meta, shards)
+    files = ["model.safetensors"] if len(groups) == 1 else \
+        [f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors" for k in range(len(groups))]
+    where, handles, total = {}, [], 0
+    try:
+        for file, names in zip(files, groups):
+            header, offset = {"__metadata__": {"format": "pt"}}, 0
+            for name in sorted(names):
+                size = meta[name].numel() * meta[name].element_size()
+                header[name] = {"dtype": dtype, "shape": list(shapes[name]), "data_offsets": [offset, offset + size]}
+                offset += size
+            text = json.dumps(header, separators=(",", ":")).encode()
+            text += b" " * (-len(text) % 8)
+            f = open(os.path.join(d, file), "wb")
+            handles.append(f)
+            f.write(struct.pack("<Q", len(text)))
+            f.write(text)
+            f.truncate(8 + len(text) + offset)
+            for name in names:
+                where[name] = (f, 8 + len(text) + header[name]["data_offsets"][0])
+            total += offset
+        for name in order:
+            f, at = where[name]
+            f.seek(at)
+            f.write(tensor_bytes(draw(name, shapes[name])))
+    finally:
+        for f in handles:
+            f.close()
+    if len(groups) > 1:
+        weight_map = {n: file for file, names in zip(files, groups) for n in names}
+        with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
+            f.write("\n")
+
+
 # ---------------------------------------------------------------- make
 def state_dict_shapes(a, head_dim):
     """(name, shape) in transformers' state-dict order."""
@@ -270,6 +321,14 @@ def cmd_make(a):
     else:
         cfg.update(use_sliding_window=False, sliding_window=4096, max_window_layers=a.layers)
     gen = torch.Generator().manual_seed(a.seed)
+    if a.stream:
+        def draw(name, shape):
+            t = torch.randn(shape, generator=gen, dtype=torch.float32)
+            t = 1.0 + 0.05 * t if name.endswith("norm.weight") else a.std * t
+            return t.to(DTYPES[a.dtype])
+        shapes = dict(state_dict_shapes(a, head_dim))
+        stream_checkpoint(a.out, cfg, list(shapes), shapes, a.dtype, a.shards, draw)
+        return
     tensors, order = {}, []
     for name, shape in state_dict_shapes(a, head_dim):
         t = torch.randn(shape, generator=gen, dtype=torch.float32)
@@ -329,6 +388,8 @@ def main(argv=None):
     m.add_argument("--sliding-window", type=int)
     m.add_argument("--std", type=float, default=0.02)
     m.add_argument("--tokenizer-model")
+    m.add_argument("--stream", action="store_true",
+                   help="write each tensor as it is drawn (memory: one tensor; the same bytes)")
     c = sub.add_parser("convert")
     c.add_argument("--in", required=True)
     c.add_argument("--out", required=True)
