@@ -109,13 +109,7 @@ Loaded Load(std::string_view command, const ModelFlags& f) {
                                        f.base, out.architecture)),
            2);
     }
-    mo.arch = spec.model;
-    mo.lora_rank = spec.rank;
-    mo.lora_alpha = spec.alpha;
-    mo.lora_seed = spec.seed;
-    mo.target_modules = spec.target_modules;
-    mo.full = spec.rank == 0;
-    mo.lora_residual = spec.has_residuals();
+    mo = worker::ModelOptions::ForSpec(spec);
     out.version = version;
     state = std::move(global->state);
   }

@@ -106,17 +106,6 @@ worker::ModelOptions ModelFor(const TaskOptions& task) {
   return mo;
 }
 
-worker::ModelOptions ModelFor(const AdapterSpec& spec) {
-  worker::ModelOptions mo;
-  mo.arch = spec.model;
-  mo.lora_rank = spec.rank;
-  mo.lora_alpha = spec.alpha;
-  mo.lora_seed = spec.seed;
-  mo.target_modules = spec.target_modules;
-  mo.full = spec.rank == 0;
-  mo.lora_residual = spec.has_residuals();
-  return mo;
-}
 
 }  // namespace
 
@@ -145,7 +134,7 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
                                             const AdapterState& adapter) -> Result<aggregator::EvalOutcome> {
         if (!state->model || state->spec.tensors.size() != spec.tensors.size() ||
             state->spec.model != spec.model || state->spec.rank != spec.rank) {
-          ASSIGN_OR_RETURN(state->model, worker::Model::Open(ModelFor(spec), base_path));
+          ASSIGN_OR_RETURN(state->model, worker::Model::Open(worker::ModelOptions::ForSpec(spec), base_path));
           RETURN_IF_ERROR(state->model->CheckData(*test).WithContext("the evaluation data"));
           state->spec = spec;
         }

@@ -190,14 +190,7 @@ class WorkerImpl final : public Worker {
   }
 
   Status PrepareModel(const codec::DecodedGlobal& g) {
-    ModelOptions mo;
-    mo.arch = g.spec.model;
-    mo.lora_rank = g.spec.rank;
-    mo.lora_alpha = g.spec.alpha;
-    mo.lora_seed = g.spec.seed;
-    mo.target_modules = g.spec.target_modules;
-    mo.full = g.spec.rank == 0;
-    mo.lora_residual = g.spec.has_residuals();
+    const ModelOptions mo = ModelOptions::ForSpec(g.spec);
     ASSIGN_OR_RETURN(model_, Model::Open(mo, options_.base_path));
     RETURN_IF_ERROR(model_->SetPretraining(false));
     if (data_) RETURN_IF_ERROR(model_->CheckData(*data_).WithContext("the worker's data"));

@@ -98,21 +98,6 @@ Result<IdxFile> ReadIdx(const std::string& path, uint32_t expected_magic) {
   return idx;
 }
 
-// Uniform integer in [0, n) from raw mt19937_64 output by rejection, so that the splits do not
-// depend on a standard library's uniform_int_distribution.
-uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
-  uint64_t x = rng();
-  while (x >= limit) x = rng();
-  return x % n;
-}
-
-template <typename T>
-void Shuffle(std::vector<T>& v, std::mt19937_64& rng) {
-  for (size_t i = v.size(); i > 1; --i) {
-    std::swap(v[i - 1], v[UniformBelow(rng, i)]);
-  }
-}
 
 // One Dirichlet(alpha) draw over `k` categories.
 std::vector<double> DrawDirichlet(std::mt19937_64& rng, int k, double alpha) {
@@ -139,7 +124,7 @@ std::vector<std::vector<size_t>> DealOnce(const std::vector<std::vector<size_t>>
   std::vector<std::vector<size_t>> parts(static_cast<size_t>(num_clients));
   for (const auto& class_indices : by_class) {
     std::vector<size_t> shuffled = class_indices;
-    Shuffle(shuffled, rng);
+    SeededShuffle(shuffled, rng);
     const std::vector<double> p = DrawDirichlet(rng, num_clients, alpha);
     const size_t n = shuffled.size();
     double cumulative = 0;
@@ -214,7 +199,7 @@ PublicSplit SplitPublic(const Dataset& train, const PublicSplitOptions& options)
   for (int c = 0; c < kNumClasses; ++c) {
     if (!is_public_class[static_cast<size_t>(c)]) continue;
     std::vector<size_t> indices = by_class[static_cast<size_t>(c)];
-    Shuffle(indices, rng);
+    SeededShuffle(indices, rng);
     const auto take = static_cast<size_t>(std::llround(fraction * double(indices.size())));
     for (size_t i = 0; i < take; ++i) is_public[indices[i]] = true;
   }
@@ -325,6 +310,17 @@ std::vector<size_t> ClassHistogram(const Dataset& data, const std::vector<size_t
     if (index < data.size() && data.labels[index] < histogram.size()) ++histogram[data.labels[index]];
   }
   return histogram;
+}
+
+uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
+  const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
+  uint64_t x = rng();
+  while (x >= limit) x = rng();
+  return x % n;
+}
+
+void SeededShuffle(std::vector<size_t>& v, std::mt19937_64& rng) {
+  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[UniformBelow(rng, i)]);
 }
 
 }  // namespace fedlora::worker

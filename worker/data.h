@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,12 @@ struct Dataset {
 };
 
 enum class Split { kTrain, kTest };
+
+// Uniform integer in [0, n) from raw mt19937_64 output by rejection, and a Fisher-Yates
+// shuffle over it: the splits, partitions and batch orders do not depend on a standard
+// library's distributions.
+uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n);
+void SeededShuffle(std::vector<size_t>& v, std::mt19937_64& rng);
 
 // Reads an IDX image file (magic 0x00000803) and label file (0x00000801); each may be
 // gzip-compressed or raw. Errors: kNotFound (missing file), kDataLoss (bad magic, truncated,

@@ -494,6 +494,18 @@ class TorchModel final : public Model {
 
 }  // namespace
 
+ModelOptions ModelOptions::ForSpec(const AdapterSpec& spec) {
+  ModelOptions mo;
+  mo.arch = spec.model;
+  mo.lora_rank = spec.rank;
+  mo.lora_alpha = spec.alpha;
+  mo.lora_seed = spec.seed;
+  mo.target_modules = spec.target_modules;
+  mo.full = spec.rank == 0;
+  mo.lora_residual = spec.has_residuals();
+  return mo;
+}
+
 bool IsLanguageModel(const std::string& arch) {
   return std::find(lm::kArchitectures.begin(), lm::kArchitectures.end(), arch) != lm::kArchitectures.end();
 }

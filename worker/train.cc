@@ -17,26 +17,12 @@ namespace {
 
 constexpr double kMaxDelaySeconds = 24 * 3600.0;
 
-// Uniform integer in [0, n) by rejection from raw mt19937_64 output: batch order must not
-// depend on a standard library's distributions.
-uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t max = std::numeric_limits<uint64_t>::max();
-  const uint64_t limit = max - max % n;
-  uint64_t x = rng();
-  while (x >= limit) x = rng();
-  return x % n;
-}
-
-void Shuffle(std::vector<size_t>& v, std::mt19937_64& rng) {
-  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[UniformBelow(rng, i)]);
-}
-
 // Visits `indices` in epochs, each in a fresh seeded order: every example is seen once per
 // epoch, which matters for clients that hold only a few hundred examples.
 class BatchSampler {
  public:
   BatchSampler(std::vector<size_t> indices, uint64_t seed) : order_(std::move(indices)), rng_(seed) {
-    Shuffle(order_, rng_);
+    SeededShuffle(order_, rng_);
   }
 
   std::vector<size_t> Next(size_t batch_size) {
@@ -44,7 +30,7 @@ class BatchSampler {
     batch.reserve(batch_size);
     while (batch.size() < batch_size) {
       if (pos_ == order_.size()) {
-        Shuffle(order_, rng_);
+        SeededShuffle(order_, rng_);
         pos_ = 0;
       }
       batch.push_back(order_[pos_++]);
@@ -317,7 +303,7 @@ Result<PretrainReport> Pretrain(const PretrainOptions& options,
     std::vector<size_t> order = split.public_indices;
     std::mt19937_64 rng(options.seed);
     for (uint32_t epoch = 0; epoch < options.epochs; ++epoch) {
-      Shuffle(order, rng);
+      SeededShuffle(order, rng);
       double loss_sum = 0;
       size_t batches = 0;
       for (size_t begin = 0; begin < order.size(); begin += options.batch_size) {

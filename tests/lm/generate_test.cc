@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tests/testing/fixtures.h"
+#include "tests/lm/lm_testing.h"
 #include "tests/testing/python.h"
 #include "worker/lm/checkpoint.h"
 #include "worker/lm/llama.h"
@@ -103,12 +104,7 @@ class GenerateTest : public ::testing::Test {
   void SetUp() override { ASSERT_TRUE(suite_->status.ok()) << suite_->status.ToString(); }
 
   static std::unique_ptr<LlamaModel> Load(const std::string& dir, LlamaOptions options = {}) {
-    auto checkpoint = Checkpoint::Open(dir);
-    EXPECT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
-    if (!checkpoint.ok()) return nullptr;
-    auto model = LlamaModel::Create(*checkpoint, options);
-    EXPECT_TRUE(model.ok()) << model.status().ToString();
-    return model.ok() ? std::move(*model) : nullptr;
+    return LoadTestModel(dir, options);
   }
   static std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& dir) {
     auto tok = Tokenizer::Load(dir);
@@ -117,7 +113,6 @@ class GenerateTest : public ::testing::Test {
   }
 };
 
-double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 torch::Tensor Ids(const std::vector<int64_t>& ids) { return torch::tensor(ids, torch::kLong).unsqueeze(0); }
 

@@ -12,6 +12,7 @@
 #include "ops/peft.h"
 #include "schema/safetensors.h"
 #include "tests/testing/fixtures.h"
+#include "tests/lm/lm_testing.h"
 #include "tests/testing/python.h"
 #include "worker/lm/checkpoint.h"
 #include "worker/lm/llama.h"
@@ -69,15 +70,9 @@ std::vector<torch::Tensor> ReferenceLogits(const testing::TempDir& dir, const st
 }
 
 std::unique_ptr<LlamaModel> Load(const std::string& dir, LlamaOptions options = {}) {
-  auto checkpoint = Checkpoint::Open(dir);
-  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
-  if (!checkpoint.ok()) return nullptr;
-  auto model = LlamaModel::Create(*checkpoint, options);
-  EXPECT_TRUE(model.ok()) << model.status().ToString();
-  return model.ok() ? std::move(*model) : nullptr;
+  return LoadTestModel(dir, options);
 }
 
-double MaxDiff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 // fedlora's logits of every prompt, alone and as one left-padded batch, against the reference's.
 void ExpectMatchesReference(LlamaModel& model, const std::vector<torch::Tensor>& want, const std::string& what) {
@@ -185,7 +180,7 @@ TEST(LlamaTest, APeftExportMergedByTheReferenceGivesFedlorasLogits) {
   }
   ASSERT_TRUE(model->LoadAdapter(state).ok());
   const std::string adapter = dir.path("adapter");
-  ASSERT_TRUE(ops::WritePeft(adapter, {spec, state, {}}).ok());
+  ASSERT_TRUE(ops::WritePeft(adapter, {spec, state, {}, {}}).ok());
   std::ifstream in(adapter + "/adapter_model.safetensors", std::ios::binary);
   std::stringstream bytes;
   bytes << in.rdbuf();

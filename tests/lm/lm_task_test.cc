@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "tests/testing/fixtures.h"
+#include "tests/lm/lm_testing.h"
 #include "tests/testing/python.h"
 #include "worker/lm/llama.h"
 #include "worker/train.h"
@@ -37,12 +38,7 @@ std::string MakeCheckpoint(const testing::TempDir& dir, const std::string& name,
 }
 
 std::unique_ptr<LlamaModel> Load(const std::string& dir, LlamaOptions options = {}) {
-  auto checkpoint = Checkpoint::Open(dir);
-  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status().ToString();
-  if (!checkpoint.ok()) return nullptr;
-  auto model = LlamaModel::Create(*checkpoint, options);
-  EXPECT_TRUE(model.ok()) << model.status().ToString();
-  return model.ok() ? std::move(*model) : nullptr;
+  return LoadTestModel(dir, options);
 }
 
 // A text dataset of the given token sequences, one label per sequence.

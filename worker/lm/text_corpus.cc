@@ -244,20 +244,6 @@ void AppendExamples(std::string_view text, uint8_t label, const TextCorpusOption
   }
 }
 
-// Uniform integer in [0, n) from raw mt19937_64 output by rejection, so that the split does
-// not depend on a standard library's uniform_int_distribution.
-uint64_t UniformBelow(std::mt19937_64& rng, uint64_t n) {
-  const uint64_t max = std::numeric_limits<uint64_t>::max();
-  const uint64_t limit = max - max % n;
-  uint64_t x = rng();
-  while (x >= limit) x = rng();
-  return x % n;
-}
-
-void Shuffle(std::vector<size_t>& v, std::mt19937_64& rng) {
-  for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[UniformBelow(rng, i)]);
-}
-
 }  // namespace
 
 Result<Dataset> LoadTextCorpus(const TextCorpusOptions& options, const TextEncoder& encode,
@@ -338,7 +324,7 @@ TextSplit SplitHeldOut(const Dataset& data, double test_fraction, uint64_t seed)
     std::seed_seq seq{static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32),
                       static_cast<uint32_t>(label)};
     std::mt19937_64 rng(seq);
-    Shuffle(indices, rng);
+    SeededShuffle(indices, rng);
     for (size_t k = 0; k < take; ++k) in_test[indices[k]] = true;
   }
 
