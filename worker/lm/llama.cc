@@ -91,6 +91,22 @@ struct LlamaModel::Impl {
     return {nll.masked_fill(predicted.logical_not(), 0.0), predicted};
   }
 
+  // Rotary tables cos, sin [N, 1, T, D] of positions [N, T].
+  std::pair<torch::Tensor, torch::Tensor> Rotary(const torch::Tensor& pos) const {
+    const torch::Tensor freqs = pos.to(torch::kFloat).unsqueeze(-1) * inv_freq;  // [N, T, D/2]
+    const torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);
+    return {emb.cos(), emb.sin()};
+  }
+
+  // The SwiGLU block's output for the residual stream h.
+  torch::Tensor Mlp(Layer& layer, const torch::Tensor& h) const {
+    const torch::Tensor x = RmsNorm(h, layer.post_norm, config.rms_norm_eps);
+    return layer.down(torch::silu(layer.gate(x)) * layer.up(x));
+  }
+
+  // Logits of the residual stream h.
+  torch::Tensor Head(const torch::Tensor& h) const { return Dense(RmsNorm(h, final_norm, config.rms_norm_eps), lm_head); }
+
   // Attention of x's tokens to themselves (causal and padding masks in `bias`).
   torch::Tensor Attention(Layer& layer, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                           const torch::Tensor& bias) {
@@ -246,9 +262,7 @@ torch::Tensor LlamaModel::Forward(const torch::Tensor& ids, const torch::Tensor&
   }
 
   // Rotary tables [N, 1, T, D].
-  const torch::Tensor freqs = pos.to(torch::kFloat).unsqueeze(-1) * m.inv_freq;  // [N, T, D/2]
-  const torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);
-  const torch::Tensor cos = emb.cos(), sin = emb.sin();
+  const auto [cos, sin] = m.Rotary(pos);
   // Additive mask [N, 1, 1, T, T]: query i sees key j when j <= i, j is real and (Mistral)
   // within the window; every position sees itself, so no softmax row is empty.
   const torch::Tensor idx = torch::arange(t, torch::kLong);
@@ -261,10 +275,9 @@ torch::Tensor LlamaModel::Forward(const torch::Tensor& ids, const torch::Tensor&
   torch::Tensor h = m.embed.index_select(0, tokens.reshape({-1})).view({n, t, c.hidden_size});
   for (Layer& layer : m.layers) {
     h = h + m.Attention(layer, RmsNorm(h, layer.input_norm, c.rms_norm_eps), cos, sin, bias);
-    const torch::Tensor x = RmsNorm(h, layer.post_norm, c.rms_norm_eps);
-    h = h + layer.down(torch::silu(layer.gate(x)) * layer.up(x));
+    h = h + m.Mlp(layer, h);
   }
-  return Dense(RmsNorm(h, m.final_norm, c.rms_norm_eps), m.lm_head);
+  return m.Head(h);
 }
 
 torch::Tensor LlamaModel::ForwardCached(const torch::Tensor& ids, const torch::Tensor& mask_in, KvCache& cache) {
@@ -298,9 +311,7 @@ torch::Tensor LlamaModel::ForwardCached(const torch::Tensor& ids, const torch::T
                 c.max_positions, ")");
   }
 
-  const torch::Tensor freqs = pos.to(torch::kFloat).unsqueeze(-1) * m.inv_freq;  // [N, T, D/2]
-  const torch::Tensor emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);
-  const torch::Tensor cos = emb.cos(), sin = emb.sin();
+  const auto [cos, sin] = m.Rotary(pos);
   // Additive mask [N, 1, 1, T, P + T]: new token i (column P + i of the row) sees key j when
   // j <= P + i, j is real and (Mistral) within the window; it always sees itself.
   const torch::Tensor key_real = torch::cat({past_real, real}, 1);  // [N, P + T]
@@ -322,10 +333,9 @@ torch::Tensor LlamaModel::ForwardCached(const torch::Tensor& ids, const torch::T
     h = h + m.AttentionCached(layer, RmsNorm(h, layer.input_norm, c.rms_norm_eps), cos, sin, bias,
                               started ? cache.keys[l] : empty_kv, started ? cache.values[l] : empty_kv, keys[l],
                               values[l]);
-    const torch::Tensor x = RmsNorm(h, layer.post_norm, c.rms_norm_eps);
-    h = h + layer.down(torch::silu(layer.gate(x)) * layer.up(x));
+    h = h + m.Mlp(layer, h);
   }
-  torch::Tensor logits = Dense(RmsNorm(h, m.final_norm, c.rms_norm_eps), m.lm_head);
+  torch::Tensor logits = m.Head(h);
   // Nothing above changed the cache: an error leaves it as it was.
   cache.keys = std::move(keys);
   cache.values = std::move(values);
