@@ -175,8 +175,8 @@ def split_shards(order, tensors, shards):
     return [order[bounds[k]:bounds[k + 1]] for k in range(shards)]
 
 
-def save_checkpoint(d, cfg, tensors, groups=None):
-    """Write config.json and the weights; groups (lists of names) > 1 means sharded files."""
+def start_checkpoint_dir(d, cfg):
+    """Create d, write config.json and remove the weight files of an earlier checkpoint there."""
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
@@ -184,6 +184,11 @@ def save_checkpoint(d, cfg, tensors, groups=None):
     for old in os.listdir(d):
         if old.startswith("model") and (old.endswith(".safetensors") or old.endswith(".index.json")):
             os.remove(os.path.join(d, old))
+
+
+def save_checkpoint(d, cfg, tensors, groups=None):
+    """Write config.json and the weights; groups (lists of names) > 1 means sharded files."""
+    start_checkpoint_dir(d, cfg)
     if not groups or len(groups) == 1:
         write_safetensors(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
         return
@@ -201,13 +206,7 @@ def save_checkpoint(d, cfg, tensors, groups=None):
 def stream_checkpoint(d, cfg, order, shapes, dtype, shards, draw):
     """save_checkpoint's files without holding the tensors: the headers come from the shapes,
     then draw(name, shape) is called in `order` and each tensor is written at its offset."""
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-        f.write("\n")
-    for old in os.listdir(d):
-        if old.startswith("model") and (old.endswith(".safetensors") or old.endswith(".index.json")):
-            os.remove(os.path.join(d, old))
+    start_checkpoint_dir(d, cfg)
     # Meta tensors know their sizes without memory, so split_shards cuts them as it cuts real ones.
     meta = {n: torch.empty(shapes[n], dtype=DTYPES[dtype], device="meta") for n in order}
     groups = split_shards(order, meta, shards)
