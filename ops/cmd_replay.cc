@@ -178,18 +178,23 @@ void RunReplay(const ReplayFlags& f) {
     if (!zero.ok()) Fail("replay", zero.status());
     const bool lm = std::find(worker::lm::kArchitectures.begin(), worker::lm::kArchitectures.end(),
                               zero->spec.model) != worker::lm::kArchitectures.end();
-    const std::string base = !f.base.empty() ? f.base : BasePath(paths->store, zero->spec.model);
+    // A language model's base: --base, else fedlora's own in the store when it is there.
+    std::string lm_base = f.base;
+    if (lm && lm_base.empty() && std::filesystem::is_directory(OwnLanguageModelPath(paths->store))) {
+      lm_base = OwnLanguageModelPath(paths->store);
+    }
+    const std::string base = !lm_base.empty() ? lm_base : BasePath(paths->store, zero->spec.model);
     Result<worker::Dataset> test = InvalidArgument("no --base checkpoint directory");
-    if (lm && !f.base.empty()) {
+    if (lm && !lm_base.empty()) {
       TaskOptions task = f.text;  // the held-out text of the original run, when given its flags
       task.task = "lm";
-      task.base = f.base;
+      task.base = lm_base;
       auto data = LoadTaskData(task);
       test = data.ok() ? Result<worker::Dataset>(*data->test) : Result<worker::Dataset>(data.status());
     } else if (!lm) {
       test = worker::LoadFashionMnist(f.data_dir, worker::Split::kTest);
     }
-    if (lm && f.base.empty()) {
+    if (lm && lm_base.empty()) {
       eval_note = fmt::format("not evaluated: a {} adapter is evaluated on its checkpoint: give --base DIR (and the "
                               "original's --text, --seq-len, --examples-per-source)",
                               zero->spec.model);

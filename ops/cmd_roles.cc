@@ -90,11 +90,8 @@ void RegisterAggregator(CLI::App& app) {
     auto base_or = TaskBase(flags->task, flags->store.dir);
     if (!base_or.ok()) Fail("aggregator", base_or.status(), 2);
     const std::string base = *base_or;
-    if (!IsLanguageTask(flags->task) && !std::filesystem::exists(base)) {
-      Fail("aggregator", FailedPrecondition(fmt::format(
-                             "no base model at '{}': run `fedlora pretrain --store {} --arch {}` first", base,
-                             flags->store.dir, flags->task.arch)));
-    }
+    if (!std::filesystem::exists(base)) Fail("aggregator", MissingBase(flags->task, base, flags->store.dir));
+    if (IsLanguageTask(flags->task)) flags->task.base = base;
     auto& o = flags->options;
     o.store_path = flags->store.adapters();
     o.sync = !flags->no_sync;
@@ -202,6 +199,8 @@ void RegisterWorker(CLI::App& app) {
                                                                    : Result<std::string>(flags->base);
     if (!base.ok()) Fail("worker", base.status(), 2);
     o.base_path = *base;
+    if (!std::filesystem::exists(*base)) Fail("worker", MissingBase(flags->task, *base, flags->store.dir));
+    if (IsLanguageTask(flags->task)) flags->task.base = *base;
     if (flags->index < 0 || flags->index >= flags->task.num_clients) {
       Fail("worker", InvalidArgument(fmt::format("--index {} is outside 0..{} (--clients {})", flags->index,
                                                  flags->task.num_clients - 1, flags->task.num_clients)), 2);

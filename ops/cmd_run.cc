@@ -23,6 +23,7 @@
 #include "ops/live.h"
 #include "ops/progress.h"
 #include "storage/adapter_store.h"
+#include "worker/lm/pretrain.h"
 
 namespace fedlora::ops {
 namespace {
@@ -87,8 +88,21 @@ Result<std::pair<codec::DecodedGlobal, codec::VersionInfo>> LatestVersion(const 
 // Pretraining epochs on a live status line (nothing when stdout is not a terminal).
 void PrintPretrainProgress(uint32_t epoch, uint32_t epochs, double loss) {
   static StatusLine line;
-  line.Update(fmt::format("  pretrain epoch {}/{}  loss {:.4f}", epoch, epochs, loss), /*force=*/true);
+  line.Update(fmt::format("  pretrain {} {}/{}  loss {:.4f}", epochs > 200 ? "step" : "epoch", epoch, epochs, loss),
+              /*force=*/epochs <= 200 || epoch % 10 == 0 || epoch == epochs);
   if (epoch == epochs) line.Clear();
+}
+
+// The record `fedlora pretrain --task lm` leaves in the checkpoint, as a line.
+void PrintLanguageModelRecord(const std::string& dir) {
+  std::ifstream in(std::filesystem::path(dir) / "fedlora_pretrain.json");
+  const nlohmann::json record = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (record.is_discarded()) return;
+  fmt::print("{} parameters, vocabulary {}, {} steps ({:.2f} epochs of {} tokens): held-out perplexity {:.1f} "
+             "(untrained {:.1f}), {:.3f} bits per byte\n",
+             record.value("parameters", 0), record["shape"].value("vocab_size", 0), record.value("steps", 0),
+             record.value("epochs", 0.0), record.value("train_tokens", 0), record.value("held_out_perplexity", 0.0),
+             record.value("initial_held_out_perplexity", 0.0), record.value("held_out_bits_per_byte", 0.0));
 }
 
 }  // namespace
@@ -100,29 +114,66 @@ void RegisterPretrain(CLI::App& app) {
     std::string out;
     bool force = false;
     uint32_t epochs = 0;
+    int threads = 0;
   };
   auto f = std::make_shared<Flags>();
-  auto* cmd = app.add_subcommand("pretrain", "Build the frozen base model deterministically from the public split "
-                                             "(10% of the images of 7 of the 10 classes)");
-  cmd->add_option("--store", f->store.dir, "Store directory; the base goes to <store>/base/<arch>.pt")
+  auto* cmd = app.add_subcommand(
+      "pretrain",
+      "Build the frozen base model deterministically. image: from the public split of Fashion-MNIST (10% of the "
+      "images of 7 of the 10 classes). lm: fedlora's own language model, a small Llama with a SentencePiece "
+      "tokenizer trained on Debian's dict-gcide dictionary, written as a Hugging Face checkpoint directory");
+  cmd->add_option("--task", f->task.task, "image, or lm (the base of the lm-finetune task)")
+      ->check(CLI::IsMember({"image", "lm", "lm-finetune"}))
+      ->capture_default_str();
+  cmd->add_option("--store", f->store.dir,
+                  "Store directory; the base goes to <store>/base/<arch>.pt (image) or <store>/base/fedlora-lm/ (lm)")
       ->capture_default_str();
   cmd->add_option("--out", f->out, "Write the base here instead");
-  cmd->add_flag("--force", f->force, "Rebuild even if the file exists");
-  cmd->add_option("--epochs", f->epochs, "Training epochs over the public split (0: the default)");
-  cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
-  cmd->add_option("--arch", f->task.arch, "Base model: vit-tiny or mlp")
+  cmd->add_flag("--force", f->force, "Rebuild even if it exists");
+  cmd->add_option("--epochs", f->epochs, "image: training epochs over the public split (0: the default)");
+  cmd->add_option("--data-dir", f->task.data_dir, "image: Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--arch", f->task.arch, "image: base model, vit-tiny or mlp")
       ->check(CLI::IsMember({"vit-tiny", "mlp"}))
+      ->capture_default_str();
+  cmd->add_option("--size", f->task.pretrain.size,
+                  fmt::format("lm: model size ({}; see docs/benchmarks.md)", worker::lm::kLmSizes))
+      ->capture_default_str();
+  cmd->add_option("--steps", f->task.pretrain.steps, "lm: training steps of 16 windows of 128 tokens (0: the size's default)")
+      ->capture_default_str();
+  cmd->add_option("--seed", f->task.pretrain.seed, "lm: seed of the split, tokenizer sample, initialisation and batches")
+      ->capture_default_str();
+  cmd->add_option("--hidden", f->task.pretrain.hidden, "lm: hidden size instead of the size's (heads of 64 dims)");
+  cmd->add_option("--layers", f->task.pretrain.layers, "lm: layers instead of the size's");
+  cmd->add_option("--vocab", f->task.pretrain.vocab, "lm: tokenizer and embedding size instead of the size's");
+  cmd->add_option("--dict", f->task.pretrain.text,
+                  "lm: the dictd dictionary (.dict.dz) to learn from (default: Debian's dict-gcide)");
+  cmd->add_option("--threads", f->threads,
+                  "LibTorch threads (0: one per core). The files depend on it; so does speed: two processes each "
+                  "using every core slow each other down many times over")
+      ->check(CLI::Range(0, 1024))
+      ->capture_default_str();
+  cmd->add_option("--max-documents", f->task.pretrain.max_documents,
+                  "lm: a seeded sample of this many dictionary entries (0: all)")
       ->capture_default_str();
   cmd->callback([f] {
     SetupLogging(false);
-    SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-    const std::string out = f->out.empty() ? BasePath(f->store.dir, f->task.arch) : f->out;
-    if (f->force) std::filesystem::remove(out);
-    fmt::print("pretraining the {} base into {}\n", f->task.arch, out);
+    SetTorchThreads(f->threads > 0 ? f->threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    const bool lm = IsLanguageTask(f->task);
+    const std::string out = !f->out.empty() ? f->out
+                            : lm            ? OwnLanguageModelPath(f->store.dir)
+                                            : BasePath(f->store.dir, f->task.arch);
+    if (f->force) std::filesystem::remove_all(out);
+    if (lm) {
+      fmt::print("pretraining fedlora's {} language model into {}\n", f->task.pretrain.size, out);
+    } else {
+      fmt::print("pretraining the {} base into {}\n", f->task.arch, out);
+    }
+    const auto t0 = Clock::now();
     auto built = EnsureBase(f->task, out, f->epochs, PrintPretrainProgress);
     if (!built.ok()) Fail("pretrain", built.status());
     if (*built) {
-      fmt::print("base model written to {}\n", out);
+      fmt::print("base model written to {} in {:.1f} s\n", out, std::chrono::duration<double>(Clock::now() - t0).count());
+      if (lm) PrintLanguageModelRecord(out);
     } else {
       fmt::print("base model already exists at {} (use --force to rebuild)\n", out);
     }
@@ -263,8 +314,9 @@ void RegisterRun(CLI::App& app) {
     if (!base_or.ok()) Fail("run", base_or.status(), 2);
     const std::string base = *base_or;
     const bool lm = IsLanguageTask(f->task);
-    if (!lm && !std::filesystem::exists(base)) {
-      fmt::print("no base model at {}: pretraining it (fedlora pretrain)\n", base);
+    if (!std::filesystem::exists(base)) {
+      if (lm && !f->task.base.empty()) Fail("run", MissingBase(f->task, base, f->store.dir), 2);
+      fmt::print("no base model at {}: pretraining it (fedlora pretrain{})\n", base, lm ? " --task lm" : "");
       SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
       const auto t0 = Clock::now();
       auto built = EnsureBase(f->task, base, 0, PrintPretrainProgress);
@@ -272,6 +324,7 @@ void RegisterRun(CLI::App& app) {
       fmt::print("base model ready in {:.1f} s\n",
                  std::chrono::duration<double>(Clock::now() - t0).count());
     }
+    if (lm) f->task.base = base;
     // Workers, aggregator and broker share the cores as threads; one intra-op thread each
     // keeps them from oversubscribing the machine.
     SetTorchThreads(1);

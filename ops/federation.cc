@@ -7,6 +7,8 @@
 #include <cmath>
 
 #include "worker/lm/checkpoint.h"
+#include "worker/lm/packaged_text.h"
+#include "worker/lm/pretrain.h"
 #include "worker/lm/text_corpus.h"
 #include "worker/lm/tokenizer.h"
 #include "worker/model.h"
@@ -18,15 +20,18 @@ std::string BasePath(const std::string& store_dir, const std::string& arch) {
   return (std::filesystem::path(store_dir) / "base" / (arch + ".pt")).string();
 }
 
-bool IsLanguageTask(const TaskOptions& task) { return task.task == "lm"; }
+bool IsLanguageTask(const TaskOptions& task) { return task.task == "lm" || task.task == "lm-finetune"; }
+
+std::string OwnLanguageModelPath(const std::string& store_dir) {
+  return (std::filesystem::path(store_dir) / "base" / "fedlora-lm").string();
+}
 
 Result<std::string> TaskBase(const TaskOptions& task, const std::string& store_dir) {
   if (task.task == "image") return BasePath(store_dir, task.arch);
-  if (task.task != "lm") return InvalidArgument(fmt::format("unknown task '{}' (image, lm)", task.task));
-  if (task.base.empty()) {
-    return InvalidArgument("the lm task fine-tunes a checkpoint: give its directory with --base DIR (config.json, "
-                           "model.safetensors, tokenizer.model)");
+  if (!IsLanguageTask(task)) {
+    return InvalidArgument(fmt::format("unknown task '{}' (image, lm-finetune)", task.task));
   }
+  if (task.base.empty()) return OwnLanguageModelPath(store_dir);
   return task.base;
 }
 
@@ -42,7 +47,8 @@ Result<TaskData> LoadTaskData(const TaskOptions& task, const std::function<void(
     return out;
   }
   if (task.num_clients <= 0) return InvalidArgument("number of clients must be positive");
-  ASSIGN_OR_RETURN(const std::string base, TaskBase(task, ""));
+  if (task.base.empty()) return InvalidArgument("the lm task's data needs its base checkpoint (TaskOptions::base)");
+  const std::string& base = task.base;
   ASSIGN_OR_RETURN(std::unique_ptr<worker::lm::Tokenizer> tokenizer, worker::lm::Tokenizer::Load(base));
   worker::lm::TextCorpusOptions co;
   co.paths = task.text;
@@ -78,10 +84,57 @@ std::string DescribeEval(const TaskOptions& task, double accuracy, double loss) 
   return fmt::format("perplexity {:.3f} (next-token accuracy {:.4f})", std::exp(loss), accuracy);
 }
 
+Status MissingBase(const TaskOptions& task, const std::string& base, const std::string& store_dir) {
+  if (!IsLanguageTask(task)) {
+    return FailedPrecondition(fmt::format("no base model at '{}': run `fedlora pretrain --store {} --arch {}` first",
+                                          base, store_dir, task.arch));
+  }
+  if (task.base.empty() || base == OwnLanguageModelPath(store_dir)) {
+    return FailedPrecondition(fmt::format("no language model at '{}': run `fedlora pretrain --task lm --store {}` "
+                                          "first (or give a checkpoint with --base DIR)",
+                                          base, store_dir));
+  }
+  return FailedPrecondition(fmt::format("checkpoint directory '{}' does not exist", base));
+}
+
+Status PretrainLanguageBase(const LmPretrainFlags& flags, const std::string& out_dir,
+                            const std::function<void(uint32_t, uint32_t, double)>& progress) {
+  worker::lm::DictdOptions dictd;
+  if (!flags.text.empty()) dictd.path = flags.text;
+  dictd.max_entries = flags.max_documents;
+  dictd.seed = flags.seed;
+  ASSIGN_OR_RETURN(const std::vector<std::string> documents, worker::lm::ReadDictdDocuments(dictd));
+  worker::lm::LmPretrainOptions po;
+  ASSIGN_OR_RETURN(po.shape, worker::lm::LmShapeNamed(flags.size));
+  if (flags.hidden > 0) {
+    // The MLP keeps Llama's ratio (8/3, rounded up to a multiple of 16); heads of 48 to 64 dims.
+    po.shape.intermediate_size = (flags.hidden * 8 / 3 + 15) / 16 * 16;
+    po.shape.hidden_size = flags.hidden;
+    po.shape.num_heads = po.shape.num_kv_heads = std::max<int64_t>(1, flags.hidden / 64);
+  }
+  if (flags.layers > 0) po.shape.num_layers = flags.layers;
+  if (flags.vocab > 0) po.shape.vocab_size = flags.vocab;
+  po.steps = flags.steps > 0 ? flags.steps : worker::lm::DefaultPretrainSteps(flags.size);
+  po.seed = flags.seed;
+  po.source = dictd.path;
+  ASSIGN_OR_RETURN(auto report,
+                   worker::lm::PretrainLanguageModel(documents, out_dir, po, [&](const worker::lm::LmPretrainProgress& p) {
+                     if (progress && p.phase == "train") {
+                       progress(static_cast<uint32_t>(p.step), static_cast<uint32_t>(p.steps), p.loss);
+                     }
+                   }));
+  (void)report;
+  return Status::Ok();
+}
+
 Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path, uint32_t epochs,
                         const std::function<void(uint32_t, uint32_t, double)>& progress) {
-  if (IsLanguageTask(task)) return false;  // the checkpoint is the base
   if (std::filesystem::exists(base_path)) return false;
+  if (IsLanguageTask(task)) {
+    if (!task.base.empty()) return NotFound(fmt::format("checkpoint directory '{}' does not exist", base_path));
+    RETURN_IF_ERROR(PretrainLanguageBase(task.pretrain, base_path, progress));
+    return true;
+  }
   worker::PretrainOptions po;
   po.model.arch = task.arch;
   po.data_dir = task.data_dir;

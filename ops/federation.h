@@ -21,13 +21,27 @@
 
 namespace fedlora::ops {
 
+// How `fedlora pretrain --task lm` (and `run` when the lm task has no --base) makes fedlora's
+// own language model (worker/lm/pretrain.h).
+struct LmPretrainFlags {
+  std::string size = "small";       // worker::lm::LmShapeNamed
+  uint64_t steps = 0;               // 0: the size's default
+  uint64_t seed = 1;
+  std::string text;                 // the dictd dictionary it learns from (empty: Debian's dict-gcide)
+  size_t max_documents = 0;         // 0: every entry
+  // Overrides of the size's shape (0: the size's).
+  int64_t hidden = 0, layers = 0, vocab = 0;
+};
+
 struct TaskOptions {
-  std::string task = "image";       // "image" or "lm"
+  std::string task = "image";       // "image" or "lm" (also called "lm-finetune")
   // image
   std::string data_dir = worker::kDefaultFashionMnistDir;
   std::string arch = "vit-tiny";    // base model: "vit-tiny" or "mlp"
   // lm
-  std::string base;                 // the checkpoint directory (config.json, safetensors, tokenizer.model)
+  std::string base;                 // the checkpoint directory (config.json, safetensors, tokenizer.model);
+                                    // empty: fedlora's own, <store>/base/fedlora-lm, made if missing
+  LmPretrainFlags pretrain;         // how fedlora's own is made
   std::vector<std::string> text = {worker::lm::kDefaultTextDir};  // files or directories (one source per file)
   uint32_t seq_len = 128;           // tokens per example at most (BOS included)
   uint32_t examples_per_source = 0; // 0: every example of every source
@@ -49,11 +63,15 @@ struct TaskOptions {
 // <store>/base/<arch>.pt
 std::string BasePath(const std::string& store_dir, const std::string& arch);
 
+// "lm" and "lm-finetune".
 bool IsLanguageTask(const TaskOptions& task);
 
+// <store>/base/fedlora-lm: the language model fedlora makes when no --base is given.
+std::string OwnLanguageModelPath(const std::string& store_dir);
+
 // The base a task fine-tunes: an image task's pretrained file (<store>/base/<arch>.pt), or a
-// language-model task's checkpoint directory. Errors: kInvalidArgument (an unknown task, lm
-// without a base directory).
+// language-model task's checkpoint directory (--base, else OwnLanguageModelPath). Errors:
+// kInvalidArgument (an unknown task).
 Result<std::string> TaskBase(const TaskOptions& task, const std::string& store_dir);
 
 // A task's data: what the clients' shards index, and the held-out examples evaluation uses.
@@ -71,10 +89,22 @@ Result<TaskData> LoadTaskData(const TaskOptions& task, const std::function<void(
 // accuracy 0.3120)".
 std::string DescribeEval(const TaskOptions& task, double accuracy, double loss);
 
-// Pretrains the base into `base_path` unless the file exists (epochs 0: the default).
-// `progress(epoch, epochs, loss)` after each epoch. Returns true when it pretrained.
+// Pretrains the base into `base_path` unless it exists (epochs 0: the default): the image
+// model, or for the lm task without --base fedlora's own language model (task.pretrain; a
+// user's checkpoint is never made). `progress(epoch, epochs, loss)` after each epoch (language
+// model: each step). Returns true when it pretrained.
 Result<bool> EnsureBase(const TaskOptions& task, const std::string& base_path, uint32_t epochs,
                         const std::function<void(uint32_t, uint32_t, double)>& progress);
+
+// Why a role cannot start without `base` and what makes it: kFailedPrecondition naming the
+// `fedlora pretrain` command (image, or fedlora's own language model) or the missing checkpoint.
+Status MissingBase(const TaskOptions& task, const std::string& base, const std::string& store_dir);
+
+// Makes fedlora's own language model into `out_dir` from the dictionary text of `flags`.
+// `progress(step, steps, loss)` while it trains. Errors: kNotFound (dict-gcide is not installed,
+// naming the package), kAlreadyExists, those of worker::lm::PretrainLanguageModel.
+Status PretrainLanguageBase(const LmPretrainFlags& flags, const std::string& out_dir,
+                            const std::function<void(uint32_t, uint32_t, double)>& progress);
 
 // Version 0: the base's head, LoRA A from the shared seed, LoRA B zero. `base_path` is
 // TaskBase's.

@@ -36,9 +36,10 @@ void AddTaskFlags(CLI::App* app, TaskOptions& task) {
 
 void AddLanguageTaskFlags(CLI::App* app, TaskOptions& task) {
   app->add_option("--task", task.task,
-                  "image: classify Fashion-MNIST with a base fedlora pretrains; lm: fine-tune the language model "
-                  "of --base on next tokens of --text")
-      ->check(CLI::IsMember({"image", "lm"}))
+                  "image: classify Fashion-MNIST with a base fedlora pretrains; lm-finetune (or lm): fine-tune a "
+                  "language model on next tokens of --text, the checkpoint of --base or, without it, fedlora's own "
+                  "(<store>/base/fedlora-lm, made by `fedlora pretrain --task lm` when missing)")
+      ->check(CLI::IsMember({"image", "lm", "lm-finetune"}))
       ->capture_default_str();
   AddTextFlags(app, task);
   app->add_option("--target-modules", task.target_modules,

@@ -15,7 +15,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev  # the language models' tokenizer.model
   dataset-fashion-mnist
-  fortunes  # the lm task's default text (/usr/share/games/fortunes, BSD licence)
+  fortunes  # the lm and lm-finetune tasks' text (/usr/share/games/fortunes, BSD licence)
+  wordnet-base  # the text-classify task's glosses (/usr/share/wordnet, WordNet licence)
   python3 xz-utils  # xz: the legacy-store fixtures of the replay test
   # The independent reference the language-model tests compare with (tests/lm/reference).
   python3-torch python3-sentencepiece python3-numpy

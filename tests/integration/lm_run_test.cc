@@ -231,8 +231,10 @@ TEST_F(LmRun, AStoredRunReplaysBitForBitAndEvaluatesOnItsCheckpoint) {
 // error and a non-zero exit, nothing written.
 TEST_F(LmRun, BadInputsAreRefusedClearly) {
   int rc = 0;
-  std::string out = RunCapture(std::string(kBinary) + " run --task lm --store " + Quote(dir_->path("nobase")) + " 2>&1", &rc);
+  // Without --base a role uses fedlora's own model of the store, and says how to make it.
+  std::string out = RunCapture(std::string(kBinary) + " aggregator --task lm --store " + Quote(dir_->path("nobase")) + " 2>&1", &rc);
   EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("fedlora pretrain --task lm"), std::string::npos) << out;
   EXPECT_NE(out.find("--base"), std::string::npos) << out;
   out = RunCapture(std::string(kBinary) + " run --task lm --base " + Quote(dir_->path("missing")) + " --store " +
                        Quote(dir_->path("missing-store")) + " 2>&1",

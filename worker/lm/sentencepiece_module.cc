@@ -6,12 +6,15 @@
 // copies and nothing of theirs enters the global scope.
 // Thread safety: a loaded model is immutable; every call but load/free may run concurrently.
 #include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
 
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 extern "C" {
@@ -65,6 +68,56 @@ int fedlora_spm_decode(const void* model, const int* ids, size_t n, fedlora_spm_
 void fedlora_spm_piece(const void* model, int id, fedlora_spm_text_sink sink, void* ctx) {
   const std::string& piece = Sp(model).IdToPiece(id);
   sink(ctx, piece.data(), piece.size());
+}
+
+// Feeds SentencePiece's trainer from an array of (pointer, length) sentences.
+namespace {
+class ArrayIterator final : public sentencepiece::SentenceIterator {
+ public:
+  ArrayIterator(const char* const* texts, const size_t* lengths, size_t n) : texts_(texts), lengths_(lengths), n_(n) {
+    Load();
+  }
+  bool done() const override { return i_ >= n_; }
+  void Next() override {
+    ++i_;
+    Load();
+  }
+  const std::string& value() const override { return value_; }
+  sentencepiece::util::Status status() const override { return sentencepiece::util::Status(); }
+
+ private:
+  void Load() {
+    if (i_ < n_) value_.assign(texts_[i_], lengths_[i_]);
+  }
+  const char* const* texts_;
+  const size_t* lengths_;
+  size_t n_;
+  size_t i_ = 0;
+  std::string value_;
+};
+}  // namespace
+
+// Trains a model on n sentences with the trainer's flags as n_args key/value pairs, the
+// sampling seed `seed`; the serialized model goes to `sink` (the flag "minloglevel" quiets the
+// trainer's log on stderr). 0 on success, else 1 with the reason in err.
+int fedlora_spm_train(const char* const* keys, const char* const* values, size_t n_args, const char* const* texts,
+                      const size_t* lengths, size_t n, unsigned seed, fedlora_spm_text_sink sink, void* ctx,
+                      char* err, size_t err_size) {
+  std::unordered_map<std::string, std::string> args;
+  for (size_t i = 0; i < n_args; ++i) args[keys[i]] = values[i];
+  sentencepiece::SetRandomGeneratorSeed(seed);
+  ArrayIterator it(texts, lengths, n);
+  std::string model;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &it, &model);
+  if (!status.ok()) {
+    if (err_size > 0) {
+      std::strncpy(err, status.ToString().c_str(), err_size - 1);
+      err[err_size - 1] = '\0';
+    }
+    return 1;
+  }
+  sink(ctx, model.data(), model.size());
+  return 0;
 }
 
 }  // extern "C"

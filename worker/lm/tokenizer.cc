@@ -35,6 +35,8 @@ struct SpmApi {
   int (*encode)(const void*, const char*, size_t, void (*)(void*, const int*, size_t), void*);
   int (*decode)(const void*, const int*, size_t, void (*)(void*, const char*, size_t), void*);
   void (*piece)(const void*, int, void (*)(void*, const char*, size_t), void*);
+  int (*train)(const char* const*, const char* const*, size_t, const char* const*, const size_t*, size_t, unsigned,
+               void (*)(void*, const char*, size_t), void*, char*, size_t);
 };
 
 Result<const SpmApi*> LoadSpmApi() {
@@ -63,6 +65,7 @@ Result<const SpmApi*> LoadSpmApi() {
     get(api.encode, "fedlora_spm_encode");
     get(api.decode, "fedlora_spm_decode");
     get(api.piece, "fedlora_spm_piece");
+    get(api.train, "fedlora_spm_train");
   });
   if (!status.ok()) return status;
   return &api;
@@ -315,5 +318,59 @@ std::string Tokenizer::Piece(int32_t id) const {
 }
 
 size_t Tokenizer::vocab_size() const { return static_cast<size_t>(sp_->GetPieceSize()); }
+
+Result<std::string> TrainSentencePiece(const std::vector<std::string>& sentences,
+                                       const SentencePieceTrainOptions& options) {
+  if (options.vocab_size < 300) {
+    return InvalidArgument(fmt::format("a SentencePiece vocabulary needs at least 300 pieces (the 256 byte pieces, the "
+                                       "special ones and some merges), got {}",
+                                       options.vocab_size));
+  }
+  if (sentences.empty()) return InvalidArgument("no text to train the tokenizer on");
+  ASSIGN_OR_RETURN(const SpmApi* api, LoadSpmApi());
+  // Llama's conventions: unk 0, <s> 1, </s> 2, no pad; BPE over bytes for anything unseen;
+  // digits one by one; the text kept as written (no NFKC).
+  const std::vector<std::pair<std::string, std::string>> args = {
+      {"model_type", "bpe"},
+      {"vocab_size", std::to_string(options.vocab_size)},
+      {"hard_vocab_limit", "false"},  // a small text gets the pieces it supports
+      {"character_coverage", "0.9995"},
+      {"byte_fallback", "true"},
+      {"split_digits", "true"},
+      {"normalization_rule_name", "identity"},
+      {"add_dummy_prefix", "true"},
+      {"remove_extra_whitespaces", "false"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "-1"},
+      {"max_sentence_length", "16384"},
+      {"input_sentence_size", "0"},
+      {"shuffle_input_sentence", "false"},
+      {"num_threads", "1"},  // one thread: the merges do not depend on scheduling
+      {"minloglevel", options.quiet ? "2" : "0"},
+  };
+  std::vector<const char*> keys, values;
+  for (const auto& [k, v] : args) {
+    keys.push_back(k.c_str());
+    values.push_back(v.c_str());
+  }
+  std::vector<const char*> texts;
+  std::vector<size_t> lengths;
+  texts.reserve(sentences.size());
+  lengths.reserve(sentences.size());
+  for (const auto& s : sentences) {
+    texts.push_back(s.data());
+    lengths.push_back(s.size());
+  }
+  std::string model;
+  char err[1024] = {0};
+  const int rc = api->train(keys.data(), values.data(), keys.size(), texts.data(), lengths.data(), texts.size(),
+                            static_cast<unsigned>(options.seed),
+                            [](void* ctx, const char* text, size_t n) { static_cast<std::string*>(ctx)->assign(text, n); },
+                            &model, err, sizeof(err));
+  if (rc != 0) return InvalidArgument(fmt::format("training the SentencePiece tokenizer failed: {}", err));
+  return model;
+}
 
 }  // namespace fedlora::worker::lm

@@ -82,4 +82,22 @@ class Tokenizer {
   bool add_bos_ = true;
 };
 
+struct SentencePieceTrainOptions {
+  int vocab_size = 4096;
+  uint64_t seed = 1;
+  bool quiet = true;  // no trainer log on stderr
+};
+
+// Trains a SentencePiece BPE tokenizer in Llama's conventions on `sentences` (one training
+// sentence each: a document or a paragraph): unk 0, <s> 1, </s> 2, no pad, byte fallback (any
+// text encodes, none to unk), digits split, identity normalisation, a "▁" dummy prefix, and
+// returns the serialized model (tokenizer.model's bytes), which Tokenizer loads. Runs on one
+// thread, so the model is a function of (sentences, options). Sentences longer than 16,384
+// bytes are skipped by the trainer. A text too small for `vocab_size` pieces gets fewer (every
+// merge it supports). Errors: kInvalidArgument (a vocabulary below 300 pieces, no sentences,
+// or the trainer's own refusal),
+// kUnavailable (the SentencePiece module cannot be loaded).
+Result<std::string> TrainSentencePiece(const std::vector<std::string>& sentences,
+                                       const SentencePieceTrainOptions& options);
+
 }  // namespace fedlora::worker::lm

@@ -1,0 +1,98 @@
+// fedlora's own language model end to end, as a fresh machine runs it: `fedlora pretrain --task
+// lm` makes a (tiny) Llama and its tokenizer from Debian's dict-gcide into the store, and
+// `fedlora run --task lm-finetune` without --base fine-tunes it federated on Debian's fortunes,
+// split by category; the perplexity on the held-out fortunes falls, and replay evaluates on the
+// same model without being told where it is. Also the errors: no dictionary, no model for a role.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "tests/testing/fixtures.h"
+#include "tests/testing/process.h"
+
+namespace fedlora {
+namespace {
+
+using nlohmann::json;
+using testing::Quote;
+using testing::RunCapture;
+
+constexpr const char* kBinary = FEDLORA_BINARY;
+constexpr const char* kGcide = "/usr/share/dictd/gcide.dict.dz";
+constexpr const char* kFortunes = "/usr/share/games/fortunes";
+
+bool Installed() { return std::filesystem::exists(kGcide) && std::filesystem::is_directory(kFortunes); }
+
+TEST(OwnLanguageModel, PretrainThenFederatedFineTuneOnFortunes) {
+  // ops/install-deps.sh installs both packages; without them this test cannot run at all.
+  ASSERT_TRUE(Installed()) << "install the Debian packages dict-gcide and fortunes (ops/install-deps.sh)";
+  testing::TempDir dir;
+  const std::string store = dir.path("store");
+  int rc = -1;
+  std::string out = RunCapture(std::string(kBinary) + " pretrain --task lm --size tiny --steps 150 --max-documents 4000 --threads 1 "
+                                                      "--store " + Quote(store) + " 2>&1",
+                               &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string model = store + "/base/fedlora-lm";
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
+                        "fedlora_pretrain.json"}) {
+    EXPECT_TRUE(std::filesystem::is_regular_file(model + "/" + f)) << f;
+  }
+  EXPECT_NE(out.find("held-out perplexity"), std::string::npos) << out;
+  std::ifstream rec(model + "/fedlora_pretrain.json");
+  const json record = json::parse(rec);
+  EXPECT_LT(record["held_out_perplexity"].get<double>(), 0.5 * record["initial_held_out_perplexity"].get<double>())
+      << record.dump();
+  // A second pretrain keeps the model.
+  out = RunCapture(std::string(kBinary) + " pretrain --task lm --size tiny --store " + Quote(store) + " 2>&1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("already exists"), std::string::npos) << out;
+
+  // Federated fine-tuning of that model on fortunes, every category a source, no --base.
+  const std::string summary_path = dir.path("summary.json");
+  out = RunCapture(std::string(kBinary) + " run --task lm-finetune --store " + Quote(store) +
+                       " --examples-per-source 12 --seq-len 64 --workers 4 --speeds 1,2 --max-versions 6 "
+                       "--duration 240 --method fedavg --mode fedbuff --buffer-size 2 --local-steps 6 --batch-size 8 "
+                       "--lr 0.003 --eval-every 3 --summary " + Quote(summary_path) + " 2>&1",
+                   &rc);
+  ASSERT_EQ(rc, 0) << out;
+  std::ifstream in(summary_path);
+  const json summary = json::parse(in);
+  EXPECT_GE(summary["final_version"].get<uint64_t>(), 6u) << out;
+  const double base_ppl = summary["base_perplexity"].get<double>(), final_ppl = summary["final_perplexity"].get<double>();
+  EXPECT_TRUE(std::isfinite(base_ppl) && base_ppl > 1.0) << out;
+  EXPECT_LT(final_ppl, base_ppl) << out;
+
+  // Replay finds the store's own model and evaluates on it.
+  out = RunCapture(std::string(kBinary) + " replay --log " + Quote(store) + " --out " + Quote(dir.path("replayed")) +
+                       " --examples-per-source 12 --seq-len 64 2>&1",
+                   &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out.find("not evaluated"), std::string::npos) << out;
+}
+
+TEST(OwnLanguageModel, ClearErrorsWithoutDictionaryOrModel) {
+  testing::TempDir dir;
+  int rc = 0;
+  std::string out = RunCapture(std::string(kBinary) + " pretrain --task lm --size tiny --dict " +
+                                   Quote(dir.path("none.dict.dz")) + " --store " + Quote(dir.path("s")) + " 2>&1",
+                               &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("dict-gcide"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir.path("s") + "/base/fedlora-lm"));
+  out = RunCapture(std::string(kBinary) + " pretrain --task lm --size huge --store " + Quote(dir.path("s")) + " 2>&1",
+                   &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("tiny, small, base"), std::string::npos) << out;
+  // A role does not make the model: it says which command does.
+  out = RunCapture(std::string(kBinary) + " worker --index 0 --task lm-finetune --store " + Quote(dir.path("empty")) + " 2>&1",
+                   &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("fedlora pretrain --task lm"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace fedlora
