@@ -205,7 +205,8 @@ void RegisterRun(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "run", "Run the whole federation on this machine: broker, aggregator and heterogeneous workers on "
              "loopback sockets, with the store in --store. The image task pretrains its base model first if it is "
-             "missing; the lm task fine-tunes the checkpoint directory given with --base.");
+             "missing; the lm-finetune task fine-tunes the checkpoint directory given with --base, or fedlora's own "
+             "language model, made first if missing.");
   cmd->add_option("--store", f->store.dir, "Store directory (log, adapters, base model)")->capture_default_str();
   cmd->add_option("--workers", f->task.num_clients, "Number of workers (one data shard each)")
       ->check(CLI::Range(1, 256))
@@ -231,7 +232,8 @@ void RegisterRun(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--base", f->task.base,
                   "lm: the Hugging Face checkpoint directory to fine-tune (config.json, model.safetensors or shards, "
-                  "tokenizer.model); a Llama, Mistral or Qwen2 model");
+                  "tokenizer.model); a Llama, Mistral or Qwen2 model. Default: fedlora's own, <store>/base/fedlora-lm, "
+                  "pretrained first if missing (`fedlora pretrain --task lm`, about 5 minutes)");
   AddLanguageTaskFlags(cmd, f->task);
   cmd->add_option("--rank", f->task.rank, "LoRA rank")->check(CLI::Range(1, 256))->capture_default_str();
   cmd->add_option("--lora-alpha", f->task.lora_alpha, "LoRA alpha (scale alpha/r)")->capture_default_str();

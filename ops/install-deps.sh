@@ -17,6 +17,7 @@ packages=(
   dataset-fashion-mnist
   fortunes  # the lm and lm-finetune tasks' text (/usr/share/games/fortunes, BSD licence)
   wordnet-base  # the text-classify task's glosses (/usr/share/wordnet, WordNet licence)
+  dict-gcide  # fedlora's own language model learns from it (/usr/share/dictd, GPL-2+; apt adds the dictd server it depends on)
   python3 xz-utils  # xz: the legacy-store fixtures of the replay test
   # The independent reference the language-model tests compare with (tests/lm/reference).
   python3-torch python3-sentencepiece python3-numpy
