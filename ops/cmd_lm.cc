@@ -41,8 +41,9 @@ struct ModelFlags {
 };
 
 void AddModelFlags(CLI::App* cmd, ModelFlags& f) {
-  cmd->add_option("--base", f.base, "Checkpoint directory (config.json, safetensors weights, tokenizer.model)")
-      ->required();
+  cmd->add_option("--base", f.base,
+                  "Checkpoint directory (config.json, safetensors weights, tokenizer.model); default with --store: "
+                  "fedlora's own language model there (<store>/base/fedlora-lm)");
   cmd->add_option("--store", f.store, "Store directory holding the adapter to apply (default: none, the bare base)");
   cmd->add_option("--adapter", f.adapter, "Adapter id in --store (default: \"default\")");
   cmd->add_option("--version", f.version, "Version of the adapter, a number or a tag (default: the latest)");
@@ -72,10 +73,17 @@ Result<std::string> CheckpointArchitecture(const std::string& dir) {
 }
 
 // Opens the model (with the adapter version applied when --store is given) and the tokenizer;
-// Fail()s with a clear error otherwise.
-Loaded Load(std::string_view command, const ModelFlags& f) {
+// Fail()s with a clear error otherwise. Without --base, f.base becomes the store's own model.
+Loaded Load(std::string_view command, ModelFlags& f) {
   if (!f.store && (f.adapter || f.version)) {
     Fail(command, InvalidArgument("--adapter and --version name an adapter in a store: give --store too"), 2);
+  }
+  if (f.base.empty()) {
+    if (!f.store) {
+      Fail(command, InvalidArgument("give the checkpoint with --base DIR (or --store, whose own language model is used)"),
+           2);
+    }
+    f.base = OwnLanguageModelPath(*f.store);
   }
   SetTorchThreads(f.threads > 0 ? f.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   Loaded out;

@@ -85,12 +85,21 @@ Result<std::pair<codec::DecodedGlobal, codec::VersionInfo>> LatestVersion(const 
   return std::make_pair(std::move(global), std::move(info));
 }
 
-// Pretraining epochs on a live status line (nothing when stdout is not a terminal).
-void PrintPretrainProgress(uint32_t epoch, uint32_t epochs, double loss) {
-  static StatusLine line;
-  line.Update(fmt::format("  pretrain {} {}/{}  loss {:.4f}", epochs > 200 ? "step" : "epoch", epoch, epochs, loss),
-              /*force=*/epochs <= 200 || epoch % 10 == 0 || epoch == epochs);
-  if (epoch == epochs) line.Clear();
+// Pretraining progress on a live status line: the image base's epochs, or a language model's
+// steps. When stdout is not a terminal, a language model's (minutes-long) pretraining prints
+// one line per tenth of its steps.
+std::function<void(uint32_t, uint32_t, double)> PretrainProgress(bool language_model) {
+  auto line = std::make_shared<StatusLine>();
+  return [line, language_model](uint32_t done, uint32_t total, double loss) {
+    const std::string text =
+        fmt::format("  pretrain {} {}/{}  loss {:.4f}", language_model ? "step" : "epoch", done, total, loss);
+    if (!line->enabled()) {
+      if (language_model && done * 10 / total != (done - 1) * 10 / total) fmt::print("{}\n", text);
+      return;
+    }
+    line->Update(text, /*force=*/!language_model || done % 10 == 0 || done == total);
+    if (done == total) line->Clear();
+  };
 }
 
 // The record `fedlora pretrain --task lm` leaves in the checkpoint, as a line.
@@ -169,7 +178,7 @@ void RegisterPretrain(CLI::App& app) {
       fmt::print("pretraining the {} base into {}\n", f->task.arch, out);
     }
     const auto t0 = Clock::now();
-    auto built = EnsureBase(f->task, out, f->epochs, PrintPretrainProgress);
+    auto built = EnsureBase(f->task, out, f->epochs, PretrainProgress(lm));
     if (!built.ok()) Fail("pretrain", built.status());
     if (*built) {
       fmt::print("base model written to {} in {:.1f} s\n", out, std::chrono::duration<double>(Clock::now() - t0).count());
@@ -321,7 +330,7 @@ void RegisterRun(CLI::App& app) {
       fmt::print("no base model at {}: pretraining it (fedlora pretrain{})\n", base, lm ? " --task lm" : "");
       SetTorchThreads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
       const auto t0 = Clock::now();
-      auto built = EnsureBase(f->task, base, 0, PrintPretrainProgress);
+      auto built = EnsureBase(f->task, base, 0, PretrainProgress(lm));
       if (!built.ok()) Fail("run", built.status());
       fmt::print("base model ready in {:.1f} s\n",
                  std::chrono::duration<double>(Clock::now() - t0).count());

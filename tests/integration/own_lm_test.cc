@@ -72,6 +72,19 @@ TEST(OwnLanguageModel, PretrainThenFederatedFineTuneOnFortunes) {
                    &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_EQ(out.find("not evaluated"), std::string::npos) << out;
+
+  // generate and score use the store's own model when no --base is given.
+  out = RunCapture(std::string(kBinary) + " generate --store " + Quote(store) +
+                       " --prompt \"A fool\" --max-new-tokens 4 --threads 1 2>&1",
+                   &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find(model), std::string::npos) << out;
+  EXPECT_NE(out.find("version " + std::to_string(summary["final_version"].get<uint64_t>()) + " of adapter"),
+            std::string::npos)
+      << out;
+  out = RunCapture(std::string(kBinary) + " generate --prompt x 2>&1", &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("--base DIR"), std::string::npos) << out;
 }
 
 TEST(OwnLanguageModel, ClearErrorsWithoutDictionaryOrModel) {
