@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#include "tests/testing/fixtures.h"
 #include <zlib.h>
 
 #include <algorithm>
@@ -72,52 +74,19 @@ class WordEncoder {
 };
 
 // A unique scratch directory under the system's temporary directory, removed afterwards.
-class ScratchDir {
- public:
-  ScratchDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            fmt::format("fedlora-packaged-text-{}-{}-{}", info ? info->name() : "test", rd(), rd());
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
+using ScratchDir = testing::TempDir;
 
-  std::string path(const std::string& sub = "") const {
-    return sub.empty() ? path_.string() : (path_ / sub).string();
-  }
-
-  // Writes `content` to `sub` (parent directories created) and returns its path.
-  std::string Write(const std::string& sub, std::string_view content) const {
-    const fs::path file = path_ / sub;
-    fs::create_directories(file.parent_path());
-    std::ofstream out(file, std::ios::binary);
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    EXPECT_TRUE(out.good()) << file;
-    return file.string();
-  }
-
-  // Writes `content` gzip-compressed to `sub` and returns its path.
-  std::string WriteGzip(const std::string& sub, std::string_view content) const {
-    const fs::path file = path_ / sub;
-    fs::create_directories(file.parent_path());
-    gzFile gz = gzopen(file.string().c_str(), "wb9");
-    EXPECT_NE(gz, nullptr) << file;
-    if (gz == nullptr) return file.string();
-    EXPECT_EQ(gzwrite(gz, content.data(), static_cast<unsigned>(content.size())),
-              static_cast<int>(content.size()));
-    EXPECT_EQ(gzclose(gz), Z_OK);
-    return file.string();
-  }
-
- private:
-  fs::path path_;
-};
+// Writes `content` gzip-compressed to `sub` of `dir` and returns its path.
+std::string WriteGzip(const ScratchDir& dir, const std::string& sub, std::string_view content) {
+  const fs::path file = dir.path(sub);
+  fs::create_directories(file.parent_path());
+  gzFile gz = gzopen(file.string().c_str(), "wb9");
+  EXPECT_NE(gz, nullptr) << file;
+  if (gz == nullptr) return file.string();
+  EXPECT_EQ(gzwrite(gz, content.data(), static_cast<unsigned>(content.size())), static_cast<int>(content.size()));
+  EXPECT_EQ(gzclose(gz), Z_OK);
+  return file.string();
+}
 
 // The licence header of a WordNet data file (lines starting with two spaces), shortened.
 constexpr std::string_view kLicence =
@@ -712,7 +681,7 @@ TEST(DictdTest, ReadsGzipCompressedDictionary) {
   ScratchDir dir;
   const Dictionary dict = SmallDictionary();
   DictdOptions options;
-  options.path = dir.WriteGzip("test.dict.dz", dict.data);
+  options.path = WriteGzip(dir, "test.dict.dz", dict.data);
   dir.Write("test.index", dict.index);
   auto documents = ReadDictdDocuments(options);
   ASSERT_TRUE(documents.ok()) << documents.status().ToString();
@@ -724,7 +693,7 @@ TEST(DictdTest, TruncatedGzipIsDataLoss) {
   const Dictionary dict = SmallDictionary();
   std::string data;
   for (int k = 0; k < 200; ++k) data += dict.data;  // enough to compress to several blocks
-  const std::string path = dir.WriteGzip("full.dict.dz", data);
+  const std::string path = WriteGzip(dir, "full.dict.dz", data);
   std::ifstream in(path, std::ios::binary);
   std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   DictdOptions options;
@@ -777,7 +746,7 @@ TEST(DictdTest, MissingFilesNameThePackage) {
             std::string::npos);
 
   // The data is there, the index is not.
-  dir.WriteGzip("gcide.dict.dz", SmallDictionary().data);
+  WriteGzip(dir, "gcide.dict.dz", SmallDictionary().data);
   documents = ReadDictdDocuments(options);
   ASSERT_FALSE(documents.ok());
   EXPECT_EQ(documents.status().code(), Code::kNotFound);

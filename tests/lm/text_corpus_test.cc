@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/testing/fixtures.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -33,40 +35,7 @@ std::vector<int32_t> FakeEncode(std::string_view text) {
 }
 
 // A unique scratch directory under the system's temporary directory, removed afterwards.
-class ScratchDir {
- public:
-  ScratchDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            fmt::format("fedlora-text-corpus-{}-{}-{}", info ? info->name() : "test", rd(), rd());
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-
-  // The path of `sub` inside the directory; the directory itself for "".
-  std::string path(const std::string& sub = "") const {
-    return sub.empty() ? path_.string() : (path_ / sub).string();
-  }
-
-  // Writes `content` to `sub` (parent directories created) and returns its path.
-  std::string Write(const std::string& sub, std::string_view content) const {
-    const fs::path file = path_ / sub;
-    fs::create_directories(file.parent_path());
-    std::ofstream out(file, std::ios::binary);
-    out.write(content.data(), static_cast<std::streamsize>(content.size()));
-    EXPECT_TRUE(out.good()) << file;
-    return file.string();
-  }
-
- private:
-  fs::path path_;
-};
+using ScratchDir = testing::TempDir;
 
 std::vector<int32_t> ExampleIds(const Dataset& data, size_t i) {
   return {data.tokens.begin() + static_cast<std::ptrdiff_t>(data.offsets[i]),

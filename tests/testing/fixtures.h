@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
+#include <string_view>
 
 #include "tests/testing/samples.h"
 
@@ -26,7 +28,19 @@ class TempDir {
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
   }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
   std::string path(const std::string& sub = "") const { return sub.empty() ? path_.string() : (path_ / sub).string(); }
+
+  // Writes `content` to `sub` (parent directories created) and returns its path.
+  std::string Write(const std::string& sub, std::string_view content) const {
+    const std::filesystem::path file = path_ / sub;
+    std::filesystem::create_directories(file.parent_path());
+    std::ofstream out(file, std::ios::binary);
+    out.write(content.data(), static_cast<std::streamsize>(content.size()));
+    EXPECT_TRUE(out.good()) << file;
+    return file.string();
+  }
 
  private:
   std::filesystem::path path_;
