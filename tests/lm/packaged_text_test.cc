@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/testing/fixtures.h"
+#include "tests/testing/text_data.h"
 #include <zlib.h>
 
 #include <algorithm>
@@ -142,15 +143,8 @@ std::vector<std::string> AllTexts(const Dataset& data, const WordEncoder& encode
 }
 
 void ExpectWellFormed(const Dataset& data) {
-  ASSERT_TRUE(data.is_text());
-  ASSERT_EQ(data.offsets.size(), data.size() + 1);
-  EXPECT_EQ(data.offsets.front(), 0u);
-  EXPECT_EQ(data.offsets.back(), data.tokens.size());
-  EXPECT_TRUE(std::is_sorted(data.offsets.begin(), data.offsets.end()));
-  EXPECT_TRUE(data.images.empty());
+  testing::ExpectWellFormedText(data);
   EXPECT_EQ(data.num_classes, 45);
-  ASSERT_EQ(data.class_names.size(), 45u);
-  for (uint8_t label : data.labels) EXPECT_LT(label, data.num_classes);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,10 +11,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "tests/testing/fixtures.h"
 #include "worker/lm/checkpoint.h"
 #include "worker/lm/llama.h"
 #include "worker/lm/tokenizer.h"
@@ -48,12 +48,7 @@ std::vector<std::string> GrammarDocuments(size_t n, uint64_t seed) {
   return docs;
 }
 
-std::string ReadAll(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::ReadFile;
 
 class PretrainTest : public ::testing::Test {
  protected:
@@ -120,7 +115,7 @@ TEST_F(PretrainTest, WritesACheckpointThatOpensAndLearns) {
   EXPECT_EQ((*tokenizer)->bos_id(), 1);
   EXPECT_EQ((*tokenizer)->eos_id(), 2);
   EXPECT_EQ((*tokenizer)->Decode((*tokenizer)->Encode(docs[0], true, false)), docs[0]);
-  const auto record = nlohmann::json::parse(ReadAll(dir_ / "model" / "fedlora_pretrain.json"));
+  const auto record = nlohmann::json::parse(ReadFile(dir_ / "model" / "fedlora_pretrain.json"));
   EXPECT_DOUBLE_EQ(record.at("held_out_loss").get<double>(), report->held_out_loss);
   EXPECT_EQ(record.at("parameters").get<int64_t>(), report->parameters);
 
@@ -145,11 +140,11 @@ TEST_F(PretrainTest, SameSeedSameFiles) {
   ASSERT_TRUE(PretrainLanguageModel(docs, (dir_ / "a").string(), o).ok());
   ASSERT_TRUE(PretrainLanguageModel(docs, (dir_ / "b").string(), o).ok());
   for (const char* f : {"model.safetensors", "tokenizer.model", "config.json", "fedlora_pretrain.json"}) {
-    EXPECT_EQ(ReadAll(dir_ / "a" / f), ReadAll(dir_ / "b" / f)) << f;
+    EXPECT_EQ(ReadFile(dir_ / "a" / f), ReadFile(dir_ / "b" / f)) << f;
   }
   o.seed = 4;
   ASSERT_TRUE(PretrainLanguageModel(docs, (dir_ / "c").string(), o).ok());
-  EXPECT_NE(ReadAll(dir_ / "a" / "model.safetensors"), ReadAll(dir_ / "c" / "model.safetensors"));
+  EXPECT_NE(ReadFile(dir_ / "a" / "model.safetensors"), ReadFile(dir_ / "c" / "model.safetensors"));
 }
 
 TEST_F(PretrainTest, RefusesBadInputsAndLeavesNothing) {

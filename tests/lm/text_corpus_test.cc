@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/testing/fixtures.h"
+#include "tests/testing/text_data.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -68,17 +69,7 @@ TextCorpusOptions KeepAll(std::vector<std::string> paths) {
   return options;
 }
 
-// Checks the Dataset invariants of a loaded text corpus.
-void ExpectWellFormed(const Dataset& data) {
-  ASSERT_TRUE(data.is_text());
-  ASSERT_EQ(data.offsets.size(), data.size() + 1);
-  EXPECT_EQ(data.offsets.front(), 0u);
-  EXPECT_EQ(data.offsets.back(), data.tokens.size());
-  EXPECT_TRUE(std::is_sorted(data.offsets.begin(), data.offsets.end()));
-  EXPECT_TRUE(data.images.empty());
-  EXPECT_EQ(data.class_names.size(), static_cast<size_t>(data.num_classes));
-  for (uint8_t label : data.labels) EXPECT_LT(label, data.num_classes);
-}
+using testing::ExpectWellFormedText;
 
 TEST(TextCorpusTest, DefaultOptions) {
   const TextCorpusOptions options;
@@ -96,7 +87,7 @@ TEST(TextCorpusTest, FortuneFormatEntriesAreDocuments) {
       "  first entry  \n%\nsecond\n\nstill the second entry\n%\n \n%\n%\nthird\n%\n");
   auto data = LoadTextCorpus(KeepAll({file}), FakeEncode);
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   // Blank lines do not split an entry; empty entries are skipped; entries are trimmed.
   EXPECT_EQ(AllTexts(*data), (std::vector<std::string>{
                                  "first entry", "second\n\nstill the second entry", "third"}));
@@ -122,7 +113,7 @@ TEST(TextCorpusTest, ParagraphFormatSplitsOnBlankLines) {
       "essay", "\n\n  alpha beta\ngamma 50 %\n\n\n \t \ndelta  \n%%\n\n\nepsilon\n\n");
   auto data = LoadTextCorpus(KeepAll({file}), FakeEncode);
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   EXPECT_EQ(AllTexts(*data),
             (std::vector<std::string>{"alpha beta\ngamma 50 %", "delta  \n%%", "epsilon"}));
   EXPECT_EQ(data->class_names, std::vector<std::string>{"essay"});
@@ -149,7 +140,7 @@ TEST(TextCorpusTest, DirectoryScanSkipsDottedHiddenAndSubdirectories) {
   auto data = LoadTextCorpus(KeepAll({dir.path("corpus")}), FakeEncode,
                              [&](size_t done, size_t total) { calls.emplace_back(done, total); });
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   EXPECT_EQ(data->class_names, (std::vector<std::string>{"alpha", "mid", "zeta"}));
   EXPECT_EQ(data->num_classes, 3);
   EXPECT_EQ(AllTexts(*data),
@@ -166,7 +157,7 @@ TEST(TextCorpusTest, FileGivenDirectlyIsAlwaysReadAndPathsKeepTheirOrder) {
   dir.Write("more/a", "a text\n");
   auto data = LoadTextCorpus(KeepAll({dotted, dir.path("more"), hidden}), FakeEncode);
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   EXPECT_EQ(data->class_names, (std::vector<std::string>{"notes.txt", "a", "b", ".secret"}));
   EXPECT_EQ(AllTexts(*data),
             (std::vector<std::string>{"dotted file", "a text", "b text", "hidden file"}));
@@ -183,7 +174,7 @@ TEST(TextCorpusTest, LongDocumentsAreCutIntoWindows) {
   options.min_tokens = 4;
   auto data = LoadTextCorpus(options, FakeEncode);
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   // Windows [0, 10), [10, 20), [20, 26); only the first starts with BOS. "short" fits whole.
   ASSERT_EQ(data->size(), 4u);
   EXPECT_EQ(ExampleIds(*data, 0), FakeEncode(body.substr(0, 9)));
@@ -216,7 +207,7 @@ TEST(TextCorpusTest, MaxExamplesPerSourceKeepsTheFirst) {
   options.max_tokens = 4;  // "b1 is long" gives windows "b1 ", "is l", "ong"
   auto data = LoadTextCorpus(options, FakeEncode);
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   EXPECT_EQ(AllTexts(*data), (std::vector<std::string>{"a1", "a2", "b1 ", "is l"}));
   EXPECT_EQ(data->labels, (std::vector<uint8_t>{0, 0, 1, 1}));
   EXPECT_EQ(data->num_classes, 2);
@@ -280,7 +271,7 @@ TEST(TextCorpusTest, BinaryFileInDirectoryIsSkipped) {
   auto data = LoadTextCorpus(KeepAll({dir.path("mixed")}), FakeEncode,
                              [&](size_t, size_t total) { last_total = total; });
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   EXPECT_EQ(data->class_names, std::vector<std::string>{"text"});
   EXPECT_EQ(data->num_classes, 1);
   EXPECT_EQ(AllTexts(*data), std::vector<std::string>{"plain text"});
@@ -342,7 +333,7 @@ TEST(TextCorpusTest, LoadsTheInstalledFortunes) {
   ASSERT_TRUE(fs::is_directory(kDefaultTextDir)) << kDefaultTextDir << " is not installed (apt-get install fortunes)";
   auto data = LoadTextCorpus(TextCorpusOptions{}, FakeEncode);
   ASSERT_TRUE(data.ok()) << data.status().ToString();
-  ExpectWellFormed(*data);
+  ExpectWellFormedText(*data);
   EXPECT_GT(data->num_classes, 0);
   EXPECT_LE(data->num_classes, 256);
   for (const std::string& name : data->class_names) {
@@ -449,7 +440,7 @@ TEST(TextCorpusTest, SubsetCarriesTheChosenExamples) {
   ASSERT_EQ(data->size(), 3u);
 
   const Dataset subset = Subset(*data, {2, 0});
-  ExpectWellFormed(subset);
+  ExpectWellFormedText(subset);
   EXPECT_EQ(subset.size(), 2u);
   EXPECT_EQ(AllTexts(subset), (std::vector<std::string>{"third", "first"}));
   EXPECT_EQ(subset.labels, (std::vector<uint8_t>{1, 0}));

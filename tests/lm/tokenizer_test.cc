@@ -79,12 +79,7 @@ void WriteFile(const std::string& path, const std::string& content) {
   ASSERT_TRUE(out.good()) << path;
 }
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using testing::ReadFile;
 
 class TokenizerTest : public ::testing::Test {
  protected:
@@ -342,7 +337,7 @@ TEST_F(TokenizerTest, FastTokenizerOnlyIsUnimplemented) {
 }
 
 TEST_F(TokenizerTest, CorruptModelIsDataLoss) {
-  const std::string model = ReadAll(suite_->model);
+  const std::string model = ReadFile(suite_->model);
   for (const std::string& bytes : {std::string("this is not a sentencepiece model\n"),
                                    model.substr(0, model.size() / 2), std::string()}) {
     SCOPED_TRACE(std::to_string(bytes.size()) + " bytes");

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <string_view>
@@ -13,6 +14,12 @@
 #include "tests/testing/samples.h"
 
 namespace fedlora::testing {
+
+// The bytes of the file at `path` (empty when it cannot be read).
+inline std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 // A scratch directory removed when the test ends.
 class TempDir {
