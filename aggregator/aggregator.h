@@ -36,6 +36,7 @@ struct EvalOutcome {
   double loss = 0;
   size_t samples = 0;
   std::vector<double> class_accuracy;  // per label (labels absent from the sample: 0)
+  std::vector<double> class_loss;      // per label: mean loss per prediction (absent labels: 0)
 };
 using Evaluator = std::function<Result<EvalOutcome>(const AdapterSpec&, const AdapterState&)>;
 

@@ -217,13 +217,25 @@ void RegisterCompare(CLI::App& app) {
   cmd->add_option("--dirichlet", f->task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--arch", f->task.arch, "Base model: vit-tiny or mlp")
+  cmd->add_option("--task", f->task.task,
+                  "image (Fashion-MNIST) or text-classify (WordNet's glosses into 45 classes by a language model)")
+      ->check(CLI::IsMember({"image", "text-classify"}))
+      ->capture_default_str();
+  cmd->add_option("--arch", f->task.arch, "image: base model, vit-tiny or mlp")
       ->check(CLI::IsMember({"vit-tiny", "mlp"}))
       ->capture_default_str();
-  cmd->add_option("--data-dir", f->task.data_dir, "Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--data-dir", f->task.data_dir, "image: Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--base", f->task.base,
+                  "text-classify: the checkpoint directory every run fine-tunes (default: fedlora's own, pretrained "
+                  "once into <out>/base/fedlora-lm)");
+  cmd->add_option("--examples-per-source", f->task.examples_per_source,
+                  "text-classify: a seeded sample of N glosses of each class (0: all)")
+      ->capture_default_str();
+  cmd->add_option("--wordnet", f->task.wordnet_dir, "text-classify: the WordNet directory (Debian's wordnet-base)")
+      ->capture_default_str();
   cmd->add_option("--eval-every", f->eval_every, "Evaluate every N versions (points of the curve)")->capture_default_str();
-  cmd->add_option("--eval-samples", f->eval_samples, "Test images per periodic evaluation (the final accuracy uses "
-                                                     "all 10,000)")
+  cmd->add_option("--eval-samples", f->eval_samples, "Test examples per periodic evaluation (the final accuracy uses "
+                                                     "the whole test split)")
       ->capture_default_str();
   cmd->add_option("extra", f->extra, "Arguments passed to every `fedlora run` (after --)");
   cmd->callback([f] {
@@ -247,8 +259,21 @@ void RegisterCompare(CLI::App& app) {
     if (ec) Fail("compare", Unavailable(fmt::format("cannot create '{}': {}", f->out, ec.message())));
 
     // One frozen base for every run.
-    const std::string base = BasePath(out.string(), f->task.arch);
-    if (!fs::exists(base)) {
+    const bool text = IsTextClassification(f->task);
+    const std::string base = !text               ? BasePath(out.string(), f->task.arch)
+                             : f->task.base.empty() ? OwnLanguageModelPath(out.string())
+                                                    : f->task.base;
+    if (text && !f->task.base.empty() && !fs::is_directory(base)) {
+      Fail("compare", NotFound(fmt::format("checkpoint directory '{}' does not exist", base)), 2);
+    }
+    if (text && !fs::exists(base)) {
+      fmt::print("pretraining fedlora's own language model once for every run, about 5 minutes (log: {})\n",
+                 (out / "pretrain.log").string());
+      std::fflush(stdout);
+      const int rc = RunChild({exe.string(), "pretrain", "--task", "lm", "--store", out.string()},
+                              (out / "pretrain.log").string(), "pretraining");
+      if (rc != 0) Fail("compare", Internal(fmt::format("pretraining failed (exit {}); see {}", rc, (out / "pretrain.log").string())));
+    } else if (!fs::exists(base)) {
       fmt::print("pretraining the {} base once for every run (log: {})\n", f->task.arch, (out / "pretrain.log").string());
       std::fflush(stdout);
       const int rc = RunChild({exe.string(), "pretrain", "--store", out.string(), "--arch", f->task.arch, "--data-dir",
@@ -257,8 +282,9 @@ void RegisterCompare(CLI::App& app) {
       if (rc != 0) Fail("compare", Internal(fmt::format("pretraining failed (exit {}); see {}", rc, (out / "pretrain.log").string())));
     }
 
+    const std::string model_name = text ? base : f->task.arch;
     fmt::print("comparing {} methods: {} s each, {} workers (speeds x{}), Dirichlet({}), {}; results in {}\n",
-               methods.size(), f->duration_s, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, f->task.arch,
+               methods.size(), f->duration_s, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, model_name,
                f->out);
     std::fflush(stdout);
     std::vector<MethodResult> results;
@@ -268,15 +294,23 @@ void RegisterCompare(CLI::App& app) {
       const fs::path store = out / "runs" / r.method;
       fs::remove_all(store, ec);
       fs::create_directories(store / "base", ec);
-      fs::copy_file(base, BasePath(store.string(), f->task.arch), fs::copy_options::overwrite_existing, ec);
-      if (ec) Fail("compare", Unavailable(fmt::format("cannot copy the base model: {}", ec.message())));
+      if (!text) {  // a language model is only read, so every run maps the same directory
+        fs::copy_file(base, BasePath(store.string(), f->task.arch), fs::copy_options::overwrite_existing, ec);
+        if (ec) Fail("compare", Unavailable(fmt::format("cannot copy the base model: {}", ec.message())));
+      }
       const std::string summary = (store / "summary.json").string();
       std::vector<std::string> args = {exe.string(), "run", "--store", store.string(), "--method", r.method,
                                        "--duration", fmt::format("{}", f->duration_s), "--workers",
                                        std::to_string(f->task.num_clients), "--speeds", f->speeds, "--dirichlet",
-                                       fmt::format("{}", f->task.dirichlet_alpha), "--arch", f->task.arch,
-                                       "--data-dir", f->task.data_dir, "--eval-every", std::to_string(f->eval_every),
-                                       "--eval-samples", std::to_string(f->eval_samples), "--summary", summary};
+                                       fmt::format("{}", f->task.dirichlet_alpha), "--eval-every",
+                                       std::to_string(f->eval_every), "--eval-samples",
+                                       std::to_string(f->eval_samples), "--summary", summary};
+      if (text) {
+        args.insert(args.end(), {"--task", "text-classify", "--base", base, "--wordnet", f->task.wordnet_dir,
+                                 "--examples-per-source", std::to_string(f->task.examples_per_source)});
+      } else {
+        args.insert(args.end(), {"--arch", f->task.arch, "--data-dir", f->task.data_dir});
+      }
       args.insert(args.end(), f->extra.begin(), f->extra.end());
       const std::string label = fmt::format("[{}/{}] {:<10}", i + 1, methods.size(), r.method);
       const int rc = RunChild(args, (store / "run.log").string(), label);
@@ -324,14 +358,16 @@ void RegisterCompare(CLI::App& app) {
     const MethodResult* fedavg = find("fedavg");
     const MethodResult* full = find("full");
     std::string table = fmt::format(
-        "Fashion-MNIST, {}, {} workers (speeds x{}), Dirichlet({}), {} s per method{}; final accuracy on the 10,000 "
-        "test images; on clients' mix: the mean over clients of the accuracy on their own label mix (fedsa: with "
-        "each client's own B); bytes are logged update bytes.\n\n"
+        "{}, {}, {} workers (speeds x{}), Dirichlet({}), {} s per method{}; final accuracy on {}; on clients' mix: "
+        "the mean over clients of the accuracy on their own label mix (fedsa: with each client's own B); bytes are "
+        "logged update bytes.\n\n"
         "| method | final accuracy | on clients' mix | vs fedavg | bytes / update | uploaded | fewer bytes / update than fedavg | "
         "than full | bytes to {:.2f} | updates | versions |\n"
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        f->task.arch, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, f->duration_s,
-        f->extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(f->extra, " ")), f->target);
+        text ? "WordNet glosses (45 classes)" : "Fashion-MNIST", model_name, f->task.num_clients, f->speeds,
+        f->task.dirichlet_alpha, f->duration_s,
+        f->extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(f->extra, " ")),
+        text ? "the held-out glosses" : "the 10,000 test images", f->target);
     nlohmann::json json = nlohmann::json::array();
     for (const auto& r : results) {
       if (!r.error.empty()) {
@@ -355,7 +391,7 @@ void RegisterCompare(CLI::App& app) {
                       {"federated_seconds", r.seconds}, {"curve", curve}});
     }
     std::ofstream(out / "results.md") << table;
-    std::ofstream(out / "results.json") << nlohmann::json{{"target", f->target}, {"dirichlet", f->task.dirichlet_alpha},
+    std::ofstream(out / "results.json") << nlohmann::json{{"task", f->task.task}, {"target", f->target}, {"dirichlet", f->task.dirichlet_alpha},
                                                           {"duration_s", f->duration_s}, {"extra", f->extra},
                                                           {"methods", json}}
                                                .dump(2)

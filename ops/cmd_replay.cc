@@ -187,7 +187,8 @@ void RunReplay(const ReplayFlags& f) {
     Result<worker::Dataset> test = InvalidArgument("no --base checkpoint directory");
     if (lm && !lm_base.empty()) {
       TaskOptions task = f.text;  // the held-out text of the original run, when given its flags
-      task.task = "lm";
+      // A classifier's adapter (its head) is evaluated on the glosses, a language model's on text.
+      task.task = TaskOfSpec(zero->spec);
       task.base = lm_base;
       auto data = LoadTaskData(task);
       test = data.ok() ? Result<worker::Dataset>(*data->test) : Result<worker::Dataset>(data.status());
@@ -196,7 +197,7 @@ void RunReplay(const ReplayFlags& f) {
     }
     if (lm && lm_base.empty()) {
       eval_note = fmt::format("not evaluated: a {} adapter is evaluated on its checkpoint: give --base DIR (and the "
-                              "original's --text, --seq-len, --examples-per-source)",
+                              "original's --text or --wordnet, --seq-len, --examples-per-source)",
                               zero->spec.model);
     } else if (!fs::exists(base)) {
       eval_note = fmt::format("not evaluated: no base model at '{}' (--base)", base);

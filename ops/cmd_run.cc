@@ -131,8 +131,9 @@ void RegisterPretrain(CLI::App& app) {
       "Build the frozen base model deterministically. image: from the public split of Fashion-MNIST (10% of the "
       "images of 7 of the 10 classes). lm: fedlora's own language model, a small Llama with a SentencePiece "
       "tokenizer trained on Debian's dict-gcide dictionary, written as a Hugging Face checkpoint directory");
-  cmd->add_option("--task", f->task.task, "image, or lm (the base of the lm-finetune task)")
-      ->check(CLI::IsMember({"image", "lm", "lm-finetune"}))
+  cmd->add_option("--task", f->task.task,
+                  "image, or lm (the base of the lm-finetune and text-classify tasks; those names work too)")
+      ->check(CLI::IsMember(kTaskNames))
       ->capture_default_str();
   cmd->add_option("--store", f->store.dir,
                   "Store directory; the base goes to <store>/base/<arch>.pt (image) or <store>/base/fedlora-lm/ (lm)")
@@ -214,8 +215,8 @@ void RegisterRun(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "run", "Run the whole federation on this machine: broker, aggregator and heterogeneous workers on "
              "loopback sockets, with the store in --store. The image task pretrains its base model first if it is "
-             "missing; the lm-finetune task fine-tunes the checkpoint directory given with --base, or fedlora's own "
-             "language model, made first if missing.");
+             "missing; the lm-finetune and text-classify tasks fine-tune the checkpoint directory given with --base, or "
+             "fedlora's own language model, made first if missing.");
   cmd->add_option("--store", f->store.dir, "Store directory (log, adapters, base model)")->capture_default_str();
   cmd->add_option("--workers", f->task.num_clients, "Number of workers (one data shard each)")
       ->check(CLI::Range(1, 256))
@@ -336,12 +337,18 @@ void RegisterRun(CLI::App& app) {
                  std::chrono::duration<double>(Clock::now() - t0).count());
     }
     if (lm) f->task.base = base;
+    // The headline metric: held-out perplexity (lm-finetune) or accuracy (image, text-classify).
+    const bool perplexity = lm && !IsTextClassification(f->task);
     // Workers, aggregator and broker share the cores as threads; one intra-op thread each
     // keeps them from oversubscribing the machine.
     SetTorchThreads(1);
     worker::TuneAllocatorForTraining();  // most of this process's work is the workers' training
 
-    if (lm) fmt::print("reading and tokenizing the text ({})\n", fmt::join(f->task.text, ", "));
+    if (IsTextClassification(f->task)) {
+      fmt::print("reading and tokenizing WordNet's glosses ({})\n", f->task.wordnet_dir);
+    } else if (lm) {
+      fmt::print("reading and tokenizing the text ({})\n", fmt::join(f->task.text, ", "));
+    }
     StatusLine reading;
     auto data = LoadTaskData(f->task, [&reading](size_t done, size_t total) {
       reading.Update(fmt::format("  tokenized {}/{} files", done, total));
@@ -494,8 +501,8 @@ void RegisterRun(CLI::App& app) {
         last_folded = progress->folded;
         last_report = now;
         const std::string acc =
-            progress->last_accuracy < 0 ? (lm ? "perplexity -" : "accuracy -")
-            : lm ? fmt::format("perplexity {:.2f} (v{})", std::exp(progress->last_loss), progress->last_accuracy_version)
+            progress->last_accuracy < 0 ? (perplexity ? "perplexity -" : "accuracy -")
+            : perplexity ? fmt::format("perplexity {:.2f} (v{})", std::exp(progress->last_loss), progress->last_accuracy_version)
                  : fmt::format("accuracy {:.4f} (v{})", progress->last_accuracy, progress->last_accuracy_version);
         status.Update(fmt::format("[{:>4.0f}/{:.0f}s] version {}  {}  updates {} ({:.1f}/s)  staleness {:.2f}  "
                                   "dropped {}  uploaded {}",
@@ -537,9 +544,9 @@ void RegisterRun(CLI::App& app) {
       fmt::print("evaluating each client's personal model (global A, its own B) on the test set...\n");
       std::fflush(stdout);
     }
-    std::vector<double> client_accuracy;
+    std::vector<double> client_accuracy, client_perplexity;
     for (size_t i = 0; i < workers.size(); ++i) {
-      std::vector<double> per_class = final_r->class_accuracy;
+      std::vector<double> per_class = final_r->class_accuracy, per_class_loss = final_r->class_loss;
       const auto factors = workers[i]->PersonalFactors();
       if (!factors.empty()) {
         AdapterState mine = latest->first.state;
@@ -550,8 +557,10 @@ void RegisterRun(CLI::App& app) {
         auto r = (*full_eval)(latest->first.spec, mine);
         if (!r.ok()) Fail("run", r.status());
         per_class = r->class_accuracy;
+        per_class_loss = r->class_loss;
       }
       client_accuracy.push_back(MixAccuracy(*train_data, (*shards)[i], per_class));
+      if (perplexity) client_perplexity.push_back(std::exp(MixAccuracy(*train_data, (*shards)[i], per_class_loss)));
     }
     const double client_mean =
         client_accuracy.empty() ? 0.0
@@ -559,7 +568,7 @@ void RegisterRun(CLI::App& app) {
     std::lock_guard lock(progress->mu);
     const double wall = std::chrono::duration<double>(Clock::now() - started).count();
     fmt::print("\nfedlora run: {} after {:.1f} s of federated training\n", stop_reason, fed_seconds);
-    if (lm) {
+    if (perplexity) {
       fmt::print("  {:<29}{}\n", "base (version 0)", DescribeEval(f->task, base_accuracy, base_loss));
       fmt::print("  {:<29}{}\n", fmt::format("final (version {})", last.version),
                  DescribeEval(f->task, final_accuracy, final_loss));
@@ -570,9 +579,16 @@ void RegisterRun(CLI::App& app) {
       if (base_accuracy >= 0) fmt::print("  ({:+.1f} points)", 100.0 * (final_accuracy - base_accuracy));
       fmt::print("\n");
     }
+    if (!client_perplexity.empty()) {
+      fmt::print("  {:<29}perplexity mean {:.3f} (min {:.3f}, max {:.3f}; {})\n", "on each client's source mix",
+                 std::accumulate(client_perplexity.begin(), client_perplexity.end(), 0.0) / client_perplexity.size(),
+                 *std::min_element(client_perplexity.begin(), client_perplexity.end()),
+                 *std::max_element(client_perplexity.begin(), client_perplexity.end()),
+                 personalised ? "global A with each client's own B" : "the global model");
+    }
     if (!client_accuracy.empty()) {
-      fmt::print("  {:<29}mean {:.4f} (min {:.4f}, max {:.4f}; {})\n",
-                 lm ? "on each client's source mix" : "on each client's label mix", client_mean,
+      fmt::print("  {:<29}{}mean {:.4f} (min {:.4f}, max {:.4f}; {})\n",
+                 perplexity ? "" : "on each client's label mix", perplexity ? "next-token accuracy " : "", client_mean,
                  *std::min_element(client_accuracy.begin(), client_accuracy.end()),
                  *std::max_element(client_accuracy.begin(), client_accuracy.end()),
                  personalised ? "global A with each client's own B" : "the global model");
@@ -630,8 +646,9 @@ void RegisterRun(CLI::App& app) {
           {"final_accuracy", final_accuracy},
           {"base_loss", base_loss},
           {"final_loss", final_loss},
-          {"base_perplexity", lm ? nlohmann::json(std::exp(base_loss)) : nlohmann::json(nullptr)},
-          {"final_perplexity", lm ? nlohmann::json(std::exp(final_loss)) : nlohmann::json(nullptr)},
+          {"base_perplexity", perplexity ? nlohmann::json(std::exp(base_loss)) : nlohmann::json(nullptr)},
+          {"final_perplexity", perplexity ? nlohmann::json(std::exp(final_loss)) : nlohmann::json(nullptr)},
+          {"client_perplexities", client_perplexity},
           {"client_accuracy_mean", client_mean},
           {"client_accuracies", client_accuracy},
           {"client_models", personalised ? "personal" : "global"},

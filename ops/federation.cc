@@ -2,11 +2,13 @@
 
 #include <fmt/format.h>
 
-#include <filesystem>
-
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <random>
 
 #include "worker/lm/checkpoint.h"
+#include "worker/lm/llama.h"
 #include "worker/lm/packaged_text.h"
 #include "worker/lm/pretrain.h"
 #include "worker/lm/text_corpus.h"
@@ -20,7 +22,18 @@ std::string BasePath(const std::string& store_dir, const std::string& arch) {
   return (std::filesystem::path(store_dir) / "base" / (arch + ".pt")).string();
 }
 
-bool IsLanguageTask(const TaskOptions& task) { return task.task == "lm" || task.task == "lm-finetune"; }
+bool IsLanguageTask(const TaskOptions& task) {
+  return task.task == "lm" || task.task == "lm-finetune" || IsTextClassification(task);
+}
+
+bool IsTextClassification(const TaskOptions& task) { return task.task == "text-classify"; }
+
+std::string TaskOfSpec(const AdapterSpec& spec) {
+  if (!worker::IsLanguageModel(spec.model)) return "image";
+  const bool classifier = std::any_of(spec.tensors.begin(), spec.tensors.end(),
+                                      [](const TensorSpec& t) { return t.name == worker::lm::kClassifierHead; });
+  return classifier ? "text-classify" : "lm";
+}
 
 std::string OwnLanguageModelPath(const std::string& store_dir) {
   return (std::filesystem::path(store_dir) / "base" / "fedlora-lm").string();
@@ -29,7 +42,7 @@ std::string OwnLanguageModelPath(const std::string& store_dir) {
 Result<std::string> TaskBase(const TaskOptions& task, const std::string& store_dir) {
   if (task.task == "image") return BasePath(store_dir, task.arch);
   if (!IsLanguageTask(task)) {
-    return InvalidArgument(fmt::format("unknown task '{}' (image, lm-finetune)", task.task));
+    return InvalidArgument(fmt::format("unknown task '{}' (image, lm-finetune, text-classify)", task.task));
   }
   if (task.base.empty()) return OwnLanguageModelPath(store_dir);
   return task.base;
@@ -55,10 +68,25 @@ Result<TaskData> LoadTaskData(const TaskOptions& task, const std::function<void(
   co.max_tokens = task.seq_len;
   co.max_examples_per_source = task.examples_per_source;
   const worker::lm::Tokenizer& tok = *tokenizer;
-  ASSIGN_OR_RETURN(worker::Dataset corpus,
-                   worker::lm::LoadTextCorpus(
-                       co, [&tok](std::string_view text) { return tok.Encode(text, tok.add_bos(), false); }, progress));
-  const worker::lm::TextSplit split = worker::lm::SplitHeldOut(corpus, task.test_fraction, task.partition_seed);
+  const worker::lm::TextEncoder encode = [&tok](std::string_view text) { return tok.Encode(text, tok.add_bos(), false); };
+  worker::Dataset corpus;
+  if (IsTextClassification(task)) {
+    worker::lm::GlossOptions go;
+    go.dir = task.wordnet_dir;
+    go.max_tokens = task.seq_len;
+    go.max_examples_per_class = task.examples_per_source;
+    go.seed = task.partition_seed;
+    ASSIGN_OR_RETURN(corpus, worker::lm::LoadWordNetGlosses(go, encode, progress));
+  } else {
+    ASSIGN_OR_RETURN(corpus, worker::lm::LoadTextCorpus(co, encode, progress));
+  }
+  worker::lm::TextSplit split = worker::lm::SplitHeldOut(corpus, task.test_fraction, task.partition_seed);
+  if (IsTextClassification(task)) {
+    // The test split in a seeded order, so that the first N examples a periodic evaluation
+    // reads are a uniform sample of every class (the files hold the classes one after another).
+    std::mt19937_64 rng(task.partition_seed ^ 0x7e57U);
+    worker::SeededShuffle(split.test, rng);
+  }
   if (split.test.empty() || split.train.empty()) {
     return InvalidArgument(fmt::format("the text holds {} examples: too few to hold some out for evaluation",
                                        corpus.size()));
@@ -75,12 +103,12 @@ Result<TaskData> LoadTaskData(const TaskOptions& task, const std::function<void(
   }
   out.test = std::make_shared<const worker::Dataset>(worker::lm::Subset(corpus, split.test));
   out.train = std::make_shared<const worker::Dataset>(std::move(corpus));
-  out.unit = "text examples";
+  out.unit = IsTextClassification(task) ? "glosses" : "text examples";
   return out;
 }
 
 std::string DescribeEval(const TaskOptions& task, double accuracy, double loss) {
-  if (!IsLanguageTask(task)) return fmt::format("accuracy {:.4f}", accuracy);
+  if (!IsLanguageTask(task) || IsTextClassification(task)) return fmt::format("accuracy {:.4f}", accuracy);
   return fmt::format("perplexity {:.3f} (next-token accuracy {:.4f})", std::exp(loss), accuracy);
 }
 
@@ -156,6 +184,7 @@ worker::ModelOptions ModelFor(const TaskOptions& task) {
   mo.lora_seed = task.lora_seed;
   mo.full = task.full;
   mo.lora_residual = task.lora_residual;
+  if (IsTextClassification(task)) mo.num_classes = worker::lm::kWordNetLexFiles;
   return mo;
 }
 
@@ -196,6 +225,7 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
         aggregator::EvalOutcome out{r.accuracy, r.loss, r.samples, {}};
         for (size_t c = 0; c < r.class_total.size(); ++c) {
           out.class_accuracy.push_back(r.class_total[c] ? static_cast<double>(r.class_correct[c]) / r.class_total[c] : 0.0);
+          out.class_loss.push_back(r.class_total[c] ? r.class_loss_sum[c] / static_cast<double>(r.class_total[c]) : 0.0);
         }
         return out;
       });

@@ -2,9 +2,13 @@
 // every role needs from them (the frozen base, version 0 of the adapter, each client's shard,
 // the evaluator of a global).
 //   image: Fashion-MNIST classification with a base fedlora pretrains (vit-tiny or mlp);
-//   lm:    next-token fine-tuning of a Llama-family checkpoint directory (--base) on text
-//          files, tokenized with the checkpoint's tokenizer; a client's shard is drawn from the
-//          sources (files) by the same non-IID partitions as the image classes.
+//   lm-finetune (also "lm"): next-token fine-tuning of a Llama-family checkpoint directory
+//          (--base, else fedlora's own) on text files, tokenized with the checkpoint's
+//          tokenizer; a client's shard is drawn from the sources (files) by the same non-IID
+//          partitions as the image classes.
+//   text-classify: the same checkpoint as a sequence classifier (worker/lm/llama.h) of
+//          WordNet's glosses into their 45 lexicographer classes; the partitions deal the
+//          glosses out by class.
 // This header is LibTorch-free so that only ops/federation.cc pays LibTorch's compile time.
 #pragma once
 
@@ -17,6 +21,7 @@
 #include "aggregator/aggregator.h"
 #include "schema/status.h"
 #include "worker/data.h"
+#include "worker/lm/packaged_text.h"
 #include "worker/lm/text_corpus.h"
 
 namespace fedlora::ops {
@@ -34,7 +39,7 @@ struct LmPretrainFlags {
 };
 
 struct TaskOptions {
-  std::string task = "image";       // "image" or "lm" (also called "lm-finetune")
+  std::string task = "image";       // "image", "lm-finetune" (also "lm") or "text-classify"
   // image
   std::string data_dir = worker::kDefaultFashionMnistDir;
   std::string arch = "vit-tiny";    // base model: "vit-tiny" or "mlp"
@@ -44,8 +49,10 @@ struct TaskOptions {
   LmPretrainFlags pretrain;         // how fedlora's own is made
   std::vector<std::string> text = {worker::lm::kDefaultTextDir};  // files or directories (one source per file)
   uint32_t seq_len = 128;           // tokens per example at most (BOS included)
-  uint32_t examples_per_source = 0; // 0: every example of every source
-  double test_fraction = 0.1;       // of each source, held out for evaluation
+  uint32_t examples_per_source = 0; // 0: every example of every source (text-classify: of every class)
+  double test_fraction = 0.1;       // of each source (class), held out for evaluation
+  // text-classify
+  std::string wordnet_dir = worker::lm::kDefaultWordNetDir;  // Debian's wordnet-base
   // both
   std::vector<std::string> target_modules;  // LoRA targets (empty: the model's default)
   uint32_t rank = 8;                // LoRA rank
@@ -63,8 +70,17 @@ struct TaskOptions {
 // <store>/base/<arch>.pt
 std::string BasePath(const std::string& store_dir, const std::string& arch);
 
-// "lm" and "lm-finetune".
+// The tasks over a language-model checkpoint: "lm", "lm-finetune" and "text-classify".
 bool IsLanguageTask(const TaskOptions& task);
+// "text-classify".
+bool IsTextClassification(const TaskOptions& task);
+
+// The task an adapter of `spec` belongs to: "image", "lm" (a language model's adapter) or
+// "text-classify" (one with a classification head).
+std::string TaskOfSpec(const AdapterSpec& spec);
+
+// The tasks `--task` accepts, for flag checks and messages.
+inline const std::vector<std::string> kTaskNames = {"image", "lm", "lm-finetune", "text-classify"};
 
 // <store>/base/fedlora-lm: the language model fedlora makes when no --base is given.
 std::string OwnLanguageModelPath(const std::string& store_dir);
@@ -85,8 +101,8 @@ struct TaskData {
 // (missing data, tokenizer, empty corpus) and of the partitions.
 Result<TaskData> LoadTaskData(const TaskOptions& task, const std::function<void(size_t, size_t)>& progress = {});
 
-// The headline figure of an evaluation: "0.8123 accuracy" or "perplexity 23.41 (next-token
-// accuracy 0.3120)".
+// The headline figure of an evaluation: "accuracy 0.8123" (image, text-classify) or
+// "perplexity 23.41 (next-token accuracy 0.3120)".
 std::string DescribeEval(const TaskOptions& task, double accuracy, double loss);
 
 // Pretrains the base into `base_path` unless it exists (epochs 0: the default): the image
@@ -121,7 +137,8 @@ Result<std::vector<std::vector<size_t>>> ClientShards(const worker::Dataset& tra
 
 // A client's accuracy on its own label mix (image classes or text sources): sum_c p(c) acc(c),
 // p the label distribution of
-// train[shard] and acc the per-class test accuracy of the model it would use.
+// train[shard] and acc the per-class test accuracy of the model it would use. Any other
+// per-class figure mixes the same way (the mean loss per class gives a client's mean loss).
 double MixAccuracy(const worker::Dataset& train, const std::vector<size_t>& shard,
                    const std::vector<double>& class_accuracy);
 

@@ -37,9 +37,11 @@ void AddTaskFlags(CLI::App* app, TaskOptions& task) {
 void AddLanguageTaskFlags(CLI::App* app, TaskOptions& task) {
   app->add_option("--task", task.task,
                   "image: classify Fashion-MNIST with a base fedlora pretrains; lm-finetune (or lm): fine-tune a "
-                  "language model on next tokens of --text, the checkpoint of --base or, without it, fedlora's own "
-                  "(<store>/base/fedlora-lm, made by `fedlora pretrain --task lm` when missing)")
-      ->check(CLI::IsMember({"image", "lm", "lm-finetune"}))
+                  "language model on next tokens of --text; text-classify: fine-tune it as a classifier of WordNet's "
+                  "glosses (--wordnet) into their 45 lexicographer classes. The language model is the checkpoint of "
+                  "--base or, without it, fedlora's own (<store>/base/fedlora-lm, made by `fedlora pretrain --task lm` "
+                  "when missing)")
+      ->check(CLI::IsMember(kTaskNames))
       ->capture_default_str();
   AddTextFlags(app, task);
   app->add_option("--target-modules", task.target_modules,
@@ -53,11 +55,17 @@ void AddTextFlags(CLI::App* app, TaskOptions& task) {
                   "lm: text files or directories (each file one source, the unit of the non-IID split; fortune "
                   "files split at '%' lines, other files at blank lines)")
       ->capture_default_str();
-  app->add_option("--seq-len", task.seq_len, "lm: tokens per example at most (longer texts are cut into windows)")
+  app->add_option("--seq-len", task.seq_len, "lm: tokens per example at most (lm-finetune cuts longer texts into windows, text-classify truncates "
+                  "longer glosses)")
       ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
   app->add_option("--examples-per-source", task.examples_per_source,
-                  "lm: use the first N examples of each source (0: all)")
+                  "lm-finetune: use the first N examples of each source; text-classify: a seeded sample of N glosses "
+                  "of each class (0: all)")
+      ->capture_default_str();
+  app->add_option("--wordnet", task.wordnet_dir,
+                  "text-classify: the WordNet directory holding data.noun, data.verb, data.adj and data.adv (Debian's "
+                  "wordnet-base)")
       ->capture_default_str();
 }
 

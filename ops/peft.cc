@@ -196,7 +196,9 @@ Status WritePeft(const std::string& dir, const PeftAdapter& a) {
   const std::string weights = EncodeSafetensors(tensors, metadata);
   nlohmann::ordered_json config = {
       {"peft_type", "LORA"},
-      {"task_type", IsLanguageModel(spec.model) ? nlohmann::ordered_json("CAUSAL_LM") : nlohmann::ordered_json(nullptr)},
+      {"task_type", !IsLanguageModel(spec.model) ? nlohmann::ordered_json(nullptr)
+                    : modules_to_save.count("score") ? nlohmann::ordered_json("SEQ_CLS")  // a classifier's head
+                                                     : nlohmann::ordered_json("CAUSAL_LM")},
       {"base_model_name_or_path",
        a.base_model.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(a.base_model)},
       {"revision", nullptr},

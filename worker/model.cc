@@ -503,6 +503,11 @@ ModelOptions ModelOptions::ForSpec(const AdapterSpec& spec) {
   mo.target_modules = spec.target_modules;
   mo.full = spec.rank == 0;
   mo.lora_residual = spec.has_residuals();
+  if (IsLanguageModel(spec.model)) {
+    for (const auto& t : spec.tensors) {
+      if (t.name == lm::kClassifierHead && !t.shape.empty()) mo.num_classes = t.shape[0];
+    }
+  }
   return mo;
 }
 
@@ -528,6 +533,7 @@ Result<std::unique_ptr<Model>> Model::Open(const ModelOptions& options, const st
   if (!options.target_modules.empty()) lo.target_modules = options.target_modules;
   lo.lora_residual = options.lora_residual;
   lo.full = options.full;
+  lo.num_classes = options.num_classes;
   ASSIGN_OR_RETURN(std::unique_ptr<lm::LlamaModel> model, lm::LlamaModel::Create(std::move(checkpoint), lo));
   return std::unique_ptr<Model>(std::move(model));
 }

@@ -69,6 +69,9 @@ struct ModelOptions {
   // Seed of the base weights' initialisation. Only pretraining depends on it: fine-tuning
   // loads the pretrained base over these values.
   uint64_t init_seed = 0;
+  // A language model as a sequence classifier with this many classes (0: next-token
+  // prediction); see worker/lm/llama.h. The image models have their own 10-class head.
+  uint32_t num_classes = 0;
 
   // The options of the model an adapter of `spec` belongs to.
   static ModelOptions ForSpec(const AdapterSpec& spec);

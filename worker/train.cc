@@ -250,13 +250,14 @@ EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples) {
   const auto classes = static_cast<size_t>(std::max(data.num_classes, 1));
   result.class_total.assign(classes, 0);
   result.class_correct.assign(classes, 0);
+  result.class_loss_sum.assign(classes, 0.0);
   double correct = 0, loss_sum = 0, count = 0;
   const size_t step = std::max<size_t>(model.EvalBatchSize(), 1);
   for (size_t begin = 0; begin < n; begin += step) {
     std::vector<size_t> examples(std::min(n, begin + step) - begin);
     for (size_t i = 0; i < examples.size(); ++i) examples[i] = begin + i;
     const BatchScore score = model.Score(model.MakeBatch(data, examples));
-    loss_sum += score.loss_sum.sum().item<double>();
+    const torch::Tensor losses = score.loss_sum.to(torch::kDouble).contiguous();
     const torch::Tensor right = score.correct.to(torch::kLong).contiguous();
     const torch::Tensor total = score.count.to(torch::kLong).contiguous();
     for (size_t i = 0; i < examples.size(); ++i) {
@@ -265,9 +266,11 @@ EvalResult Evaluate(Model& model, const Dataset& data, size_t max_samples) {
       const auto t = static_cast<size_t>(total.data_ptr<int64_t>()[i]);
       correct += static_cast<double>(r);
       count += static_cast<double>(t);
+      loss_sum += losses.data_ptr<double>()[i];
       if (label < classes) {
         result.class_correct[label] += r;
         result.class_total[label] += t;
+        result.class_loss_sum[label] += losses.data_ptr<double>()[i];
       }
     }
   }

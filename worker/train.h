@@ -68,6 +68,7 @@ struct EvalResult {
   uint64_t predictions = 0;  // image: examples; language model: predicted tokens
   std::vector<size_t> class_correct;  // per label (class or text source): right predictions
   std::vector<size_t> class_total;    // per label: predictions
+  std::vector<double> class_loss_sum; // per label: summed loss of its predictions
 };
 
 // Sums the gradients of model.TrainableParameters() over `batches` batches sampled like

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "ops/peft.h"
@@ -197,6 +198,77 @@ TEST(LlamaTest, APeftExportMergedByTheReferenceGivesFedlorasLogits) {
   torch::NoGradGuard no_grad;
   const torch::Tensor ids = torch::tensor(kPrompts[0], torch::kLong).unsqueeze(0);
   EXPECT_GT(MaxDiff(bare->Forward(ids), model->Forward(ids)), 1e-3);
+}
+
+// A sequence classifier (LoRA and the head "score" trained), written as PEFT with task_type
+// SEQ_CLS and run by the reference as transformers' LlamaForSequenceClassification, gives the
+// class logits fedlora computes, with the batch padded on either side.
+TEST(LlamaTest, AClassifiersPeftExportRunByTheReferenceGivesFedlorasClassLogits) {
+  testing::TempDir dir;
+  const std::string ckpt = MakeCheckpoint(dir, "base", {"--arch", "llama", "--hidden", "32", "--layers", "2", "--heads", "4",
+                                                        "--kv-heads", "2", "--intermediate", "48", "--tie", "0",
+                                                        "--dtype", "F32"});
+  LlamaOptions options;
+  options.lora_rank = 4;
+  options.target_modules = {"q_proj", "v_proj", "down_proj"};
+  options.num_classes = 5;
+  auto model = Load(ckpt, options);
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->num_classes(), 5);
+  const AdapterSpec& spec = model->Spec();
+  ASSERT_EQ(spec.tensors.back().name, kClassifierHead);
+  EXPECT_EQ(spec.tensors.back().shape, (std::vector<uint32_t>{5, 32}));
+  EXPECT_EQ(spec.tensors.back().role, TensorRole::kDense);
+  AdapterState state = model->ExportAdapter();
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<float> dist(-0.3f, 0.3f);
+  for (auto& t : state.tensors) {
+    for (float& v : t.values) v = dist(rng);
+  }
+  ASSERT_TRUE(model->LoadAdapter(state).ok());
+  const std::string adapter = dir.path("adapter");
+  ASSERT_TRUE(ops::WritePeft(adapter, {spec, state, {}, {}}).ok());
+  {
+    std::ifstream in(adapter + "/adapter_config.json");
+    std::stringstream config;
+    config << in.rdbuf();
+    EXPECT_NE(config.str().find("\"SEQ_CLS\""), std::string::npos) << config.str();
+    EXPECT_NE(config.str().find("\"score\""), std::string::npos) << config.str();
+  }
+  for (const std::string pad : {"right", "left"}) {
+    const std::string out = dir.path("classes-" + pad + ".safetensors");
+    auto r = RunPython({ReferenceTool("llama_reference.py"), "classify", "--model", ckpt, "--adapter", adapter, "--ids",
+                        IdsArg(kPrompts), "--out", out, "--pad", pad});
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    auto file = safetensors::MappedFile::Open(out);
+    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    auto header = safetensors::ParseHeader(file->bytes());
+    ASSERT_TRUE(header.ok()) << header.status().ToString();
+    const safetensors::Entry* e = header->Find("logits");
+    ASSERT_NE(e, nullptr);
+    torch::Tensor want = torch::empty({3, 5}, torch::kFloat);
+    ASSERT_TRUE(safetensors::ToFloat(e->dtype, file->bytes().data() + header->data_start + e->begin, e->numel(),
+                                     want.data_ptr<float>())
+                    .ok());
+    // fedlora's batch, padded the same way (pad id 0 under the mask).
+    const int64_t t = 10;
+    torch::Tensor ids = torch::zeros({3, t}, torch::kLong), mask = torch::zeros({3, t}, torch::kLong);
+    for (int64_t b = 0; b < 3; ++b) {
+      const auto len = static_cast<int64_t>(kPrompts[b].size());
+      const int64_t start = pad == "left" ? t - len : 0;
+      ids[b].narrow(0, start, len).copy_(torch::tensor(kPrompts[b], torch::kLong));
+      mask[b].narrow(0, start, len).fill_(1);
+    }
+    torch::NoGradGuard no_grad;
+    const torch::Tensor got = model->Classify(ids, mask);
+    EXPECT_LT(MaxDiff(got, want), 1e-4) << pad << "\n" << got << "\n" << want;
+  }
+  // The head matters: a fresh head gives other logits.
+  auto fresh = Load(ckpt, options);
+  ASSERT_NE(fresh, nullptr);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor ids = torch::tensor(kPrompts[0], torch::kLong).unsqueeze(0);
+  EXPECT_GT(MaxDiff(fresh->Classify(ids, {}), model->Classify(ids, {})), 1e-3);
 }
 
 TEST(LlamaTest, ConfigsOutsideTheSupportedFamilyAreRefusedWithWhatWasFound) {

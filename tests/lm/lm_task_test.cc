@@ -216,6 +216,99 @@ TEST(LmTaskTest, LocalTrainingOnTextLowersTheLossAndMovesOnlyTheAdapter) {
   EXPECT_TRUE(torch::allclose(model->Forward(batch.inputs), fresh->Forward(batch.inputs), 1e-5, 1e-5));
 }
 
+// The classifier as a worker::Model: its head is an adapter tensor that ForSpec recognises,
+// each example's loss is the cross-entropy of its label, DP-SGD's per-example gradients (LoRA
+// factors and head) equal each example's own backward, and local training learns labels that
+// only the tokens decide.
+TEST(LmTaskTest, AClassifierLearnsLabelsAndGivesPerExampleGradients) {
+  testing::TempDir dir;
+  const std::string ckpt = MakeCheckpoint(dir, "m");
+  LlamaOptions options;
+  options.lora_rank = 4;
+  options.target_modules = {"q_proj", "v_proj"};
+  options.num_classes = 3;
+  auto model = Load(ckpt, options);
+  ASSERT_NE(model, nullptr);
+  const ModelOptions reopened = ModelOptions::ForSpec(model->Spec());
+  EXPECT_EQ(reopened.num_classes, 3u);
+  LlamaOptions lm_options = options;
+  lm_options.num_classes = 0;
+  auto lm = Load(ckpt, lm_options);
+  ASSERT_NE(lm, nullptr);
+  EXPECT_EQ(ModelOptions::ForSpec(lm->Spec()).num_classes, 0u);
+  EXPECT_EQ(model->Spec().tensors.size(), lm->Spec().tensors.size() + 1);
+
+  // The label is the example's second token mod 3; the rest is noise.
+  std::vector<std::vector<int32_t>> sequences;
+  std::vector<uint8_t> labels;
+  for (int i = 0; i < 24; ++i) {
+    const int32_t key = 10 + i % 6;
+    sequences.push_back({1, key, static_cast<int32_t>(20 + (7 * i) % 30), static_cast<int32_t>(40 + i % 5)});
+    labels.push_back(static_cast<uint8_t>(key % 3));
+  }
+  sequences[0].push_back(60);  // uneven lengths: the batch is padded
+  const Dataset data = Text(sequences, labels);
+  ASSERT_TRUE(model->CheckData(data).ok());
+  const Batch batch = model->MakeBatch(data, {0, 1, 2});
+  ASSERT_TRUE(batch.targets.defined());
+  EXPECT_EQ(batch.targets[1].item<int64_t>(), labels[1]);
+
+  torch::Tensor losses;
+  auto per_example = model->PerExampleGradients(batch, &losses);
+  ASSERT_TRUE(per_example.ok()) << per_example.status().ToString();
+  std::vector<torch::Tensor> tensors = model->AdapterTensors();
+  for (int64_t i = 0; i < 3; ++i) {
+    for (auto& t : tensors) t.mutable_grad() = torch::Tensor();
+    const torch::Tensor alone = model->Losses(model->MakeBatch(data, {static_cast<size_t>(i)}));
+    EXPECT_NEAR(alone.item<double>(), losses[i].item<double>(), 1e-5) << "padding changed example " << i;
+    alone.sum().backward();
+    for (size_t t = 0; t < tensors.size(); ++t) {
+      if (model->Spec().tensors[t].role == TensorRole::kLoraA) continue;  // B is zero: A's gradient is zero
+      const torch::Tensor want = tensors[t].grad();
+      EXPECT_GT(want.abs().max().item<double>(), 0.0) << model->Spec().tensors[t].name;
+      EXPECT_LT((want - (*per_example)[t][i]).abs().max().item<double>(), 1e-5 + 1e-3 * want.abs().max().item<double>())
+          << model->Spec().tensors[t].name << ", example " << i;
+    }
+  }
+  // The loss is the cross-entropy of the label.
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor logits = model->Classify(batch.inputs, batch.mask);
+    const torch::Tensor want = torch::nn::functional::cross_entropy(
+        logits, batch.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+    EXPECT_LT(MaxDiff(model->Losses(batch), want), 1e-6);
+  }
+
+  std::vector<size_t> all(data.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  const EvalResult before = Evaluate(*model, data);
+  EXPECT_EQ(before.predictions, data.size());  // one prediction per example
+  LocalTrainOptions train;
+  train.steps = 60;
+  train.batch_size = 8;
+  train.lr = 2e-2f;
+  auto r = TrainLocal(*model, data, all, train);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const EvalResult after = Evaluate(*model, data);
+  EXPECT_LT(after.loss, before.loss - 0.5);
+  EXPECT_GE(after.accuracy, 0.9) << "before " << before.accuracy;
+  ASSERT_EQ(after.class_loss_sum.size(), 3u);
+  double summed = 0;
+  for (double l : after.class_loss_sum) summed += l;
+  EXPECT_NEAR(summed / static_cast<double>(data.size()), after.loss, 1e-9);
+
+  // Data that does not fit the head is refused.
+  Dataset five = data;
+  five.num_classes = 5;
+  EXPECT_EQ(model->CheckData(five).code(), Code::kInvalidArgument);
+  Dataset beyond = data;
+  beyond.labels[2] = 3;
+  const Status s = model->CheckData(beyond);
+  EXPECT_EQ(s.code(), Code::kInvalidArgument);
+  EXPECT_NE(s.message().find("label 3"), std::string::npos) << s.ToString();
+  EXPECT_THROW(lm->Classify(batch.inputs, batch.mask), c10::Error);
+}
+
 TEST(LmTaskTest, DataAndOptionsThatDoNotFitAreRefused) {
   testing::TempDir dir;
   const std::string ckpt = MakeCheckpoint(dir, "m");

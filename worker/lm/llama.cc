@@ -76,6 +76,11 @@ struct LlamaModel::Impl {
   std::vector<TensorOwner> owners;     // Spec() order: the LoRA factors' layers
   std::vector<LoraLinearImpl*> lora_layers;
   torch::Tensor inv_freq;              // [D / 2]
+  int64_t num_classes = 0;             // > 0: a classifier
+  LoraLinear score{nullptr};           // the classifier's head [classes, hidden], no bias
+
+  // The residual stream after the last layer [N, T, hidden] (before the final norm).
+  torch::Tensor Residual(const torch::Tensor& ids, const torch::Tensor& mask);
 
   // Each example's next-token NLL [N, T - 1] (zero where no token is predicted) and the
   // predicted positions [N, T - 1]: token t + 1 of an example, given the ones up to t, counts
@@ -231,6 +236,16 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::Create(std::shared_ptr<const Che
         impl->owners.push_back({});
       }
     }
+    if (options.num_classes > 0) {  // the classifier's head, after the checkpoint's tensors
+      impl->num_classes = options.num_classes;
+      impl->score = LoraLinear(c.hidden_size, options.num_classes, 0, 1.0, false, LoraApply::kSeparate,
+                               /*has_bias=*/false);
+      impl->score->ResetBase(options.lora_seed, "score");
+      spec.tensors.push_back({kClassifierHead, {options.num_classes, static_cast<uint32_t>(c.hidden_size)},
+                              TensorRole::kDense});
+      impl->adapter.push_back(impl->score->weight);
+      impl->owners.push_back({impl->score.get(), LinearPart::kWeight});
+    }
     // inv_freq_i = theta^(-2i / D), in fp32 as the reference implementations compute it.
     impl->inv_freq =
         1.0 / torch::pow(c.rope_theta, torch::arange(0, c.head_dim, 2, torch::kLong).to(torch::kFloat) / c.head_dim);
@@ -242,8 +257,8 @@ Result<std::unique_ptr<LlamaModel>> LlamaModel::Create(std::shared_ptr<const Che
   return model;
 }
 
-torch::Tensor LlamaModel::Forward(const torch::Tensor& ids, const torch::Tensor& mask_in) {
-  Impl& m = *impl_;
+torch::Tensor LlamaModel::Impl::Residual(const torch::Tensor& ids, const torch::Tensor& mask_in) {
+  Impl& m = *this;
   const LlamaConfig& c = m.config;
   TORCH_CHECK(ids.dim() == 2, "ids must be [N, T], got ", ids.sizes());
   const int64_t n = ids.size(0), t = ids.size(1);
@@ -277,8 +292,30 @@ torch::Tensor LlamaModel::Forward(const torch::Tensor& ids, const torch::Tensor&
     h = h + m.Attention(layer, RmsNorm(h, layer.input_norm, c.rms_norm_eps), cos, sin, bias);
     h = h + m.Mlp(layer, h);
   }
-  return m.Head(h);
+  return h;
 }
+
+torch::Tensor LlamaModel::Forward(const torch::Tensor& ids, const torch::Tensor& mask) {
+  return impl_->Head(impl_->Residual(ids, mask));
+}
+
+torch::Tensor LlamaModel::Classify(const torch::Tensor& ids, const torch::Tensor& mask) {
+  Impl& m = *impl_;
+  TORCH_CHECK(m.num_classes > 0, "the model has no classification head");
+  const torch::Tensor h = m.Residual(ids, mask);
+  const int64_t n = ids.size(0), t = ids.size(1);
+  const torch::Tensor real = mask.defined() ? mask.to(torch::kBool) : torch::ones({n, t}, torch::kBool);
+  TORCH_CHECK(t > 0 && real.any(1).all().item<bool>(), "every row needs a real token to classify");
+  // The last real token of each row, whichever side the padding is on.
+  const torch::Tensor last = (real.to(torch::kLong) * torch::arange(t, torch::kLong)).argmax(1);  // [N]
+  const torch::Tensor pooled = h.index({torch::arange(n, torch::kLong), last});                  // [N, hidden]
+  return m.score(RmsNorm(pooled, m.final_norm, m.config.rms_norm_eps));
+}
+
+int64_t LlamaModel::num_classes() const { return impl_->num_classes; }
+
+size_t LlamaModel::EvalBatchSize() const { return impl_->num_classes > 0 ? 32 : 8; }
+
 
 torch::Tensor LlamaModel::ForwardCached(const torch::Tensor& ids, const torch::Tensor& mask_in, KvCache& cache) {
   torch::NoGradGuard no_grad;
@@ -359,7 +396,18 @@ Status LlamaModel::CheckData(const Dataset& data) const {
                                          data.tokens[i], impl_->config.vocab_size));
     }
   }
+  const int64_t classes = impl_->num_classes;
+  if (classes > 0 && data.num_classes != classes) {
+    return InvalidArgument(fmt::format("the classifier has {} classes, the data {}", classes, data.num_classes));
+  }
   for (size_t i = 0; i < data.size(); ++i) {
+    if (classes > 0 && data.offsets[i + 1] == data.offsets[i]) {
+      return InvalidArgument(fmt::format("example {} has no tokens to classify", i));
+    }
+    if (classes > 0 && data.labels[i] >= classes) {
+      return InvalidArgument(fmt::format("example {} has label {}, beyond the classifier's {} classes", i,
+                                         data.labels[i], classes));
+    }
     if (data.offsets[i + 1] - data.offsets[i] > static_cast<size_t>(impl_->config.max_positions)) {
       return InvalidArgument(fmt::format("example {} has {} tokens, beyond max_position_embeddings ({})", i,
                                          data.offsets[i + 1] - data.offsets[i], impl_->config.max_positions));
@@ -384,19 +432,37 @@ Batch LlamaModel::MakeBatch(const Dataset& data, const std::vector<size_t>& exam
       real[i * longest + j] = 1;
     }
   }
+  if (impl_->num_classes > 0) {
+    batch.targets = torch::empty({n}, torch::kLong);
+    for (size_t i = 0; i < examples.size(); ++i) batch.targets.data_ptr<int64_t>()[i] = data.labels[examples[i]];
+  }
   return batch;
 }
 
 torch::Tensor LlamaModel::Losses(const Batch& batch) {
+  if (impl_->num_classes > 0) {
+    return torch::nn::functional::cross_entropy(
+        Classify(batch.inputs, batch.mask), batch.targets,
+        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  }
   auto [nll, predicted] = impl_->TokenNll(Forward(batch.inputs, batch.mask), batch);
   return nll.sum(1) / predicted.sum(1).clamp_min(1).to(torch::kFloat);
 }
 
 BatchScore LlamaModel::Score(const Batch& batch) {
   torch::NoGradGuard no_grad;
+  BatchScore score;
+  if (impl_->num_classes > 0) {
+    const torch::Tensor logits = Classify(batch.inputs, batch.mask);
+    score.loss_sum = torch::nn::functional::cross_entropy(
+                         logits, batch.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
+                         .to(torch::kDouble);
+    score.correct = logits.argmax(1).eq(batch.targets).to(torch::kDouble);
+    score.count = torch::ones({batch.size()}, torch::kDouble);
+    return score;
+  }
   const torch::Tensor logits = Forward(batch.inputs, batch.mask);
   auto [nll, predicted] = impl_->TokenNll(logits, batch);
-  BatchScore score;
   score.loss_sum = nll.to(torch::kDouble).sum(1);
   score.count = predicted.to(torch::kDouble).sum(1);
   const int64_t t = batch.inputs.size(1);

@@ -20,6 +20,11 @@
 //
 // As a worker::Model the task is next-token prediction: an example is a token sequence, its
 // loss the mean negative log-likelihood of each token after the first given those before it.
+// With LlamaOptions::num_classes > 0 it is sequence classification instead, as Hugging Face's
+// LlamaForSequenceClassification computes it: a head "score.weight" [classes, hidden] (no bias,
+// role Dense, seeded from the LoRA seed, part of the adapter and trained with it) reads the
+// final-normed hidden state of each example's last real token; the loss is the cross-entropy
+// of the example's label. An adapter's spec holding "score.weight" is a classifier's.
 //
 // Include only from worker/ and ops/ translation units: it pulls in LibTorch.
 // Thread safety: a model is used by one thread at a time.
@@ -45,7 +50,11 @@ struct LlamaOptions {
   std::vector<std::string> target_modules = kDefaultLoraTargets;  // PEFT's short names
   bool lora_residual = false;  // LoRA modules keep a residual (flora, see worker/model.h)
   bool full = false;           // no LoRA: every weight is an adapter tensor and trains
+  uint32_t num_classes = 0;    // > 0: sequence classification with a head of this many classes
 };
+
+// The classification head's adapter tensor (PEFT: the module "score" of modules_to_save).
+inline constexpr const char* kClassifierHead = "score.weight";
 
 // What LlamaModel::ForwardCached keeps of the tokens it has already run, so that each new
 // token costs one step instead of a pass over the whole sequence. A default-constructed cache
@@ -76,6 +85,12 @@ class LlamaModel final : public Model {
   // Mistral's sliding window.
   torch::Tensor Forward(const torch::Tensor& ids, const torch::Tensor& mask);
   torch::Tensor Forward(const torch::Tensor& ids) override { return Forward(ids, {}); }
+  // A classifier's logits [N, classes] of ids [N, T] (mask as Forward's): the head on the
+  // final-normed hidden state of each row's last real token. Errors (c10::Error): those of
+  // Forward, a model without a classification head, a row without a real token.
+  torch::Tensor Classify(const torch::Tensor& ids, const torch::Tensor& mask);
+  // Classes of the head; 0 for a language model.
+  int64_t num_classes() const;
   // Forward for the new tokens `ids` [N, T_new] only (mask [N, T_new] as Forward's, undefined:
   // all real), attending to the tokens in `cache` and causally to themselves; appends their
   // keys and values to `cache` and returns their logits [N, T_new, vocab]. Positions continue
@@ -94,7 +109,8 @@ class LlamaModel final : public Model {
   Batch MakeBatch(const Dataset& data, const std::vector<size_t>& examples) const override;
   torch::Tensor Losses(const Batch& batch) override;
   BatchScore Score(const Batch& batch) override;
-  size_t EvalBatchSize() const override { return 8; }
+  // 8 sequences (next-token logits are [N, T, vocab]); a classifier's are short: 32.
+  size_t EvalBatchSize() const override;
   const AdapterSpec& Spec() const override;
   AdapterState ExportAdapter() const override;
   // Checks names and shapes (kInvalidArgument) and finiteness; leaves the model unchanged on error.

@@ -11,6 +11,8 @@ Usage (run with /usr/bin/python3):
                             [--pad-id 0] [--compute f32|f64]
   llama_reference.py encode --tokenizer PATH --text "..." [--bos] [--eos]
   llama_reference.py merge-peft --model DIR --adapter ADIR --out DIR2
+  llama_reference.py classify --model DIR --adapter ADIR --ids "1 2 3;4 5" --out FILE
+                              [--pad left|right] [--pad-id 0]
 
 logits: prompts are separated by ';', token ids by spaces. FILE is a safetensors file (the
 format hf_checkpoint.py documents) holding, for prompt i (0-based), "logits.<i>" F32 [T_i, V]:
@@ -47,7 +49,14 @@ F32 checkpoint (one model.safetensors, tokenizer files copied) with
 <module>.weight += scale * B @ A, scale = alpha / r (alpha / sqrt(r) with use_rslora), where r
 is lora_A's row count and alpha comes from alpha_pattern when a key matches the module path
 (regex "(^|.*\\.)KEY$"). Other adapter tensors base_model.model.<name> replace <name>
-(modules_to_save). A LoRA on lm_head of a tied model unties it.
+(modules_to_save). A LoRA on lm_head of a tied model unties it. A sequence classifier's head
+base_model.model.score.weight [classes, hidden] (PEFT's task_type SEQ_CLS) is kept as
+"score.weight" in DIR2.
+
+classify: the sequence classifier of transformers' LlamaForSequenceClassification: the model
+of DIR with ADIR merged in (as merge-peft does; ADIR must hold score.weight), run as one batch
+padded with --pad-id on the --pad side (default right), and the head applied to the
+final-normed hidden state of each prompt's last real token. FILE holds "logits" F32 [B, classes].
 """
 import argparse
 import json
@@ -123,6 +132,10 @@ class Model:
 
     def forward(self, ids, mask=None):
         """ids [B, T] int64, mask [B, T] bool (True = real token) -> logits [B, T, V]."""
+        return self.linear(self.hidden(ids, mask), "lm_head")
+
+    def hidden(self, ids, mask=None):
+        """The final-normed hidden states [B, T, hidden]."""
         B, T = ids.shape
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -140,7 +153,7 @@ class Model:
             x = self.rmsnorm(h, p + "post_attention_layernorm.weight")
             gate = self.linear(x, p + "mlp.gate_proj")
             h = h + self.linear(gate * torch.sigmoid(gate) * self.linear(x, p + "mlp.up_proj"), p + "mlp.down_proj")
-        return self.linear(self.rmsnorm(h, "model.norm.weight"), "lm_head")
+        return self.rmsnorm(h, "model.norm.weight")
 
 
 def prompt_logits(model, prompts, pad="none", pad_id=0):
@@ -207,7 +220,7 @@ def merge_peft(model_dir, adapter_dir):
         m = re.fullmatch(r"(.*)\.lora_([AB])(?:\.[^.]+)?\.weight", name[len(prefix):])
         if m:
             lora.setdefault(m.group(1), {})[m.group(2)] = t.double()
-        elif name[len(prefix):] in tensors or name[len(prefix):] == "lm_head.weight":
+        elif name[len(prefix):] in tensors or name[len(prefix):] in ("lm_head.weight", "score.weight"):
             tensors[name[len(prefix):]] = t.float()  # modules_to_save
         else:
             raise SystemExit(f"adapter tensor {name} matches nothing in the model")
@@ -230,6 +243,28 @@ def merge_peft(model_dir, adapter_dir):
         cfg["tie_word_embeddings"] = False
     cfg["torch_dtype"] = "float32"
     return cfg, tensors
+
+
+def cmd_classify(a):
+    cfg, tensors = merge_peft(a.model, a.adapter)
+    if "score.weight" not in tensors:
+        raise SystemExit("the adapter holds no classification head (base_model.model.score.weight)")
+    model = Model(cfg, tensors)
+    prompts = parse_ids(a.ids)
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), a.pad_id, dtype=torch.int64)
+    mask = torch.zeros((len(prompts), T), dtype=torch.bool)
+    last = []
+    for b, p in enumerate(prompts):
+        start = T - len(p) if a.pad == "left" else 0
+        ids[b, start:start + len(p)], mask[b, start:start + len(p)] = torch.tensor(p), True
+        last.append(start + len(p) - 1)
+    with torch.no_grad():
+        h = model.hidden(ids, mask)
+        pooled = h[torch.arange(len(prompts)), torch.tensor(last)]
+        logits = (pooled @ model.w["score.weight"].T).float()
+    write_safetensors(a.out, {"logits": logits.contiguous()},
+                      {"format": "fedlora-classify", "count": len(prompts), "padding": a.pad})
 
 
 def cmd_merge_peft(a):
@@ -259,8 +294,15 @@ def main(argv=None):
     m.add_argument("--model", required=True)
     m.add_argument("--adapter", required=True)
     m.add_argument("--out", required=True)
+    c = sub.add_parser("classify")
+    c.add_argument("--model", required=True)
+    c.add_argument("--adapter", required=True)
+    c.add_argument("--ids", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--pad", choices=("left", "right"), default="right")
+    c.add_argument("--pad-id", type=int, default=0)
     a = p.parse_args(argv)
-    {"logits": cmd_logits, "encode": cmd_encode, "merge-peft": cmd_merge_peft}[a.cmd](a)
+    {"logits": cmd_logits, "encode": cmd_encode, "merge-peft": cmd_merge_peft, "classify": cmd_classify}[a.cmd](a)
 
 
 if __name__ == "__main__":

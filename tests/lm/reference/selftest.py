@@ -400,6 +400,36 @@ def merge_peft():
     assert (ref.Model(mcfg, mw).forward(ids) - ref.Model(cfg, w).forward(ids)).abs().max() > 1e-3
 
 
+# ---------------------------------------------------------------- sequence classification
+@check
+def classify_reads_the_last_real_token():
+    """With the head set to rows of lm_head, the classifier's logits are those rows' next-token
+    logits after each prompt's last token, run alone; left and right padding agree."""
+    d = make("clsbase", kv=2, tie=0, seed=21)
+    cfg, w = hf.load_checkpoint(d)
+    rows = [7, 30, 2]
+    adir = os.path.join(TMP, "cls-adapter")
+    os.makedirs(adir, exist_ok=True)
+    hf.write_safetensors(adir + "/adapter_model.safetensors",
+                         {"base_model.model.score.weight": w["lm_head.weight"][rows].clone()}, {"format": "pt"})
+    json.dump({"peft_type": "LORA", "task_type": "SEQ_CLS", "r": 4, "lora_alpha": 8, "target_modules": [],
+               "modules_to_save": ["score"]}, open(adir + "/adapter_config.json", "w"))
+    prompts = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11]]
+    ids = ";".join(" ".join(map(str, p)) for p in prompts)
+    got = {}
+    for pad in ("right", "left"):
+        out = os.path.join(TMP, f"cls-{pad}.safetensors")
+        cli("llama_reference.py", "classify", "--model", d, "--adapter", adir, "--ids", ids, "--out", out,
+            "--pad", pad, "--pad-id", "0")
+        got[pad] = hf.read_safetensors(out)[0]["logits"]
+        assert tuple(got[pad].shape) == (3, 3), got[pad].shape
+    model = ref.Model(cfg, w)
+    with torch.no_grad():
+        want = torch.stack([model.forward(torch.tensor([p]))[0, -1, rows] for p in prompts])
+    close(got["right"], want, 1e-5, "classify vs last-token logits")
+    close(got["left"], got["right"], 1e-5, "left vs right padding")
+
+
 def main():
     verbose, only = "-v" in sys.argv, None
     if "-k" in sys.argv:
