@@ -222,7 +222,7 @@ Result<aggregator::Evaluator> MakeEvaluator(const std::string& base_path,
         }
         RETURN_IF_ERROR(state->model->LoadAdapter(adapter));
         const worker::EvalResult r = worker::Evaluate(*state->model, *test, max_samples);
-        aggregator::EvalOutcome out{r.accuracy, r.loss, r.samples, {}};
+        aggregator::EvalOutcome out{r.accuracy, r.loss, r.samples, {}, {}};
         for (size_t c = 0; c < r.class_total.size(); ++c) {
           out.class_accuracy.push_back(r.class_total[c] ? static_cast<double>(r.class_correct[c]) / r.class_total[c] : 0.0);
           out.class_loss.push_back(r.class_total[c] ? r.class_loss_sum[c] / static_cast<double>(r.class_total[c]) : 0.0);

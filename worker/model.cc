@@ -317,14 +317,7 @@ class TorchModel final : public Model {
 
   BatchScore Score(const Batch& batch) override {
     torch::NoGradGuard no_grad;
-    const torch::Tensor logits = Forward(batch.inputs);
-    BatchScore score;
-    score.loss_sum = torch::nn::functional::cross_entropy(
-                         logits, batch.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
-                         .to(torch::kDouble);
-    score.correct = logits.argmax(1).eq(batch.targets).to(torch::kDouble);
-    score.count = torch::ones({batch.size()}, torch::kDouble);
-    return score;
+    return ClassificationScore(Forward(batch.inputs), batch.targets);
   }
 
   size_t EvalBatchSize() const override { return 1000; }
@@ -509,6 +502,16 @@ ModelOptions ModelOptions::ForSpec(const AdapterSpec& spec) {
     }
   }
   return mo;
+}
+
+BatchScore ClassificationScore(const torch::Tensor& logits, const torch::Tensor& targets) {
+  BatchScore score;
+  score.loss_sum = torch::nn::functional::cross_entropy(
+                       logits, targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
+                       .to(torch::kDouble);
+  score.correct = logits.argmax(1).eq(targets).to(torch::kDouble);
+  score.count = torch::ones({logits.size(0)}, torch::kDouble);
+  return score;
 }
 
 bool IsLanguageModel(const std::string& arch) {

@@ -48,6 +48,11 @@ struct BatchScore {
   torch::Tensor count;     // predictions made (image: 1; language model: the predicted tokens)
 };
 
+// The evaluation sums of a classifier's logits [N, C] against labels [N]: the cross-entropy,
+// whether the argmax is right, and a count of 1 per example (image models and the language
+// model's sequence classifier alike).
+BatchScore ClassificationScore(const torch::Tensor& logits, const torch::Tensor& targets);
+
 // The architectures of the language-model task (config.json `architectures`).
 bool IsLanguageModel(const std::string& arch);
 

@@ -451,16 +451,8 @@ torch::Tensor LlamaModel::Losses(const Batch& batch) {
 
 BatchScore LlamaModel::Score(const Batch& batch) {
   torch::NoGradGuard no_grad;
+  if (impl_->num_classes > 0) return ClassificationScore(Classify(batch.inputs, batch.mask), batch.targets);
   BatchScore score;
-  if (impl_->num_classes > 0) {
-    const torch::Tensor logits = Classify(batch.inputs, batch.mask);
-    score.loss_sum = torch::nn::functional::cross_entropy(
-                         logits, batch.targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone))
-                         .to(torch::kDouble);
-    score.correct = logits.argmax(1).eq(batch.targets).to(torch::kDouble);
-    score.count = torch::ones({batch.size()}, torch::kDouble);
-    return score;
-  }
   const torch::Tensor logits = Forward(batch.inputs, batch.mask);
   auto [nll, predicted] = impl_->TokenNll(logits, batch);
   score.loss_sum = nll.to(torch::kDouble).sum(1);
