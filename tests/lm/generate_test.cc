@@ -207,13 +207,7 @@ TEST_F(GenerateTest, CachedForwardMatchesTheFullForwardWithANonZeroAdapter) {
     options.target_modules = kLoraTargets;
     auto model = Load(dir, options);
     ASSERT_NE(model, nullptr) << name;
-    AdapterState state = model->ExportAdapter();
-    std::mt19937_64 rng(3);
-    std::uniform_real_distribution<float> dist(-0.3f, 0.3f);
-    for (auto& t : state.tensors) {
-      for (float& v : t.values) v = dist(rng);
-    }
-    ASSERT_TRUE(model->LoadAdapter(state).ok());
+    RandomizeAdapter(*model, 3);
     ExpectCachedMatchesForward(*model, name + " + LoRA");
     // The adapter is seen: its logits are not the bare base's.
     auto bare = Load(dir, options);

@@ -173,13 +173,7 @@ TEST(LlamaTest, APeftExportMergedByTheReferenceGivesFedlorasLogits) {
   EXPECT_EQ(spec.tensors.size(), 2u * 7u * 2u);
   EXPECT_EQ(spec.tensors[0].name, "model.layers.0.self_attn.q_proj.lora_A");
   EXPECT_EQ(spec.tensors.back().name, "model.layers.1.mlp.down_proj.lora_B");
-  AdapterState state = model->ExportAdapter();
-  std::mt19937_64 rng(3);
-  std::uniform_real_distribution<float> dist(-0.3f, 0.3f);
-  for (auto& t : state.tensors) {
-    for (float& v : t.values) v = dist(rng);
-  }
-  ASSERT_TRUE(model->LoadAdapter(state).ok());
+  const AdapterState state = RandomizeAdapter(*model, 3);
   const std::string adapter = dir.path("adapter");
   ASSERT_TRUE(ops::WritePeft(adapter, {spec, state, {}, {}}).ok());
   std::ifstream in(adapter + "/adapter_model.safetensors", std::ios::binary);
@@ -219,13 +213,7 @@ TEST(LlamaTest, AClassifiersPeftExportRunByTheReferenceGivesFedlorasClassLogits)
   ASSERT_EQ(spec.tensors.back().name, kClassifierHead);
   EXPECT_EQ(spec.tensors.back().shape, (std::vector<uint32_t>{5, 32}));
   EXPECT_EQ(spec.tensors.back().role, TensorRole::kDense);
-  AdapterState state = model->ExportAdapter();
-  std::mt19937_64 rng(5);
-  std::uniform_real_distribution<float> dist(-0.3f, 0.3f);
-  for (auto& t : state.tensors) {
-    for (float& v : t.values) v = dist(rng);
-  }
-  ASSERT_TRUE(model->LoadAdapter(state).ok());
+  const AdapterState state = RandomizeAdapter(*model, 5);
   const std::string adapter = dir.path("adapter");
   ASSERT_TRUE(ops::WritePeft(adapter, {spec, state, {}, {}}).ok());
   {
