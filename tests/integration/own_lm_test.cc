@@ -67,6 +67,11 @@ TEST(OwnLanguageModel, PretrainThenFederatedFineTuneOnFortunes) {
   const double base_ppl = summary["base_perplexity"].get<double>(), final_ppl = summary["final_perplexity"].get<double>();
   EXPECT_TRUE(std::isfinite(base_ppl) && base_ppl > 1.0) << out;
   EXPECT_LT(final_ppl, base_ppl) << out;
+  // Each client's perplexity on its own category mix, from the global model's per-category losses.
+  ASSERT_EQ(summary["client_perplexities"].size(), 4u) << summary.dump();
+  for (const auto& p : summary["client_perplexities"]) {
+    EXPECT_TRUE(std::isfinite(p.get<double>()) && p.get<double>() > 1.0) << summary.dump();
+  }
 
   // Replay finds the store's own model and evaluates on it.
   out = RunCapture(std::string(kBinary) + " replay --log " + Quote(store) + " --out " + Quote(dir.path("replayed")) +
