@@ -125,7 +125,10 @@ class AggregatorImpl final : public Aggregator {
         }
         if (!failure.ok()) break;
         const auto now = Clock::now();
-        if (delivered) {
+        if (resubscribe_at_ && now >= *resubscribe_at_) {
+          resubscribe_at_.reset();
+          Subscribe();
+        } else if (delivered) {
           SendCredit(false);
         } else if (now - last_heard_ > reconnect_after) {
           // Paranoid Pirate: the broker is gone (or unreachable). A fresh socket drops whatever
@@ -218,7 +221,7 @@ class AggregatorImpl final : public Aggregator {
     info.commit_unix_ms = NowUnixMs();
     const bool due = options_.eval_every > 0 && info.version % options_.eval_every == 0;
     if (options_.evaluate && (due || final)) {
-      auto eval = options_.evaluate(spec, state);
+      auto eval = EvaluateKeepingAlive(spec, state);
       if (eval.ok()) {
         info.test_accuracy = static_cast<float>(eval->accuracy);
         info.test_loss = static_cast<float>(eval->loss);
@@ -236,6 +239,26 @@ class AggregatorImpl final : public Aggregator {
     return Status::Ok();
   }
 
+
+  // Evaluates on a helper thread while this one keeps heartbeating: an evaluation of a large
+  // test set can take longer than the broker's liveness limit (3 intervals), after which the
+  // broker would drop the subscription and its lease. What arrives meanwhile waits in the
+  // socket and is handled after the commit.
+  Result<EvalOutcome> EvaluateKeepingAlive(const AdapterSpec& spec, const AdapterState& state) {
+    auto pending = std::async(std::launch::async, [&] { return options_.evaluate(spec, state); });
+    const auto tick = std::min<std::chrono::milliseconds>(options_.heartbeat_interval, std::chrono::milliseconds(100));
+    while (pending.wait_for(tick) != std::future_status::ready) {
+      // Before the loop starts (version 0 at Init) there is no socket yet.
+      if (socket_.handle() != nullptr && std::chrono::steady_clock::now() - last_sent_ >= options_.heartbeat_interval) {
+        try {
+          Send(codec::BuildHeartbeat(broker_incarnation_));
+        } catch (const zmq::error_t& e) {
+          Log()->warn("heartbeat during evaluation failed: {}", e.what());
+        }
+      }
+    }
+    return pending.get();
+  }
 
   // A fresh DEALER to the broker (the previous one, if any, is closed with what it queued).
   void Connect() {
@@ -286,7 +309,19 @@ class AggregatorImpl final : public Aggregator {
       return false;
     }
     if ((*env)->body_type() == wire::Body::Error) {
-      Log()->warn("broker error: {}", codec::StatusFromError(*(*env)->body_as_Error()).ToString());
+      const auto* error = (*env)->body_as_Error();
+      const Status status = codec::StatusFromError(*error);
+      if (status.code() == Code::kUnavailable && error->retry_after_ms() > 0) {
+        // The adapter's lease is held by another connection (our own previous socket, after a
+        // reconnect, or a process still alive): subscribe again when the broker says it lapses.
+        // Hello, global and Credit each get the answer: one line and one retry for all.
+        if (!resubscribe_at_) {
+          Log()->warn("subscription refused ({}); subscribing again in {} ms", status.message(), error->retry_after_ms());
+        }
+        resubscribe_at_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(error->retry_after_ms());
+        return false;
+      }
+      Log()->warn("broker error: {}", status.ToString());
       return false;
     }
     if ((*env)->body_type() == wire::Body::Heartbeat) {
@@ -367,6 +402,7 @@ class AggregatorImpl final : public Aggregator {
   std::shared_ptr<const std::string> latest_global_;
   uint64_t broker_incarnation_ = 0;  // from the broker's heartbeats; 0 until the first
   std::chrono::steady_clock::time_point last_heard_, last_sent_;
+  std::optional<std::chrono::steady_clock::time_point> resubscribe_at_;  // after a refused Credit
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> finished_{false};
   bool final_ = false;

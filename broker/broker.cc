@@ -259,6 +259,8 @@ class BrokerImpl final : public Broker {
     counter("fedlora_broker_auth_denied_total", "Connections refused by the CURVE allowlist", stats_.auth_denied);
     counter("fedlora_broker_aggregators_expired_total", "Aggregator subscriptions dropped for silence",
             stats_.aggregators_expired);
+    counter("fedlora_broker_subscriptions_refused_total",
+            "Credits refused because another aggregator holds the adapter's lease", stats_.subscriptions_refused);
     w.Gauge("fedlora_broker_ingest_queue_bytes", "Admitted updates not yet durable",
             static_cast<double>(stats_.ingest_queue_bytes.load()));
     w.Gauge("fedlora_broker_ingest_queue_peak_bytes", "The most the ingest queue ever held",
@@ -691,7 +693,7 @@ class BrokerImpl final : public Broker {
           HandleCredit(frames[0], *e->body_as_Credit());
           break;
         case wire::Body::GlobalAdapter:
-          HandleGlobal(frames[1], *e->body_as_GlobalAdapter());
+          HandleGlobal(frames[0], frames[1], *e->body_as_GlobalAdapter());
           break;
         case wire::Body::Hello:
           Log()->info("aggregator connected name={}", e->body_as_Hello()->client_id()
@@ -723,11 +725,39 @@ class BrokerImpl final : public Broker {
     snapshot_ = std::move(snap);
   }
 
+  // An adapter's subscription is a lease: while its holder is heard from (any message,
+  // heartbeats included, within interval x liveness), no other peer's Credit takes it and no
+  // other peer's global replaces the one workers fetch. A restarted aggregator (or a standby) is
+  // told when the lease would lapse and tries again then; a stray or hostile peer gets no
+  // records. Returns whether `who`'s `what` was refused (and answered).
+  bool RefuseIfLeased(const zmq::message_t& identity, const std::string& adapter, const AdapterEntry& e,
+                      const std::string& who, std::string_view what) {
+    if (e.owner.empty() || e.owner == who) return false;
+    const auto limit = options_.heartbeat_interval * options_.heartbeat_liveness;
+    const auto now = Clock::now();
+    auto it = last_heard_.find(e.owner);
+    if (it == last_heard_.end() || now - it->second > limit) return false;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(limit - (now - it->second)).count() + 1;
+    stats_.subscriptions_refused++;
+    // The first refusal and every 100th: a peer retrying in a loop must not flood the log.
+    Log()->log(stats_.subscriptions_refused.load() % 100 == 1 ? spdlog::level::warn : spdlog::level::debug,
+               "adapter={} {} refused: another aggregator holds it and is alive (its lease lapses in {} ms unless "
+               "it is heard from; {} refused so far)",
+               adapter, what, left, stats_.subscriptions_refused.load());
+    Reply(backend_, identity,
+          codec::BuildError(Unavailable(fmt::format("adapter '{}' is held by another aggregator, alive; its lease "
+                                                    "lapses {} ms after it was last heard from",
+                                                    adapter, std::chrono::duration_cast<std::chrono::milliseconds>(limit).count())),
+                            {}, static_cast<uint32_t>(left)));
+    return true;
+  }
+
   void HandleCredit(const zmq::message_t& identity, const wire::Credit& c) {
     const std::string adapter = c.adapter_id()->str();
     if (!ValidateId("adapter_id", adapter, 128).ok()) return;
     auto& e = Entry(adapter);
     std::string who(static_cast<const char*>(identity.data()), identity.size());
+    if (RefuseIfLeased(identity, adapter, e, who, "subscription")) return;
     if (c.resubscribe() || e.owner != who) {
       if (!e.owner.empty() && e.owner != who) Log()->info("adapter={} changes aggregator", adapter);
       e.owner = std::move(who);
@@ -740,10 +770,15 @@ class BrokerImpl final : public Broker {
     while (!e.recent.empty() && e.recent.front().first <= e.consumed) Forget(e.recent, 1);
   }
 
-  void HandleGlobal(zmq::message_t& payload, const wire::GlobalAdapter& g) {
+  void HandleGlobal(const zmq::message_t& identity, zmq::message_t& payload, const wire::GlobalAdapter& g) {
     const std::string adapter = g.adapter_id()->str();
     if (!ValidateId("adapter_id", adapter, 128).ok()) return;
     auto it = adapters_.find(adapter);
+    if (it != adapters_.end() &&
+        RefuseIfLeased(identity, adapter, it->second,
+                       std::string(static_cast<const char*>(identity.data()), identity.size()), "global")) {
+      return;
+    }
     if (it != adapters_.end() && it->second.has_global && g.version() <= it->second.version &&
         g.final() == it->second.final) {
       return;  // a re-send after reconnect

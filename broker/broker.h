@@ -94,6 +94,7 @@ struct BrokerStats {
   std::atomic<uint64_t> rate_limited{0};    // refused by the per-client rate limit
   std::atomic<uint64_t> auth_denied{0};     // connections refused by the allowlist
   std::atomic<uint64_t> aggregators_expired{0};  // subscriptions dropped for silence
+  std::atomic<uint64_t> subscriptions_refused{0};  // Credits and globals refused: another aggregator holds the lease
   std::atomic<uint64_t> ingest_queue_bytes{0};   // now
   std::atomic<uint64_t> ingest_queue_peak{0};    // the most ever
 };

@@ -14,84 +14,16 @@
 
 #include "schema/transport.h"
 #include "tests/testing/fixtures.h"
+#include "tests/testing/running_broker.h"
 
 namespace fedlora::broker {
 namespace {
 
 using testing::FilledState;
+using testing::Peer;
+using testing::RunningBroker;
 using testing::MakeUpdate;
 using testing::SmallSpec;
-
-// A broker on ephemeral loopback ports, served on its own thread; `tweak` changes options.
-class RunningBroker {
- public:
-  explicit RunningBroker(const std::string& log_path, const std::function<void(BrokerOptions&)>& tweak = {}) {
-    BrokerOptions o;
-    o.frontend = o.backend = o.announce = "tcp://127.0.0.1:*";
-    o.log_path = log_path;
-    o.sync = false;
-    o.max_message_bytes = 1 << 20;
-    o.poll_interval = std::chrono::milliseconds(20);
-    if (tweak) tweak(o);
-    auto b = Broker::Create(o);
-    EXPECT_TRUE(b.ok()) << b.status().ToString();
-    broker_ = std::move(*b);
-    thread_ = std::jthread([this](std::stop_token stop) { EXPECT_TRUE(broker_->Run(stop).ok()); });
-  }
-  ~RunningBroker() {
-    thread_.request_stop();
-    thread_.join();
-  }
-  const BrokerEndpoints& endpoints() const { return broker_->Endpoints(); }
-  const BrokerStats& stats() const { return broker_->Stats(); }
-
- private:
-  std::unique_ptr<Broker> broker_;
-  std::jthread thread_;
-};
-
-// A raw protocol peer (DEALER) with bounded waits.
-class Peer {
- public:
-  explicit Peer(const std::string& endpoint, const security::ClientKeys& keys = {})
-      : socket_(ctx_, zmq::socket_type::dealer) {
-    transport::Configure(socket_, 1000);
-    security::ApplyClient(socket_, keys);
-    socket_.connect(endpoint);
-  }
-  void Send(const codec::Bytes& bytes) { SendRaw({reinterpret_cast<const char*>(bytes.data()), bytes.size()}); }
-  void SendRaw(std::string_view bytes) {
-    std::vector<zmq::message_t> frames;
-    frames.emplace_back(bytes.data(), bytes.size());
-    ASSERT_TRUE(transport::SendMultipart(socket_, frames));
-  }
-  // Every frame of the next message, or empty after `wait` (20 s by default: a loaded CI
-  // machine can be slow; a test that times out fails rather than reading a stale reply later).
-  std::vector<zmq::message_t> Receive(std::chrono::milliseconds wait = std::chrono::seconds(20)) {
-    std::vector<zmq::message_t> frames;
-    const auto deadline = std::chrono::steady_clock::now() + wait;
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::vector<zmq::pollitem_t> items = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, std::chrono::milliseconds(50));
-      if (transport::TryRecvMultipart(socket_, frames)) return frames;
-    }
-    return {};
-  }
-  // The envelope of the next single-frame reply.
-  const wire::Envelope* Reply(std::chrono::milliseconds wait = std::chrono::seconds(20)) {
-    auto frames = Receive(wait);
-    if (frames.empty()) return nullptr;
-    last_ = std::move(frames[0]);
-    auto env = codec::VerifyEnvelope(transport::View(last_));
-    EXPECT_TRUE(env.ok());
-    return env.ok() ? *env : nullptr;
-  }
-
- private:
-  zmq::context_t ctx_;
-  zmq::socket_t socket_;
-  zmq::message_t last_;
-};
 
 codec::Bytes Global(uint64_t version) {
   codec::GlobalInfo info{"default", version, "hash", 0, wire::Mode::FedBuff, false, {}};
@@ -535,6 +467,65 @@ TEST_F(BrokerTest, AnswersHeartbeatsWithItsIncarnationAndDropsSilentAggregators)
   ASSERT_TRUE(e);
   ASSERT_EQ(e->body_type(), wire::Body::Heartbeat);
   EXPECT_NE(e->body_as_Heartbeat()->incarnation(), first) << "a restart must be visible to peers";
+}
+
+// The theft of issue 21: any DEALER on the backend sent Credit{resubscribe} and took the
+// adapter's subscription from a live aggregator (and its globals were taken as well). While the
+// holder is heard from, a newcomer's Credit and global are refused with when to retry; the
+// holder keeps every record; once it falls silent, the newcomer's retry takes over.
+TEST_F(BrokerTest, AnAliveAggregatorsSubscriptionAndGlobalCannotBeTaken) {
+  RunningBroker broker(dir_.path("log"), [](BrokerOptions& o) { o.heartbeat_interval = std::chrono::milliseconds(100); });
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker, 3);
+  worker.Send(MakeUpdate("u0", "c1", 0, FilledState(SmallSpec(), 0.1f)));
+  ASSERT_EQ(worker.Reply()->body_type(), wire::Body::Ack);
+  Peer agg(broker.endpoints().backend);
+  agg.Send(codec::BuildCredit("default", 1, 10, true));
+  ASSERT_EQ(agg.Receive().size(), 2u);  // record 1
+
+  Peer thief(broker.endpoints().backend);
+  thief.Send(codec::BuildCredit("default", 1, 50, true));
+  const Status refused = ErrorOf(thief.Reply());
+  EXPECT_EQ(refused.code(), Code::kUnavailable) << refused.ToString();
+  EXPECT_NE(refused.message().find("held by another aggregator"), std::string::npos) << refused.ToString();
+  thief.Send(Global(99));
+  EXPECT_EQ(ErrorOf(thief.Reply()).code(), Code::kUnavailable);
+  EXPECT_EQ(broker.stats().subscriptions_refused.load(), 2u);
+  worker.Send(codec::BuildFetch("default", -1));
+  const auto* fetched = worker.Reply();
+  ASSERT_TRUE(fetched);
+  ASSERT_EQ(fetched->body_type(), wire::Body::GlobalAdapter);
+  EXPECT_EQ(fetched->body_as_GlobalAdapter()->version(), 3u) << "the thief's global replaced the real one";
+
+  // The holder heartbeats (as an aggregator does every interval) for 5 lease lengths: each new
+  // record goes to it, none to the thief, whose retries are refused.
+  for (int i = 1; i <= 5; ++i) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+    while (std::chrono::steady_clock::now() < until) {
+      agg.Send(codec::BuildHeartbeat(0));
+      ASSERT_EQ(agg.Reply()->body_type(), wire::Body::Heartbeat);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    thief.Send(codec::BuildCredit("default", 1, 50, true));
+    EXPECT_EQ(ErrorOf(thief.Reply()).code(), Code::kUnavailable) << "retry " << i;
+    worker.Send(MakeUpdate(fmt::format("u{}", i), "c1", 0, FilledState(SmallSpec(), 0.1f)));
+    ASSERT_EQ(worker.Reply()->body_type(), wire::Body::Ack);
+    agg.Send(codec::BuildCredit("default", static_cast<uint64_t>(i) + 1, 10, false));
+    auto frames = agg.Receive();
+    ASSERT_EQ(frames.size(), 2u) << "record " << i + 1 << " did not reach its aggregator";
+  }
+  EXPECT_TRUE(thief.Receive(std::chrono::milliseconds(200)).empty()) << "a refused peer received records";
+
+  // Failover: the holder falls silent past the lease; the next subscriber gets the log.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  Peer standby(broker.endpoints().backend);
+  standby.Send(codec::BuildCredit("default", 1, 10, true));
+  auto frames = standby.Receive();
+  ASSERT_GE(frames.size(), 2u) << "the lease did not lapse with its holder's silence";
+  auto env = codec::VerifyEnvelope(transport::View(frames[0]));
+  ASSERT_TRUE(env.ok());
+  ASSERT_EQ((*env)->body_type(), wire::Body::Deliver);
+  EXPECT_EQ((*env)->body_as_Deliver()->seqs()->Get(0), 1u);
 }
 
 TEST_F(BrokerTest, PlaintextBeyondLoopbackNeedsCurveOrInsecure) {

@@ -1,0 +1,151 @@
+// The aggregator's link to a real broker, in one process: liveness while it evaluates, and the
+// adapter's lease (docs/protocol.md) when another connection holds it.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "aggregator/aggregator.h"
+#include "tests/testing/fixtures.h"
+#include "tests/testing/running_broker.h"
+#include "tests/testing/samples.h"
+
+namespace fedlora::aggregator {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::FilledState;
+using testing::MakeUpdate;
+using testing::Peer;
+using testing::RunningBroker;
+using testing::SmallSpec;
+
+constexpr auto kInterval = 100ms;  // heartbeats of broker and aggregator; the lease is 3 of them
+
+void FastLiveness(broker::BrokerOptions& o) { o.heartbeat_interval = kInterval; }
+
+AggregatorOptions Options(const std::string& store, const RunningBroker& broker) {
+  AggregatorOptions o;
+  o.store_path = store;
+  o.broker = broker.endpoints().backend;
+  o.sync = false;
+  o.engine.buffer_size = 1;  // one version per update
+  o.heartbeat_interval = kInterval;
+  o.poll_interval = 20ms;
+  o.initial = InitialAdapter{SmallSpec(), FilledState(SmallSpec(), 0)};
+  return o;
+}
+
+// Runs `agg` on its own thread until destroyed.
+class Running {
+ public:
+  explicit Running(std::unique_ptr<Aggregator> agg) : agg_(std::move(agg)) {
+    thread_ = std::jthread([this](std::stop_token stop) { EXPECT_TRUE(agg_->Run(stop).ok()); });
+  }
+  ~Running() {
+    thread_.request_stop();
+    thread_.join();
+  }
+  Aggregator& operator*() { return *agg_; }
+  Aggregator* operator->() { return agg_.get(); }
+
+ private:
+  std::unique_ptr<Aggregator> agg_;
+  std::jthread thread_;
+};
+
+bool WaitForVersion(Aggregator& agg, uint64_t version, std::chrono::milliseconds limit = 20s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (agg.Version() < version && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(10ms);
+  return agg.Version() >= version;
+}
+
+void Publish(Peer& worker, const std::string& id) {
+  worker.Send(MakeUpdate(id, "c1", 0, FilledState(SmallSpec(), 0.1f)));
+  const auto* reply = worker.Reply();
+  ASSERT_TRUE(reply);
+  ASSERT_EQ(reply->body_type(), wire::Body::Ack);
+}
+
+// An evaluation longer than the broker's liveness limit (here 800 ms against 300 ms) used to
+// block the aggregator's heartbeats, so the broker dropped its subscription while it evaluated
+// (seen with text-classify's 11,768 test glosses). It heartbeats meanwhile now.
+TEST(AggregatorLinkTest, AnEvaluationLongerThanTheLeaseKeepsTheSubscription) {
+  testing::TempDir dir;
+  RunningBroker broker(dir.path("log"), FastLiveness);
+  auto options = Options(dir.path("store"), broker);
+  std::atomic<int> evaluations{0};
+  options.eval_every = 1;
+  options.evaluate = [&](const AdapterSpec&, const AdapterState&) -> Result<EvalOutcome> {
+    std::this_thread::sleep_for(800ms);
+    ++evaluations;
+    EvalOutcome outcome;
+    outcome.accuracy = 0.5;
+    outcome.samples = 1;
+    return outcome;
+  };
+  auto created = Aggregator::Create(std::move(options));
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Running agg(std::move(*created));
+  Peer worker(broker.endpoints().frontend);
+  for (int i = 0; i < 200; ++i) {  // the aggregator's global registers the adapter
+    worker.Send(codec::BuildFetch("default", -1));
+    const auto* e = worker.Reply();
+    ASSERT_TRUE(e);
+    if (e->body_type() == wire::Body::GlobalAdapter) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  Publish(worker, "u1");
+  ASSERT_TRUE(WaitForVersion(*agg, 1));
+  Publish(worker, "u2");
+  ASSERT_TRUE(WaitForVersion(*agg, 2));
+  EXPECT_EQ(evaluations.load(), 3);  // versions 0, 1 and 2
+  EXPECT_EQ(broker.stats().aggregators_expired.load(), 0u) << "the broker took the aggregator for dead";
+}
+
+// Another connection holds the adapter and heartbeats (an aggregator's previous socket or
+// process, still heard from): a new aggregator is refused, waits out the lease the broker names
+// and resubscribes; it then consumes from its cursor, so it gets the record the holder was sent.
+TEST(AggregatorLinkTest, ARefusedAggregatorSubscribesWhenTheLeaseLapses) {
+  testing::TempDir dir;
+  RunningBroker broker(dir.path("log"), FastLiveness);
+  Peer holder(broker.endpoints().backend);
+  codec::GlobalInfo info{"default", 0, "hash", 0, wire::Mode::FedBuff, false, {}};
+  holder.Send(codec::BuildGlobal(info, SmallSpec(), FilledState(SmallSpec(), 0)));
+  holder.Send(codec::BuildCredit("default", 1, 10, true));
+  std::atomic<bool> heartbeating{true};
+  std::jthread beats([&] {
+    // The Peer's socket is used only by this thread from here on.
+    while (heartbeating) {
+      holder.Send(codec::BuildHeartbeat(0));
+      holder.Receive(50ms);
+      std::this_thread::sleep_for(30ms);
+    }
+  });
+  Peer worker(broker.endpoints().frontend);
+  for (int i = 0; i < 200; ++i) {  // the holder's global registers the adapter
+    worker.Send(codec::BuildFetch("default", -1));
+    const auto* e = worker.Reply();
+    ASSERT_TRUE(e);
+    if (e->body_type() == wire::Body::GlobalAdapter) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  Publish(worker, "u1");  // delivered to the holder, which ignores it
+
+  auto created = Aggregator::Create(Options(dir.path("store"), broker));
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Running agg(std::move(*created));
+  std::this_thread::sleep_for(1s);  // 3 lease lengths
+  EXPECT_GE(broker.stats().subscriptions_refused.load(), 2u);  // its Credit and global, at least
+  EXPECT_EQ(agg->Version(), 0u) << "the aggregator got records while another held the adapter";
+
+  heartbeating = false;
+  beats.join();
+  ASSERT_TRUE(WaitForVersion(*agg, 1)) << "the aggregator did not take the adapter once the lease lapsed";
+  Publish(worker, "u2");
+  EXPECT_TRUE(WaitForVersion(*agg, 2));
+}
+
+}  // namespace
+}  // namespace fedlora::aggregator
