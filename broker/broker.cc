@@ -11,6 +11,7 @@
 #include <thread>
 #include <unordered_map>
 #include <vector>
+#include <sys/resource.h>
 #include <zmq.hpp>
 
 #include "schema/validate.h"
@@ -893,7 +894,22 @@ class BrokerImpl final : public Broker {
 
 }  // namespace
 
+uint64_t RaiseOpenFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    const rlim_t before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) return before;
+    Log()->info("open file limit raised from {} to {}", before, limit.rlim_cur);
+  }
+  return limit.rlim_cur;
+}
+
 Result<std::unique_ptr<Broker>> Broker::Create(const BrokerOptions& options) {
+  // Every connection holds a descriptor, and the log needs some to switch memtables and
+  // flush: Debian's usual soft limit of 1,024 went with 1,100 idle connections.
+  RaiseOpenFileLimit();
   storage::UpdateLogOptions log_options;
   log_options.path = options.log_path;
   log_options.sync = options.sync;

@@ -105,6 +105,10 @@ struct BrokerEndpoints {
   std::string announce;
 };
 
+// Raises this process's soft limit of open files to its hard limit (Broker::Create does, once
+// per broker) and returns the limit now in force (0 if it cannot be read).
+uint64_t RaiseOpenFileLimit();
+
 class Broker {
  public:
   // Opens the update log and binds the sockets. Errors: kUnavailable (address in use, store

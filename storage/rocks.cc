@@ -8,6 +8,8 @@
 #include <filesystem>
 
 #include <rocksdb/cache.h>
+#include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
 #include <rocksdb/table.h>
 
 namespace fedlora::storage::internal {
@@ -58,6 +60,67 @@ OpenDb::~OpenDb() {
   }
 }
 
+namespace {
+
+// RocksDB's file system with one change: a file that cannot be opened for want of a file
+// descriptor (EMFILE, ENFILE) is a retryable error. RocksDB takes a plain I/O error while
+// switching memtables (the new WAL file) as fatal, and a fatal error refuses every later write
+// until the database is reopened; from a retryable one it recovers by itself (its background
+// retries, every second) once descriptors are free again.
+class DescriptorErrorsRetryable final : public rocksdb::FileSystemWrapper {
+ public:
+  explicit DescriptorErrorsRetryable(const std::shared_ptr<rocksdb::FileSystem>& target)
+      : rocksdb::FileSystemWrapper(target) {}
+  static const char* kClassName() { return "FedloraDescriptorErrorsRetryable"; }
+  const char* Name() const override { return kClassName(); }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* r, rocksdb::IODebugContext* d) override {
+    return Mark(target()->NewWritableFile(f, o, r, d));
+  }
+  rocksdb::IOStatus ReopenWritableFile(const std::string& f, const rocksdb::FileOptions& o,
+                                       std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                       rocksdb::IODebugContext* d) override {
+    return Mark(target()->ReopenWritableFile(f, o, r, d));
+  }
+  rocksdb::IOStatus ReuseWritableFile(const std::string& f, const std::string& old, const rocksdb::FileOptions& o,
+                                      std::unique_ptr<rocksdb::FSWritableFile>* r,
+                                      rocksdb::IODebugContext* d) override {
+    return Mark(target()->ReuseWritableFile(f, old, o, r, d));
+  }
+  rocksdb::IOStatus NewRandomAccessFile(const std::string& f, const rocksdb::FileOptions& o,
+                                        std::unique_ptr<rocksdb::FSRandomAccessFile>* r,
+                                        rocksdb::IODebugContext* d) override {
+    return Mark(target()->NewRandomAccessFile(f, o, r, d));
+  }
+  rocksdb::IOStatus NewSequentialFile(const std::string& f, const rocksdb::FileOptions& o,
+                                      std::unique_ptr<rocksdb::FSSequentialFile>* r,
+                                      rocksdb::IODebugContext* d) override {
+    return Mark(target()->NewSequentialFile(f, o, r, d));
+  }
+  rocksdb::IOStatus NewDirectory(const std::string& name, const rocksdb::IOOptions& o,
+                                 std::unique_ptr<rocksdb::FSDirectory>* r, rocksdb::IODebugContext* d) override {
+    return Mark(target()->NewDirectory(name, o, r, d));
+  }
+
+ private:
+  // RocksDB's POSIX file system reports errno as strerror's text.
+  static rocksdb::IOStatus Mark(rocksdb::IOStatus s) {
+    if (!s.ok() && s.IsIOError() && s.ToString().find("Too many open files") != std::string::npos) {
+      s.SetRetryable(true);
+    }
+    return s;
+  }
+};
+
+rocksdb::Env* StoreEnv() {
+  static const std::unique_ptr<rocksdb::Env> env =
+      rocksdb::NewCompositeEnv(std::make_shared<DescriptorErrorsRetryable>(rocksdb::FileSystem::Default()));
+  return env.get();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
                                      const std::vector<std::string>& cf_names,
                                      const std::vector<std::string>& blob_cfs,
@@ -72,6 +135,7 @@ Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
     if (ec) return Unavailable(fmt::format("cannot create '{}': {}", path, ec.message()));
   }
   rocksdb::DBOptions db_options;
+  db_options.env = StoreEnv();
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;

@@ -1,6 +1,13 @@
 #include "storage/update_log.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
 
 #include "tests/testing/fixtures.h"
 
@@ -157,6 +164,57 @@ TEST(UpdateLogTest, KeepsTheLatestGlobalPerAdapter) {
   auto log = OpenLog(dir.path("log"));
   EXPECT_EQ(**log->GetGlobal("x"), g2);
   EXPECT_EQ(log->AdaptersWithGlobal(), std::vector<std::string>{"x"});
+}
+
+// Issue 21: with no file descriptor left (1,100 idle TCP connections under a 1,024 limit), the
+// memtable switch cannot open a new WAL file; RocksDB then refuses every later write until its
+// background error is cleared, and the broker never recovered after the connections closed.
+// The log clears it itself once a write fails and the cause has gone. Runs in a child process:
+// it lowers the process's file limit.
+void ExhaustDescriptorsThenAppendAgain(const std::string& path) {
+  auto log = OpenLog(path);
+  if (!log) _exit(2);
+  const std::string value(256u << 10, 'v');
+  uint64_t n = 0;
+  auto append = [&] {
+    const std::string id = "u" + std::to_string(++n);
+    std::vector<LogAppend> items = {{"a", "c1", id, B(value)}};
+    return log->AppendBatch(items)[0];
+  };
+  if (!append().ok()) _exit(3);
+  rlimit limit{};
+  getrlimit(RLIMIT_NOFILE, &limit);
+  limit.rlim_cur = std::min<rlim_t>(limit.rlim_cur, 256);
+  setrlimit(RLIMIT_NOFILE, &limit);
+  std::vector<int> held;
+  for (int fd; (fd = open("/dev/null", O_RDONLY)) >= 0;) held.push_back(fd);
+  Status failure;
+  for (int i = 0; i < 2000 && failure.ok(); ++i) {  // 500 MiB at most; the memtables switch at 16 MiB
+    auto r = append();
+    if (!r.ok()) failure = r.status();
+  }
+  if (failure.ok()) {
+    std::fprintf(stderr, "no append failed without file descriptors\n");
+    _exit(4);
+  }
+  std::fprintf(stderr, "without descriptors: %s\n", failure.ToString().c_str());
+  for (int fd : held) close(fd);
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    auto r = append();
+    if (r.ok()) {
+      std::fprintf(stderr, "appended again after %d attempts\n", attempt + 1);
+      _exit(0);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (attempt == 99) std::fprintf(stderr, "still failing: %s\n", r.status().ToString().c_str());
+  }
+  _exit(5);
+}
+
+TEST(UpdateLogDeathTest, AppendsAgainOnceFileDescriptorsReturn) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  testing::TempDir dir;
+  EXPECT_EXIT(ExhaustDescriptorsThenAppendAgain(dir.path("log")), ::testing::ExitedWithCode(0), "appended again");
 }
 
 }  // namespace
