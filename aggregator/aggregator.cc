@@ -8,6 +8,7 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <thread>
 
 #include "aggregator/commit.h"
 #include "aggregator/metrics.h"
@@ -87,6 +88,7 @@ class AggregatorImpl final : public Aggregator {
   bool Finished() const override { return finished_.load(); }
 
   Status Run(std::stop_token stop) override {
+    stop_ = stop;
     if (final_ || ReachedMax()) {
       Log()->info("adapter={} is already final at version={}: nothing to aggregate", options_.adapter_id,
                   version_.load());
@@ -231,8 +233,19 @@ class AggregatorImpl final : public Aggregator {
       }
     }
     info.adapter_id = options_.adapter_id;
-    ASSIGN_OR_RETURN(latest_global_,
-                     aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final));
+    auto committed = aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final);
+    // A full disk (the store refuses writes short of its free-space reserve) is waited out: the
+    // version is committed once space returns, heartbeating meanwhile; nothing is consumed.
+    for (int waited = 0; !committed.ok() && committed.status().code() == Code::kResourceExhausted &&
+                         !stop_.stop_requested() && socket_.handle() != nullptr;
+         ++waited) {
+      if (waited % 60 == 0) {
+        Log()->warn("commit of version={} waits for disk space: {}", info.version, committed.status().message());
+      }
+      SleepKeepingAlive(std::chrono::seconds(1));
+      committed = aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final);
+    }
+    ASSIGN_OR_RETURN(latest_global_, std::move(committed));
     version_ = info.version;
     metrics_.OnCommit(info, engine_ ? engine_->buffered() : 0, BufferSize());
     if (options_.on_commit) options_.on_commit(info);
@@ -246,18 +259,34 @@ class AggregatorImpl final : public Aggregator {
   // socket and is handled after the commit.
   Result<EvalOutcome> EvaluateKeepingAlive(const AdapterSpec& spec, const AdapterState& state) {
     auto pending = std::async(std::launch::async, [&] { return options_.evaluate(spec, state); });
-    const auto tick = std::min<std::chrono::milliseconds>(options_.heartbeat_interval, std::chrono::milliseconds(100));
-    while (pending.wait_for(tick) != std::future_status::ready) {
-      // Before the loop starts (version 0 at Init) there is no socket yet.
-      if (socket_.handle() != nullptr && std::chrono::steady_clock::now() - last_sent_ >= options_.heartbeat_interval) {
-        try {
-          Send(codec::BuildHeartbeat(broker_incarnation_));
-        } catch (const zmq::error_t& e) {
-          Log()->warn("heartbeat during evaluation failed: {}", e.what());
-        }
-      }
-    }
+    while (pending.wait_for(HeartbeatTick()) != std::future_status::ready) HeartbeatIfDue();
     return pending.get();
+  }
+
+  // Waits `how_long` (or until stopped) without leaving the broker's liveness limit.
+  void SleepKeepingAlive(std::chrono::milliseconds how_long) {
+    const auto until = std::chrono::steady_clock::now() + how_long;
+    while (std::chrono::steady_clock::now() < until && !stop_.stop_requested()) {
+      std::this_thread::sleep_for(HeartbeatTick());
+      HeartbeatIfDue();
+    }
+  }
+
+  std::chrono::milliseconds HeartbeatTick() const {
+    return std::min<std::chrono::milliseconds>(options_.heartbeat_interval, std::chrono::milliseconds(100));
+  }
+
+  // A heartbeat if an interval has passed since the last message; none before the loop starts
+  // (version 0 is committed at Init, before there is a socket).
+  void HeartbeatIfDue() {
+    if (socket_.handle() == nullptr || std::chrono::steady_clock::now() - last_sent_ < options_.heartbeat_interval) {
+      return;
+    }
+    try {
+      Send(codec::BuildHeartbeat(broker_incarnation_));
+    } catch (const zmq::error_t& e) {
+      Log()->warn("heartbeat failed: {}", e.what());
+    }
   }
 
   // A fresh DEALER to the broker (the previous one, if any, is closed with what it queued).
@@ -403,6 +432,7 @@ class AggregatorImpl final : public Aggregator {
   uint64_t broker_incarnation_ = 0;  // from the broker's heartbeats; 0 until the first
   std::chrono::steady_clock::time_point last_heard_, last_sent_;
   std::optional<std::chrono::steady_clock::time_point> resubscribe_at_;  // after a refused Credit
+  std::stop_token stop_;  // Run's
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> finished_{false};
   bool final_ = false;

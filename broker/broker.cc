@@ -641,6 +641,11 @@ class BrokerImpl final : public Broker {
       if (!w.outcome.ok()) {
         const Status& s = w.outcome.status();
         const bool transient = s.code() == Code::kUnavailable || s.code() == Code::kResourceExhausted;
+        if (s.code() == Code::kResourceExhausted && Clock::now() - last_log_warning_ > std::chrono::seconds(10)) {
+          // Once per 10 s: each such refusal is only a debug line (a full disk refuses every update).
+          last_log_warning_ = Clock::now();
+          Log()->warn("the log refuses writes; publishers are told to retry: {}", s.ToString());
+        }
         Reject(frontend_, w.identity, s, w.update_id, transient ? 500 : 0);
         continue;
       }
@@ -882,6 +887,7 @@ class BrokerImpl final : public Broker {
   size_t bucket_sweep_at_ = 4096;
   std::unordered_map<std::string, Clock::time_point> last_heard_;  // aggregator identity -> last message
   Clock::time_point last_expiry_check_ = Clock::now();
+  Clock::time_point last_log_warning_{};  // of a refused log write
   // Shared with the log writer.
   std::mutex queue_mu_;
   std::condition_variable_any queue_cv_;

@@ -66,7 +66,7 @@ class RocksAdapterStore final : public AdapterStore {
     }
     rocksdb::WriteOptions wo;
     wo.sync = options_.sync;
-    return FromRocks(db_->db->Write(wo, &batch), "commit adapter version");
+    return db_->Write(wo, &batch, "commit adapter version");
   }
 
   Result<std::optional<Cursor>> GetCursor(std::string_view adapter_id) override {

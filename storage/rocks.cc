@@ -1,6 +1,7 @@
 #include "storage/rocks.h"
 
 #include <fmt/format.h>
+#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <chrono>
@@ -121,6 +122,21 @@ rocksdb::Env* StoreEnv() {
 
 }  // namespace
 
+Status OpenDb::Write(const rocksdb::WriteOptions& options, rocksdb::WriteBatch* batch, std::string_view context) {
+  struct statvfs fs {};
+  if (statvfs(path.c_str(), &fs) == 0) {
+    const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    const uint64_t need = batch->GetDataSize() + storage::kFreeSpaceReserve;
+    if (free_bytes < need) {
+      return ResourceExhausted(fmt::format("{}: the disk of '{}' is full: {:.1f} MiB free, a write needs {:.1f} MiB "
+                                           "free (its {:.1f} MiB and a reserve of {} MiB for RocksDB's flushes)",
+                                           context, path, free_bytes / 1048576.0, need / 1048576.0,
+                                           batch->GetDataSize() / 1048576.0, storage::kFreeSpaceReserve >> 20));
+    }
+  }
+  return FromRocks(db->Write(options, batch), context);
+}
+
 Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
                                      const std::vector<std::string>& cf_names,
                                      const std::vector<std::string>& blob_cfs,
@@ -162,6 +178,7 @@ Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
     cfs.emplace_back(name, cf);
   }
   auto out = std::make_unique<OpenDb>();
+  out->path = path;
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s;
   if (read_only) {

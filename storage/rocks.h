@@ -4,6 +4,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
 
 #include <cstdint>
 #include <memory>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "schema/status.h"
+#include "storage/update_log.h"
 
 namespace fedlora::storage::internal {
 
@@ -25,10 +27,16 @@ uint64_t ReadBigEndian64(std::string_view in);
 std::string SeqKey(std::string_view adapter_id, uint64_t seq);
 bool ParseSeqKey(std::string_view key, std::string_view* adapter_id, uint64_t* seq);
 
+
 struct OpenDb {
+  std::string path;
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;  // in the order of the requested names
   ~OpenDb();
+
+  // db->Write after checking the free space (storage::kFreeSpaceReserve, update_log.h). Errors: kResourceExhausted
+  // (the disk is full, or nearly: the message says how much is free), those of FromRocks.
+  Status Write(const rocksdb::WriteOptions& options, rocksdb::WriteBatch* batch, std::string_view context);
 };
 
 // Opens (creating if needed, unless read_only) a DB with the given column families; a CF

@@ -106,9 +106,9 @@ class RocksUpdateLog final : public UpdateLog {
     if (!any_write) return results;
     rocksdb::WriteOptions wo;
     wo.sync = options_.sync;
-    rocksdb::Status s = db_->db->Write(wo, &batch);
-    if (!s.ok()) {
-      Status err = FromRocks(s, "append to update log");
+    Status written = db_->Write(wo, &batch, "append to update log");
+    if (!written.ok()) {
+      const Status& err = written;
       for (auto& r : results) {
         if (r.ok() && !r->duplicate) r = err;
       }
@@ -154,9 +154,10 @@ class RocksUpdateLog final : public UpdateLog {
   Status PutGlobal(std::string_view adapter_id, std::span<const std::byte> bytes) override {
     rocksdb::WriteOptions wo;
     wo.sync = false;  // a lost global is re-sent by the aggregator; no need to pay for fsync
-    return FromRocks(db_->db->Put(wo, db_->handles[kGlobals], adapter_id,
-                                  rocksdb::Slice(reinterpret_cast<const char*>(bytes.data()), bytes.size())),
-                     "store global");
+    rocksdb::WriteBatch batch;
+    batch.Put(db_->handles[kGlobals], rocksdb::Slice(adapter_id.data(), adapter_id.size()),
+              rocksdb::Slice(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+    return db_->Write(wo, &batch, "store global");
   }
 
   Result<std::optional<std::string>> GetGlobal(std::string_view adapter_id) override {

@@ -29,6 +29,15 @@
 
 namespace fedlora::storage {
 
+// Writes to the update log and the adapter store are refused (RESOURCE_EXHAUSTED) while the
+// store's file system has less than this free beyond the write itself. RocksDB 7.8 (Debian bookworm's) takes a WAL append that fails for want of space as a
+// background error whose recovery then trips an assertion on the failed WAL writer
+// (WritableFileWriter::AssertFalseAndGetStatusForPrevError) and aborts the process about a
+// second later. The reserve covers a flush of every memtable (db_write_buffer_size, 64 MiB)
+// running beside the write, so a WAL append never meets a full disk; a flush or compaction
+// that does is a recoverable error.
+inline constexpr uint64_t kFreeSpaceReserve = 80u << 20;
+
 struct UpdateLogOptions {
   std::string path;        // Directory of the RocksDB instance; created if missing.
   bool sync = true;        // fsync every batch. false only for benchmarks and tests.

@@ -7,6 +7,8 @@
 #include <thread>
 
 #include "aggregator/aggregator.h"
+#include "storage/update_log.h"
+#include "tests/testing/disk.h"
 #include "tests/testing/fixtures.h"
 #include "tests/testing/running_broker.h"
 #include "tests/testing/samples.h"
@@ -68,6 +70,18 @@ void Publish(Peer& worker, const std::string& id) {
   ASSERT_EQ(reply->body_type(), wire::Body::Ack);
 }
 
+// Waits until the broker knows the adapter (its global was registered).
+void AwaitAdapter(Peer& worker) {
+  for (int i = 0; i < 500; ++i) {
+    worker.Send(codec::BuildFetch("default", -1));
+    const auto* e = worker.Reply();
+    ASSERT_TRUE(e);
+    if (e->body_type() == wire::Body::GlobalAdapter) return;
+    std::this_thread::sleep_for(20ms);
+  }
+  FAIL() << "the adapter was never registered";
+}
+
 // An evaluation longer than the broker's liveness limit (here 800 ms against 300 ms) used to
 // block the aggregator's heartbeats, so the broker dropped its subscription while it evaluated
 // (seen with text-classify's 11,768 test glosses). It heartbeats meanwhile now.
@@ -89,13 +103,7 @@ TEST(AggregatorLinkTest, AnEvaluationLongerThanTheLeaseKeepsTheSubscription) {
   ASSERT_TRUE(created.ok()) << created.status().ToString();
   Running agg(std::move(*created));
   Peer worker(broker.endpoints().frontend);
-  for (int i = 0; i < 200; ++i) {  // the aggregator's global registers the adapter
-    worker.Send(codec::BuildFetch("default", -1));
-    const auto* e = worker.Reply();
-    ASSERT_TRUE(e);
-    if (e->body_type() == wire::Body::GlobalAdapter) break;
-    std::this_thread::sleep_for(20ms);
-  }
+  AwaitAdapter(worker);
   Publish(worker, "u1");
   ASSERT_TRUE(WaitForVersion(*agg, 1));
   Publish(worker, "u2");
@@ -124,13 +132,7 @@ TEST(AggregatorLinkTest, ARefusedAggregatorSubscribesWhenTheLeaseLapses) {
     }
   });
   Peer worker(broker.endpoints().frontend);
-  for (int i = 0; i < 200; ++i) {  // the holder's global registers the adapter
-    worker.Send(codec::BuildFetch("default", -1));
-    const auto* e = worker.Reply();
-    ASSERT_TRUE(e);
-    if (e->body_type() == wire::Body::GlobalAdapter) break;
-    std::this_thread::sleep_for(20ms);
-  }
+  AwaitAdapter(worker);  // the holder's global registers it
   Publish(worker, "u1");  // delivered to the holder, which ignores it
 
   auto created = Aggregator::Create(Options(dir.path("store"), broker));
@@ -145,6 +147,29 @@ TEST(AggregatorLinkTest, ARefusedAggregatorSubscribesWhenTheLeaseLapses) {
   ASSERT_TRUE(WaitForVersion(*agg, 1)) << "the aggregator did not take the adapter once the lease lapsed";
   Publish(worker, "u2");
   EXPECT_TRUE(WaitForVersion(*agg, 2));
+}
+
+// Issue 21: a full disk under the adapter store. The commit is refused (RESOURCE_EXHAUSTED)
+// and used to end Run with that error; now the aggregator waits, heartbeating (the broker keeps
+// its lease), and commits the version once space returns.
+TEST(AggregatorLinkTest, ACommitRefusedForAFullDiskWaitsForSpaceAndKeepsTheLease) {
+  testing::TempDir dir;
+  const std::string mount = dir.path("tmpfs");
+  testing::Tmpfs tmpfs(mount, "128m");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.why_not() << "); CI runs as root and does";
+  RunningBroker broker(dir.path("log"), FastLiveness);
+  auto created = Aggregator::Create(Options(mount + "/store", broker));
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  Running agg(std::move(*created));
+  Peer worker(broker.endpoints().frontend);
+  AwaitAdapter(worker);
+  ASSERT_TRUE(testing::FillLeaving(mount + "/filler", storage::kFreeSpaceReserve - (1u << 20)));
+  Publish(worker, "u1");
+  std::this_thread::sleep_for(1500ms);  // 5 lease lengths
+  EXPECT_EQ(agg->Version(), 0u) << "committed on a full disk";
+  EXPECT_EQ(broker.stats().aggregators_expired.load(), 0u) << "the aggregator fell silent while it waited";
+  std::filesystem::remove(mount + "/filler");
+  EXPECT_TRUE(WaitForVersion(*agg, 1)) << "the version was not committed once space returned";
 }
 
 }  // namespace

@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <fstream>
 #include <limits>
@@ -14,6 +16,8 @@
 #include <zmq.hpp>
 
 #include "schema/transport.h"
+#include "storage/update_log.h"
+#include "tests/testing/disk.h"
 #include "tests/testing/fixtures.h"
 #include "tests/testing/running_broker.h"
 
@@ -542,6 +546,56 @@ TEST_F(BrokerTest, RaisesTheOpenFileLimitToTheHardLimit) {
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
   EXPECT_EQ(limit.rlim_cur, limit.rlim_max);
   EXPECT_EQ(RaiseOpenFileLimit(), limit.rlim_max);
+}
+
+// Issue 21: a full disk aborted the broker in some runs (an assertion inside RocksDB after a WAL
+// append met it). Now publishers are told RESOURCE_EXHAUSTED with a time to retry, fetches and
+// heartbeats are still answered, and updates are logged again once space returns; three times
+// over. The log lives on a tmpfs the test mounts (CI runs as root).
+TEST_F(BrokerTest, AFullDiskIsAnsweredAndTheBrokerLogsAgainWhenSpaceReturns) {
+  const std::string mount = dir_.path("tmpfs");
+  testing::Tmpfs tmpfs(mount, "128m");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.why_not() << "); CI runs as root and does";
+  RunningBroker broker(mount + "/log");
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  Peer agg(broker.endpoints().backend);
+  uint64_t n = 0;
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    // Less than the reserve left (the log's small updates land in WAL space RocksDB has
+    // preallocated, so publishing alone would take long to use up the rest).
+    ASSERT_TRUE(testing::FillLeaving(mount + "/filler", storage::kFreeSpaceReserve - (1u << 20)));
+    Status refused;
+    for (int i = 0; i < 5000 && refused.ok(); ++i) {
+      worker.Send(MakeUpdate(fmt::format("u{}", ++n), "c1", 0, FilledState(SmallSpec(), 0.1f)));
+      const auto* e = worker.Reply();
+      ASSERT_TRUE(e);
+      if (e->body_type() == wire::Body::Error) {
+        refused = ErrorOf(e);
+        EXPECT_GT(e->body_as_Error()->retry_after_ms(), 0u);
+      }
+    }
+    ASSERT_EQ(refused.code(), Code::kResourceExhausted) << refused.ToString();
+    EXPECT_NE(refused.message().find("is full"), std::string::npos) << refused.ToString();
+    worker.Send(codec::BuildFetch("default", -1));
+    ASSERT_TRUE(worker.Reply() != nullptr) << "a fetch went unanswered while the disk was full";
+    agg.Send(codec::BuildHeartbeat(0));
+    const auto* beat = agg.Reply();
+    ASSERT_TRUE(beat);
+    EXPECT_EQ(beat->body_type(), wire::Body::Heartbeat);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // RocksDB aborted within about a second
+    std::filesystem::remove(mount + "/filler");
+    bool logged = false;
+    for (int attempt = 0; attempt < 100 && !logged; ++attempt) {
+      worker.Send(MakeUpdate(fmt::format("u{}", ++n), "c1", 0, FilledState(SmallSpec(), 0.1f)));
+      const auto* e = worker.Reply();
+      ASSERT_TRUE(e);
+      logged = e->body_type() == wire::Body::Ack;
+      if (!logged) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_TRUE(logged) << "the broker did not log again once space returned";
+  }
 }
 
 TEST_F(BrokerTest, PlaintextBeyondLoopbackNeedsCurveOrInsecure) {

@@ -6,9 +6,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
+#include "tests/testing/disk.h"
 #include "tests/testing/fixtures.h"
 
 namespace fedlora::storage {
@@ -215,6 +220,73 @@ TEST(UpdateLogDeathTest, AppendsAgainOnceFileDescriptorsReturn) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   testing::TempDir dir;
   EXPECT_EXIT(ExhaustDescriptorsThenAppendAgain(dir.path("log")), ::testing::ExitedWithCode(0), "appended again");
+}
+
+// Issue 21: a full disk must be an answer (RESOURCE_EXHAUSTED), never an abort, and the log
+// must append again once space returns. Before the free-space reserve, RocksDB aborted on every
+// round of this test, about a second after the first append that met the full disk. The log
+// lives on a small tmpfs the test mounts (CI runs as root); deleting a filler file gives space
+// back. Runs in a child process, so an abort inside RocksDB fails the test instead of ending
+// the suite.
+void FillTheDiskThenAppendAgain(const std::string& mount) {
+  const std::string filler = mount + "/filler";
+  if (!testing::FillLeaving(filler, kFreeSpaceReserve + (16u << 20))) _exit(2);
+  UpdateLogOptions o;
+  o.path = mount + "/log";
+  o.sync = true;
+  auto opened = UpdateLog::Open(o);
+  if (!opened.ok()) _exit(3);
+  auto& log = *opened;
+  const std::string value(64u << 10, 'v');
+  uint64_t n = 0;
+  auto append = [&] {
+    const std::string id = "u" + std::to_string(++n);
+    std::vector<LogAppend> items = {{"a", "c1", id, B(value)}};
+    return log->AppendBatch(items)[0];
+  };
+  int failures = 0;
+  Status first;
+  for (int i = 0; i < 4000 && failures < 200; ++i) {
+    auto r = append();
+    if (!r.ok()) {
+      if (failures++ == 0) {
+        first = r.status();
+
+      }
+    }
+  }
+  if (failures == 0) {
+    std::fprintf(stderr, "the disk never filled\n");
+    _exit(4);
+  }
+  std::fprintf(stderr, "full disk: %s\n", first.ToString().c_str());
+  if (first.code() != Code::kResourceExhausted || first.message().find("is full") == std::string::npos) _exit(5);
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // RocksDB aborted within about a second
+  std::filesystem::remove(filler);
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    auto r = append();
+    if (r.ok()) {
+      std::fprintf(stderr, "appended again after %d attempts\n", attempt + 1);
+      _exit(0);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (attempt == 199) std::fprintf(stderr, "still failing: %s\n", r.status().ToString().c_str());
+  }
+  _exit(6);
+}
+
+TEST(UpdateLogDeathTest, AFullDiskIsAnAnswerAndTheLogAppendsOnceSpaceReturns) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  testing::TempDir dir;
+  const std::string mount = dir.path("tmpfs");
+  testing::Tmpfs tmpfs(mount, "192m");
+  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.why_not() << "); CI runs as root and does";
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(::testing::Message() << "round " << round);
+    std::filesystem::remove_all(mount + "/log");
+    std::filesystem::remove(mount + "/filler");
+    EXPECT_EXIT(FillTheDiskThenAppendAgain(mount), ::testing::ExitedWithCode(0), "appended again");
+  }
 }
 
 }  // namespace
