@@ -391,6 +391,7 @@ void RegisterRun(CLI::App& app) {
     auto full_eval = MakeEvaluator(base, test_data, 0);
     if (!full_eval.ok()) Fail("run", full_eval.status());
     double base_accuracy = -1, base_loss = -1;
+    std::vector<double> base_class_loss;
     {
       // A read-only handle beside the aggregator's: version 0 never changes once committed.
       storage::AdapterStoreOptions so;
@@ -404,6 +405,7 @@ void RegisterRun(CLI::App& app) {
       if (!r.ok()) Fail("run", r.status());
       base_accuracy = r->accuracy;
       base_loss = r->loss;
+      base_class_loss = r->class_loss;
     }
 
     std::vector<std::unique_ptr<worker::Worker>> workers;
@@ -579,6 +581,22 @@ void RegisterRun(CLI::App& app) {
       if (base_accuracy >= 0) fmt::print("  ({:+.1f} points)", 100.0 * (final_accuracy - base_accuracy));
       fmt::print("\n");
     }
+    // lm-finetune: each source's (category's) held-out perplexity, base and final.
+    nlohmann::json source_perplexities = nlohmann::json::object();
+    if (perplexity && base_class_loss.size() == final_r->class_loss.size()) {
+      std::vector<size_t> held_out(final_r->class_loss.size(), 0);
+      for (uint8_t label : test_data->labels)
+        if (label < held_out.size()) ++held_out[label];
+      size_t fell = 0, scored = 0;
+      for (size_t c = 0; c < final_r->class_loss.size(); ++c) {
+        if (held_out[c] == 0) continue;
+        const std::string name = c < train_data->class_names.size() ? train_data->class_names[c] : std::to_string(c);
+        source_perplexities[name] = {{"base", std::exp(base_class_loss[c])}, {"final", std::exp(final_r->class_loss[c])}};
+        ++scored;
+        if (final_r->class_loss[c] < base_class_loss[c]) ++fell;
+      }
+      if (scored > 0) fmt::print("  {:<29}perplexity fell on {} of {} sources' held-out text\n", "per source", fell, scored);
+    }
     if (!client_perplexity.empty()) {
       fmt::print("  {:<29}perplexity mean {:.3f} (min {:.3f}, max {:.3f}; {})\n", "on each client's source mix",
                  std::accumulate(client_perplexity.begin(), client_perplexity.end(), 0.0) / client_perplexity.size(),
@@ -649,6 +667,7 @@ void RegisterRun(CLI::App& app) {
           {"base_perplexity", perplexity ? nlohmann::json(std::exp(base_loss)) : nlohmann::json(nullptr)},
           {"final_perplexity", perplexity ? nlohmann::json(std::exp(final_loss)) : nlohmann::json(nullptr)},
           {"client_perplexities", client_perplexity},
+          {"source_perplexities", source_perplexities},
           {"client_accuracy_mean", client_mean},
           {"client_accuracies", client_accuracy},
           {"client_models", personalised ? "personal" : "global"},
