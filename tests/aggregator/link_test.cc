@@ -156,7 +156,7 @@ TEST(AggregatorLinkTest, ACommitRefusedForAFullDiskWaitsForSpaceAndKeepsTheLease
   testing::TempDir dir;
   const std::string mount = dir.path("tmpfs");
   testing::Tmpfs tmpfs(mount, "128m");
-  if (!tmpfs.mounted()) GTEST_SKIP() << "cannot mount a tmpfs here (" << tmpfs.why_not() << "); CI runs as root and does";
+  ASSERT_TRUE(tmpfs.mounted()) << "this test mounts a tmpfs and needs root, as CI has: " << tmpfs.why_not();
   RunningBroker broker(dir.path("log"), FastLiveness);
   auto created = Aggregator::Create(Options(mount + "/store", broker));
   ASSERT_TRUE(created.ok()) << created.status().ToString();
