@@ -72,6 +72,17 @@ TEST(OwnLanguageModel, PretrainThenFederatedFineTuneOnFortunes) {
   for (const auto& p : summary["client_perplexities"]) {
     EXPECT_TRUE(std::isfinite(p.get<double>()) && p.get<double>() > 1.0) << summary.dump();
   }
+  // Each category's held-out perplexity, base and final: every category with held-out text is
+  // there, and the fine-tuning lowers it on most.
+  const auto& sources = summary["source_perplexities"];
+  ASSERT_GE(sources.size(), 2u) << summary.dump();
+  size_t fell = 0;
+  for (const auto& [name, p] : sources.items()) {
+    EXPECT_TRUE(std::isfinite(p["base"].get<double>()) && p["base"].get<double>() > 1.0) << name;
+    if (p["final"].get<double>() < p["base"].get<double>()) ++fell;
+  }
+  EXPECT_GT(2 * fell, sources.size()) << summary.dump();
+  EXPECT_NE(out.find("perplexity fell on"), std::string::npos) << out;
 
   // Replay finds the store's own model and evaluates on it.
   out = RunCapture(std::string(kBinary) + " replay --log " + Quote(store) + " --out " + Quote(dir.path("replayed")) +
