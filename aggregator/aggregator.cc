@@ -13,6 +13,7 @@
 #include "aggregator/commit.h"
 #include "aggregator/metrics.h"
 #include "aggregator/rollback.h"
+#include "schema/hash.h"
 #include "schema/transport.h"
 #include "storage/adapter_store.h"
 
@@ -54,6 +55,8 @@ class AggregatorImpl final : public Aggregator {
     }
     final_ = resumed->final;
     engine_ = std::move(resumed->engine);
+    log_id_ = cursor->log_id;
+    if (!cursor->consumed_hash.empty()) consumed_hash_ = {cursor->consumed_seq, cursor->consumed_hash};
     version_ = engine_->version();
     if (!final_ && !engine_->CanAffordStep()) {
       return FailedPrecondition(fmt::format(
@@ -63,8 +66,9 @@ class AggregatorImpl final : public Aggregator {
           options_.adapter_id, options_.store_path, engine_->client_epsilon(), options_.engine.client_dp.budget,
           options_.engine.dp_delta, options_.engine.client_dp.noise_multiplier));
     }
-    Log()->info("adapter={} resumes at version={} consumed_seq={} mode={} final={}", options_.adapter_id,
-                cursor->version, cursor->consumed_seq, codec::ModeName(options_.engine.mode), final_);
+    Log()->info("adapter={} resumes at version={} consumed_seq={} of log {} mode={} final={}", options_.adapter_id,
+                cursor->version, cursor->consumed_seq, log_id_.empty() ? "(not yet known)" : log_id_,
+                codec::ModeName(options_.engine.mode), final_);
     return Status::Ok();
   }
 
@@ -233,7 +237,13 @@ class AggregatorImpl final : public Aggregator {
       }
     }
     info.adapter_id = options_.adapter_id;
-    auto committed = aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final);
+    // The cursor records which log this position is in and the record it ends at (Credit).
+    const std::string_view hash =
+        consumed_hash_ && consumed_hash_->first == info.consumed_seq ? std::string_view(consumed_hash_->second) : "";
+    auto commit = [&] {
+      return aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final, log_id_, hash);
+    };
+    auto committed = commit();
     // A full disk (the store refuses writes short of its free-space reserve) is waited out: the
     // version is committed once space returns, heartbeating meanwhile; nothing is consumed.
     for (int waited = 0; !committed.ok() && committed.status().code() == Code::kResourceExhausted &&
@@ -243,7 +253,7 @@ class AggregatorImpl final : public Aggregator {
         Log()->warn("commit of version={} waits for disk space: {}", info.version, committed.status().message());
       }
       SleepKeepingAlive(std::chrono::seconds(1));
-      committed = aggregator::CommitVersion(*store_, options_.engine, engine_.get(), info, spec, state, final);
+      committed = commit();
     }
     ASSIGN_OR_RETURN(latest_global_, std::move(committed));
     version_ = info.version;
@@ -319,8 +329,13 @@ class AggregatorImpl final : public Aggregator {
     last_sent_ = std::chrono::steady_clock::now();
   }
 
+  // Every Credit says which log our position is in and, when we hold it, the hash of the record
+  // it ends at: the broker refuses to continue a position its log does not hold.
   void SendCredit(bool resubscribe) {
-    Send(codec::BuildCredit(options_.adapter_id, engine_->next_seq(), options_.window, resubscribe));
+    const uint64_t next = engine_->next_seq();
+    const std::string_view hash =
+        consumed_hash_ && consumed_hash_->first + 1 == next ? std::string_view(consumed_hash_->second) : "";
+    Send(codec::BuildCredit(options_.adapter_id, next, options_.window, resubscribe, log_id_, hash));
   }
 
   void Subscribe() {
@@ -350,14 +365,26 @@ class AggregatorImpl final : public Aggregator {
         resubscribe_at_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(error->retry_after_ms());
         return false;
       }
+      if (status.code() == Code::kFailedPrecondition || status.code() == Code::kDataLoss) {
+        // The broker's log cannot continue our position (a lost, replaced or truncated log):
+        // going on would skip acknowledged updates. Stop, saying why and how to recover.
+        return Status(status.code(), fmt::format("the broker refused this aggregator's log position (version {}, "
+                                                 "consumed seq {}): {}",
+                                                 engine_->version(), engine_->next_seq() - 1, status.message()));
+      }
       Log()->warn("broker error: {}", status.ToString());
       return false;
     }
     if ((*env)->body_type() == wire::Body::Heartbeat) {
       const uint64_t incarnation = (*env)->body_as_Heartbeat()->incarnation();
-      if (broker_incarnation_ != 0 && incarnation != broker_incarnation_) {
-        // A restarted broker has forgotten our subscription.
-        Log()->info("broker restarted (new incarnation); resubscribing from seq={}", engine_->next_seq());
+      if (incarnation != broker_incarnation_) {
+        // A restarted broker has forgotten our subscription. The first incarnation we learn
+        // may already be a restarted broker's (one that died before answering any heartbeat of
+        // ours took our subscription with it), so it is subscribed to as well: a redundant
+        // resubscribe only re-sends what is in flight, which is skipped by sequence number.
+        if (broker_incarnation_ != 0) {
+          Log()->info("broker restarted (new incarnation); resubscribing from seq={}", engine_->next_seq());
+        }
         Subscribe();
       }
       broker_incarnation_ = incarnation;
@@ -366,6 +393,19 @@ class AggregatorImpl final : public Aggregator {
     if ((*env)->body_type() != wire::Body::Deliver) return false;
     const auto* d = (*env)->body_as_Deliver();
     if (d->adapter_id()->string_view() != options_.adapter_id || !d->seqs()) return false;
+    if (d->log_id() && d->log_id()->size() > 0) {
+      const std::string_view delivered_from = d->log_id()->string_view();
+      if (log_id_.empty()) {
+        log_id_ = delivered_from;
+        Log()->info("adapter={} consumes update log {}", options_.adapter_id, log_id_);
+      } else if (delivered_from != log_id_) {
+        return FailedPrecondition(fmt::format(
+            "the broker delivers records of update log {}, but this aggregator's store (version {}, consumed seq {}) "
+            "was built from log {}: the log was lost or replaced. Restore the original log directory, or start the "
+            "adapter afresh (a new adapter id, or a new store)",
+            delivered_from, engine_->version(), engine_->next_seq() - 1, log_id_));
+      }
+    }
     const auto* seqs = d->seqs();
     if (frames.size() != seqs->size() + 1) {
       Log()->warn("malformed delivery: {} frames for {} records", frames.size() - 1, seqs->size());
@@ -387,6 +427,8 @@ class AggregatorImpl final : public Aggregator {
       ASSIGN_OR_RETURN(auto info, engine_->Consume(seq, *(*rec)->body_as_Update()));
       progressed = true;
       if (info) {
+        // Hashed only where a version is committed: the cursor's position (and a later Credit's).
+        consumed_hash_ = {seq, ToHex(HashBytes(transport::View(frames[i + 1])))};
         const bool budget_spent = !engine_->CanAffordStep();
         const bool final = (options_.max_versions > 0 && info->version >= options_.max_versions) || budget_spent;
         RETURN_IF_ERROR(CommitVersion(*info, engine_->spec(), engine_->state(), final));
@@ -432,6 +474,8 @@ class AggregatorImpl final : public Aggregator {
   uint64_t broker_incarnation_ = 0;  // from the broker's heartbeats; 0 until the first
   std::chrono::steady_clock::time_point last_heard_, last_sent_;
   std::optional<std::chrono::steady_clock::time_point> resubscribe_at_;  // after a refused Credit
+  std::string log_id_;  // the update log our cursor is in; empty until the store or a Deliver says
+  std::optional<std::pair<uint64_t, std::string>> consumed_hash_;  // seq and hex hash of a consumed record
   std::stop_token stop_;  // Run's
   std::atomic<uint64_t> version_{0};
   std::atomic<bool> finished_{false};

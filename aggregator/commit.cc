@@ -13,7 +13,8 @@ namespace fedlora::aggregator {
 Result<std::shared_ptr<const std::string>> CommitVersion(storage::AdapterStore& store, const EngineOptions& options,
                                                          const Engine* engine, codec::VersionInfo& info,
                                                          const AdapterSpec& spec, const AdapterState& state,
-                                                         bool final) {
+                                                         bool final, std::string_view log_id,
+                                                         std::string_view consumed_hash) {
   info.config = EngineConfigFlags(options);
   MethodState method_state;
   if (engine != nullptr) {
@@ -33,7 +34,7 @@ Result<std::shared_ptr<const std::string>> CommitVersion(storage::AdapterStore& 
     if (!saved.empty()) server_state = EncodeServerState(info.adapter_id, spec, info.version, saved);
   }
   RETURN_IF_ERROR(store.Commit({info.adapter_id, info.version, info.consumed_seq, codec::AsBytes(global),
-                                codec::AsBytes(record), codec::AsBytes(server_state)}));
+                                codec::AsBytes(record), codec::AsBytes(server_state), log_id, consumed_hash}));
   return std::make_shared<const std::string>(reinterpret_cast<const char*>(global.data()), global.size());
 }
 

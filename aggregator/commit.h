@@ -19,12 +19,14 @@ namespace fedlora::aggregator {
 
 // Commits `info.version` with `state`. `engine` is the engine that produced it (null for
 // version 0, whose method state follows from `options` alone). Sets info.config to the
-// canonical flags of `options`. Returns the GlobalAdapter envelope as committed.
+// canonical flags of `options`; `log_id` and `consumed_hash` go to the cursor (storage::Cursor).
+// Returns the GlobalAdapter envelope as committed.
 // Errors: the store's (kFailedPrecondition for a skipped or reused version, kUnavailable).
 Result<std::shared_ptr<const std::string>> CommitVersion(storage::AdapterStore& store, const EngineOptions& options,
                                                          const Engine* engine, codec::VersionInfo& info,
                                                          const AdapterSpec& spec, const AdapterState& state,
-                                                         bool final);
+                                                         bool final, std::string_view log_id = {},
+                                                         std::string_view consumed_hash = {});
 
 // Milliseconds since the Unix epoch (commit times of versions).
 uint64_t NowUnixMs();

@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -16,6 +17,7 @@
 
 #include "schema/validate.h"
 #include "schema/codec.h"
+#include "schema/hash.h"
 #include "schema/transport.h"
 #include "storage/update_log.h"
 
@@ -262,6 +264,9 @@ class BrokerImpl final : public Broker {
             stats_.aggregators_expired);
     counter("fedlora_broker_subscriptions_refused_total",
             "Credits refused because another aggregator holds the adapter's lease", stats_.subscriptions_refused);
+    counter("fedlora_broker_positions_refused_total",
+            "Credits refused because the log position they claim is not in this log (lost or truncated log)",
+            stats_.positions_refused);
     w.Gauge("fedlora_broker_ingest_queue_bytes", "Admitted updates not yet durable",
             static_cast<double>(stats_.ingest_queue_bytes.load()));
     w.Gauge("fedlora_broker_ingest_queue_peak_bytes", "The most the ingest queue ever held",
@@ -282,8 +287,8 @@ class BrokerImpl final : public Broker {
   }
 
   Status Run(std::stop_token stop) override {
-    Log()->info("serving frontend={} backend={} announce={} log={} curve={}", endpoints_.frontend,
-                endpoints_.backend, endpoints_.announce, options_.log_path, options_.curve ? "on" : "off");
+    Log()->info("serving frontend={} backend={} announce={} log={} (id {}) curve={}", endpoints_.frontend,
+                endpoints_.backend, endpoints_.announce, options_.log_path, log_->Id(), options_.curve ? "on" : "off");
     std::jthread writer([this](std::stop_token s) { WriteLoop(s); });
     std::vector<zmq::pollitem_t> items = {{frontend_.handle(), 0, ZMQ_POLLIN, 0},
                                           {backend_.handle(), 0, ZMQ_POLLIN, 0},
@@ -758,13 +763,72 @@ class BrokerImpl final : public Broker {
     return true;
   }
 
+  // Whether the log position a Credit claims is somewhere this log can continue from; when it
+  // is not, the Credit is refused (answered, and logged as an error) rather than served. An
+  // aggregator that consumed another log (the log directory was lost or replaced), more of this
+  // log than it holds (a truncated write-ahead log, a log restored from an older copy), or a
+  // record that is not the one now at that position (records lost, and their sequence numbers
+  // given to new updates) would otherwise skip acknowledged updates without a word. The record
+  // is compared only when the Credit takes the subscription (`takes`): once per (re)subscribe.
+  bool RefuseIfNotInLog(const zmq::message_t& identity, const std::string& adapter, const wire::Credit& c, bool takes) {
+    const uint64_t consumed = c.next_seq() > 0 ? c.next_seq() - 1 : 0;
+    const std::string theirs = c.log_id() ? c.log_id()->str() : std::string();
+    const uint64_t head = log_->LastSeq(adapter);
+    constexpr std::string_view kRecover =
+        "Restore the original log directory and restart the broker, or start the adapter afresh (a new adapter id, or "
+        "a new aggregator store); `fedlora replay` rebuilds a store from the log as it is";
+    Status refusal;
+    if (!theirs.empty() && theirs != log_->Id()) {
+      refusal = FailedPrecondition(fmt::format(
+          "adapter '{}': this broker's update log (id {}, at '{}') is not the log the aggregator consumed (id {}, up to "
+          "seq {}): the log was lost or replaced, and updates it acknowledged may be gone. {}",
+          adapter, log_->Id(), options_.log_path, theirs, consumed, kRecover));
+    } else if (consumed > head) {
+      refusal = DataLoss(fmt::format(
+          "adapter '{}': the aggregator consumed the update log up to seq {}, but the log (id {}, at '{}') ends at seq "
+          "{}: {} acknowledged {} missing from it (a truncated write-ahead log, or a log restored from an older copy). "
+          "{}",
+          adapter, consumed, log_->Id(), options_.log_path, head, consumed - head,
+          consumed - head == 1 ? "update is" : "updates are", kRecover));
+    } else if (takes && consumed > 0 && c.consumed_hash() && c.consumed_hash()->size() > 0) {
+      auto records = log_->Read(adapter, consumed, 1, std::numeric_limits<size_t>::max());
+      if (!records.ok()) {
+        Log()->error("adapter={} read log record {}: {}", adapter, consumed, records.status().ToString());
+        Reply(backend_, identity, codec::BuildError(records.status(), {}, 1000));
+        return true;
+      }
+      const std::string found = records->empty() || records->front().seq != consumed
+                                    ? std::string()
+                                    : ToHex(HashBytes(codec::AsBytes(records->front().bytes)));
+      if (found != c.consumed_hash()->string_view()) {
+        refusal = DataLoss(fmt::format(
+            "adapter '{}': the record at seq {} of the update log (id {}, at '{}') is not the update the aggregator "
+            "consumed there (hash {} in the log, {} consumed): the log lost records and gave their sequence numbers to "
+            "newer updates, which the aggregator would skip. {}",
+            adapter, consumed, log_->Id(), options_.log_path, found.empty() ? "none" : found,
+            c.consumed_hash()->string_view(), kRecover));
+      }
+    }
+    if (refusal.ok()) return false;
+    stats_.positions_refused++;
+    Log()->log(stats_.positions_refused.load() % 100 == 1 ? spdlog::level::err : spdlog::level::debug,
+               "subscription refused: {}", refusal.message());
+    Reply(backend_, identity, codec::BuildError(refusal));
+    return true;
+  }
+
   void HandleCredit(const zmq::message_t& identity, const wire::Credit& c) {
     const std::string adapter = c.adapter_id()->str();
     if (!ValidateId("adapter_id", adapter, 128).ok()) return;
     auto& e = Entry(adapter);
     std::string who(static_cast<const char*>(identity.data()), identity.size());
     if (RefuseIfLeased(identity, adapter, e, who, "subscription")) return;
-    if (c.resubscribe() || e.owner != who) {
+    const bool takes = c.resubscribe() || e.owner != who;
+    if (RefuseIfNotInLog(identity, adapter, c, takes)) {
+      if (e.owner == who) e.owner.clear();
+      return;
+    }
+    if (takes) {
       if (!e.owner.empty() && e.owner != who) Log()->info("adapter={} changes aggregator", adapter);
       e.owner = std::move(who);
       e.next_to_send = std::max<uint64_t>(1, c.next_seq());
@@ -853,7 +917,7 @@ class BrokerImpl final : public Broker {
         }
         std::vector<zmq::message_t> frames;
         frames.emplace_back(e.owner.data(), e.owner.size());
-        frames.push_back(transport::Frame(codec::BuildDeliver(adapter, seqs, head)));
+        frames.push_back(transport::Frame(codec::BuildDeliver(adapter, seqs, head, log_->Id())));
         for (auto& b : bodies) frames.push_back(std::move(b));
         if (!transport::SendMultipart(backend_, frames)) {
           // The aggregator is gone or saturated; its next Credit resumes delivery.

@@ -95,6 +95,9 @@ struct BrokerStats {
   std::atomic<uint64_t> auth_denied{0};     // connections refused by the allowlist
   std::atomic<uint64_t> aggregators_expired{0};  // subscriptions dropped for silence
   std::atomic<uint64_t> subscriptions_refused{0};  // Credits and globals refused: another aggregator holds the lease
+  // Credits refused because the position they claim is not in this log (another log's id, past
+  // the head, or a different record there): acknowledged updates were lost with the log.
+  std::atomic<uint64_t> positions_refused{0};
   std::atomic<uint64_t> ingest_queue_bytes{0};   // now
   std::atomic<uint64_t> ingest_queue_peak{0};    // the most ever
 };

@@ -171,6 +171,20 @@ void RunReplay(const ReplayFlags& f) {
   auto cursor = original->GetCursor(f.adapter);
   if (!cursor.ok()) Fail("replay", cursor.status());
   if (!*cursor) Fail("replay", NotFound(fmt::format("'{}' has no adapter '{}'", paths->original, f.adapter)));
+  if (!(*cursor)->log_id.empty() && !(*log)->Id().empty() && (*cursor)->log_id != (*log)->Id()) {
+    Fail("replay", FailedPrecondition(fmt::format(
+                       "the update log at '{}' (id {}) is not the log the store '{}' consumed (id {}): its records "
+                       "cannot rebuild that store's versions. Give the original log with --log",
+                       paths->log, (*log)->Id(), paths->original, (*cursor)->log_id)));
+  }
+  if ((*cursor)->consumed_seq > (*log)->LastSeq(f.adapter)) {
+    fmt::print(stderr,
+               "replay: warning: the store '{}' consumed the log up to seq {}, but the log at '{}' ends at seq {}: "
+               "{} records are missing from the log (truncated or restored from an older copy); the replay stops "
+               "where the log does\n",
+               paths->original, (*cursor)->consumed_seq, paths->log, (*log)->LastSeq(f.adapter),
+               (*cursor)->consumed_seq - (*log)->LastSeq(f.adapter));
+  }
   const auto original_eval = LastEvaluated(*original, f.adapter, (*cursor)->version);
   std::string eval_note;
   if (!f.no_eval) {

@@ -351,9 +351,12 @@ Bytes BuildError(const Status& status, std::string_view update_id, uint32_t retr
 }
 
 Bytes BuildCredit(std::string_view adapter_id, uint64_t next_seq, uint32_t window,
-                  bool resubscribe) {
-  flatbuffers::FlatBufferBuilder b(128);
-  auto c = wire::CreateCredit(b, b.CreateString(adapter_id), next_seq, window, resubscribe);
+                  bool resubscribe, std::string_view log_id, std::string_view consumed_hash) {
+  flatbuffers::FlatBufferBuilder b(192);
+  auto id = b.CreateString(adapter_id);
+  auto log = log_id.empty() ? 0 : b.CreateString(log_id);
+  auto hash = consumed_hash.empty() ? 0 : b.CreateString(consumed_hash);
+  auto c = wire::CreateCredit(b, id, next_seq, window, resubscribe, log, hash);
   return Finish(b, wire::Body::Credit, c.Union());
 }
 
@@ -378,11 +381,12 @@ Bytes BuildHeartbeat(uint64_t incarnation) {
 }
 
 Bytes BuildDeliver(std::string_view adapter_id, std::span<const uint64_t> seqs,
-                   uint64_t log_head) {
-  flatbuffers::FlatBufferBuilder b(128 + seqs.size() * 8);
+                   uint64_t log_head, std::string_view log_id) {
+  flatbuffers::FlatBufferBuilder b(160 + seqs.size() * 8);
   auto id = b.CreateString(adapter_id);
   auto sv = b.CreateVector(seqs.data(), seqs.size());
-  auto d = wire::CreateDeliver(b, id, sv, log_head);
+  auto log = log_id.empty() ? 0 : b.CreateString(log_id);
+  auto d = wire::CreateDeliver(b, id, sv, log_head, log);
   return Finish(b, wire::Body::Deliver, d.Union());
 }
 

@@ -139,11 +139,12 @@ Bytes BuildAck(std::string_view update_id, uint64_t seq, bool duplicate);
 Bytes BuildError(const Status& status, std::string_view update_id = {},
                  uint32_t retry_after_ms = 0);
 Bytes BuildCredit(std::string_view adapter_id, uint64_t next_seq, uint32_t window,
-                  bool resubscribe);
+                  bool resubscribe, std::string_view log_id = {}, std::string_view consumed_hash = {});
 Bytes BuildAnnounce(std::string_view adapter_id, uint64_t version, std::string_view content_hash,
                     bool final);
 Bytes BuildFetch(std::string_view adapter_id, int64_t have_version);
-Bytes BuildDeliver(std::string_view adapter_id, std::span<const uint64_t> seqs, uint64_t log_head);
+Bytes BuildDeliver(std::string_view adapter_id, std::span<const uint64_t> seqs, uint64_t log_head,
+                   std::string_view log_id = {});
 Bytes BuildHeartbeat(uint64_t incarnation);
 
 // Stored lineage of one version.

@@ -88,6 +88,7 @@ std::string_view Reason(int status) {
     case 413: return "Payload Too Large";
     case 431: return "Request Header Fields Too Large";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return status < 500 ? "Client Error" : "Server Error";
   }
 }
@@ -264,8 +265,12 @@ class ServerImpl final : public Server {
     const std::string_view line = head.substr(0, head.find("\r\n"));
     const size_t sp1 = line.find(' ');
     const size_t sp2 = line.find(' ', sp1 == std::string_view::npos ? 0 : sp1 + 1);
-    if (sp1 == std::string_view::npos || sp2 == std::string_view::npos || !line.substr(sp2 + 1).starts_with("HTTP/1.")) {
-      Respond(c, {400, "text/plain; charset=utf-8", "not an HTTP/1.x request\n"});
+    if (sp1 == std::string_view::npos || sp2 == std::string_view::npos || !line.substr(sp2 + 1).starts_with("HTTP/")) {
+      Respond(c, {400, "text/plain; charset=utf-8", "not an HTTP request\n"});
+      return true;
+    }
+    if (const std::string_view version = line.substr(sp2 + 1); version != "HTTP/1.1" && version != "HTTP/1.0") {
+      Respond(c, {505, "text/plain; charset=utf-8", "only HTTP/1.0 and HTTP/1.1 are served\n"});
       return true;
     }
     req.method = std::string(line.substr(0, sp1));

@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <rocksdb/write_batch.h>
 
+#include <algorithm>
 #include <mutex>
+#include <optional>
 
 #include "storage/rocks.h"
 
@@ -14,11 +16,35 @@ using internal::FromRocks;
 
 enum Cf { kDefault = 0, kVersions = 1, kLineage = 2, kCursors = 3, kServerState = 4 };
 
+// A cursor is stored as big-endian version and consumed_seq, then (when known) the log id and
+// the consumed record's hash, each a byte of length and its characters. Cursors of 16 bytes
+// were written before the log's identity was kept; they read with both empty.
 std::string CursorValue(const Cursor& c) {
   std::string v;
   internal::AppendBigEndian64(v, c.version);
   internal::AppendBigEndian64(v, c.consumed_seq);
+  if (!c.log_id.empty() || !c.consumed_hash.empty()) {
+    for (const std::string* field : {&c.log_id, &c.consumed_hash}) {
+      v.push_back(static_cast<char>(std::min<size_t>(field->size(), 255)));
+      v.append(field->substr(0, 255));
+    }
+  }
   return v;
+}
+
+std::optional<Cursor> ParseCursor(std::string_view v) {
+  if (v.size() < 16) return std::nullopt;
+  Cursor c{internal::ReadBigEndian64(v), internal::ReadBigEndian64(v.substr(8))};
+  v.remove_prefix(16);
+  if (v.empty()) return c;
+  for (std::string* field : {&c.log_id, &c.consumed_hash}) {
+    if (v.empty() || v.size() < 1 + static_cast<uint8_t>(v[0])) return std::nullopt;
+    const size_t n = static_cast<uint8_t>(v[0]);
+    field->assign(v.substr(1, n));
+    v.remove_prefix(1 + n);
+  }
+  if (!v.empty()) return std::nullopt;
+  return c;
 }
 
 rocksdb::Slice AsSlice(std::span<const std::byte> b) {
@@ -58,8 +84,14 @@ class RocksAdapterStore final : public AdapterStore {
     rocksdb::WriteBatch batch;
     batch.Put(db_->handles[kVersions], key, AsSlice(c.global));
     batch.Put(db_->handles[kLineage], key, AsSlice(c.record));
-    batch.Put(db_->handles[kCursors], rocksdb::Slice(c.adapter_id.data(), c.adapter_id.size()),
-              CursorValue({c.version, c.consumed_seq}));
+    Cursor next{c.version, c.consumed_seq, std::string(c.log_id), std::string(c.consumed_hash)};
+    if (cursor) {
+      if (next.log_id.empty()) next.log_id = cursor->log_id;
+      if (next.consumed_hash.empty() && next.consumed_seq == cursor->consumed_seq) {
+        next.consumed_hash = cursor->consumed_hash;
+      }
+    }
+    batch.Put(db_->handles[kCursors], rocksdb::Slice(c.adapter_id.data(), c.adapter_id.size()), CursorValue(next));
     if (!c.server_state.empty()) {
       batch.Put(db_->handles[kServerState], rocksdb::Slice(c.adapter_id.data(), c.adapter_id.size()),
                 AsSlice(c.server_state));
@@ -75,9 +107,9 @@ class RocksAdapterStore final : public AdapterStore {
                                      rocksdb::Slice(adapter_id.data(), adapter_id.size()), &v);
     if (s.IsNotFound()) return std::optional<Cursor>();
     RETURN_IF_ERROR(FromRocks(s, "read cursor"));
-    if (v.size() != 16) return DataLoss(fmt::format("cursor of '{}' is corrupt", adapter_id));
-    return std::optional<Cursor>(
-        Cursor{internal::ReadBigEndian64(v), internal::ReadBigEndian64(std::string_view(v).substr(8))});
+    auto cursor = ParseCursor(v);
+    if (!cursor) return DataLoss(fmt::format("cursor of '{}' is corrupt ({} bytes)", adapter_id, v.size()));
+    return cursor;
   }
 
   Result<std::optional<std::string>> GetServerState(std::string_view adapter_id) override {

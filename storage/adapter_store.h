@@ -31,6 +31,11 @@ struct AdapterStoreOptions {
 struct Cursor {
   uint64_t version = 0;       // latest committed version
   uint64_t consumed_seq = 0;  // last update-log sequence number folded into or dropped by it
+  // Where that position is: the identity of the update log it was consumed from
+  // (UpdateLog::Id) and the hex content hash of the record at consumed_seq. Empty when not
+  // known (a store made before they were kept, a replayed store, version 0).
+  std::string log_id;
+  std::string consumed_hash;
 };
 
 struct VersionCommit {
@@ -42,6 +47,11 @@ struct VersionCommit {
   // The server optimizer's state after this version (ServerState); empty: the optimizer is
   // stateless and any stored state is left as it is.
   std::span<const std::byte> server_state = {};
+  // The cursor's log identity and the hash of the record at consumed_seq (Cursor). Empty
+  // log_id: the cursor keeps the one it has; empty consumed_hash: kept when consumed_seq
+  // does not move, otherwise unknown.
+  std::string_view log_id = {};
+  std::string_view consumed_hash = {};
 };
 
 class AdapterStore {

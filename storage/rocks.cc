@@ -120,6 +120,28 @@ rocksdb::Env* StoreEnv() {
   return env.get();
 }
 
+// A store directory that holds RocksDB's files but no CURRENT (the pointer to its manifest)
+// is damaged, not new: opening it with create_if_missing would write a fresh, empty database
+// over the remains. Refused, so nothing is rewritten unless the operator chooses to.
+Status RefuseDamaged(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::path(path) / "CURRENT", ec)) return Status::Ok();
+  std::vector<std::string> remains;
+  for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("MANIFEST-") || name.ends_with(".sst") || name.ends_with(".log") ||
+        name.ends_with(".blob")) {
+      remains.push_back(name);
+    }
+  }
+  if (remains.empty()) return Status::Ok();
+  std::sort(remains.begin(), remains.end());
+  return DataLoss(fmt::format("store '{}' is damaged: it holds {} RocksDB files (e.g. {}) but no CURRENT file, so "
+                              "its state cannot be found. Nothing was changed. Restore the directory from a backup, "
+                              "or move it aside to start afresh",
+                              path, remains.size(), remains.front()));
+}
+
 }  // namespace
 
 Status OpenDb::Write(const rocksdb::WriteOptions& options, rocksdb::WriteBatch* batch, std::string_view context) {
@@ -149,6 +171,7 @@ Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
     std::error_code ec;
     std::filesystem::create_directories(path, ec);
     if (ec) return Unavailable(fmt::format("cannot create '{}': {}", path, ec.message()));
+    RETURN_IF_ERROR(RefuseDamaged(path));
   }
   rocksdb::DBOptions db_options;
   db_options.env = StoreEnv();

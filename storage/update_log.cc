@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 #include <rocksdb/write_batch.h>
 
+#include <array>
+#include <cstring>
 #include <map>
 #include <mutex>
+#include <random>
 #include <unordered_map>
 
 #include "schema/hash.h"
@@ -15,8 +18,9 @@ namespace {
 
 using internal::FromRocks;
 
-// Column families: records, idempotency index, latest globals.
+// Column families: the log's identity (default), records, idempotency index, latest globals.
 enum Cf { kDefault = 0, kLog = 1, kIds = 2, kGlobals = 3 };
+constexpr std::string_view kLogIdKey = "log_id";
 
 std::string IdKey(std::string_view adapter, std::string_view client, std::string_view update) {
   std::string k;
@@ -41,6 +45,31 @@ class RocksUpdateLog final : public UpdateLog {
       : db_(std::move(db)), options_(std::move(options)) {
     LoadHeads();
   }
+
+  // Reads the log's identity, making and storing one (synced) when a writable log has none.
+  Status LoadId() {
+    rocksdb::Status s = db_->db->Get(rocksdb::ReadOptions(), db_->handles[kDefault], kLogIdKey, &id_);
+    if (s.ok()) return Status::Ok();
+    if (!s.IsNotFound()) return FromRocks(s, "read the log's identity");
+    id_.clear();
+    if (options_.read_only) return Status::Ok();
+    std::random_device random;
+    std::array<uint8_t, 16> raw{};
+    for (size_t i = 0; i < raw.size(); i += 4) {
+      const uint32_t word = random();
+      std::memcpy(raw.data() + i, &word, 4);
+    }
+    std::string id = ToHex(raw);
+    rocksdb::WriteBatch batch;
+    batch.Put(db_->handles[kDefault], kLogIdKey, id);
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    RETURN_IF_ERROR(db_->Write(wo, &batch, "store the log's identity"));
+    id_ = std::move(id);
+    return Status::Ok();
+  }
+
+  const std::string& Id() const override { return id_; }
 
   std::vector<Result<AppendOutcome>> AppendBatch(std::span<const LogAppend> items) override {
     std::vector<Result<AppendOutcome>> results;
@@ -207,6 +236,7 @@ class RocksUpdateLog final : public UpdateLog {
   UpdateLogOptions options_;
   mutable std::mutex mu_;
   std::map<std::string, uint64_t, std::less<>> heads_;
+  std::string id_;  // set once, before the log is shared
 };
 
 }  // namespace
@@ -215,7 +245,9 @@ Result<std::unique_ptr<UpdateLog>> UpdateLog::Open(const UpdateLogOptions& optio
   ASSIGN_OR_RETURN(auto db, internal::Open(options.path, options.read_only,
                                            {rocksdb::kDefaultColumnFamilyName, "log", "ids", "globals"},
                                            {"log"}, options.min_blob_size));
-  return std::unique_ptr<UpdateLog>(new RocksUpdateLog(std::move(db), options));
+  auto log = std::make_unique<RocksUpdateLog>(std::move(db), options);
+  RETURN_IF_ERROR(log->LoadId());
+  return std::unique_ptr<UpdateLog>(std::move(log));
 }
 
 }  // namespace fedlora::storage

@@ -84,6 +84,13 @@ class UpdateLog {
   virtual Result<std::vector<LogRecord>> Read(std::string_view adapter_id, uint64_t from_seq,
                                               size_t max_count, size_t max_bytes) = 0;
 
+  // The log's identity: 32 hex digits drawn at random when the log was created (a log made
+  // before identities gets one the first time it is opened for writing), stored in the log
+  // itself. A lost log comes back with another; aggregators record it with their cursor, so a
+  // log that is not the one they consumed is recognised. Empty only for a read-only open of a
+  // log that has none yet.
+  virtual const std::string& Id() const = 0;
+
   // Last sequence number logged for the adapter (0 when none).
   virtual uint64_t LastSeq(std::string_view adapter_id) const = 0;
   // Adapters that have at least one record, sorted.

@@ -4,6 +4,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <functional>
+#include <future>
 #include <thread>
 
 #include "aggregator/aggregator.h"
@@ -170,6 +173,67 @@ TEST(AggregatorLinkTest, ACommitRefusedForAFullDiskWaitsForSpaceAndKeepsTheLease
   EXPECT_EQ(broker.stats().aggregators_expired.load(), 0u) << "the aggregator fell silent while it waited";
   std::filesystem::remove(mount + "/filler");
   EXPECT_TRUE(WaitForVersion(*agg, 1)) << "the version was not committed once space returned";
+}
+
+// A broker restarted on the same ports and `log_path`, as a restarted broker process would be.
+std::unique_ptr<RunningBroker> Restart(std::unique_ptr<RunningBroker>& broker, const std::string& log_path,
+                                       const std::function<void()>& while_down = {}) {
+  const broker::BrokerEndpoints at = broker->endpoints();
+  broker.reset();
+  if (while_down) while_down();
+  return std::make_unique<RunningBroker>(log_path, [&](broker::BrokerOptions& o) {
+    FastLiveness(o);
+    o.frontend = at.frontend;
+    o.backend = at.backend;
+    o.announce = at.announce;
+  });
+}
+
+// Issue 21: when the broker came back with its log directory lost (an empty log), or with an
+// older copy of it (as after a truncated write-ahead log), the aggregator resubscribed from its
+// cursor and was served whatever the log held past it: acknowledged updates were never applied,
+// with no error. Its cursor records the log's identity and position now; the broker refuses it
+// and the aggregator stops, saying what happened and how to recover.
+TEST(AggregatorLinkTest, AnAggregatorWhoseLogWasLostOrRolledBackStopsAndSaysWhy) {
+  for (const bool lost : {true, false}) {
+    SCOPED_TRACE(lost ? "log lost" : "log restored from an older copy");
+    testing::TempDir dir;
+    const std::string log = dir.path("log"), older = dir.path("log-at-seq-1");
+    auto broker = std::make_unique<RunningBroker>(log, FastLiveness);
+    auto created = Aggregator::Create(Options(dir.path("store"), *broker));
+    ASSERT_TRUE(created.ok()) << created.status().ToString();
+    std::unique_ptr<Aggregator> agg = std::move(*created);
+    std::promise<Status> ended;
+    auto result = ended.get_future();
+    std::jthread running([&](std::stop_token stop) { ended.set_value(agg->Run(stop)); });
+    {
+      Peer worker(broker->endpoints().frontend);
+      AwaitAdapter(worker);
+      Publish(worker, "u1");
+      ASSERT_TRUE(WaitForVersion(*agg, 1));
+    }
+    // An ordinary restart (the same log) changes nothing; a copy of the log is kept meanwhile.
+    broker = Restart(broker, log, [&] { std::filesystem::copy(log, older, std::filesystem::copy_options::recursive); });
+    {
+      Peer worker(broker->endpoints().frontend);
+      AwaitAdapter(worker);
+      Publish(worker, "u2");
+      ASSERT_TRUE(WaitForVersion(*agg, 2)) << "an ordinary broker restart stopped the aggregator";
+    }
+    broker = Restart(broker, log, [&] {
+      std::filesystem::remove_all(log);
+      if (!lost) std::filesystem::rename(older, log);
+    });
+    ASSERT_EQ(result.wait_for(20s), std::future_status::ready) << "the aggregator went on with a log that lost updates";
+    const Status status = result.get();
+    EXPECT_EQ(status.code(), lost ? Code::kFailedPrecondition : Code::kDataLoss) << status.ToString();
+    EXPECT_NE(status.message().find(lost ? "is not the log the aggregator consumed" : "1 acknowledged update is missing"),
+              std::string::npos)
+        << status.ToString();
+    EXPECT_NE(status.message().find("Restore the original log directory"), std::string::npos) << status.ToString();
+    EXPECT_EQ(agg->Version(), 2u);
+    EXPECT_GE(broker->stats().positions_refused.load(), 1u);
+  }
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include <sys/resource.h>
 #include <zmq.hpp>
 
+#include "schema/hash.h"
 #include "schema/transport.h"
 #include "storage/update_log.h"
 #include "tests/testing/disk.h"
@@ -531,6 +532,58 @@ TEST_F(BrokerTest, AnAliveAggregatorsSubscriptionAndGlobalCannotBeTaken) {
   ASSERT_TRUE(env.ok());
   ASSERT_EQ((*env)->body_type(), wire::Body::Deliver);
   EXPECT_EQ((*env)->body_as_Deliver()->seqs()->Get(0), 1u);
+}
+
+// Issue 21: an aggregator whose position is not in the broker's log (the log was lost or
+// replaced, its tail truncated, or records lost and their sequence numbers reissued) used to be
+// served from that position, skipping acknowledged updates silently. Its Credit is refused now,
+// with a reason that says what happened, and a Credit whose position the log holds is served.
+TEST_F(BrokerTest, ACreditWhosePositionIsNotInThisLogIsRefusedWithTheReason) {
+  RunningBroker broker(dir_.path("log"));
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  for (int i = 0; i < 3; ++i) {
+    worker.Send(MakeUpdate("u" + std::to_string(i), "c1", 0, FilledState(SmallSpec(), 0.1f * i)));
+    ASSERT_EQ(worker.Reply()->body_type(), wire::Body::Ack);
+  }
+  Peer agg(broker.endpoints().backend);
+  agg.Send(codec::BuildCredit("default", 1, 10, true));
+  std::string log_id, hash_of_2;
+  for (uint64_t seen = 0; seen < 3;) {
+    auto frames = agg.Receive();
+    ASSERT_FALSE(frames.empty()) << "delivery stopped after " << seen << " records";
+    const auto* d = (*codec::VerifyEnvelope(transport::View(frames[0])))->body_as_Deliver();
+    ASSERT_TRUE(d && d->log_id());
+    log_id = d->log_id()->str();
+    for (size_t i = 0; i < d->seqs()->size(); ++i) {
+      if (d->seqs()->Get(i) == 2) hash_of_2 = ToHex(HashBytes(transport::View(frames[i + 1])));
+      seen = d->seqs()->Get(i);
+    }
+  }
+  ASSERT_EQ(log_id.size(), 32u);
+  ASSERT_FALSE(hash_of_2.empty());
+  const auto refusal = [&](const codec::Bytes& credit) {
+    agg.Send(credit);
+    return ErrorOf(agg.Reply());
+  };
+  Status s = refusal(codec::BuildCredit("default", 3, 10, true, std::string(32, '0'), hash_of_2));
+  EXPECT_EQ(s.code(), Code::kFailedPrecondition) << s.ToString();
+  EXPECT_NE(s.message().find("is not the log the aggregator consumed"), std::string::npos) << s.ToString();
+  s = refusal(codec::BuildCredit("default", 6, 10, true, log_id, {}));
+  EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find("ends at seq 3: 2 acknowledged updates are missing"), std::string::npos) << s.ToString();
+  s = refusal(codec::BuildCredit("default", 3, 10, true, log_id, std::string(32, 'f')));
+  EXPECT_EQ(s.code(), Code::kDataLoss) << s.ToString();
+  EXPECT_NE(s.message().find("is not the update the aggregator consumed there"), std::string::npos) << s.ToString();
+  EXPECT_EQ(broker.stats().positions_refused.load(), 3u);
+
+  // The right log, the right record: delivery resumes after it.
+  agg.Send(codec::BuildCredit("default", 3, 10, true, log_id, hash_of_2));
+  auto frames = agg.Receive();
+  ASSERT_EQ(frames.size(), 2u);
+  const auto* d = (*codec::VerifyEnvelope(transport::View(frames[0])))->body_as_Deliver();
+  ASSERT_TRUE(d);
+  EXPECT_EQ(d->seqs()->Get(0), 3u);
 }
 
 // Issue 21: under Debian's usual soft limit of 1,024 open files, 1,100 idle connections left

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "storage/adapter_store.h"
+#include "storage/update_log.h"
 #include "tests/testing/fixtures.h"
 #include "tests/testing/process.h"
 
@@ -228,6 +229,35 @@ TEST_F(AdapterCli, TagsNameVersionsAndABranchStartsFromOne) {
   EXPECT_EQ(side[0]["config"], history[2]["config"]) << "a branch keeps the settings it came from";
   // The source is untouched.
   EXPECT_EQ(Json(std::string(kBinary) + " history --json --store " + Quote(store_)).size(), history.size());
+}
+
+// Issue 21: `fedlora log` read a damaged log with exit 0, and replay failed without a reason.
+// Beside the store that consumed it, a log that lost records or is another log is named so.
+TEST_F(AdapterCli, LogAndReplaySayWhenTheLogIsNotTheOneTheStoreConsumed) {
+  int rc = -1;
+  const std::string out = RunCapture(std::string(kBinary) + " log --store " + Quote(store_) + " 2>&1", &rc);
+  ASSERT_EQ(rc, 0) << "the run's own log is refused: " << out;
+  // The log lost and made afresh: another identity, one record.
+  const std::string copy = dir_->path("lost-log");
+  std::filesystem::copy(store_, copy, std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(copy + "/log");
+  {
+    storage::UpdateLogOptions lo;
+    lo.path = copy + "/log";
+    auto log = storage::UpdateLog::Open(lo);
+    ASSERT_TRUE(log.ok()) << log.status().ToString();
+    const std::string bytes = "a record";
+    storage::LogAppend a{"default", "c", "u", {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()}};
+    ASSERT_TRUE((*log)->AppendBatch({&a, 1})[0].ok());
+  }
+  std::string said = RunCapture(std::string(kBinary) + " log --store " + Quote(copy) + " 2>&1", &rc);
+  EXPECT_NE(rc, 0) << said;
+  EXPECT_NE(said.find("is not the one the aggregator's store"), std::string::npos) << said;
+  said = RunCapture(std::string(kBinary) + " replay --no-eval --log " + Quote(copy) + " --out " +
+                        Quote(dir_->path("replay-of-lost")) + " 2>&1",
+                    &rc);
+  EXPECT_NE(rc, 0) << said;
+  EXPECT_NE(said.find("is not the log the store"), std::string::npos) << said;
 }
 
 }  // namespace

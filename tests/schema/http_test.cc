@@ -109,6 +109,19 @@ TEST(HttpTest, RefusesOversizedAndMalformedRequests) {
   ::send(fd, junk.data(), junk.size(), 0);
   EXPECT_TRUE(ReadAll(fd).starts_with("HTTP/1.1 400 "));
   ::close(fd);
+  // Issue 21: any "HTTP/1.x" was served; only 1.0 and 1.1 are.
+  for (const std::string version : {"HTTP/1.7", "HTTP/2.0", "HTTP/1.1x"}) {
+    fd = Connect(server->address());
+    const std::string request = "GET / " + version + "\r\n\r\n";
+    ::send(fd, request.data(), request.size(), 0);
+    EXPECT_TRUE(ReadAll(fd).starts_with("HTTP/1.1 505 ")) << version;
+    ::close(fd);
+  }
+  fd = Connect(server->address());
+  const std::string old_client = "GET / HTTP/1.0\r\n\r\n";
+  ::send(fd, old_client.data(), old_client.size(), 0);
+  EXPECT_TRUE(ReadAll(fd).starts_with("HTTP/1.1 200 ")) << "an HTTP/1.0 request was refused";
+  ::close(fd);
 }
 
 TEST(HttpTest, AddressErrors) {

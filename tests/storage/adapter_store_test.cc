@@ -34,6 +34,36 @@ TEST(AdapterStoreTest, CommitWritesVersionLineageAndCursorTogether) {
   EXPECT_EQ(store->GetRecords("a", 1, 1)->front(), r1);
 }
 
+// The cursor says which log its position is in (issue 21). A commit that leaves the log id out
+// keeps the cursor's; the hash of the consumed record is kept while the position stays and is
+// forgotten (not carried to another record) when it moves without one.
+TEST(AdapterStoreTest, TheCursorKeepsItsLogIdentityAndTheHashOfItsRecord) {
+  testing::TempDir dir;
+  const std::string g = "g";
+  const std::string log(32, 'a'), hash(32, 'b'), later(32, 'c');
+  {
+    auto store = OpenStore(dir.path("adapters"));
+    ASSERT_TRUE(store->Commit({"a", 0, 0, B(g), B(g)}).ok());
+    EXPECT_TRUE((*store->GetCursor("a"))->log_id.empty());
+    ASSERT_TRUE(store->Commit({"a", 1, 5, B(g), B(g), {}, log, hash}).ok());
+    ASSERT_TRUE(store->Commit({"a", 2, 5, B(g), B(g)}).ok());  // a rollback: nothing consumed
+    auto cursor = **store->GetCursor("a");
+    EXPECT_EQ(cursor.consumed_seq, 5u);
+    EXPECT_EQ(cursor.log_id, log);
+    EXPECT_EQ(cursor.consumed_hash, hash);
+    ASSERT_TRUE(store->Commit({"a", 3, 9, B(g), B(g)}).ok());
+    cursor = **store->GetCursor("a");
+    EXPECT_EQ(cursor.log_id, log);
+    EXPECT_TRUE(cursor.consumed_hash.empty()) << "the hash of record 5 was kept for record 9";
+    ASSERT_TRUE(store->Commit({"a", 4, 12, B(g), B(g), {}, {}, later}).ok());
+  }
+  auto cursor = **OpenStore(dir.path("adapters"), true)->GetCursor("a");
+  EXPECT_EQ(cursor.version, 4u);
+  EXPECT_EQ(cursor.consumed_seq, 12u);
+  EXPECT_EQ(cursor.log_id, log);
+  EXPECT_EQ(cursor.consumed_hash, later);
+}
+
 TEST(AdapterStoreTest, FirstVersionMustBeZero) {
   testing::TempDir dir;
   auto store = OpenStore(dir.path("adapters"));

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cerrno>
 #include <cstdio>
@@ -155,6 +156,57 @@ TEST(UpdateLogTest, ReadOnlyOpenOfMissingStoreIsNotFound) {
   o.path = dir.path("nothing-here");
   o.read_only = true;
   EXPECT_EQ(UpdateLog::Open(o).status().code(), Code::kNotFound);
+}
+
+// Issue 21: a lost log directory came back as an empty log, indistinguishable from the one the
+// aggregator had consumed. A log has an identity now, made once and kept with it.
+TEST(UpdateLogTest, HasAnIdentityThatItKeepsAndALostLogDoesNot) {
+  testing::TempDir dir;
+  std::string id;
+  {
+    auto log = OpenLog(dir.path("log"));
+    id = log->Id();
+    LogAppend a{"x", "c", "u", B(std::string("record"))};
+    log->AppendBatch({&a, 1});
+  }
+  ASSERT_EQ(id.size(), 32u);
+  EXPECT_EQ(id.find_first_not_of("0123456789abcdef"), std::string::npos) << id;
+  EXPECT_EQ(OpenLog(dir.path("log"))->Id(), id);
+  EXPECT_EQ(OpenLog(dir.path("log"), true)->Id(), id);
+  EXPECT_NE(OpenLog(dir.path("other"))->Id(), id);
+  std::filesystem::remove_all(dir.path("log"));
+  const std::string again = OpenLog(dir.path("log"))->Id();
+  EXPECT_EQ(again.size(), 32u);
+  EXPECT_NE(again, id) << "a log made afresh where one was lost took the lost one's identity";
+}
+
+// Issue 21: a broker started on a store whose CURRENT file was missing created a new database
+// over the remains. It is refused now, saying so, and the directory is left as it was.
+TEST(UpdateLogTest, AStoreWithoutItsCurrentFileIsRefusedAndLeftAsItWas) {
+  testing::TempDir dir;
+  const std::string path = dir.path("log");
+  {
+    auto log = OpenLog(path);
+    LogAppend a{"x", "c", "u", B(std::string("record"))};
+    log->AppendBatch({&a, 1});
+  }
+  ASSERT_TRUE(std::filesystem::remove(path + "/CURRENT"));
+  std::vector<std::string> before;
+  for (const auto& e : std::filesystem::directory_iterator(path)) before.push_back(e.path().filename().string());
+  std::sort(before.begin(), before.end());
+  UpdateLogOptions o;
+  o.path = path;
+  auto opened = UpdateLog::Open(o);
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), Code::kDataLoss);
+  EXPECT_NE(opened.status().message().find("no CURRENT file"), std::string::npos) << opened.status().ToString();
+  EXPECT_NE(opened.status().message().find("Nothing was changed"), std::string::npos);
+  std::vector<std::string> after;
+  for (const auto& e : std::filesystem::directory_iterator(path)) after.push_back(e.path().filename().string());
+  std::sort(after.begin(), after.end());
+  EXPECT_EQ(after, before);
+  // An empty directory is a new log, as before.
+  EXPECT_NE(OpenLog(dir.path("empty")), nullptr);
 }
 
 TEST(UpdateLogTest, KeepsTheLatestGlobalPerAdapter) {
