@@ -247,7 +247,7 @@ class AggregatorImpl final : public Aggregator {
     // A full disk (the store refuses writes short of its free-space reserve) is waited out: the
     // version is committed once space returns, heartbeating meanwhile; nothing is consumed.
     for (int waited = 0; !committed.ok() && committed.status().code() == Code::kResourceExhausted &&
-                         !stop_.stop_requested() && socket_.handle() != nullptr;
+                         !stop_.stop_requested() && connected_;
          ++waited) {
       if (waited % 60 == 0) {
         Log()->warn("commit of version={} waits for disk space: {}", info.version, committed.status().message());
@@ -289,7 +289,7 @@ class AggregatorImpl final : public Aggregator {
   // A heartbeat if an interval has passed since the last message; none before the loop starts
   // (version 0 is committed at Init, before there is a socket).
   void HeartbeatIfDue() {
-    if (socket_.handle() == nullptr || std::chrono::steady_clock::now() - last_sent_ < options_.heartbeat_interval) {
+    if (!connected_ || std::chrono::steady_clock::now() - last_sent_ < options_.heartbeat_interval) {
       return;
     }
     try {
@@ -305,6 +305,7 @@ class AggregatorImpl final : public Aggregator {
     transport::Configure(socket_, options_.hwm);
     security::ApplyClient(socket_, options_.keys);
     socket_.connect(options_.broker);
+    connected_ = true;
   }
 
   void Send(codec::Bytes&& body) {
@@ -474,6 +475,7 @@ class AggregatorImpl final : public Aggregator {
   uint64_t broker_incarnation_ = 0;  // from the broker's heartbeats; 0 until the first
   std::chrono::steady_clock::time_point last_heard_, last_sent_;
   std::optional<std::chrono::steady_clock::time_point> resubscribe_at_;  // after a refused Credit
+  bool connected_ = false;  // Connect() has run: the socket has somewhere to send
   std::string log_id_;  // the update log our cursor is in; empty until the store or a Deliver says
   std::optional<std::pair<uint64_t, std::string>> consumed_hash_;  // seq and hex hash of a consumed record
   std::stop_token stop_;  // Run's

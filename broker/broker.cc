@@ -773,6 +773,8 @@ class BrokerImpl final : public Broker {
   bool RefuseIfNotInLog(const zmq::message_t& identity, const std::string& adapter, const wire::Credit& c, bool takes) {
     const uint64_t consumed = c.next_seq() > 0 ? c.next_seq() - 1 : 0;
     const std::string theirs = c.log_id() ? c.log_id()->str() : std::string();
+    // What a peer claims is quoted at most this long (a log id and a hash are 32 characters).
+    const auto quoted = [](std::string_view claim) { return claim.substr(0, 64); };
     const uint64_t head = log_->LastSeq(adapter);
     constexpr std::string_view kRecover =
         "Restore the original log directory and restart the broker, or start the adapter afresh (a new adapter id, or "
@@ -782,7 +784,7 @@ class BrokerImpl final : public Broker {
       refusal = FailedPrecondition(fmt::format(
           "adapter '{}': this broker's update log (id {}, at '{}') is not the log the aggregator consumed (id {}, up to "
           "seq {}): the log was lost or replaced, and updates it acknowledged may be gone. {}",
-          adapter, log_->Id(), options_.log_path, theirs, consumed, kRecover));
+          adapter, log_->Id(), options_.log_path, quoted(theirs), consumed, kRecover));
     } else if (consumed > head) {
       refusal = DataLoss(fmt::format(
           "adapter '{}': the aggregator consumed the update log up to seq {}, but the log (id {}, at '{}') ends at seq "
@@ -806,7 +808,7 @@ class BrokerImpl final : public Broker {
             "consumed there (hash {} in the log, {} consumed): the log lost records and gave their sequence numbers to "
             "newer updates, which the aggregator would skip. {}",
             adapter, consumed, log_->Id(), options_.log_path, found.empty() ? "none" : found,
-            c.consumed_hash()->string_view(), kRecover));
+            quoted(c.consumed_hash()->string_view()), kRecover));
       }
     }
     if (refusal.ok()) return false;
