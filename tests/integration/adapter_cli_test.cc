@@ -14,6 +14,7 @@
 #include "storage/update_log.h"
 #include "tests/testing/fixtures.h"
 #include "tests/testing/process.h"
+#include "tests/testing/samples.h"
 
 namespace fedlora {
 namespace {
@@ -258,6 +259,37 @@ TEST_F(AdapterCli, LogAndReplaySayWhenTheLogIsNotTheOneTheStoreConsumed) {
                     &rc);
   EXPECT_NE(rc, 0) << said;
   EXPECT_NE(said.find("is not the log the store"), std::string::npos) << said;
+}
+
+// A log that holds less than its store consumed (a truncated write-ahead log, an older copy):
+// `fedlora log` lists what is there and exits non-zero, saying how much is missing.
+TEST_F(AdapterCli, LogSaysWhenItEndsBeforeWhatTheStoreConsumed) {
+  const std::string dir = dir_->path("short-log");
+  std::string id;
+  {
+    storage::UpdateLogOptions lo;
+    lo.path = dir + "/log";
+    auto log = storage::UpdateLog::Open(lo);
+    ASSERT_TRUE(log.ok()) << log.status().ToString();
+    id = (*log)->Id();
+    for (const std::string update : {"u1", "u2"}) {
+      const codec::Bytes bytes = testing::MakeUpdate(update, "c1", 0, testing::FilledState(testing::SmallSpec(), 0.1f));
+      storage::LogAppend a{"default", "c1", update, codec::AsBytes(bytes)};
+      ASSERT_TRUE((*log)->AppendBatch({&a, 1})[0].ok());
+    }
+    storage::AdapterStoreOptions so;
+    so.path = dir + "/adapters";
+    auto store = storage::AdapterStore::Open(so);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    const std::string global = "version 0";
+    ASSERT_TRUE((*store)->Commit({"default", 0, 5, codec::AsBytes(global), codec::AsBytes(global), {}, id}).ok());
+  }
+  int rc = -1;
+  const std::string said = RunCapture(std::string(kBinary) + " log --store " + Quote(dir) + " 2>&1", &rc);
+  EXPECT_NE(rc, 0) << said;
+  EXPECT_NE(said.find("u2"), std::string::npos) << "the records were not listed first: " << said;
+  EXPECT_NE(said.find("the log ends at seq 2, but the aggregator's store"), std::string::npos) << said;
+  EXPECT_NE(said.find("3 acknowledged record(s) are missing"), std::string::npos) << said;
 }
 
 }  // namespace
