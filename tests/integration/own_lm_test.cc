@@ -56,14 +56,14 @@ TEST(OwnLanguageModel, PretrainThenFederatedFineTuneOnFortunes) {
   // Federated fine-tuning of that model on fortunes, every category a source, no --base.
   const std::string summary_path = dir.path("summary.json");
   out = RunCapture(std::string(kBinary) + " run --task lm-finetune --store " + Quote(store) +
-                       " --examples-per-source 12 --seq-len 64 --workers 4 --speeds 1,2 --max-versions 6 "
+                       " --examples-per-source 12 --seq-len 64 --workers 4 --speeds 1,2 --max-versions 12 "
                        "--duration 240 --method fedavg --mode fedbuff --buffer-size 2 --local-steps 6 --batch-size 8 "
-                       "--lr 0.003 --eval-every 3 --summary " + Quote(summary_path) + " 2>&1",
+                       "--lr 0.001 --eval-every 3 --summary " + Quote(summary_path) + " 2>&1",
                    &rc);
   ASSERT_EQ(rc, 0) << out;
   std::ifstream in(summary_path);
   const json summary = json::parse(in);
-  EXPECT_GE(summary["final_version"].get<uint64_t>(), 6u) << out;
+  EXPECT_GE(summary["final_version"].get<uint64_t>(), 12u) << out;
   const double base_ppl = summary["base_perplexity"].get<double>(), final_ppl = summary["final_perplexity"].get<double>();
   EXPECT_TRUE(std::isfinite(base_ppl) && base_ppl > 1.0) << out;
   EXPECT_LT(final_ppl, base_ppl) << out;
@@ -73,15 +73,21 @@ TEST(OwnLanguageModel, PretrainThenFederatedFineTuneOnFortunes) {
     EXPECT_TRUE(std::isfinite(p.get<double>()) && p.get<double>() > 1.0) << summary.dump();
   }
   // Each category's held-out perplexity, base and final: every category with held-out text is
-  // there, and the fine-tuning lowers it on most.
+  // there, and the fine-tuning lowers their geometric mean (each category counted once, however
+  // much text it has). How many categories fall is not asserted: with this test's 0.13M model and
+  // a dozen examples per category it varied from 19 to 35 of 43 across runs (asynchronous order),
+  // while the mean log ratio stayed between -0.04 and -0.09 at --lr 0.003 and 6 versions, and
+  // -0.075 to -0.094 at the --lr 0.001 and 12 versions used here. The README's run of the default
+  // model lowers all 43.
   const auto& sources = summary["source_perplexities"];
   ASSERT_GE(sources.size(), 2u) << summary.dump();
-  size_t fell = 0;
+  double log_ratio = 0.0;
   for (const auto& [name, p] : sources.items()) {
-    EXPECT_TRUE(std::isfinite(p["base"].get<double>()) && p["base"].get<double>() > 1.0) << name;
-    if (p["final"].get<double>() < p["base"].get<double>()) ++fell;
+    const double base = p["base"].get<double>(), final = p["final"].get<double>();
+    ASSERT_TRUE(std::isfinite(base) && base > 1.0 && std::isfinite(final) && final > 1.0) << name;
+    log_ratio += std::log(final / base);
   }
-  EXPECT_GT(2 * fell, sources.size()) << summary.dump();
+  EXPECT_LT(log_ratio / static_cast<double>(sources.size()), -0.02) << summary.dump();
   EXPECT_NE(out.find("perplexity fell on"), std::string::npos) << out;
 
   // Replay finds the store's own model and evaluates on it.
