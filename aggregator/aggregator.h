@@ -25,7 +25,7 @@
 #include "aggregator/engine.h"
 #include "schema/adapter.h"
 #include "schema/codec.h"
-#include "schema/prometheus.h"
+#include "ops/observe/prometheus.h"
 #include "schema/security.h"
 #include "schema/status.h"
 

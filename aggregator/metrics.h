@@ -13,7 +13,7 @@
 #include <string>
 
 #include "schema/codec.h"
-#include "schema/prometheus.h"
+#include "ops/observe/prometheus.h"
 
 namespace fedlora::aggregator {
 

@@ -30,7 +30,7 @@
 #include <stop_token>
 #include <string>
 
-#include "schema/prometheus.h"
+#include "ops/observe/prometheus.h"
 #include "schema/security.h"
 #include "schema/status.h"
 

@@ -6,7 +6,7 @@
 
 #include "aggregator/metrics.h"
 #include "ops/stored.h"
-#include "schema/prometheus.h"
+#include "ops/observe/prometheus.h"
 
 namespace fedlora::ops {
 

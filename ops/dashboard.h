@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ops/flags.h"
-#include "schema/http.h"
+#include "ops/observe/http.h"
 #include "schema/status.h"
 
 namespace fedlora::ops {

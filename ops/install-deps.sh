@@ -12,6 +12,7 @@ packages=(
   librocksdb-dev
   libspdlog-dev libfmt-dev
   libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libcpp-httplib-dev  # the HTTP endpoint and client (ops/observe)
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev  # the language models' tokenizer.model
   dataset-fashion-mnist

@@ -3,7 +3,8 @@
 // the adapter store is known, the dashboard (/ and /api/dashboard) and the aggregator's rollback
 // control (POST /api/rollback?to=VERSION|TAG, from loopback peers only: it changes the live
 // adapter).
-// Thread safety: requests are served on the server's thread; the roles' metrics are locked.
+// Thread safety: requests are served on the server's threads, concurrently; the roles' metrics
+// are locked, the dashboard source has its own lock and rollbacks queue to the aggregator.
 #pragma once
 
 #include <memory>
@@ -11,8 +12,8 @@
 #include <string>
 
 #include "ops/flags.h"
-#include "schema/http.h"
-#include "schema/prometheus.h"
+#include "ops/observe/http.h"
+#include "ops/observe/prometheus.h"
 
 namespace fedlora::broker {
 class Broker;

@@ -12,7 +12,7 @@
 #include <regex>
 #include <set>
 
-#include "schema/http.h"
+#include "ops/observe/http.h"
 #include "tests/testing/fixtures.h"
 #include "tests/testing/process.h"
 

@@ -1,4 +1,4 @@
-#include "schema/prometheus.h"
+#include "ops/observe/prometheus.h"
 
 #include <fmt/format.h>
 
