@@ -14,7 +14,7 @@
 #include "aggregator/metrics.h"
 #include "aggregator/rollback.h"
 #include "schema/hash.h"
-#include "schema/transport.h"
+#include "schema/transport/transport.h"
 #include "storage/adapter_store.h"
 
 namespace fedlora::aggregator {

@@ -26,7 +26,7 @@
 #include "schema/adapter.h"
 #include "schema/codec.h"
 #include "ops/observe/prometheus.h"
-#include "schema/security.h"
+#include "schema/transport/security.h"
 #include "schema/status.h"
 
 namespace fedlora::aggregator {

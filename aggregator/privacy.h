@@ -14,7 +14,7 @@
 #include <random>
 #include <string>
 
-#include "schema/accountant.h"
+#include "aggregator/accountant.h"
 #include "schema/codec.h"
 #include "schema/status.h"
 

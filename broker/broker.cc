@@ -18,7 +18,7 @@
 #include "schema/validate.h"
 #include "schema/codec.h"
 #include "schema/hash.h"
-#include "schema/transport.h"
+#include "schema/transport/transport.h"
 #include "storage/update_log.h"
 
 namespace fedlora::broker {

@@ -31,7 +31,7 @@
 #include <string>
 
 #include "ops/observe/prometheus.h"
-#include "schema/security.h"
+#include "schema/transport/security.h"
 #include "schema/status.h"
 
 namespace fedlora::broker {

@@ -11,7 +11,7 @@
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "ops/live.h"
-#include "schema/security.h"
+#include "schema/transport/security.h"
 
 namespace fedlora::ops {
 

@@ -30,8 +30,8 @@
 #include "ops/flags.h"
 #include "ops/progress.h"
 #include "schema/codec.h"
-#include "schema/security.h"
-#include "schema/transport.h"
+#include "schema/transport/security.h"
+#include "schema/transport/transport.h"
 
 namespace fedlora::ops {
 namespace {

@@ -8,7 +8,7 @@
 #include <optional>
 
 #include "ops/commands.h"
-#include "schema/accountant.h"
+#include "aggregator/accountant.h"
 
 namespace fedlora::ops {
 

@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "broker/broker.h"
-#include "schema/security.h"
+#include "schema/transport/security.h"
 #include "ops/commands.h"
 #include "ops/federation.h"
 #include "ops/flags.h"

@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "schema/transport.h"
+#include "schema/transport/transport.h"
 
 namespace fedlora::worker {
 namespace {

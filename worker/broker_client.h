@@ -20,7 +20,7 @@
 #include <zmq.hpp>
 
 #include "schema/codec.h"
-#include "schema/security.h"
+#include "schema/transport/security.h"
 #include "schema/status.h"
 
 namespace fedlora::worker {

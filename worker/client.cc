@@ -12,7 +12,7 @@
 #include "worker/broker_client.h"
 #include "worker/local_round.h"
 #include "worker/model.h"
-#include "schema/accountant.h"
+#include "aggregator/accountant.h"
 #include "worker/train.h"
 
 namespace fedlora::worker {

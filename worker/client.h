@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "aggregator/methods/method.h"
-#include "schema/security.h"
+#include "schema/transport/security.h"
 #include "schema/status.h"
 #include "worker/data.h"
 

@@ -26,7 +26,7 @@
 #include "broker/broker.h"
 #include "ops/bench/peers.h"
 #include "schema/codec.h"
-#include "schema/transport.h"
+#include "schema/transport/transport.h"
 
 namespace {
 

@@ -10,7 +10,7 @@
 #include "aggregator/methods/as_lora.h"
 #include "aggregator/methods/factor_selection.h"
 #include "aggregator/privacy.h"
-#include "schema/accountant.h"
+#include "aggregator/accountant.h"
 #include "tests/testing/engine_harness.h"
 #include "tests/testing/fixtures.h"
 

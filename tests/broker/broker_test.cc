@@ -16,7 +16,7 @@
 #include <zmq.hpp>
 
 #include "schema/hash.h"
-#include "schema/transport.h"
+#include "schema/transport/transport.h"
 #include "storage/update_log.h"
 #include "tests/testing/disk.h"
 #include "tests/testing/fixtures.h"

@@ -14,8 +14,8 @@
 
 #include "broker/broker.h"
 #include "schema/codec.h"
-#include "schema/security.h"
-#include "schema/transport.h"
+#include "schema/transport/security.h"
+#include "schema/transport/transport.h"
 
 namespace fedlora::testing {
 

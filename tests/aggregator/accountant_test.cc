@@ -1,6 +1,6 @@
 // The RDP accountant: closed forms where they exist, the integer and fractional series
 // agreeing where they meet, composition, the tight conversion, and the noise search.
-#include "schema/accountant.h"
+#include "aggregator/accountant.h"
 
 #include <gtest/gtest.h>
 

@@ -1,4 +1,4 @@
-#include "schema/transport.h"
+#include "schema/transport/transport.h"
 
 namespace fedlora::transport {
 namespace {

@@ -1,4 +1,4 @@
-#include "schema/security.h"
+#include "schema/transport/security.h"
 
 #include <fmt/format.h>
 #include <sys/stat.h>

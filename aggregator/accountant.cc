@@ -1,4 +1,4 @@
-#include "schema/accountant.h"
+#include "aggregator/accountant.h"
 
 #include <fmt/format.h>
 
