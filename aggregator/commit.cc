@@ -15,7 +15,8 @@ Result<std::shared_ptr<const std::string>> CommitVersion(storage::AdapterStore& 
                                                          const AdapterSpec& spec, const AdapterState& state,
                                                          bool final, std::string_view log_id,
                                                          std::string_view consumed_hash) {
-  info.config = EngineConfigFlags(options);
+  info.settings = EngineSettingsOf(options);
+  info.config.clear();  // the flags text of older stores; the table replaces it
   MethodState method_state;
   if (engine != nullptr) {
     method_state = engine->method_state();

@@ -81,11 +81,10 @@ class Replayer {
     return [this](uint64_t v) { return bases_.Get(v); };
   }
 
-  // The original's recorded settings for `version`; its last version's past its end.
-  const std::string& Recorded(uint64_t version) const {
-    static const std::string kNone;
-    if (original_records_.empty()) return kNone;
-    return original_records_[std::min<size_t>(version, original_records_.size() - 1)].config;
+  // The original's recorded settings for `version` as flags; its last version's past its end.
+  Result<std::string> Recorded(uint64_t version) const {
+    if (original_records_.empty()) return std::string();
+    return RecordedConfig(original_records_[std::min<size_t>(version, original_records_.size() - 1)]);
   }
 
   Status LoadOriginal() {
@@ -112,7 +111,8 @@ class Replayer {
   // The settings of `version`, with the original's client-level DP noise seed unless the
   // caller's settings name one.
   Result<EngineOptions> SettingsFor(uint64_t version) {
-    ASSIGN_OR_RETURN(EngineOptions o, options_.settings(version, Recorded(version)));
+    ASSIGN_OR_RETURN(std::string recorded, Recorded(version));
+    ASSIGN_OR_RETURN(EngineOptions o, options_.settings(version, recorded));
     if (o.client_dp.noise_multiplier > 0 && !o.client_dp.seed && original_seed_) o.client_dp.seed = original_seed_;
     return o;
   }

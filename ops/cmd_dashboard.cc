@@ -83,18 +83,19 @@ Result<RollbackOutcome> RollbackStore(const StoreLayout& layout, const std::stri
     return InvalidArgument(fmt::format("'{}' is at version {} already: roll back to an earlier version", adapter, to));
   }
   ASSIGN_OR_RETURN(codec::VersionInfo latest, stored->Record(current));
-  if (latest.config.empty()) {
+  auto options = RecordedEngineOptions(latest);
+  if (options.status().code() == Code::kNotFound) {
     return FailedPrecondition(fmt::format("version {} recorded no settings (a store older than the record): roll back "
                                           "through a running aggregator instead",
                                           current));
   }
-  ASSIGN_OR_RETURN(aggregator::EngineOptions options, ParseEngineConfig(SplitFlags(latest.config)));
+  if (!options.ok()) return options.status();
   aggregator::VersionCache bases(stored->store(), adapter);
   ASSIGN_OR_RETURN(aggregator::PreparedRollback prepared,
-                   aggregator::PrepareRollback(stored->store(), options, adapter, to,
+                   aggregator::PrepareRollback(stored->store(), *options, adapter, to,
                                                [&bases](uint64_t v) { return bases.Get(v); }));
   prepared.info.commit_unix_ms = aggregator::NowUnixMs();
-  RETURN_IF_ERROR(aggregator::CommitVersion(stored->store(), options, prepared.engine.get(), prepared.info,
+  RETURN_IF_ERROR(aggregator::CommitVersion(stored->store(), *options, prepared.engine.get(), prepared.info,
                                             prepared.engine->spec(), prepared.engine->state(), false)
                       .status());
   return RollbackOutcome{prepared.info.version, to, prepared.info.content_hash};

@@ -8,6 +8,7 @@
 #include <optional>
 #include <nlohmann/json.hpp>
 
+#include "aggregator/engine_config.h"
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "schema/codec.h"
@@ -63,6 +64,12 @@ std::string WorkerEpsilon(const codec::VersionInfo& v) {
   return fmt::format("{:.3f}", max_eps);
 }
 
+// The recorded settings as flags; a table this build cannot read is shown as the reason.
+std::string RecordedConfigText(const codec::VersionInfo& v) {
+  auto text = aggregator::RecordedConfig(v);
+  return text.ok() ? *text : fmt::format("(unreadable: {})", text.status().message());
+}
+
 nlohmann::json VersionJson(const codec::VersionInfo& v) {
   nlohmann::json j = {{"version", v.version},
                       {"parent_version", v.parent_version},
@@ -78,7 +85,7 @@ nlohmann::json VersionJson(const codec::VersionInfo& v) {
                       {"max_staleness", v.max_staleness},
                       {"update_norm", v.update_norm},
                       {"content_hash", v.content_hash},
-                      {"config", v.config}};
+                      {"config", RecordedConfigText(v)}};
   if (!v.origin.empty()) j["origin"] = v.origin;
   j["rollback_to"] = v.rollback_to ? nlohmann::json(*v.rollback_to) : nlohmann::json(nullptr);
   j["test_accuracy"] = v.test_accuracy >= 0 ? nlohmann::json(v.test_accuracy) : nlohmann::json(nullptr);

@@ -85,7 +85,7 @@ void RegisterBranch(CLI::App& app) {
       source = std::move(*g);
       auto record = stored->Record(version);
       if (!record.ok()) Fail("branch", record.status());
-      auto recorded = ParseEngineConfig(SplitFlags(record->config));
+      auto recorded = RecordedEngineOptions(*record);
       if (!recorded.ok()) Fail("branch", recorded.status().WithContext("the source version's recorded settings"));
       options = std::move(*recorded);
     }  // the read-only handle is closed before the store is opened for writing

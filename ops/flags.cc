@@ -10,6 +10,7 @@
 #include <csignal>
 #include <thread>
 
+#include "aggregator/engine_config.h"
 #include "aggregator/methods/registry.h"
 #include "ops/commands.h"
 
@@ -215,6 +216,12 @@ Status ResolveEngineFlags(EngineFlags& f) {
   ASSIGN_OR_RETURN(f.engine.server_optimizer.kind, aggregator::ParseServerOptimizer(f.server_optimizer));
   f.engine.server_lr = f.server_lr.value_or(aggregator::DefaultServerLr(f.engine.server_optimizer.kind));
   return aggregator::ValidateEngineOptions(f.engine);
+}
+
+Result<aggregator::EngineOptions> RecordedEngineOptions(const codec::VersionInfo& info) {
+  if (info.settings) return aggregator::EngineOptionsOf(*info.settings);
+  if (info.config.empty()) return NotFound(fmt::format("version {} recorded no settings", info.version));
+  return ParseEngineConfig(SplitFlags(info.config));
 }
 
 Result<aggregator::EngineOptions> ParseEngineConfig(const std::vector<std::string>& args) {

@@ -56,6 +56,10 @@ Status ResolveEngineFlags(EngineFlags& flags);
 // (aggregator/engine_config.h) followed by what-if changes. Unset flags keep their defaults.
 // Errors: kInvalidArgument (an unknown flag, a bad value).
 Result<aggregator::EngineOptions> ParseEngineConfig(const std::vector<std::string>& args);
+// The EngineOptions a version was made with: its settings table, or the flags text of a store
+// from before the table. Errors: kNotFound (a store older than either), ParseEngineConfig's and
+// aggregator::EngineOptionsOf's.
+Result<aggregator::EngineOptions> RecordedEngineOptions(const codec::VersionInfo& info);
 // Splits a flags text into arguments at whitespace; lines starting with '#' are comments.
 std::vector<std::string> SplitFlags(std::string_view text);
 

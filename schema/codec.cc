@@ -424,13 +424,28 @@ Bytes BuildVersionRecord(const VersionInfo& v) {
   }
   std::vector<flatbuffers::Offset<store::FactorScore>> factors;
   for (const auto& f : v.factors) factors.push_back(BuildFactorScore(b, f, false));
+  flatbuffers::Offset<store::EngineSettings> settings = 0;
+  if (v.settings) {
+    const EngineSettings& s = *v.settings;
+    std::vector<flatbuffers::Offset<store::MethodParam>> params;
+    for (const auto& p : s.params) {
+      params.push_back(store::CreateMethodParam(b, b.CreateString(p.name), p.number,
+                                                p.choice ? b.CreateString(*p.choice) : 0));
+    }
+    settings = store::CreateEngineSettings(
+        b, b.CreateString(s.method), b.CreateVector(params), s.mode, s.buffer_size, s.fedasync_alpha, s.round_size,
+        s.own_rank_scale, b.CreateString(s.server_optimizer), s.server_lr, s.server_beta1, s.server_beta2,
+        s.server_eps, s.server_weight_decay, b.CreateString(s.staleness), s.staleness_a, s.staleness_b,
+        s.max_staleness, s.client_dp_noise, s.client_dp_clip, s.client_dp_budget, s.dp_delta);
+  }
   auto rec = store::CreateVersionRecord(
       b, b.CreateString(v.adapter_id), v.version, v.parent_version, v.commit_unix_ms, v.mode,
       b.CreateString(v.method), v.consumed_seq, b.CreateVector(applied), b.CreateVector(dropped),
       v.mean_staleness, v.max_staleness, v.update_norm, b.CreateString(v.content_hash),
       v.test_accuracy, v.test_loss, v.eval_samples, b.CreateString(v.server_optimizer),
       privacy, factors.empty() ? 0 : b.CreateVector(factors), v.config.empty() ? 0 : b.CreateString(v.config),
-      v.origin.empty() ? 0 : b.CreateString(v.origin), v.rollback_to.has_value(), v.rollback_to.value_or(0));
+      v.origin.empty() ? 0 : b.CreateString(v.origin), v.rollback_to.has_value(), v.rollback_to.value_or(0),
+      settings);
   b.Finish(rec, store::VersionRecordIdentifier());
   return b.Release();
 }
@@ -487,6 +502,36 @@ VersionInfo DecodeVersionRecord(const store::VersionRecord& r) {
     for (const auto* f : *r.factors()) v.factors.push_back(DecodeFactorScore(*f));
   }
   v.config = Str(r.config());
+  if (const auto* s = r.settings(); s != nullptr) {
+    EngineSettings e;
+    e.method = Str(s->method());
+    if (s->params()) {
+      for (const auto* p : *s->params()) {
+        e.params.push_back({Str(p->name()), p->number(),
+                            p->choice() ? std::optional<std::string>(Str(p->choice())) : std::nullopt});
+      }
+    }
+    e.mode = s->mode();
+    e.buffer_size = s->buffer_size();
+    e.fedasync_alpha = s->fedasync_alpha();
+    e.round_size = s->round_size();
+    e.own_rank_scale = s->own_rank_scale();
+    e.server_optimizer = Str(s->server_optimizer());
+    e.server_lr = s->server_lr();
+    e.server_beta1 = s->server_beta1();
+    e.server_beta2 = s->server_beta2();
+    e.server_eps = s->server_eps();
+    e.server_weight_decay = s->server_weight_decay();
+    e.staleness = Str(s->staleness());
+    e.staleness_a = s->staleness_a();
+    e.staleness_b = s->staleness_b();
+    e.max_staleness = s->max_staleness();
+    e.client_dp_noise = s->client_dp_noise();
+    e.client_dp_clip = s->client_dp_clip();
+    e.client_dp_budget = s->client_dp_budget();
+    e.dp_delta = s->dp_delta();
+    v.settings = std::move(e);
+  }
   v.origin = Str(r.origin());
   if (r.has_rollback_to()) v.rollback_to = r.rollback_to();
   return v;

@@ -203,6 +203,29 @@ flatbuffers::Offset<store::FactorScore> BuildFactorScore(flatbuffers::FlatBuffer
                                                          bool with_fisher);
 FactorScore DecodeFactorScore(const store::FactorScore& f);
 
+// store::EngineSettings as a value (the aggregator converts it to and from EngineOptions:
+// aggregator/engine_config.h).
+struct EngineSettings {
+  struct Param {
+    std::string name;
+    double number = 0;
+    std::optional<std::string> choice;
+  };
+  std::string method;
+  std::vector<Param> params;
+  wire::Mode mode = wire::Mode::FedBuff;
+  uint32_t buffer_size = 0;
+  double fedasync_alpha = 0;
+  uint32_t round_size = 0;
+  bool own_rank_scale = false;
+  std::string server_optimizer;
+  double server_lr = 0, server_beta1 = 0, server_beta2 = 0, server_eps = 0, server_weight_decay = 0;
+  std::string staleness;
+  double staleness_a = 0, staleness_b = 0;
+  uint32_t max_staleness = 0;
+  double client_dp_noise = 0, client_dp_clip = 0, client_dp_budget = 0, dp_delta = 0;
+};
+
 struct VersionInfo {
   std::string adapter_id;
   uint64_t version = 0;
@@ -223,8 +246,10 @@ struct VersionInfo {
   std::string server_optimizer = "sgd";
   std::optional<PrivacyLedger> privacy;  // absent: no DP so far
   std::vector<FactorScore> factors;      // AS-LoRA: the choice after this version (no Fisher)
-  // The engine settings that made this version as canonical aggregator flags
-  // (aggregator/engine_config.h); empty in stores written before it was recorded.
+  // The engine settings that made this version. Stores from before 2026-12-06 hold them as
+  // canonical aggregator flags in `config` instead (empty in stores older still); read either
+  // with aggregator::RecordedConfig.
+  std::optional<EngineSettings> settings;
   std::string config;
   // Version 0 made by `fedlora branch` or `fedlora import`: e.g. "default@12 in data" or
   // "peft:<dir>"; a rollback: "rollback to version W"; empty otherwise.

@@ -208,7 +208,10 @@ TEST(ReplayTest, AWhatIfWithAnotherKBuildsAnInternallyConsistentStore) {
     ASSERT_EQ(info->applied.size(), 6u);
     EXPECT_TRUE(info->dropped.empty());
     for (const auto& a : info->applied) EXPECT_LT(a.base_version, v);
-    EXPECT_EQ(info->config, EngineConfigFlags(Settings(6, false)));
+    EXPECT_TRUE(info->settings.has_value());
+    auto recorded = RecordedConfig(*info);
+    ASSERT_TRUE(recorded.ok());
+    EXPECT_EQ(*recorded, EngineConfigFlags(Settings(6, false)));
     auto g = storage::ReadVersion(*out, kAdapter, v);
     ASSERT_TRUE(g.ok());
     EXPECT_EQ(ToHex(HashAdapter(g->state)), info->content_hash);

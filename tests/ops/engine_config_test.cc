@@ -1,5 +1,6 @@
-// The settings every version records (aggregator/engine_config.h) are `fedlora aggregator`
-// flags; replay reads them back with the command line's own parser (ops/flags.h).
+// The settings every version records (aggregator/engine_config.h): a FlatBuffers table, and as
+// `fedlora aggregator` flags (what older stores recorded, and what a what-if replay changes),
+// which replay reads back with the command line's own parser (ops/flags.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include "aggregator/methods/hetlora.h"
 #include "aggregator/methods/registry.h"
 #include "ops/flags.h"
+#include "schema/codec.h"
 
 namespace fedlora::ops {
 namespace {
@@ -66,6 +68,68 @@ TEST(EngineConfigTest, RecordedSettingsReadBackBitForBit) {
   auto defaults = ParseEngineConfig(SplitFlags(EngineConfigFlags(EngineOptions{})));
   ASSERT_TRUE(defaults.ok());
   EXPECT_EQ(EngineConfigFlags(*defaults), EngineConfigFlags(EngineOptions{}));
+}
+
+// Versions record the settings as a FlatBuffers table (schema/store.fbs EngineSettings): through
+// a version record and back they are the same options, bit for bit, for every method.
+TEST(EngineConfigTest, TheStoredSettingsTableReadsBackBitForBit) {
+  std::vector<EngineOptions> cases = {Unusual(), EngineOptions{}};
+  for (const methods::Method* m : methods::AllMethods()) {
+    EngineOptions o;
+    o.method = *methods::MethodChoice::Named(m->name());
+    cases.push_back(o);
+  }
+  for (const EngineOptions& o : cases) {
+    codec::VersionInfo info;
+    info.adapter_id = "a";
+    info.version = 3;
+    info.settings = aggregator::EngineSettingsOf(o);
+    const codec::Bytes record = codec::BuildVersionRecord(info);
+    const codec::VersionInfo decoded =
+        codec::DecodeVersionRecord(*flatbuffers::GetRoot<store::VersionRecord>(record.data()));
+    ASSERT_TRUE(decoded.settings.has_value()) << o.method.name();
+    EXPECT_TRUE(decoded.config.empty());
+    auto back = RecordedEngineOptions(decoded);
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(EngineConfigFlags(*back), EngineConfigFlags(o)) << o.method.name();
+    EXPECT_EQ(back->server_lr, o.server_lr);
+    EXPECT_EQ(back->fedasync_alpha, o.fedasync_alpha);
+    EXPECT_EQ(back->staleness.fn, o.staleness.fn);
+    EXPECT_FALSE(back->client_dp.seed);
+    auto text = aggregator::RecordedConfig(decoded);
+    ASSERT_TRUE(text.ok());
+    EXPECT_EQ(*text, EngineConfigFlags(o));
+  }
+  const auto& as = cases[0].method.params_as<methods::AsLoraParams>();
+  auto back = aggregator::EngineOptionsOf(aggregator::EngineSettingsOf(cases[0]));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->method.params_as<methods::AsLoraParams>().beta, as.beta);
+  EXPECT_EQ(back->method.params_as<methods::AsLoraParams>().score, "change");
+}
+
+// A record from before the table holds the flags text, and still reads; one older still has
+// neither and says so; a table naming what this build does not know is refused, not guessed.
+TEST(EngineConfigTest, OlderRecordsAndUnknownSettingsAreReadOrRefused) {
+  codec::VersionInfo legacy;
+  legacy.config = EngineConfigFlags(Unusual());
+  auto back = RecordedEngineOptions(legacy);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(EngineConfigFlags(*back), legacy.config);
+  EXPECT_EQ(RecordedEngineOptions(codec::VersionInfo{}).status().code(), Code::kNotFound);
+  auto settings = aggregator::EngineSettingsOf(Unusual());
+  settings.method = "fedfuture";
+  EXPECT_EQ(aggregator::EngineOptionsOf(settings).status().code(), Code::kInvalidArgument);
+  settings = aggregator::EngineSettingsOf(Unusual());
+  settings.params.push_back({"no-such-knob", 1, std::nullopt});
+  EXPECT_EQ(aggregator::EngineOptionsOf(settings).status().code(), Code::kInvalidArgument);
+  settings = aggregator::EngineSettingsOf(Unusual());
+  for (auto& p : settings.params) {
+    if (p.choice) p.choice = "no-such-choice";
+  }
+  EXPECT_EQ(aggregator::EngineOptionsOf(settings).status().code(), Code::kInvalidArgument);
+  settings = aggregator::EngineSettingsOf(Unusual());
+  settings.staleness = "exponential";
+  EXPECT_EQ(aggregator::EngineOptionsOf(settings).status().code(), Code::kInvalidArgument);
 }
 
 // Every flag is recorded: the engine's always, a method's hyperparameters with that method.
