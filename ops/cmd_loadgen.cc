@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <deque>
 #include <fstream>
 #include <mutex>
@@ -28,6 +27,7 @@
 
 #include "ops/commands.h"
 #include "ops/flags.h"
+#include "ops/observe/percentile.h"
 #include "ops/progress.h"
 #include "schema/codec.h"
 #include "schema/transport/security.h"
@@ -37,6 +37,7 @@ namespace fedlora::ops {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using observe::Percentile;
 using std::chrono::milliseconds;
 
 // The backoff after an unanswered request starts here and doubles up to max(--timeout-ms,
@@ -414,14 +415,6 @@ void ProvideSockets(zmq::context_t& ctx, uint32_t clients) {
                   raised);
     }
   }
-}
-
-// Nearest-rank percentile, p in (0, 1].
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const auto rank = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
-  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
 }
 
 void RunLoadgen(const LoadgenFlags& f) {

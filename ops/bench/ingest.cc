@@ -25,6 +25,7 @@
 
 #include "broker/broker.h"
 #include "ops/bench/peers.h"
+#include "ops/observe/percentile.h"
 #include "schema/codec.h"
 #include "schema/transport/transport.h"
 
@@ -228,17 +229,14 @@ Figure BrokerIngest(const std::string& dir, size_t update_bytes, int publishers,
     all.insert(all.end(), latencies[p].begin(), latencies[p].end());
     n += counts[p];
   }
-  std::sort(all.begin(), all.end());
   Figure f;
   f.updates_per_s = n / dt;
   f.mb_per_s = n * update_bytes / dt / 1e6;
   f.batch = batch;
   f.relayed = relayed;
   f.read_back = stats.records_read_back;
-  if (!all.empty()) {
-    f.p50_ms = all[all.size() / 2];
-    f.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  }
+  f.p50_ms = fedlora::observe::Percentile(all, 0.50);
+  f.p99_ms = fedlora::observe::Percentile(all, 0.99);
   return f;
 }
 
