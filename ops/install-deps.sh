@@ -13,6 +13,7 @@ packages=(
   libspdlog-dev libfmt-dev
   libcli11-dev nlohmann-json3-dev zlib1g-dev
   libcpp-httplib-dev  # the HTTP endpoint and client (ops/observe)
+  libmosquitto-dev libhiredis-dev  # the peer benchmarks' clients (ops/bench/peers.cc)
   libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev  # the language models' tokenizer.model
   dataset-fashion-mnist

@@ -1,39 +1,39 @@
-// The peer relays of the ingest benchmark (peers.h): a server child process per measurement and
-// minimal MQTT 3.1.1 and RESP2 clients over POSIX sockets, written here because the build may
-// use no MQTT or Redis client library. Each client implements only what the measurement sends
-// and expects; anything else the server says is an error, never silently skipped.
+// The peer relays of the ingest benchmark (peers.h): a server child process per measurement,
+// driven through each project's own client library as Debian ships it, libmosquitto (MQTT
+// 3.1.1) and hiredis (RESP2). Anything a client or server reports that the measurement does not
+// expect is an error, never silently skipped.
 #include "ops/bench/peers.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <hiredis/hiredis.h>
+#include <mosquitto.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string_view>
 #include <thread>
 #include <vector>
+
+#include "ops/observe/percentile.h"
 
 namespace fedlora::bench {
 namespace {
@@ -46,129 +46,22 @@ using std::chrono::milliseconds;
 std::string ErrnoText(std::string_view what) { return fmt::format("{}: {}", what, std::strerror(errno)); }
 
 // ---------------------------------------------------------------------------------------------
-// TCP connection
+// Server process
 
-// One client connection to 127.0.0.1. Both protocols frame messages inside the byte stream, so
-// reads go through a buffer that is refilled only when a parse runs past its end; large
-// payloads bypass it and land directly in the caller's memory.
-class Conn {
- public:
-  explicit Conn(uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) Fail(ErrnoText("socket"));
-    // Acknowledgements are a few bytes each: without NODELAY, Nagle holding one back until the
-    // peer's delayed ACK would add tens of milliseconds to every round trip.
-    const int one = 1;
-    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd_, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-      const std::string err = ErrnoText(fmt::format("connect 127.0.0.1:{}", port));
-      ::close(fd_);
-      Fail(err);
-    }
-  }
-  ~Conn() { ::close(fd_); }
-  Conn(const Conn&) = delete;
-  Conn& operator=(const Conn&) = delete;
-
-  // Sends the parts as one message (one sendmsg where the kernel takes it all), so a header
-  // and its payload never go out as separate segments and the payload is never copied.
-  void Send(std::initializer_list<std::string_view> parts) {
-    std::vector<iovec> iov;
-    for (std::string_view p : parts) {
-      if (!p.empty()) iov.push_back({const_cast<char*>(p.data()), p.size()});
-    }
-    size_t first = 0;
-    while (first < iov.size()) {
-      msghdr msg{};
-      msg.msg_iov = iov.data() + first;
-      msg.msg_iovlen = std::min<size_t>(iov.size() - first, IOV_MAX);
-      const ssize_t n = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        Fail(ErrnoText("send"));
-      }
-      size_t left = static_cast<size_t>(n);
-      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
-      if (left > 0) {
-        iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
-        iov[first].iov_len -= left;
-      }
-    }
-  }
-
-  // True when a byte is buffered or arrives within timeout_ms, so a reader can look at its
-  // stop flag between messages instead of blocking in recv forever.
-  bool Readable(int timeout_ms) {
-    if (begin_ < end_) return true;
-    pollfd p{fd_, POLLIN, 0};
-    const int r = ::poll(&p, 1, timeout_ms);
-    if (r < 0 && errno != EINTR) Fail(ErrnoText("poll"));
-    return r > 0;
-  }
-
-  uint8_t ReadByte() {
-    if (begin_ == end_) Fill();
-    return static_cast<uint8_t>(buf_[begin_++]);
-  }
-
-  void Read(char* out, size_t n) {
-    const size_t buffered = std::min(n, end_ - begin_);
-    std::memcpy(out, buf_.data() + begin_, buffered);
-    begin_ += buffered;
-    for (size_t got = buffered; got < n;) got += Recv(out + got, n - got);
-  }
-
-  // A line up to CRLF, without it (RESP's framing of everything but bulk payloads).
-  std::string ReadLine() {
-    std::string line;
-    for (;;) {
-      if (begin_ == end_) Fill();
-      const char* start = buf_.data() + begin_;
-      const char* nl = static_cast<const char*>(std::memchr(start, '\n', end_ - begin_));
-      if (nl == nullptr) {
-        line.append(start, end_ - begin_);
-        begin_ = end_;
-        continue;
-      }
-      line.append(start, nl);
-      begin_ += static_cast<size_t>(nl - start) + 1;
-      if (line.empty() || line.back() != '\r') Fail("protocol: line not terminated by CRLF");
-      line.pop_back();
-      return line;
-    }
-  }
-
- private:
-  size_t Recv(char* out, size_t n) {
-    for (;;) {
-      const ssize_t r = ::recv(fd_, out, n, 0);
-      if (r > 0) return static_cast<size_t>(r);
-      if (r == 0) Fail("server closed the connection");
-      if (errno != EINTR) Fail(ErrnoText("recv"));
-    }
-  }
-  void Fill() {
-    begin_ = 0;
-    end_ = Recv(buf_.data(), buf_.size());
-  }
-
-  int fd_ = -1;
-  std::vector<char> buf_ = std::vector<char>(256 << 10);
-  size_t begin_ = 0, end_ = 0;
-};
+sockaddr_in Loopback(uint16_t port) {
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return addr;
+}
 
 // A port the kernel just handed out. Another process may take it before the server binds it;
 // StartServer then retries with a fresh one.
 uint16_t FreePort() {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) Fail(ErrnoText("socket"));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_in addr = Loopback(0);
   socklen_t len = sizeof(addr);
   if (::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0 ||
       ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
@@ -180,8 +73,15 @@ uint16_t FreePort() {
   return ntohs(addr.sin_port);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Server process
+// Whether 127.0.0.1:port accepts a TCP connection; nothing is sent on it.
+bool Accepts(uint16_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) Fail(ErrnoText("socket"));
+  const sockaddr_in addr = Loopback(port);
+  const bool ok = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  return ok;
+}
 
 std::string FindBinary(const std::string& name, const std::string& package) {
   std::vector<std::string> dirs = {"/usr/sbin", "/usr/bin"};  // Debian installs them there
@@ -246,19 +146,14 @@ class Server {
   // Waits until the port accepts connections. False when the server exited first (its log
   // says why), a timeout throws.
   bool WaitAccepting(uint16_t port, std::chrono::seconds timeout) {
-    const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
+    for (const auto deadline = Clock::now() + timeout; Clock::now() < deadline;) {
       int status = 0;
       if (::waitpid(pid_, &status, WNOHANG) == pid_) {
         pid_ = -1;
         return false;
       }
-      try {
-        Conn probe(port);
-        return true;
-      } catch (const std::runtime_error&) {
-        std::this_thread::sleep_for(milliseconds(20));
-      }
+      if (Accepts(port)) return true;
+      std::this_thread::sleep_for(milliseconds(20));
     }
     Fail(fmt::format("{} did not accept connections on 127.0.0.1:{} within {} s; log {}:\n{}", name_, port,
                      timeout.count(), log_path_, LogTail()));
@@ -402,294 +297,196 @@ RelayFigure Measure(size_t bytes, int publishers, double seconds, Consumer& cons
   pubs.clear();  // disconnect before the caller stops the server
   if (error) std::rethrow_exception(error);
 
-  std::sort(all.begin(), all.end());
   RelayFigure f;
   f.acknowledged = acknowledged;
   f.delivered = delivered;
   f.updates_per_s = acknowledged / dt;
   f.mb_per_s = acknowledged * bytes / dt / 1e6;
-  if (!all.empty()) {
-    f.p50_ms = all[all.size() / 2];
-    f.p99_ms = all[std::min(all.size() - 1, all.size() * 99 / 100)];
-  }
+  f.p50_ms = observe::Percentile(all, 0.50);
+  f.p99_ms = observe::Percentile(all, 0.99);
   return f;
 }
 
 // ---------------------------------------------------------------------------------------------
-// MQTT 3.1.1 (OASIS standard, sections 2 and 3): only CONNECT, PUBLISH at QoS 1, SUBSCRIBE and
-// the acknowledgements of each.
+// MQTT through libmosquitto
 
-namespace mqtt {
+constexpr const char* kTopic = "fedlora/bench/updates";
 
-// Control packet types, the high nibble of a packet's first byte.
-constexpr uint8_t kConnect = 1, kConnack = 2, kPublish = 3, kPuback = 4, kSubscribe = 8, kSuback = 9,
-                  kDisconnect = 14;
-constexpr std::string_view kTopic = "fedlora/bench/updates";
-// Long enough that no run needs PINGREQ (the server only drops a client that has sent nothing
-// for 1.5 keep-alives), yet not 0, "no keep-alive", which a broker set up with max_keepalive
-// may refuse to a 3.1.1 client that cannot be told a shorter one.
-constexpr uint16_t kKeepAliveS = 600;
-
-std::string U16(uint16_t v) { return {static_cast<char>(v >> 8), static_cast<char>(v & 0xff)}; }
-
-// A UTF-8 string field: its length as two bytes, then the bytes.
-std::string Str(std::string_view s) { return U16(static_cast<uint16_t>(s.size())) + std::string(s); }
-
-// Fixed header: the type and flags byte, then the remaining length in 7-bit groups, least
-// significant first, the high bit saying another follows (at most 4 bytes, < 256 MiB).
-std::string FixedHeader(uint8_t type, uint8_t flags, size_t remaining) {
-  if (remaining > 268'435'455) Fail("MQTT packet larger than the protocol allows");
-  std::string h(1, static_cast<char>(type << 4 | flags));
-  do {
-    uint8_t digit = remaining % 128;
-    remaining /= 128;
-    if (remaining > 0) digit |= 0x80;
-    h.push_back(static_cast<char>(digit));
-  } while (remaining > 0);
-  return h;
+void CheckMosq(int rc, std::string_view what) {
+  if (rc != MOSQ_ERR_SUCCESS) Fail(fmt::format("MQTT: {}: {}", what, mosquitto_strerror(rc)));
 }
 
-struct Packet {
-  uint8_t type = 0, flags = 0;
-  std::string body;  // variable header and payload
-};
-
-Packet Read(Conn& c) {
-  Packet p;
-  const uint8_t first = c.ReadByte();
-  p.type = first >> 4;
-  p.flags = first & 0x0f;
-  size_t remaining = 0;
-  for (int i = 0;; ++i) {
-    if (i == 4) Fail("MQTT: malformed remaining length");
-    const uint8_t digit = c.ReadByte();
-    remaining |= static_cast<size_t>(digit & 0x7f) << (7 * i);
-    if ((digit & 0x80) == 0) break;
-  }
-  p.body.resize(remaining);
-  c.Read(p.body.data(), remaining);
-  return p;
-}
-
-uint16_t ReadU16(std::string_view s, size_t at) {
-  if (at + 2 > s.size()) Fail("MQTT: packet too short");
-  return static_cast<uint16_t>(static_cast<uint8_t>(s[at]) << 8 | static_cast<uint8_t>(s[at + 1]));
-}
-
-// An MQTT client session: CONNECT on construction (clean_session false keeps the session, and
-// with it the QoS 1 messages queued for it, across disconnects and in mosquitto's persistence),
-// DISCONNECT on destruction.
-class Session {
+// One MQTT client in either role: a publisher (clean session, PUBLISH at QoS 1 and wait for
+// its PUBACK) or, after Subscribe(), the consumer. It is driven with mosquitto_loop from the
+// thread that uses it, not by a loop thread of its own, so a publisher's round trip has no
+// hand-off between threads in it, as when it waited on the socket itself. The callbacks only
+// record what arrived: an exception must not unwind through the C library, so Loop() raises
+// what they saw.
+class MqttClient final : public Publisher, public Consumer {
  public:
-  Session(uint16_t port, const std::string& client_id, bool clean_session) : conn_(port) {
-    const std::string variable = Str("MQTT") + '\x04' /* protocol level 3.1.1 */ +
-                                 static_cast<char>(clean_session ? 0x02 : 0x00) + U16(kKeepAliveS);
-    const std::string payload = Str(client_id);
-    conn_.Send({FixedHeader(kConnect, 0, variable.size() + payload.size()), variable, payload});
-    const Packet ack = Read(conn_);
-    if (ack.type != kConnack || ack.body.size() != 2) Fail("MQTT: expected CONNACK");
-    if (ack.body[1] != 0) Fail(fmt::format("MQTT: CONNECT of {} refused, return code {}", client_id, int(ack.body[1])));
+  // clean_session false keeps the session, and with it the QoS 1 messages queued for it,
+  // across disconnects and in mosquitto's persistence. `bytes`: the payload size a consumer
+  // expects.
+  MqttClient(uint16_t port, const std::string& id, bool clean_session, size_t bytes) : bytes_(bytes) {
+    static const int init = mosquitto_lib_init();  // once per process (a static is thread-safe)
+    CheckMosq(init, "mosquitto_lib_init");
+    mosq_.reset(mosquitto_new(id.c_str(), clean_session, this));
+    if (!mosq_) Fail(ErrnoText("MQTT: mosquitto_new"));
+    CheckMosq(mosquitto_int_option(mosq_.get(), MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311), "protocol 3.1.1");
+    // Acknowledgements are a few bytes each: without NODELAY, Nagle holding one back until the
+    // peer's delayed ACK would add tens of milliseconds to every round trip.
+    CheckMosq(mosquitto_int_option(mosq_.get(), MOSQ_OPT_TCP_NODELAY, 1), "TCP_NODELAY");
+    mosquitto_connect_callback_set(mosq_.get(), [](mosquitto*, void* self, int rc) { Self(self)->connack_ = rc; });
+    mosquitto_publish_callback_set(mosq_.get(), [](mosquitto*, void* self, int mid) { Self(self)->acked_mid_ = mid; });
+    mosquitto_subscribe_callback_set(mosq_.get(), [](mosquitto*, void* self, int, int n, const int* granted) {
+      Self(self)->granted_qos_ = n == 1 ? granted[0] : 0x80;
+    });
+    // libmosquitto answers each QoS 1 message with its PUBACK itself, next to this call, so the
+    // server can release it: the QoS 1 flow is complete.
+    mosquitto_message_callback_set(mosq_.get(), [](mosquitto*, void* self, const mosquitto_message* m) {
+      MqttClient* c = Self(self);
+      if (static_cast<size_t>(m->payloadlen) == c->bytes_) {
+        ++c->received_;
+      } else if (c->bad_payload_ < 0) {
+        c->bad_payload_ = m->payloadlen;
+      }
+    });
+    // The keep-alive is kept by mosquitto_loop itself (PINGREQ when a client has sent nothing
+    // that long).
+    CheckMosq(mosquitto_connect(mosq_.get(), "127.0.0.1", port, 60), fmt::format("connect 127.0.0.1:{}", port));
+    LoopUntil([&] { return connack_ >= 0; }, "CONNACK");
+    if (connack_ != 0) Fail(fmt::format("MQTT: CONNECT of {} refused: {}", id, mosquitto_connack_string(connack_)));
   }
-  ~Session() {
-    try {
-      conn_.Send({FixedHeader(kDisconnect, 0, 0)});
-    } catch (const std::runtime_error&) {
-      // the server is gone already; nothing to tell it
-    }
+  ~MqttClient() override { mosquitto_disconnect(mosq_.get()); }  // sends DISCONNECT; mosq_ is destroyed after
+
+  void Subscribe() {
+    CheckMosq(mosquitto_subscribe(mosq_.get(), nullptr, kTopic, 1), "SUBSCRIBE");
+    LoopUntil([&] { return granted_qos_ >= 0; }, "SUBACK");
+    if (granted_qos_ != 1) Fail(fmt::format("MQTT: subscription not granted at QoS 1 (code {})", granted_qos_));
   }
-
-  // Packet identifiers of QoS 1 packets: any non-zero 16-bit value not in use; with one packet
-  // in flight per session, counting round is enough.
-  uint16_t NextId() {
-    if (++id_ == 0) id_ = 1;
-    return id_;
-  }
-
-  Conn& conn() { return conn_; }
-
- private:
-  Conn conn_;
-  uint16_t id_ = 0;
-};
-
-class MqttPublisher : public Publisher {
- public:
-  MqttPublisher(uint16_t port, int index) : session_(port, fmt::format("fedlora-bench-pub-{}", index), true) {}
 
   void Publish(std::string_view payload) override {
-    const uint16_t id = session_.NextId();
-    const std::string variable = Str(kTopic) + U16(id);
-    // Flags 0b0010: QoS 1, not a duplicate, not retained.
-    session_.conn().Send({FixedHeader(kPublish, 0x2, variable.size() + payload.size()), variable, payload});
-    const Packet ack = Read(session_.conn());
-    if (ack.type != kPuback || ack.body.size() != 2) Fail(fmt::format("MQTT: expected PUBACK, got type {}", ack.type));
-    if (ReadU16(ack.body, 0) != id) Fail("MQTT: PUBACK for a packet id not in flight");
+    int mid = 0;
+    CheckMosq(mosquitto_publish(mosq_.get(), &mid, kTopic, static_cast<int>(payload.size()), payload.data(), 1, false),
+              "PUBLISH");
+    while (acked_mid_ != mid) Loop(1000);  // on_publish fires on the PUBACK for QoS 1
   }
 
- private:
-  Session session_;
-};
-
-class MqttConsumer : public Consumer {
- public:
-  MqttConsumer(uint16_t port, size_t bytes) : session_(port, "fedlora-bench-consumer", false), bytes_(bytes) {
-    const uint16_t id = session_.NextId();
-    const std::string variable = U16(id);
-    const std::string payload = Str(kTopic) + '\x01';  // requested QoS 1
-    // SUBSCRIBE's fixed header flags are 0b0010 by the standard.
-    session_.conn().Send({FixedHeader(kSubscribe, 0x2, variable.size() + payload.size()), variable, payload});
-    const Packet ack = Read(session_.conn());
-    if (ack.type != kSuback || ack.body.size() != 3 || ReadU16(ack.body, 0) != id) Fail("MQTT: expected SUBACK");
-    if (ack.body[2] != 0x01) Fail(fmt::format("MQTT: subscription not granted at QoS 1 (code {})", int(ack.body[2])));
-  }
-
+  // mosquitto_loop reads a single packet per call when the client has nothing queued (QoS 1
+  // messages never are): read on while messages keep coming, up to a bounded batch.
   uint64_t Receive(int timeout_ms) override {
-    uint64_t n = 0;
-    Conn& c = session_.conn();
-    for (int wait = timeout_ms; n < 256 && c.Readable(wait); wait = 0) {
-      const Packet p = Read(c);
-      if (p.type != kPublish) Fail(fmt::format("MQTT: consumer expected PUBLISH, got type {}", p.type));
-      const int qos = (p.flags >> 1) & 0x3;
-      size_t at = 2 + ReadU16(p.body, 0);  // past the topic
-      if (qos == 1) {
-        // Acknowledge so the server can release it: the QoS 1 flow is complete only then.
-        const uint16_t id = ReadU16(p.body, at);
-        at += 2;
-        c.Send({FixedHeader(kPuback, 0, 2), U16(id)});
-      } else if (qos != 0) {
-        Fail(fmt::format("MQTT: message at QoS {} on a QoS 1 subscription", qos));
-      }
-      if (at > p.body.size() || p.body.size() - at != bytes_) {
-        Fail(fmt::format("MQTT: consumer got a payload of {} bytes, published {}", p.body.size() - at, bytes_));
-      }
-      ++n;
+    const uint64_t before = received_;
+    Loop(timeout_ms);
+    for (uint64_t last = before; received_ != last && received_ - before < 256;) {
+      last = received_;
+      Loop(0);
     }
-    return n;
+    return received_ - before;
   }
 
  private:
-  Session session_;
-  size_t bytes_;
-};
+  static MqttClient* Self(void* p) { return static_cast<MqttClient*>(p); }
 
-}  // namespace mqtt
+  void Loop(int timeout_ms) {
+    CheckMosq(mosquitto_loop(mosq_.get(), timeout_ms, 1), "network loop");
+    if (bad_payload_ >= 0) {
+      Fail(fmt::format("MQTT: consumer got a payload of {} bytes, published {}", bad_payload_, bytes_));
+    }
+  }
+
+  void LoopUntil(const std::function<bool()>& done, std::string_view what) {
+    for (const auto deadline = Clock::now() + std::chrono::seconds(15); !done();) {
+      if (Clock::now() > deadline) Fail(fmt::format("MQTT: no {} within 15 s", what));
+      Loop(100);
+    }
+  }
+
+  std::unique_ptr<mosquitto, decltype(&mosquitto_destroy)> mosq_{nullptr, &mosquitto_destroy};
+  size_t bytes_;
+  int connack_ = -1, granted_qos_ = -1, acked_mid_ = 0;
+  uint64_t received_ = 0;
+  int bad_payload_ = -1;
+};
 
 // ---------------------------------------------------------------------------------------------
-// RESP2 (the Redis serialization protocol): commands go out as arrays of bulk strings, replies
-// come back as one of five types.
+// Redis Streams through hiredis (blocking calls; hiredis sets TCP_NODELAY on its connections)
 
-namespace resp {
+constexpr const char* kStream = "fedlora:bench:updates";
 
-constexpr std::string_view kStream = "fedlora:bench:updates";
+using Reply = std::unique_ptr<redisReply, decltype(&freeReplyObject)>;
 
-struct Reply {
-  char type = 0;  // '+' simple string, '-' error, ':' integer, '$' bulk string, '*' array
-  bool null = false;
-  std::string str;
-  std::vector<Reply> items;
-};
+class Redis {
+ public:
+  explicit Redis(uint16_t port) : ctx_(redisConnect("127.0.0.1", port), &redisFree) {
+    if (!ctx_) Fail("redis: cannot allocate a connection");
+    if (ctx_->err) Fail(fmt::format("redis: connect 127.0.0.1:{}: {}", port, ctx_->errstr));
+  }
 
-Reply Read(Conn& c) {
-  const std::string line = c.ReadLine();
-  if (line.empty()) Fail("RESP: empty reply line");
-  Reply r;
-  r.type = line[0];
-  const std::string_view rest = std::string_view(line).substr(1);
-  switch (r.type) {
-    case '+':
-    case '-':
-    case ':':
-      r.str = rest;
-      return r;
-    case '$':
-    case '*': {
-      long long n = 0;
-      const auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), n);
-      if (ec != std::errc() || end != rest.data() + rest.size()) Fail("RESP: bad length '" + line + "'");
-      if (n < 0) {
-        r.null = true;
-        return r;
-      }
-      if (r.type == '*') {
-        for (long long i = 0; i < n; ++i) r.items.push_back(Read(c));
-        return r;
-      }
-      r.str.resize(static_cast<size_t>(n) + 2);
-      c.Read(r.str.data(), r.str.size());
-      if (r.str.substr(r.str.size() - 2) != "\r\n") Fail("RESP: bulk string not terminated by CRLF");
-      r.str.resize(static_cast<size_t>(n));
-      return r;
+  // One command in redisCommand's format (%s a C string; %b a pointer and a size, binary safe,
+  // for payloads). An error reply throws, naming the command.
+  template <typename... Args>
+  Reply Call(const char* format, Args... args) {
+    Reply r(static_cast<redisReply*>(redisCommand(ctx_.get(), format, args...)), &freeReplyObject);
+    const std::string_view command = std::string_view(format).substr(0, std::string_view(format).find(' '));
+    if (!r) Fail(fmt::format("redis: {}: {}", command, ctx_->errstr));
+    if (r->type == REDIS_REPLY_ERROR) {
+      Fail(fmt::format("redis: {} failed: {}", command, std::string_view(r->str, r->len)));
     }
-    default:
-      Fail(fmt::format("RESP: unknown reply type '{}'", r.type));
+    return r;
   }
-}
 
-// Sends a command; the last argument goes out from the caller's memory, so a payload is never
-// copied into the request.
-void Command(Conn& c, std::initializer_list<std::string_view> args) {
-  std::string head = fmt::format("*{}\r\n", args.size());
-  const std::string_view last = *(args.end() - 1);
-  for (auto it = args.begin(); it + 1 != args.end(); ++it) {
-    fmt::format_to(std::back_inserter(head), "${}\r\n{}\r\n", it->size(), *it);
-  }
-  fmt::format_to(std::back_inserter(head), "${}\r\n", last.size());
-  c.Send({head, last, "\r\n"});
-}
-
-Reply Call(Conn& c, std::initializer_list<std::string_view> args) {
-  Command(c, args);
-  Reply r = Read(c);
-  if (r.type == '-') Fail(fmt::format("redis: {} failed: {}", *args.begin(), r.str));
-  return r;
-}
+ private:
+  std::unique_ptr<redisContext, decltype(&redisFree)> ctx_;
+};
 
 class StreamPublisher : public Publisher {
  public:
-  StreamPublisher(uint16_t port, size_t cap) : conn_(port), cap_(std::to_string(cap)) {}
+  StreamPublisher(uint16_t port, size_t cap) : redis_(port), cap_(std::to_string(cap)) {}
 
   void Publish(std::string_view payload) override {
     // MAXLEN ~ trims whole stream nodes, the cheap form; the stream stays within about cap
     // entries however long the run.
-    const Reply r = Call(conn_, {"XADD", kStream, "MAXLEN", "~", cap_, "*", "u", payload});
-    if (r.type != '$' || r.null) Fail("redis: XADD did not return an entry id");
+    const Reply r = redis_.Call("XADD %s MAXLEN ~ %s * u %b", kStream, cap_.c_str(), payload.data(), payload.size());
+    if (r->type != REDIS_REPLY_STRING) Fail("redis: XADD did not return an entry id");
   }
 
  private:
-  Conn conn_;
+  Redis redis_;
   std::string cap_;
 };
 
 class StreamConsumer : public Consumer {
  public:
   StreamConsumer(uint16_t port, size_t bytes, size_t count)
-      : conn_(port), bytes_(bytes), count_(std::to_string(count)) {}
+      : redis_(port), bytes_(bytes), count_(std::to_string(count)) {}
 
   uint64_t Receive(int timeout_ms) override {
-    const Reply r = Call(conn_, {"XREAD", "COUNT", count_, "BLOCK", std::to_string(std::max(timeout_ms, 1)),
-                                 "STREAMS", kStream, last_id_});
-    if (r.null) return 0;  // timed out
+    // BLOCK 0 would wait forever.
+    const Reply r = redis_.Call("XREAD COUNT %s BLOCK %d STREAMS %s %s", count_.c_str(), std::max(timeout_ms, 1),
+                                kStream, last_id_.c_str());
+    if (r->type == REDIS_REPLY_NIL) return 0;  // timed out
     // [[stream, [[id, [field, value]], ...]]]
-    if (r.type != '*' || r.items.size() != 1 || r.items[0].items.size() != 2) Fail("redis: unexpected XREAD reply");
-    uint64_t n = 0;
-    for (const Reply& entry : r.items[0].items[1].items) {
-      if (entry.items.size() != 2 || entry.items[1].items.size() != 2) Fail("redis: unexpected stream entry");
-      const size_t got = entry.items[1].items[1].str.size();
-      if (got != bytes_) Fail(fmt::format("redis: consumer got a payload of {} bytes, published {}", got, bytes_));
-      last_id_ = entry.items[0].str;
-      ++n;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->elements != 2) {
+      Fail("redis: unexpected XREAD reply");
     }
-    return n;
+    const redisReply* entries = r->element[0]->element[1];
+    if (entries->type != REDIS_REPLY_ARRAY) Fail("redis: unexpected XREAD reply");
+    for (size_t i = 0; i < entries->elements; ++i) {
+      const redisReply* entry = entries->element[i];
+      if (entry->elements != 2 || entry->element[1]->elements != 2) Fail("redis: unexpected stream entry");
+      const size_t got = entry->element[1]->element[1]->len;
+      if (got != bytes_) Fail(fmt::format("redis: consumer got a payload of {} bytes, published {}", got, bytes_));
+      last_id_.assign(entry->element[0]->str, entry->element[0]->len);
+    }
+    return entries->elements;
   }
 
  private:
-  Conn conn_;
+  Redis redis_;
   size_t bytes_;
   std::string count_;
   std::string last_id_ = "0-0";  // a fresh stream: from its first entry
 };
-
-}  // namespace resp
 
 }  // namespace
 
@@ -749,9 +546,11 @@ RelayFigure MosquittoRelay(const std::string& scratch_dir, size_t bytes, int pub
   auto server = StartServer("mosquitto", scratch_dir + "/mosquitto.log", argv_for, &port);
   RelayFigure f;
   {
-    mqtt::MqttConsumer consumer(port, bytes);
-    f = Measure(bytes, publishers, seconds, consumer,
-                [&](int p) { return std::make_unique<mqtt::MqttPublisher>(port, p); });
+    MqttClient consumer(port, "fedlora-bench-consumer", /*clean_session=*/false, bytes);
+    consumer.Subscribe();
+    f = Measure(bytes, publishers, seconds, consumer, [&](int p) {
+      return std::make_unique<MqttClient>(port, fmt::format("fedlora-bench-pub-{}", p), /*clean_session=*/true, bytes);
+    });
   }
   server->Stop();
   return f;
@@ -774,9 +573,10 @@ RelayFigure RedisStreamsRelay(const std::string& scratch_dir, size_t bytes, int 
   uint16_t port = 0;
   auto server = StartServer("redis-server", scratch_dir + "/redis.log", argv_for, &port);
   {
-    Conn probe(port);
-    const resp::Reply pong = resp::Call(probe, {"PING"});
-    if (pong.str != "PONG") Fail("redis: PING answered " + pong.str);
+    const Reply pong = Redis(port).Call("PING");
+    if (pong->type != REDIS_REPLY_STATUS || std::string_view(pong->str, pong->len) != "PONG") {
+      Fail("redis: PING not answered with PONG");
+    }
   }
   // XADD ... MAXLEN ~ cap keeps the stream at about 2 GiB of entries (at least 16), so
   // Redis's memory stays bounded however long the run. Entries the consumer has not read by
@@ -789,9 +589,9 @@ RelayFigure RedisStreamsRelay(const std::string& scratch_dir, size_t bytes, int 
   const size_t cap = std::max<size_t>(16, kStreamBytes / std::max<size_t>(bytes, 1));
   RelayFigure f;
   {
-    resp::StreamConsumer consumer(port, bytes, std::max<size_t>(1, kReadBytes / std::max<size_t>(bytes, 1)));
+    StreamConsumer consumer(port, bytes, std::max<size_t>(1, kReadBytes / std::max<size_t>(bytes, 1)));
     f = Measure(bytes, publishers, seconds, consumer,
-                [&](int) { return std::make_unique<resp::StreamPublisher>(port, cap); });
+                [&](int) { return std::make_unique<StreamPublisher>(port, cap); });
   }
   server->Stop();
   return f;

@@ -13,9 +13,8 @@
 //    synced with fdatasync, group-committed per event-loop pass, comparable to our synced group
 //    commit); the consumer follows the stream with XREAD BLOCK into a capped stream.
 //
-// Neither project ships a client library we may use (the build takes only the Debian packages in
-// CMakeLists.txt), so peers.cc speaks both protocols itself over plain TCP sockets, only as much
-// of each as the measurement needs.
+// The clients are the projects' own libraries as Debian packages them, libmosquitto
+// (`libmosquitto-dev`) and hiredis (`libhiredis-dev`), found with pkg-config by CMakeLists.txt.
 #pragma once
 
 #include <cstddef>
@@ -38,7 +37,7 @@ struct RelayFigure {
 // connections, runs `publishers` closed-loop publisher threads for `seconds` with payloads of
 // `bytes` bytes and one consumer thread, then stops the server (SIGTERM, waitpid). Throws
 // std::runtime_error if the server binary is missing (naming the Debian package that provides
-// it), fails to start, or a client sees a protocol error.
+// it), fails to start, or a client reports an error or a reply the measurement does not expect.
 RelayFigure MosquittoRelay(const std::string& scratch_dir, size_t bytes, int publishers, double seconds);
 RelayFigure RedisStreamsRelay(const std::string& scratch_dir, size_t bytes, int publishers, double seconds);
 
