@@ -32,6 +32,7 @@
 #include "schema/codec.h"
 #include "schema/transport/security.h"
 #include "schema/transport/transport.h"
+#include "worker/publish_protocol.h"
 
 namespace fedlora::ops {
 namespace {
@@ -41,7 +42,7 @@ using observe::Percentile;
 using std::chrono::milliseconds;
 
 // The backoff after an unanswered request starts here and doubles up to max(--timeout-ms,
-// 500 ms), as worker::BrokerClient's does.
+// 500 ms).
 constexpr milliseconds kFirstBackoff{200};
 // A thread looks at its stop token at least this often.
 constexpr milliseconds kStopCheck{100};
@@ -55,8 +56,6 @@ std::shared_ptr<spdlog::logger> Log() {
   }();
   return logger;
 }
-
-std::string_view IdOf(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
 
 struct LoadgenFlags {
   std::string broker = "tcp://127.0.0.1:5555";
@@ -92,12 +91,12 @@ struct Totals {
 // One client: learns the spec, then publishes until its quota, a final adapter, or until its
 // thread stops driving it. It never blocks: its thread calls OnTime() when wake() has come and
 // OnReadable() when its socket has input, and polls the socket only while awaiting() a reply.
-// The protocol is worker::BrokerClient's (Lazy Pirate): a request unanswered within
-// --timeout-ms is given up, the socket replaced by a fresh one (so a late reply to the
-// abandoned attempt is never taken for a later one) and, after a backoff, sent again; an
-// update always with the same update id, which the broker's log turns into one record however
-// often it arrives. "Retry later" errors are waited out (the broker's delay plus up to 50%
-// jitter) before the same update is sent again.
+// The protocol is worker::BrokerClient's, the same machine (worker/publish_protocol.h): a
+// request unanswered within --timeout-ms is given up, the socket replaced by a fresh one (so a
+// late reply to the abandoned attempt is never taken for a later one) and, after a backoff, sent
+// again; an update always with the same update id, which the broker's log turns into one record
+// however often it arrives. "Retry later" errors are waited out (the broker's delay plus up to
+// 50% jitter) before the same update is sent again.
 class Publisher {
  public:
   Publisher(const LoadgenFlags& f, uint32_t index, zmq::context_t& ctx, Totals& totals, Clock::time_point now)
@@ -105,45 +104,50 @@ class Publisher {
         ctx_(ctx),
         totals_(totals),
         client_id_(fmt::format("{}-{}", f.prefix, index)),
-        timeout_(f.timeout_ms),
-        max_backoff_(std::max<uint32_t>(f.timeout_ms, 500)),
+        pirate_({milliseconds(f.timeout_ms), kFirstBackoff, milliseconds(std::max<uint32_t>(f.timeout_ms, 500))}, now),
         rng_(f.seed * 1000003u + index),
-        normal_(0.0f, f.scale),
-        wake_(now) {
+        normal_(0.0f, f.scale) {
     Connect();
   }
 
   bool done() const { return phase_ == Phase::kDone; }
-  bool awaiting() const { return awaiting_; }
-  Clock::time_point wake() const { return wake_; }
+  bool awaiting() const { return pirate_.awaiting(); }
+  Clock::time_point wake() const { return pirate_.wake(); }
   void* handle() { return socket_->handle(); }
   // Ok unless the client ended on an error (an undecodable global).
   const Status& status() const { return status_; }
 
   // Sends what is due, or gives up on a reply that did not come in time.
   void OnTime(Clock::time_point now) {
-    if (done() || now < wake_) return;
-    if (!awaiting_) {
-      Send(now);
-      return;
+    if (done()) return;
+    switch (pirate_.At(now)) {
+      case worker::LazyPirate::Due::kNothing:
+        return;
+      case worker::LazyPirate::Due::kSend:
+        Send(now);
+        return;
+      case worker::LazyPirate::Due::kGiveUp:
+        Log()->warn("client={} no reply to {} from broker={} within {} ms; reconnecting", client_id_,
+                    phase_ == Phase::kPublish ? "update=" + update_id_ : std::string("fetch"), f_.broker,
+                    pirate_.timing().timeout.count());
+        Reconnect();
+        NoReply(now);
+        return;
     }
-    Log()->warn("client={} no reply to {} from broker={} within {} ms; reconnecting", client_id_,
-                phase_ == Phase::kPublish ? "update=" + update_id_ : std::string("fetch"), f_.broker,
-                timeout_.count());
-    Reconnect();
-    NoReply(now);
   }
 
   // Reads queued replies up to the first one to the request in flight; the rest stay queued
   // for the next request, which is where a blocking client would read them too.
   void OnReadable(Clock::time_point now) {
     std::vector<zmq::message_t> frames;
-    while (awaiting_ && transport::TryRecvMultipart(*socket_, frames)) {
+    while (pirate_.awaiting() && transport::TryRecvMultipart(*socket_, frames)) {
       if (frames.size() != 1) continue;
       auto env = codec::VerifyEnvelope(transport::View(frames[0]));
-      if (env.ok() && Answers(**env)) {
-        awaiting_ = false;
-        OnReply(**env, now);
+      if (!env.ok()) continue;
+      if (phase_ == Phase::kPublish) {
+        if (auto reply = worker::ClassifyPublishReply(**env, update_id_)) OnPublishReply(*reply, now);
+      } else if (worker::AnswersFetch(**env)) {
+        OnFetchReply(**env, now);
       }
     }
   }
@@ -182,49 +186,30 @@ class Publisher {
       NoReply(now);
       return;
     }
-    awaiting_ = true;
-    wake_ = now + timeout_;
-  }
-
-  // Whether `e` is the reply to the request in flight.
-  bool Answers(const wire::Envelope& e) const {
-    if (phase_ == Phase::kPublish) {
-      if (e.body_type() == wire::Body::Ack) return IdOf(e.body_as_Ack()->update_id()) == update_id_;
-      if (e.body_type() == wire::Body::Error) return IdOf(e.body_as_Error()->update_id()) == update_id_;
-      return false;
-    }
-    return e.body_type() == wire::Body::GlobalAdapter || e.body_type() == wire::Body::Announce ||
-           (e.body_type() == wire::Body::Error && IdOf(e.body_as_Error()->update_id()).empty());
+    pirate_.Sent(now);
   }
 
   // The request in flight went unanswered (the socket has been replaced).
   void NoReply(Clock::time_point now) {
-    awaiting_ = false;
     if (phase_ == Phase::kRefresh) {
+      pirate_.GaveUp(now, /*back_off=*/false);
       Next(now);  // the next refresh repairs a lost one
     } else {
-      Backoff(now);
+      pirate_.GaveUp(now);
     }
   }
 
-  void Backoff(Clock::time_point now) {
-    wake_ = now + backoff_;
-    backoff_ = std::min(backoff_ * 2, max_backoff_);
-  }
-
-  void OnReply(const wire::Envelope& e, Clock::time_point now) {
-    if (phase_ == Phase::kPublish) {
-      OnPublishReply(e, now);
-      return;
-    }
+  void OnFetchReply(const wire::Envelope& e, Clock::time_point now) {
     if (e.body_type() == wire::Body::GlobalAdapter) {
       if (Status s = Learn(*e.body_as_GlobalAdapter()); !s.ok()) {
+        pirate_.Answered(now);
         status_ = std::move(s);
         phase_ = Phase::kDone;
         return;
       }
     }
     if (phase_ == Phase::kRefresh || e.body_type() == wire::Body::GlobalAdapter) {
+      pirate_.Answered(now);
       Next(now);
       return;
     }
@@ -233,7 +218,7 @@ class Publisher {
       Log()->info("client={} waiting for adapter={}: {}", client_id_, f_.adapter,
                   codec::StatusFromError(*e.body_as_Error()).message());
     }
-    Backoff(now);
+    pirate_.BackOff(now);
   }
 
   // Takes the spec, version and finality of a global newer than the one known.
@@ -249,45 +234,41 @@ class Publisher {
     return Status::Ok();
   }
 
-  void OnPublishReply(const wire::Envelope& e, Clock::time_point now) {
-    if (e.body_type() == wire::Body::Ack) {
-      Acknowledged(*e.body_as_Ack(), now);
-      Refresh(now);
-      return;
+  void OnPublishReply(const worker::PublishReply& reply, Clock::time_point now) {
+    switch (reply.kind) {
+      case worker::PublishReply::Kind::kAcked:
+        Acknowledged(reply, now);
+        Refresh(now);
+        return;
+      case worker::PublishReply::Kind::kFinal:
+        Log()->info("client={} update={} not accepted: {}", client_id_, update_id_, reply.status.message());
+        pirate_.Answered(now);
+        totals_.final = true;
+        phase_ = Phase::kDone;
+        return;
+      case worker::PublishReply::Kind::kRejected:
+        Log()->error("client={} update={} rejected: {}", client_id_, update_id_, reply.status.ToString());
+        totals_.rejected++;
+        Refresh(now);
+        return;
+      case worker::PublishReply::Kind::kRetryLater:
+        totals_.retry_later++;
+        pirate_.RetryAfter(now, reply.retry_after, worker::RetryJitter());
+        return;
     }
-    const wire::Error& err = *e.body_as_Error();
-    const Status status = codec::StatusFromError(err);
-    if (status.code() == Code::kFailedPrecondition) {
-      Log()->info("client={} update={} not accepted: {}", client_id_, update_id_, status.message());
-      totals_.final = true;
-      phase_ = Phase::kDone;
-      return;
-    }
-    if (err.retry_after_ms() == 0) {
-      Log()->error("client={} update={} rejected: {}", client_id_, update_id_, status.ToString());
-      totals_.rejected++;
-      Refresh(now);
-      return;
-    }
-    // The broker said when. Up to 50% jitter keeps clients refused together from returning
-    // together; no doubling on top.
-    totals_.retry_later++;
-    thread_local std::mt19937 jitter_rng(std::random_device{}());
-    const double jitter = std::uniform_real_distribution<double>(1.0, 1.5)(jitter_rng);
-    wake_ = now + milliseconds(static_cast<int64_t>(err.retry_after_ms() * jitter));
   }
 
-  void Acknowledged(const wire::Ack& ack, Clock::time_point now) {
+  void Acknowledged(const worker::PublishReply& ack, Clock::time_point now) {
     totals_.acked++;
-    if (ack.duplicate()) totals_.duplicates++;
+    if (ack.duplicate) totals_.duplicates++;
     totals_.bytes += update_.size();
     std::lock_guard lock(totals_.mu);
     totals_.latencies_ms.push_back(std::chrono::duration<double, std::milli>(now - sent_at_).count());
     if (totals_.acked_file.is_open()) {
       totals_.acked_file << nlohmann::json({{"client_id", client_id_},
                                             {"update_id", update_id_},
-                                            {"seq", ack.seq()},
-                                            {"duplicate", ack.duplicate()}})
+                                            {"seq", ack.seq},
+                                            {"duplicate", ack.duplicate}})
                                 .dump()
                          << '\n';
       totals_.acked_file.flush();
@@ -298,7 +279,7 @@ class Publisher {
   void Refresh(Clock::time_point now) {
     ++n_;
     phase_ = Phase::kRefresh;
-    wake_ = now + milliseconds(f_.interval_ms);
+    pirate_.Answered(now, milliseconds(f_.interval_ms));
   }
 
   // Builds and sends the next update, or ends at the quota or a final adapter.
@@ -327,8 +308,8 @@ class Publisher {
     h.local_steps = 1;
     update_ = codec::BuildUpdate(h, delta);
     phase_ = Phase::kPublish;
-    backoff_ = kFirstBackoff;
     sent_at_ = std::max(now, Clock::now());  // latency runs from the first send
+    pirate_.Answered(sent_at_);
     Send(sent_at_);
   }
 
@@ -336,16 +317,12 @@ class Publisher {
   zmq::context_t& ctx_;
   Totals& totals_;
   const std::string client_id_;
-  const milliseconds timeout_;
-  const milliseconds max_backoff_;
+  worker::LazyPirate pirate_;  // the request in flight, its deadline, or when the next is due
   std::mt19937_64 rng_;
   std::normal_distribution<float> normal_;
   std::optional<zmq::socket_t> socket_;
 
   Phase phase_ = Phase::kLearn;
-  bool awaiting_ = false;     // a request is in flight; its deadline is wake_
-  Clock::time_point wake_;    // the reply's deadline, or when to send the next request
-  milliseconds backoff_ = kFirstBackoff;
   Status status_;
   // The latest global known: its spec, version and finality (its tensors are not kept).
   AdapterSpec spec_;

@@ -5,7 +5,6 @@
 
 #include <condition_variable>
 #include <mutex>
-#include <random>
 #include <vector>
 
 #include "schema/transport/transport.h"
@@ -23,8 +22,6 @@ std::shared_ptr<spdlog::logger> Log() {
   return logger;
 }
 
-std::string_view IdOf(const flatbuffers::String* s) { return s ? s->string_view() : std::string_view(); }
-
 }  // namespace
 
 void WaitFor(std::stop_token stop, std::chrono::milliseconds d) {
@@ -32,6 +29,11 @@ void WaitFor(std::stop_token stop, std::chrono::milliseconds d) {
   std::condition_variable_any cv;
   std::unique_lock lock(m);
   cv.wait_for(lock, stop, d, [] { return false; });
+}
+
+void WaitUntil(std::stop_token stop, std::chrono::steady_clock::time_point t) {
+  const auto now = Clock::now();
+  if (t > now) WaitFor(stop, std::chrono::ceil<std::chrono::milliseconds>(t - now));
 }
 
 BrokerClient::BrokerClient(zmq::context_t& ctx, BrokerClientOptions options) : ctx_(ctx), options_(std::move(options)) {
@@ -58,48 +60,66 @@ void BrokerClient::Reconnect() {
   Connect();
 }
 
-// Sends `body` and waits for the first reply frame that `matches`. nullopt on timeout (the
-// socket is then replaced).
+PirateTiming BrokerClient::Timing() const {
+  return {options_.request_timeout, std::chrono::milliseconds(200), options_.max_backoff};
+}
+
+// One attempt of the request `pirate` tracks: sends `body` and waits until its deadline for the
+// first reply frame that `matches`. nullopt when none came: the socket has then been replaced
+// and the pirate backs off.
 template <typename Matches>
-std::optional<zmq::message_t> BrokerClient::Request(std::stop_token stop, const codec::Bytes& body,
+std::optional<zmq::message_t> BrokerClient::Attempt(std::stop_token stop, LazyPirate& pirate, const codec::Bytes& body,
                                                     const Matches& matches) {
   std::vector<zmq::message_t> frames;
   frames.emplace_back(body.data(), body.size());
   if (!transport::SendMultipart(*socket_, frames)) {
     Reconnect();
+    pirate.GaveUp(Clock::now());
     return std::nullopt;
   }
-  const auto deadline = Clock::now() + options_.request_timeout;
-  while (!stop.stop_requested() && Clock::now() < deadline) {
+  pirate.Sent(Clock::now());
+  while (!stop.stop_requested()) {
+    const auto now = Clock::now();
+    if (pirate.At(now) == LazyPirate::Due::kGiveUp) {
+      Log()->warn("client={} no reply from broker={} within {} ms; reconnecting", options_.client_id,
+                  options_.broker, options_.request_timeout.count());
+      Reconnect();
+      pirate.GaveUp(now);
+      return std::nullopt;
+    }
     std::vector<zmq::pollitem_t> items = {{socket_->handle(), 0, ZMQ_POLLIN, 0}};
-    zmq::poll(items, std::chrono::milliseconds(100));
+    zmq::poll(items, std::min(std::chrono::milliseconds(100),
+                              std::chrono::ceil<std::chrono::milliseconds>(pirate.wake() - now)));
     while (transport::TryRecvMultipart(*socket_, frames)) {
       if (frames.size() != 1) continue;
       auto env = codec::VerifyEnvelope(transport::View(frames[0]));
       if (env.ok() && matches(**env)) return std::move(frames[0]);
     }
   }
-  if (!stop.stop_requested()) {
-    Log()->warn("client={} no reply from broker={} within {} ms; reconnecting", options_.client_id, options_.broker,
-                options_.request_timeout.count());
-    Reconnect();
-  }
   return std::nullopt;
 }
 
 Result<std::optional<codec::DecodedGlobal>> BrokerClient::Fetch(std::stop_token stop, int64_t have,
                                                                Status* not_found) {
-  auto reply = Request(stop, codec::BuildFetch(options_.adapter_id, have), [](const wire::Envelope& e) {
-    return e.body_type() == wire::Body::GlobalAdapter || e.body_type() == wire::Body::Announce ||
-           (e.body_type() == wire::Body::Error && IdOf(e.body_as_Error()->update_id()).empty());
-  });
+  LazyPirate pirate(Timing(), Clock::now());
+  return FetchOnce(stop, pirate, have, not_found);
+}
+
+Result<std::optional<codec::DecodedGlobal>> BrokerClient::FetchOnce(std::stop_token stop, LazyPirate& pirate,
+                                                                   int64_t have, Status* not_found) {
+  auto reply = Attempt(stop, pirate, codec::BuildFetch(options_.adapter_id, have), AnswersFetch);
   if (!reply) return std::optional<codec::DecodedGlobal>();
   const auto* env = wire::GetEnvelope(reply->data());
   if (env->body_type() == wire::Body::Error) {
     if (not_found) *not_found = codec::StatusFromError(*env->body_as_Error());
+    pirate.BackOff(Clock::now());
     return std::optional<codec::DecodedGlobal>();
   }
-  if (env->body_type() == wire::Body::Announce) return std::optional<codec::DecodedGlobal>();
+  if (env->body_type() == wire::Body::Announce) {
+    pirate.BackOff(Clock::now());
+    return std::optional<codec::DecodedGlobal>();
+  }
+  pirate.Answered(Clock::now());
   ASSIGN_OR_RETURN(auto decoded, codec::DecodeGlobal(*env->body_as_GlobalAdapter()));
   if (decoded.info.adapter_id != options_.adapter_id) {
     return InvalidArgument(
@@ -112,17 +132,17 @@ Result<std::optional<codec::DecodedGlobal>> BrokerClient::Fetch(std::stop_token 
 }
 
 Result<std::optional<codec::DecodedGlobal>> BrokerClient::FetchUntilAvailable(std::stop_token stop) {
-  auto backoff = std::chrono::milliseconds(200);
+  LazyPirate pirate(Timing(), Clock::now());
   while (!stop.stop_requested()) {
+    WaitUntil(stop, pirate.wake());
+    if (stop.stop_requested()) break;
     Status not_found;
-    ASSIGN_OR_RETURN(auto g, Fetch(stop, -1, &not_found));
+    ASSIGN_OR_RETURN(auto g, FetchOnce(stop, pirate, -1, &not_found));
     if (g) return g;
     if (!not_found.ok()) {
       Log()->info("client={} waiting for adapter={}: {}", options_.client_id, options_.adapter_id,
                   not_found.message());
     }
-    WaitFor(stop, backoff);
-    backoff = std::min(backoff * 2, options_.max_backoff);
   }
   return std::optional<codec::DecodedGlobal>();
 }
@@ -150,44 +170,35 @@ Result<std::optional<codec::DecodedGlobal>> BrokerClient::WaitForNewer(std::stop
 }
 
 PublishOutcome BrokerClient::PublishUntilAcked(std::stop_token stop, std::string_view id, const codec::Bytes& update) {
-  auto backoff = std::chrono::milliseconds(200);
+  LazyPirate pirate(Timing(), Clock::now());
   while (!stop.stop_requested()) {
-    auto reply = Request(stop, update, [id](const wire::Envelope& e) {
-      if (e.body_type() == wire::Body::Ack) return IdOf(e.body_as_Ack()->update_id()) == id;
-      if (e.body_type() == wire::Body::Error) return IdOf(e.body_as_Error()->update_id()) == id;
-      return false;
-    });
-    if (reply) {
-      const auto* env = wire::GetEnvelope(reply->data());
-      PublishOutcome out;
-      if (env->body_type() == wire::Body::Ack) {
+    WaitUntil(stop, pirate.wake());
+    if (stop.stop_requested()) break;
+    auto reply = Attempt(stop, pirate, update,
+                         [id](const wire::Envelope& e) { return ClassifyPublishReply(e, id).has_value(); });
+    if (!reply) continue;
+    const PublishReply r = *ClassifyPublishReply(*wire::GetEnvelope(reply->data()), id);
+    PublishOutcome out;
+    out.seq = r.seq;
+    out.duplicate = r.duplicate;
+    out.status = r.status;
+    switch (r.kind) {
+      case PublishReply::Kind::kAcked:
         out.kind = PublishOutcome::Kind::kAcked;
-        out.seq = env->body_as_Ack()->seq();
-        out.duplicate = env->body_as_Ack()->duplicate();
         return out;
-      }
-      const auto* err = env->body_as_Error();
-      out.status = codec::StatusFromError(*err);
-      if (out.status.code() == Code::kFailedPrecondition) {
-        Log()->info("client={} update={} not accepted: {}", options_.client_id, id, out.status.message());
+      case PublishReply::Kind::kFinal:
+        Log()->info("client={} update={} not accepted: {}", options_.client_id, id, r.status.message());
         out.kind = PublishOutcome::Kind::kFinal;
         return out;
-      }
-      if (err->retry_after_ms() == 0) {
-        Log()->error("client={} update={} rejected: {}", options_.client_id, id, out.status.ToString());
+      case PublishReply::Kind::kRejected:
+        Log()->error("client={} update={} rejected: {}", options_.client_id, id, r.status.ToString());
         out.kind = PublishOutcome::Kind::kRejected;
         return out;
-      }
-      // The broker said when. Up to 50% jitter keeps clients refused together from returning
-      // together; no doubling on top.
-      retry_laters_++;
-      thread_local std::mt19937 rng(std::random_device{}());
-      const double jitter = std::uniform_real_distribution<double>(1.0, 1.5)(rng);
-      WaitFor(stop, std::chrono::milliseconds(static_cast<int64_t>(err->retry_after_ms() * jitter)));
-      continue;
+      case PublishReply::Kind::kRetryLater:
+        retry_laters_++;
+        pirate.RetryAfter(Clock::now(), r.retry_after, RetryJitter());
+        break;
     }
-    WaitFor(stop, backoff);
-    backoff = std::min(backoff * 2, options_.max_backoff);
   }
   return {};
 }

@@ -3,11 +3,12 @@
 // for announcements. The training Worker uses it, and so do load generators and fault tests
 // that publish pre-made updates.
 //
-// Requests follow the Lazy Pirate pattern: a request without a reply within request_timeout is
-// sent again on a fresh socket (so a late reply to an abandoned attempt is never taken for the
-// current one), with exponential backoff up to max_backoff. An update is always re-sent with the
-// same update id, which the broker's log turns into exactly one record, however many times a
-// broker restart or a lost reply makes us send it.
+// Requests follow the Lazy Pirate pattern of worker/publish_protocol.h (which `fedlora loadgen`
+// drives too): a request without a reply within request_timeout is sent again on a fresh socket
+// (so a late reply to an abandoned attempt is never taken for the current one), with exponential
+// backoff up to max_backoff. An update is always re-sent with the same update id, which the
+// broker's log turns into exactly one record, however many times a broker restart or a lost
+// reply makes us send it.
 // LibTorch-free. Thread safety: one thread per client; stats from any thread.
 #pragma once
 
@@ -22,6 +23,7 @@
 #include "schema/codec.h"
 #include "schema/transport/security.h"
 #include "schema/status.h"
+#include "worker/publish_protocol.h"
 
 namespace fedlora::worker {
 
@@ -76,8 +78,12 @@ class BrokerClient {
  private:
   void Connect();
   void Reconnect();
+  PirateTiming Timing() const;
   template <typename Matches>
-  std::optional<zmq::message_t> Request(std::stop_token stop, const codec::Bytes& body, const Matches& matches);
+  std::optional<zmq::message_t> Attempt(std::stop_token stop, LazyPirate& pirate, const codec::Bytes& body,
+                                        const Matches& matches);
+  Result<std::optional<codec::DecodedGlobal>> FetchOnce(std::stop_token stop, LazyPirate& pirate, int64_t have,
+                                                        Status* not_found);
 
   zmq::context_t& ctx_;
   BrokerClientOptions options_;
@@ -87,7 +93,8 @@ class BrokerClient {
   std::atomic<uint64_t> retry_laters_{0};
 };
 
-// Sleeps until `d` passes or `stop` is requested.
+// Sleeps until `d` passes (or time point `t`) or `stop` is requested.
 void WaitFor(std::stop_token stop, std::chrono::milliseconds d);
+void WaitUntil(std::stop_token stop, std::chrono::steady_clock::time_point t);
 
 }  // namespace fedlora::worker
