@@ -14,6 +14,7 @@
 #include "aggregator/metrics.h"
 #include "aggregator/rollback.h"
 #include "schema/hash.h"
+#include "schema/transport/heartbeat.h"
 #include "schema/transport/transport.h"
 #include "storage/adapter_store.h"
 
@@ -106,8 +107,7 @@ class AggregatorImpl final : public Aggregator {
     }
     using Clock = std::chrono::steady_clock;
     const auto interval = options_.heartbeat_interval;
-    auto reconnect_after = interval * options_.heartbeat_liveness;
-    last_heard_ = last_sent_ = Clock::now();
+    watch_.emplace(interval, options_.heartbeat_liveness, Clock::now());
     Subscribe();
     SetRunning(true);
     std::vector<zmq::message_t> frames;
@@ -120,8 +120,7 @@ class AggregatorImpl final : public Aggregator {
         zmq::poll(items, std::min(options_.poll_interval, interval));
         bool delivered = false;
         while (!finished_ && transport::TryRecvMultipart(socket_, frames)) {
-          last_heard_ = Clock::now();
-          reconnect_after = interval * options_.heartbeat_liveness;
+          watch_->Heard(Clock::now());
           auto progressed = Handle(frames);
           if (!progressed.ok()) {
             failure = progressed.status();
@@ -136,16 +135,15 @@ class AggregatorImpl final : public Aggregator {
           Subscribe();
         } else if (delivered) {
           SendCredit(false);
-        } else if (now - last_heard_ > reconnect_after) {
+        } else if (const auto due = watch_->At(now); due == transport::BrokerWatch::Due::kReconnect) {
           // Paranoid Pirate: the broker is gone (or unreachable). A fresh socket drops whatever
           // the old one queued; resubscribing from our cursor resumes exactly where we are.
           Log()->warn("broker={} silent for {} ms; reconnecting", options_.broker,
-                      std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard_).count());
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - watch_->last_heard()).count());
           Connect();
           Subscribe();
-          last_heard_ = now;
-          reconnect_after = std::min(reconnect_after * 2, interval * 8);
-        } else if (now - last_sent_ >= interval) {
+          watch_->Reconnected(now);
+        } else if (due == transport::BrokerWatch::Due::kHeartbeat) {
           Send(codec::BuildHeartbeat(broker_incarnation_));
         }
       } catch (const zmq::error_t& e) {
@@ -289,9 +287,7 @@ class AggregatorImpl final : public Aggregator {
   // A heartbeat if an interval has passed since the last message; none before the loop starts
   // (version 0 is committed at Init, before there is a socket).
   void HeartbeatIfDue() {
-    if (!connected_ || std::chrono::steady_clock::now() - last_sent_ < options_.heartbeat_interval) {
-      return;
-    }
+    if (!connected_ || !watch_ || !watch_->HeartbeatDue(std::chrono::steady_clock::now())) return;
     try {
       Send(codec::BuildHeartbeat(broker_incarnation_));
     } catch (const zmq::error_t& e) {
@@ -312,7 +308,7 @@ class AggregatorImpl final : public Aggregator {
     std::vector<zmq::message_t> frames;
     frames.push_back(transport::Frame(std::move(body)));
     if (!transport::SendMultipart(socket_, frames)) Log()->warn("broker queue full; message dropped");
-    last_sent_ = std::chrono::steady_clock::now();
+    if (watch_) watch_->Sent(std::chrono::steady_clock::now());
   }
 
   void SendGlobal() {
@@ -327,7 +323,7 @@ class AggregatorImpl final : public Aggregator {
     std::vector<zmq::message_t> frames;
     frames.push_back(transport::Frame(latest_global_));
     transport::SendMultipart(socket_, frames);
-    last_sent_ = std::chrono::steady_clock::now();
+    if (watch_) watch_->Sent(std::chrono::steady_clock::now());
   }
 
   // Every Credit says which log our position is in and, when we hold it, the hash of the record
@@ -473,7 +469,7 @@ class AggregatorImpl final : public Aggregator {
   std::unique_ptr<Engine> engine_;
   std::shared_ptr<const std::string> latest_global_;
   uint64_t broker_incarnation_ = 0;  // from the broker's heartbeats; 0 until the first
-  std::chrono::steady_clock::time_point last_heard_, last_sent_;
+  std::optional<transport::BrokerWatch> watch_;  // heartbeats and reconnects; set while Run runs
   std::optional<std::chrono::steady_clock::time_point> resubscribe_at_;  // after a refused Credit
   bool connected_ = false;  // Connect() has run: the socket has somewhere to send
   std::string log_id_;  // the update log our cursor is in; empty until the store or a Deliver says

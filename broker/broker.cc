@@ -18,6 +18,7 @@
 #include "schema/validate.h"
 #include "schema/codec.h"
 #include "schema/hash.h"
+#include "schema/transport/heartbeat.h"
 #include "schema/transport/transport.h"
 #include "storage/update_log.h"
 
@@ -691,7 +692,7 @@ class BrokerImpl final : public Broker {
     std::vector<zmq::message_t> frames;
     while (transport::TryRecvMultipart(backend_, frames)) {
       if (frames.empty()) continue;
-      last_heard_[frames[0].to_string()] = Clock::now();
+      leases_.Heard(frames[0].to_string(), Clock::now());
       if (frames.size() != 2) continue;
       auto env = codec::VerifyEnvelope(transport::View(frames[1]), options_.max_message_bytes);
       if (!env.ok()) {
@@ -743,12 +744,10 @@ class BrokerImpl final : public Broker {
   // records. Returns whether `who`'s `what` was refused (and answered).
   bool RefuseIfLeased(const zmq::message_t& identity, const std::string& adapter, const AdapterEntry& e,
                       const std::string& who, std::string_view what) {
-    if (e.owner.empty() || e.owner == who) return false;
-    const auto limit = options_.heartbeat_interval * options_.heartbeat_liveness;
-    const auto now = Clock::now();
-    auto it = last_heard_.find(e.owner);
-    if (it == last_heard_.end() || now - it->second > limit) return false;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(limit - (now - it->second)).count() + 1;
+    const auto held = leases_.HeldAgainst(e.owner, who, Clock::now());
+    if (!held) return false;
+    const auto limit = leases_.lease();
+    const auto left = held->count();
     stats_.subscriptions_refused++;
     // The first refusal and every 100th: a peer retrying in a loop must not flood the log.
     Log()->log(stats_.subscriptions_refused.load() % 100 == 1 ? spdlog::level::warn : spdlog::level::debug,
@@ -873,17 +872,15 @@ class BrokerImpl final : public Broker {
     const auto now = Clock::now();
     if (now - last_expiry_check_ < options_.heartbeat_interval) return;
     last_expiry_check_ = now;
-    const auto limit = options_.heartbeat_interval * options_.heartbeat_liveness;
+    const auto limit = leases_.lease();
     for (auto& [adapter, e] : adapters_) {
-      if (e.owner.empty()) continue;
-      auto it = last_heard_.find(e.owner);
-      if (it != last_heard_.end() && now - it->second <= limit) continue;
+      if (e.owner.empty() || leases_.Alive(e.owner, now)) continue;
       Log()->warn("adapter={} aggregator silent for more than {} ms: subscription dropped until one resubscribes",
                   adapter, std::chrono::duration_cast<std::chrono::milliseconds>(limit).count());
       stats_.aggregators_expired++;
       e.owner.clear();
     }
-    std::erase_if(last_heard_, [&](const auto& kv) { return now - kv.second > limit; });
+    leases_.ForgetSilent(now);
   }
 
   Status Dispatch() {
@@ -951,7 +948,8 @@ class BrokerImpl final : public Broker {
   std::map<std::string, AdapterEntry> adapters_;
   std::unordered_map<std::string, Bucket> buckets_;
   size_t bucket_sweep_at_ = 4096;
-  std::unordered_map<std::string, Clock::time_point> last_heard_;  // aggregator identity -> last message
+  // Aggregator identity -> last message; the adapters' leases (schema/transport/heartbeat.h).
+  transport::Leases leases_{options_.heartbeat_interval * options_.heartbeat_liveness};
   Clock::time_point last_expiry_check_ = Clock::now();
   Clock::time_point last_log_warning_{};  // of a refused log write
   // Shared with the log writer.
