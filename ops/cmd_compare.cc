@@ -2,12 +2,9 @@
 // time budget (one `fedlora run` process each, so no run can disturb another's state), then
 // reads every run's store and writes a table (Markdown and JSON) and a plot of test accuracy
 // against uploaded bytes (SVG).
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,11 +18,11 @@
 
 #include "ops/commands.h"
 #include "ops/flags.h"
+#include "ops/process/child.h"
 #include "aggregator/methods/registry.h"
 #include "storage/adapter_store.h"
 #include "storage/update_log.h"
 
-extern char** environ;
 
 namespace fedlora::ops {
 namespace {
@@ -58,34 +55,27 @@ struct MethodResult {
 // Runs `args` (argv[0] is this executable) with stdout and stderr appended to `log_path`.
 // Returns the exit status, or -1 when it could not start. Stops the child on SIGINT/SIGTERM.
 int RunChild(const std::vector<std::string>& args, const std::string& log_path, const std::string& label) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return -1;
+  process::ChildOptions o;
+  o.args = args;
+  o.output_path = log_path;
+  auto child = process::Child::Start(std::move(o));
+  if (!child.ok()) return -1;
   const bool tty = isatty(STDOUT_FILENO);
   const auto started = Clock::now();
-  int status = 0;
   bool signalled = false;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
+  std::optional<int> status;
+  while (!(status = (*child)->Wait(std::chrono::milliseconds(250)))) {
     if (StopSignalled() && !signalled) {
-      kill(pid, SIGINT);
+      (*child)->Signal(SIGINT);
       signalled = true;
     }
     if (tty) {
       fmt::print("\r  {} ... {:.0f} s", label, std::chrono::duration<double>(Clock::now() - started).count());
       std::fflush(stdout);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(250));
   }
   if (tty) fmt::print("\r");
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return process::ExitCode(*status);
 }
 
 // The evaluated versions of a finished run with the bytes logged up to each one's position.

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "ops/observe/percentile.h"
+#include "ops/process/child.h"
 
 namespace fedlora::bench {
 namespace {
@@ -107,37 +108,16 @@ class Server {
  public:
   Server(std::string name, const std::vector<std::string>& argv, std::string log_path)
       : name_(std::move(name)), log_path_(std::move(log_path)) {
-    // Everything the child touches is prepared before fork: between fork and exec only
-    // async-signal-safe calls are allowed, and the benchmark process has other threads.
-    std::vector<char*> args;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (log_fd < 0) Fail(ErrnoText("open " + log_path_));
-    const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    const pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      // If the benchmark dies (a crash, Ctrl-C), the server goes with it instead of lingering
-      // on its port with its data directory held open.
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (::getppid() != parent) ::_exit(1);
-      ::dup2(null_fd, 0);
-      ::dup2(log_fd, 1);
-      ::dup2(log_fd, 2);
-      ::close_range(3, ~0u, 0);  // the benchmark's own files and sockets are not the server's
-      ::execv(args[0], args.data());
-      const char msg[] = "exec failed\n";
-      (void)!::write(2, msg, sizeof(msg) - 1);
-      ::_exit(127);
-    }
-    const int fork_errno = errno;
-    ::close(log_fd);
-    if (null_fd >= 0) ::close(null_fd);
-    if (pid_ < 0) {
-      errno = fork_errno;
-      Fail(ErrnoText("fork " + name_));
-    }
+    process::ChildOptions o;
+    o.args = argv;
+    o.output_path = log_path_;
+    o.truncate_output = true;
+    // If the benchmark dies (a crash, Ctrl-C), the server goes with it instead of lingering on
+    // its port with its data directory held open.
+    o.die_with_parent = true;
+    auto child = process::Child::Start(std::move(o));
+    if (!child.ok()) Fail(fmt::format("start {}: {}", name_, child.status().message()));
+    child_ = std::move(*child);
   }
   ~Server() { Stop(); }
   Server(const Server&) = delete;
@@ -147,11 +127,7 @@ class Server {
   // says why), a timeout throws.
   bool WaitAccepting(uint16_t port, std::chrono::seconds timeout) {
     for (const auto deadline = Clock::now() + timeout; Clock::now() < deadline;) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return false;
-      }
+      if (!child_->running()) return false;
       if (Accepts(port)) return true;
       std::this_thread::sleep_for(milliseconds(20));
     }
@@ -162,19 +138,7 @@ class Server {
   // SIGTERM and wait; SIGKILL if it is not gone after 30 s (mosquitto writes its whole
   // in-memory database at shutdown, which takes a while when a lot is queued).
   void Stop() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    const auto deadline = Clock::now() + std::chrono::seconds(30);
-    int status = 0;
-    while (::waitpid(pid_, &status, WNOHANG) == 0) {
-      if (Clock::now() > deadline) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(milliseconds(10));
-    }
-    pid_ = -1;
+    if (child_->running()) child_->Stop(std::chrono::seconds(30));
   }
 
   std::string LogTail() const {
@@ -186,7 +150,7 @@ class Server {
  private:
   std::string name_;
   std::string log_path_;
-  pid_t pid_ = -1;
+  std::unique_ptr<process::Child> child_;
 };
 
 // Starts the server that `argv_for(port)` describes on a free port, retrying with another port

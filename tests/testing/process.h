@@ -21,54 +21,36 @@
 #include <thread>
 #include <vector>
 
+#include "ops/process/child.h"
+
 namespace fedlora::testing {
 
+// A `fedlora` (or any) process of a test, on ops/process/child.h: output appended to a file,
+// SIGKILLed and reaped if still running when the test ends.
 class Process {
  public:
-  Process(std::vector<std::string> args, std::string output_path) : output_path_(std::move(output_path)) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int fd = open(output_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        dup2(fd, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-        close(fd);
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
+  Process(std::vector<std::string> args, std::string output_path) : output_path_(output_path) {
+    process::ChildOptions o;
+    o.args = std::move(args);
+    o.output_path = std::move(output_path);
+    auto child = process::Child::Start(std::move(o));
+    if (child.ok()) {
+      child_ = std::move(*child);
+    } else {
+      ADD_FAILURE() << "cannot start a process: " << child.status().ToString();
     }
   }
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
-  ~Process() {
-    if (running()) {
-      Signal(SIGKILL);
-      Wait(std::chrono::seconds(10));
-    }
-  }
 
-  bool running() const { return pid_ > 0 && !exit_status_; }
-  pid_t pid() const { return pid_; }
+  bool running() const { return child_ && child_->running(); }
+  pid_t pid() const { return child_ ? child_->pid() : -1; }
   void Signal(int sig) {
-    if (running()) kill(pid_, sig);
+    if (child_) child_->Signal(sig);
   }
   // The exit status (as from waitpid), or nullopt if still running at the deadline.
   std::optional<int> Wait(std::chrono::milliseconds timeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!exit_status_) {
-      int status = 0;
-      const pid_t r = waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exit_status_ = status;
-        break;
-      }
-      if (std::chrono::steady_clock::now() >= deadline) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return exit_status_;
+    return child_ ? child_->Wait(timeout) : std::optional<int>(127 << 8);
   }
   std::string Output() const {
     std::ifstream in(output_path_);
@@ -78,9 +60,8 @@ class Process {
   }
 
  private:
-  pid_t pid_ = -1;
   std::string output_path_;
-  std::optional<int> exit_status_;
+  std::unique_ptr<process::Child> child_;
 };
 
 // Polls `ready` until it returns true or the deadline passes.
