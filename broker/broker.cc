@@ -18,6 +18,7 @@
 #include "schema/validate.h"
 #include "schema/codec.h"
 #include "schema/hash.h"
+#include "broker/rate_limit.h"
 #include "schema/transport/heartbeat.h"
 #include "schema/transport/transport.h"
 #include "storage/update_log.h"
@@ -85,11 +86,6 @@ struct WrittenUpdate {
 };
 
 // Per-client token bucket.
-struct Bucket {
-  double tokens = 0;
-  Clock::time_point refilled;
-};
-
 // ZAP (RFC 27) handler: authenticates every CURVE connection against the allowlist, by socket
 // domain ("workers", "aggregators", or "subscribers", which admits either role). Runs on its
 // own thread so that handshakes never wait for the broker's loop.
@@ -483,30 +479,7 @@ class BrokerImpl final : public Broker {
   }
 
   // 0 when `client` may publish now; otherwise the milliseconds until its next token.
-  uint32_t Throttle(std::string_view client) {
-    const double rate = options_.max_updates_per_s;
-    if (rate <= 0) return 0;
-    const double burst = std::max(1.0, rate);
-    const auto now = Clock::now();
-    auto refill = [&](const Bucket& b) {
-      return std::min(burst, b.tokens + rate * std::chrono::duration<double>(now - b.refilled).count());
-    };
-    if (buckets_.size() >= bucket_sweep_at_ && !buckets_.contains(std::string(client))) {
-      // Forget clients whose buckets are full again: the table stays as large as the set of
-      // clients publishing at their limit, not of every id ever seen.
-      std::erase_if(buckets_, [&](const auto& kv) { return refill(kv.second) >= burst; });
-      bucket_sweep_at_ = std::max<size_t>(4096, 2 * buckets_.size());
-    }
-    auto [it, fresh] = buckets_.try_emplace(std::string(client), Bucket{burst, now});
-    Bucket& b = it->second;
-    b.tokens = refill(b);
-    b.refilled = now;
-    if (b.tokens >= 1) {
-      b.tokens -= 1;
-      return 0;
-    }
-    return static_cast<uint32_t>(std::ceil((1 - b.tokens) / rate * 1000));
-  }
+  uint32_t Throttle(std::string_view client) { return rate_limiter_.Take(client, Clock::now()); }
 
   Status CheckUpdate(const wire::Update& u) {
     RETURN_IF_ERROR(ValidateId("adapter_id", u.adapter_id()->string_view(), 128));
@@ -946,8 +919,7 @@ class BrokerImpl final : public Broker {
   const uint64_t incarnation_;
   BrokerEndpoints endpoints_;
   std::map<std::string, AdapterEntry> adapters_;
-  std::unordered_map<std::string, Bucket> buckets_;
-  size_t bucket_sweep_at_ = 4096;
+  RateLimiter rate_limiter_{options_.max_updates_per_s};  // --max-updates-per-s (broker/rate_limit.h)
   // Aggregator identity -> last message; the adapters' leases (schema/transport/heartbeat.h).
   transport::Leases leases_{options_.heartbeat_interval * options_.heartbeat_liveness};
   Clock::time_point last_expiry_check_ = Clock::now();
