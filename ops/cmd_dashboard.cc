@@ -11,7 +11,7 @@
 #include "ops/dashboard.h"
 #include "ops/flags.h"
 #include "ops/live.h"
-#include "ops/stored.h"
+#include "storage/reader.h"
 
 namespace fedlora::ops {
 
@@ -63,7 +63,7 @@ struct RollbackOutcome {
 // Straight into the store: only when no aggregator holds it.
 Result<RollbackOutcome> RollbackStore(const StoreLayout& layout, const std::string& adapter,
                                       const std::string& to_text) {
-  auto stored = StoredAdapter::Open(layout, adapter, /*writable=*/true);
+  auto stored = storage::StoredAdapter::Open(layout, adapter, /*writable=*/true);
   if (!stored.ok()) {
     if (stored.status().message().find("lock") != std::string::npos) {
       return FailedPrecondition(fmt::format(
@@ -73,7 +73,7 @@ Result<RollbackOutcome> RollbackStore(const StoreLayout& layout, const std::stri
     }
     return stored.status();
   }
-  ASSIGN_OR_RETURN(uint64_t to, ResolveVersion(layout, adapter, to_text));
+  ASSIGN_OR_RETURN(uint64_t to, storage::ResolveVersion(layout, adapter, to_text));
   const uint64_t current = stored->cursor().version;
   if (to > current) {
     return NotFound(fmt::format("adapter '{}' has versions 0 to {}; there is no version {} to roll back to", adapter,

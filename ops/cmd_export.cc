@@ -10,7 +10,7 @@
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "ops/peft.h"
-#include "ops/stored.h"
+#include "storage/reader.h"
 #include "schema/validate.h"
 #include "worker/lm/checkpoint.h"
 
@@ -69,11 +69,11 @@ void RegisterExport(CLI::App& app) {
                   "A language model's checkpoint directory, checked against the adapter and written as "
                   "base_model_name_or_path (absolute), so that PEFT finds the base");
   cmd->callback([f] {
-    auto stored = StoredAdapter::Open(f->store, f->adapter);
+    auto stored = storage::StoredAdapter::Open(f->store, f->adapter);
     if (!stored.ok()) Fail("export", stored.status());
     uint64_t version = stored->cursor().version;
     if (f->version) {
-      auto v = ResolveVersion(f->store, f->adapter, *f->version);
+      auto v = storage::ResolveVersion(f->store, f->adapter, *f->version);
       if (!v.ok()) Fail("export", v.status(), 2);
       version = *v;
     }

@@ -14,7 +14,8 @@
 
 #include "ops/commands.h"
 #include "ops/flags.h"
-#include "ops/stored.h"
+#include "aggregator/methods/adapter_stats.h"
+#include "storage/reader.h"
 #include "schema/codec.h"
 #include "storage/adapter_store.h"
 #include "storage/update_log.h"
@@ -35,7 +36,7 @@ std::string TopValues(const std::vector<double>& s, size_t n) {
   return out.empty() ? "-" : out;
 }
 
-nlohmann::json StatsJson(const AdapterStats& st) {
+nlohmann::json StatsJson(const methods::AdapterStats& st) {
   nlohmann::json modules = nlohmann::json::array();
   for (const auto& m : st.modules) {
     nlohmann::json j = {{"module", m.module},
@@ -60,7 +61,7 @@ nlohmann::json StatsJson(const AdapterStats& st) {
   return {{"modules", modules}, {"dense", dense}};
 }
 
-void PrintStats(const AdapterStats& st, const std::string& change_header) {
+void PrintStats(const methods::AdapterStats& st, const std::string& change_header) {
   const std::string header = "module (dW = alpha/r B A)";
   size_t width = header.size();
   for (const auto& m : st.modules) width = std::max(width, m.module.size());
@@ -98,7 +99,7 @@ nlohmann::json LineageJson(const codec::VersionInfo& v) {
 }
 
 void InspectVersion(const StoreLayout& layout, const std::string& adapter, uint64_t version, bool json) {
-  auto stored = StoredAdapter::Open(layout, adapter);
+  auto stored = storage::StoredAdapter::Open(layout, adapter);
   if (!stored.ok()) Fail("inspect", stored.status());
   auto record = stored->Record(version);
   if (!record.ok()) Fail("inspect", record.status());
@@ -110,7 +111,7 @@ void InspectVersion(const StoreLayout& layout, const std::string& adapter, uint6
     if (!p.ok()) Fail("inspect", p.status());
     if (p->spec.tensors.size() == global->spec.tensors.size()) parent = std::move(*p);
   }
-  const AdapterStats st = Describe(global->spec, global->state, parent ? &parent->state : nullptr);
+  const methods::AdapterStats st = methods::Describe(global->spec, global->state, parent ? &parent->state : nullptr);
   const codec::VersionInfo& v = *record;
   if (json) {
     nlohmann::json j = StatsJson(st);
@@ -169,10 +170,10 @@ void RegisterDiff(CLI::App& app) {
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
   cmd->add_flag("--json", f->json, "Print JSON");
   cmd->callback([f] {
-    auto stored = StoredAdapter::Open(f->store, f->adapter);
+    auto stored = storage::StoredAdapter::Open(f->store, f->adapter);
     if (!stored.ok()) Fail("diff", stored.status());
     for (auto [text, out] : {std::pair{&f->from_text, &f->from}, {&f->to_text, &f->to}}) {
-      auto v = ResolveVersion(f->store, f->adapter, *text);
+      auto v = storage::ResolveVersion(f->store, f->adapter, *text);
       if (!v.ok()) Fail("diff", v.status(), 2);
       *out = *v;
     }
@@ -194,7 +195,7 @@ void RegisterDiff(CLI::App& app) {
       folded += v.applied.size();
       dropped += v.dropped.size();
     }
-    const AdapterStats st = Describe(b->spec, b->state, &a->state);
+    const methods::AdapterStats st = methods::Describe(b->spec, b->state, &a->state);
     if (f->json) {
       nlohmann::json j = StatsJson(st);
       j["from"] = f->from;
@@ -227,7 +228,7 @@ void RegisterLineage(CLI::App& app) {
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
   cmd->add_flag("--json", f->json, "Print JSON");
   cmd->callback([f] {
-    auto stored = StoredAdapter::Open(f->store, f->adapter);
+    auto stored = storage::StoredAdapter::Open(f->store, f->adapter);
     if (!stored.ok()) Fail("lineage", stored.status());
     auto matches = [&](const std::string& client, const std::string& id) {
       return id == f->update && (f->client.empty() || client == f->client);
@@ -326,7 +327,7 @@ void RegisterInspect(CLI::App& app) {
   version->excludes(factors);
   cmd->callback([f] {
     if (f->version) {
-      auto v = ResolveVersion(f->store, f->adapter, *f->version);
+      auto v = storage::ResolveVersion(f->store, f->adapter, *f->version);
       if (!v.ok()) Fail("inspect", v.status(), 2);
       InspectVersion(f->store, f->adapter, *v, f->json);
       return;

@@ -18,7 +18,7 @@
 #include "ops/commands.h"
 #include "ops/federation.h"
 #include "ops/flags.h"
-#include "ops/stored.h"
+#include "storage/reader.h"
 #include "worker/lm/checkpoint.h"
 #include "worker/lm/generate.h"
 #include "worker/lm/llama.h"
@@ -99,11 +99,11 @@ Loaded Load(std::string_view command, ModelFlags& f) {
     layout.dir = *f.store;
     out.store = *f.store;
     out.adapter = f.adapter.value_or("default");
-    auto stored = StoredAdapter::Open(layout, *out.adapter);
+    auto stored = storage::StoredAdapter::Open(layout, *out.adapter);
     if (!stored.ok()) Fail(command, stored.status(), stored.status().code() == Code::kNotFound ? 2 : 1);
     uint64_t version = stored->cursor().version;
     if (f.version) {
-      auto v = ResolveVersion(layout, *out.adapter, *f.version);
+      auto v = storage::ResolveVersion(layout, *out.adapter, *f.version);
       if (!v.ok()) Fail(command, v.status(), 2);
       version = *v;
     }

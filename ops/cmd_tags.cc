@@ -5,7 +5,7 @@
 #include "aggregator/commit.h"
 #include "ops/commands.h"
 #include "ops/flags.h"
-#include "ops/stored.h"
+#include "storage/reader.h"
 #include "schema/validate.h"
 
 namespace fedlora::ops {
@@ -29,20 +29,20 @@ void RegisterTag(CLI::App& app) {
   cmd->add_option("--adapter", f->adapter, "Adapter id")->capture_default_str();
   cmd->callback([f] {
     if (f->list) {
-      auto tags = ReadTags(f->store, f->adapter);
+      auto tags = storage::ReadTags(f->store, f->adapter);
       if (!tags.ok()) Fail("tag", tags.status());
       if (tags->empty()) fmt::print("adapter '{}' has no tags\n", f->adapter);
       for (const auto& [name, v] : *tags) fmt::print("{:<24} version {}\n", name, v);
       return;
     }
     if (f->version.empty() || f->name.empty()) Fail("tag", InvalidArgument("usage: fedlora tag VERSION NAME, or --list"), 2);
-    auto stored = StoredAdapter::Open(f->store, f->adapter);
+    auto stored = storage::StoredAdapter::Open(f->store, f->adapter);
     if (!stored.ok()) Fail("tag", stored.status());
-    auto version = ResolveVersion(f->store, f->adapter, f->version);
+    auto version = storage::ResolveVersion(f->store, f->adapter, f->version);
     if (!version.ok()) Fail("tag", version.status(), 2);
     auto record = stored->Record(*version);
     if (!record.ok()) Fail("tag", record.status(), 2);
-    if (Status s = AddTag(f->store, f->adapter, f->name, *version); !s.ok()) Fail("tag", s, 2);
+    if (Status s = storage::AddTag(f->store, f->adapter, f->name, *version); !s.ok()) Fail("tag", s, 2);
     fmt::print("tag: '{}' names version {} of '{}' (content hash {})\n", f->name, *version, f->adapter,
                record->content_hash);
   });
@@ -75,9 +75,9 @@ void RegisterBranch(CLI::App& app) {
     aggregator::EngineOptions options;  // the source version's recorded settings
     uint64_t version = 0;
     {
-      auto stored = StoredAdapter::Open(f->store, f->adapter);
+      auto stored = storage::StoredAdapter::Open(f->store, f->adapter);
       if (!stored.ok()) Fail("branch", stored.status());
-      auto v = ResolveVersion(f->store, f->adapter, f->from);
+      auto v = storage::ResolveVersion(f->store, f->adapter, f->from);
       if (!v.ok()) Fail("branch", v.status(), 2);
       version = *v;
       auto g = stored->Global(version);

@@ -5,14 +5,14 @@
 #include <algorithm>
 
 #include "aggregator/metrics.h"
-#include "ops/stored.h"
+#include "storage/reader.h"
 #include "ops/observe/prometheus.h"
 
 namespace fedlora::ops {
 
 Result<nlohmann::json> DashboardSource::Summary() {
   std::lock_guard lock(mu_);
-  ASSIGN_OR_RETURN(StoredAdapter stored, StoredAdapter::Open(store_, adapter_));
+  ASSIGN_OR_RETURN(storage::StoredAdapter stored, storage::StoredAdapter::Open(store_, adapter_));
   const uint64_t latest = stored.cursor().version;
   if (latest + 1 < versions_.size()) {  // the store was replaced (a --fresh run): start over
     versions_ = nlohmann::json::array();

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "aggregator/aggregator.h"
+#include "storage/layout.h"
 #include "ops/federation.h"
 #include "worker/client.h"
 
@@ -18,11 +19,7 @@ namespace fedlora::ops {
 
 // Where a run keeps its data: <store>/log (update log), <store>/adapters (versions and
 // lineage), <store>/base (frozen base models).
-struct StoreLayout {
-  std::string dir = "fedlora-data";
-  std::string log() const { return dir + "/log"; }
-  std::string adapters() const { return dir + "/adapters"; }
-};
+using StoreLayout = storage::StoreLayout;  // storage/layout.h
 
 void AddTaskFlags(CLI::App* app, TaskOptions& task);
 // --task, --text, --seq-len, --examples-per-source, --target-modules (the lm task's data and

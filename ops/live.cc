@@ -12,7 +12,7 @@
 #include "aggregator/aggregator.h"
 #include "broker/broker.h"
 #include "ops/dashboard.h"
-#include "ops/stored.h"
+#include "storage/reader.h"
 
 namespace fedlora::ops {
 namespace {
@@ -56,7 +56,7 @@ Result<std::unique_ptr<http::Server>> ServeLive(const std::string& address, Live
     }
     Result<uint64_t> to = InvalidArgument("no store to resolve a tag in");
     if (roles.store) {
-      to = ResolveVersion(*roles.store, roles.adapter, to_text->second);
+      to = storage::ResolveVersion(*roles.store, roles.adapter, to_text->second);
     } else {
       char* end = nullptr;
       const unsigned long long v = std::strtoull(to_text->second.c_str(), &end, 10);

@@ -1,0 +1,14 @@
+// Where a store directory keeps its parts: the update log and the adapter store.
+#pragma once
+
+#include <string>
+
+namespace fedlora::storage {
+
+struct StoreLayout {
+  std::string dir = "fedlora-data";
+  std::string log() const { return dir + "/log"; }
+  std::string adapters() const { return dir + "/adapters"; }
+};
+
+}  // namespace fedlora::storage

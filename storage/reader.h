@@ -1,0 +1,46 @@
+// Read access to a stored run: open a store's adapter and read a version's record (lineage)
+// and its global tensors; the tags that name versions (<store>/tags.json). What the inspection,
+// export, rollback and dashboard commands read through.
+// Thread safety: a StoredAdapter is used by one thread at a time; tag writes take a file lock.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "schema/codec.h"
+#include "storage/adapter_store.h"
+#include "storage/layout.h"
+
+namespace fedlora::storage {
+
+class StoredAdapter {
+ public:
+  // Opens <store>/adapters (read-only unless `writable`). Errors: kNotFound (no store, or no
+  // such adapter in it), store errors.
+  static Result<StoredAdapter> Open(const StoreLayout& store, const std::string& adapter, bool writable = false);
+
+  const std::string& adapter() const { return adapter_; }
+  const Cursor& cursor() const { return cursor_; }
+  AdapterStore& store() { return *store_; }
+  // A version's record and global. Errors: kNotFound naming the range that exists.
+  Result<codec::VersionInfo> Record(uint64_t version);
+  Result<codec::DecodedGlobal> Global(uint64_t version);
+
+ private:
+  std::unique_ptr<AdapterStore> store_;
+  std::string adapter_;
+  Cursor cursor_;
+};
+
+// Tags name versions of an adapter. They live in <store>/tags.json
+// ({"<adapter>": {"<name>": version}}), outside RocksDB, so a tag can be added while an
+// aggregator holds the store; writes are atomic (a temporary file renamed over it, under a lock).
+Result<std::map<std::string, uint64_t>> ReadTags(const StoreLayout& store, const std::string& adapter);
+// Errors: kInvalidArgument (name syntax, or a name that reads as a number), kAlreadyExists
+// (the name already tags a version: tags never move), kUnavailable.
+Status AddTag(const StoreLayout& store, const std::string& adapter, const std::string& name, uint64_t version);
+// A version given as a number or as a tag name. Errors: kNotFound naming the known tags.
+Result<uint64_t> ResolveVersion(const StoreLayout& store, const std::string& adapter, const std::string& text);
+
+}  // namespace fedlora::storage

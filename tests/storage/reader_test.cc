@@ -1,0 +1,91 @@
+// Read access to a stored run (storage/reader.h): versions and globals of an adapter, and the
+// tags that name versions, with the errors a command shows its user.
+#include "storage/reader.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "tests/testing/fixtures.h"
+
+namespace fedlora::storage {
+namespace {
+
+AdapterSpec Spec() {
+  AdapterSpec spec;
+  spec.model = "mlp";
+  spec.rank = 1;
+  spec.alpha = 1;
+  spec.tensors = {{"m.lora_A", {1, 2}, TensorRole::kLoraA}, {"m.lora_B", {2, 1}, TensorRole::kLoraB}};
+  return spec;
+}
+
+// Commits versions 0..last of adapter "a", version v's tensors all equal to v.
+void Commit(const StoreLayout& layout, uint64_t last) {
+  AdapterStoreOptions o;
+  o.path = layout.adapters();
+  auto store = AdapterStore::Open(o);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  for (uint64_t v = 0; v <= last; ++v) {
+    AdapterState state;
+    for (const auto& t : Spec().tensors) state.tensors.push_back({t.name, t.shape, std::vector<float>(2, float(v))});
+    codec::GlobalInfo g;
+    g.adapter_id = "a";
+    g.version = v;
+    const codec::Bytes global = codec::BuildGlobal(g, Spec(), state);
+    codec::VersionInfo info;
+    info.adapter_id = "a";
+    info.version = v;
+    info.consumed_seq = 3 * v;
+    const codec::Bytes record = codec::BuildVersionRecord(info);
+    ASSERT_TRUE((*store)->Commit({"a", v, 3 * v, codec::AsBytes(global), codec::AsBytes(record)}).ok());
+  }
+}
+
+TEST(StoreReaderTest, ReadsVersionsAndGlobalsAndSaysWhatExists) {
+  testing::TempDir dir;
+  StoreLayout layout{dir.path("store")};
+  std::filesystem::create_directories(layout.dir);
+  Commit(layout, 2);
+  auto stored = StoredAdapter::Open(layout, "a");
+  ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+  EXPECT_EQ(stored->cursor().version, 2u);
+  auto record = stored->Record(1);
+  ASSERT_TRUE(record.ok());
+  EXPECT_EQ(record->consumed_seq, 3u);
+  auto global = stored->Global(2);
+  ASSERT_TRUE(global.ok());
+  EXPECT_EQ(global->state.tensors[1].values, (std::vector<float>{2, 2}));
+  auto past = stored->Record(3);
+  EXPECT_EQ(past.status().code(), Code::kNotFound);
+  EXPECT_NE(past.status().message().find("versions 0..2"), std::string::npos) << past.status().message();
+
+  auto other = StoredAdapter::Open(layout, "b");
+  EXPECT_EQ(other.status().code(), Code::kNotFound);
+  EXPECT_NE(other.status().message().find("it has: a"), std::string::npos) << other.status().message();
+  auto none = StoredAdapter::Open(StoreLayout{dir.path("nothing")}, "a");
+  EXPECT_EQ(none.status().code(), Code::kNotFound);
+  EXPECT_NE(none.status().message().find("no adapter store"), std::string::npos);
+}
+
+TEST(StoreReaderTest, TagsNameVersionsNeverMoveAndResolve) {
+  testing::TempDir dir;
+  StoreLayout layout{dir.path("store")};
+  std::filesystem::create_directories(layout.dir);
+  EXPECT_TRUE(ReadTags(layout, "a")->empty());
+  ASSERT_TRUE(AddTag(layout, "a", "best", 2).ok());
+  ASSERT_TRUE(AddTag(layout, "b", "best", 5).ok()) << "tags are per adapter";
+  EXPECT_EQ(AddTag(layout, "a", "best", 1).code(), Code::kAlreadyExists) << "a tag moved";
+  EXPECT_EQ(AddTag(layout, "a", "12", 1).code(), Code::kInvalidArgument) << "a name that reads as a number";
+  EXPECT_EQ(AddTag(layout, "a", "no spaces", 1).code(), Code::kInvalidArgument);
+  EXPECT_EQ(*ResolveVersion(layout, "a", "best"), 2u);
+  EXPECT_EQ(*ResolveVersion(layout, "b", "best"), 5u);
+  EXPECT_EQ(*ResolveVersion(layout, "a", "7"), 7u);
+  auto unknown = ResolveVersion(layout, "a", "worst");
+  EXPECT_EQ(unknown.status().code(), Code::kNotFound);
+  EXPECT_NE(unknown.status().message().find("best"), std::string::npos) << "the known tags are named";
+  EXPECT_EQ((*ReadTags(layout, "a")).at("best"), 2u);
+}
+
+}  // namespace
+}  // namespace fedlora::storage
