@@ -9,7 +9,7 @@
 #include "aggregator/commit.h"
 #include "ops/commands.h"
 #include "ops/flags.h"
-#include "ops/peft.h"
+#include "storage/peft.h"
 #include "storage/reader.h"
 #include "schema/validate.h"
 #include "worker/lm/checkpoint.h"
@@ -79,7 +79,7 @@ void RegisterExport(CLI::App& app) {
     }
     auto global = stored->Global(version);
     if (!global.ok()) Fail("export", global.status());
-    PeftAdapter peft{global->spec, global->state,
+    storage::PeftAdapter peft{global->spec, global->state,
                      {{"fedlora.adapter", f->adapter},
                       {"fedlora.version", std::to_string(version)},
                       {"fedlora.content_hash", global->info.content_hash}},
@@ -94,7 +94,7 @@ void RegisterExport(CLI::App& app) {
       }
       peft.base_model = std::filesystem::absolute(f->base).lexically_normal().string();
     }
-    if (Status s = WritePeft(f->out, peft); !s.ok()) Fail("export", s, s.code() == Code::kAlreadyExists ? 2 : 1);
+    if (Status s = storage::WritePeft(f->out, peft); !s.ok()) Fail("export", s, s.code() == Code::kAlreadyExists ? 2 : 1);
     size_t modules = 0;
     for (const auto& t : global->spec.tensors) modules += t.role == TensorRole::kLoraA;
     fmt::print("export: version {} of '{}' (rank {}, alpha {:g}, {} LoRA modules, {} tensors, {} values, content hash "
@@ -130,7 +130,7 @@ void RegisterImport(CLI::App& app) {
   cmd->add_flag("--no-sync", f->no_sync, "Do not fsync the commit (tests only)");
   cmd->callback([f] {
     if (Status s = ValidateId("--adapter", f->adapter, 128); !s.ok()) Fail("import", s, 2);
-    auto peft = ReadPeft(f->in);
+    auto peft = storage::ReadPeft(f->in);
     if (!peft.ok()) Fail("import", peft.status());
     std::string base = f->base;
     std::error_code ec;

@@ -10,7 +10,7 @@
 #include <random>
 #include <sstream>
 
-#include "ops/peft.h"
+#include "storage/peft.h"
 #include "schema/safetensors.h"
 #include "tests/testing/fixtures.h"
 #include "tests/lm/lm_testing.h"
@@ -175,11 +175,11 @@ TEST(LlamaTest, APeftExportMergedByTheReferenceGivesFedlorasLogits) {
   EXPECT_EQ(spec.tensors.back().name, "model.layers.1.mlp.down_proj.lora_B");
   const AdapterState state = RandomizeAdapter(*model, 3);
   const std::string adapter = dir.path("adapter");
-  ASSERT_TRUE(ops::WritePeft(adapter, {spec, state, {}, {}}).ok());
+  ASSERT_TRUE(storage::WritePeft(adapter, {spec, state, {}, {}}).ok());
   std::ifstream in(adapter + "/adapter_model.safetensors", std::ios::binary);
   std::stringstream bytes;
   bytes << in.rdbuf();
-  auto file = ops::DecodeSafetensors(bytes.str());
+  auto file = storage::DecodeSafetensors(bytes.str());
   ASSERT_TRUE(file.ok()) << file.status().ToString();
   EXPECT_EQ(file->tensors[0].name, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
   const std::string merged = dir.path("merged");
@@ -215,7 +215,7 @@ TEST(LlamaTest, AClassifiersPeftExportRunByTheReferenceGivesFedlorasClassLogits)
   EXPECT_EQ(spec.tensors.back().role, TensorRole::kDense);
   const AdapterState state = RandomizeAdapter(*model, 5);
   const std::string adapter = dir.path("adapter");
-  ASSERT_TRUE(ops::WritePeft(adapter, {spec, state, {}, {}}).ok());
+  ASSERT_TRUE(storage::WritePeft(adapter, {spec, state, {}, {}}).ok());
   {
     std::ifstream in(adapter + "/adapter_config.json");
     std::stringstream config;

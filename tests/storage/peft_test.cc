@@ -1,4 +1,4 @@
-#include "ops/peft.h"
+#include "storage/peft.h"
 
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 
 #include "tests/testing/fixtures.h"
 
-namespace fedlora::ops {
+namespace fedlora::storage {
 namespace {
 
 // A hand-built safetensors file around `header` with `data_bytes` zero bytes of data.
@@ -193,4 +193,4 @@ TEST(Peft, LanguageModelAdaptersAreCausalLmAndComeBackInModelOrder) {
 }
 
 }  // namespace
-}  // namespace fedlora::ops
+}  // namespace fedlora::storage

@@ -1,4 +1,4 @@
-#include "ops/peft.h"
+#include "storage/peft.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -19,7 +19,7 @@
 #include "schema/safetensors.h"
 #include "worker/lm/checkpoint.h"
 
-namespace fedlora::ops {
+namespace fedlora::storage {
 namespace {
 
 constexpr std::string_view kPrefix = "base_model.model.";
@@ -319,4 +319,4 @@ Result<PeftAdapter> ReadPeft(const std::string& dir) {
   return out;
 }
 
-}  // namespace fedlora::ops
+}  // namespace fedlora::storage

@@ -24,7 +24,7 @@
 #include "schema/adapter.h"
 #include "schema/status.h"
 
-namespace fedlora::ops {
+namespace fedlora::storage {
 
 struct PeftAdapter {
   AdapterSpec spec;
@@ -60,4 +60,4 @@ struct SafetensorsFile {
 };
 Result<SafetensorsFile> DecodeSafetensors(std::string_view bytes);
 
-}  // namespace fedlora::ops
+}  // namespace fedlora::storage
