@@ -300,6 +300,7 @@ class AggregatorImpl final : public Aggregator {
     socket_ = zmq::socket_t(ctx_, zmq::socket_type::dealer);
     transport::Configure(socket_, options_.hwm);
     security::ApplyClient(socket_, options_.keys);
+    if (!options_.keys.enabled()) security::ApplySecretClient(socket_, options_.secret);
     socket_.connect(options_.broker);
     connected_ = true;
   }

@@ -63,6 +63,7 @@ struct AggregatorOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   int heartbeat_liveness = 3;
   security::ClientKeys keys;  // CURVE keys when the broker is secured
+  std::string secret;         // without CURVE: the broker's aggregator secret (security.h); empty: none
   std::chrono::milliseconds poll_interval{100};
   int hwm = 1000;
   // Called on the aggregator thread after each durable commit.

@@ -91,8 +91,8 @@ struct WrittenUpdate {
 // own thread so that handshakes never wait for the broker's loop.
 class ZapHandler {
  public:
-  ZapHandler(zmq::context_t& ctx, security::Allowlist allow, BrokerStats& stats)
-      : socket_(ctx, zmq::socket_type::rep), allow_(std::move(allow)), stats_(stats) {
+  ZapHandler(zmq::context_t& ctx, security::Allowlist allow, std::string secret, BrokerStats& stats)
+      : socket_(ctx, zmq::socket_type::rep), allow_(std::move(allow)), secret_(std::move(secret)), stats_(stats) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.bind("inproc://zeromq.zap.01");
     thread_ = std::jthread([this](std::stop_token stop) { Serve(stop); });
@@ -135,6 +135,15 @@ class ZapHandler {
       } else {
         reason = "key not in the allowlist";
       }
+    } else if (mechanism == "PLAIN" && domain == "aggregators" && !secret_.empty() && f.size() >= 8) {
+      // Without CURVE: the aggregator secret (username, password).
+      if (security::SecretsEqual(f[7].to_string_view(), secret_)) {
+        status = "200";
+        reason = "OK";
+        user = text(6);
+      } else {
+        reason = "wrong aggregator secret";
+      }
     } else {
       reason = fmt::format("mechanism {} is not accepted", mechanism);
     }
@@ -158,6 +167,7 @@ class ZapHandler {
 
   zmq::socket_t socket_;
   security::Allowlist allow_;
+  std::string secret_;  // the aggregator secret (PLAIN on the backend), when there is no CURVE
   BrokerStats& stats_;
   std::jthread thread_;
 };
@@ -190,7 +200,7 @@ class BrokerImpl final : public Broker {
         if (!zmq_has("curve")) return Unimplemented("this libzmq was built without CURVE support");
         // The handler must be bound before the first handshake, and enforced: without a
         // handler libzmq would admit every key.
-        zap_.emplace(ctx_, options_.curve->allow, stats_);
+        zap_.emplace(ctx_, options_.curve->allow, std::string(), stats_);
         security::ApplyServer(frontend_, options_.curve->server, "workers");
         security::ApplyServer(backend_, options_.curve->server, "aggregators");
         security::ApplyServer(announce_, options_.curve->server, "subscribers");
@@ -200,6 +210,15 @@ class BrokerImpl final : public Broker {
         for (auto* s : {&frontend_, &backend_, &announce_}) {
           (void)zmq_setsockopt(s->handle(), kZapEnforceDomain, &on, sizeof(on));
         }
+      }
+      if (!options_.curve && !options_.aggregator_secret.empty()) {
+        // Only peers presenting the aggregator secret reach the backend: checked by the ZAP
+        // handler at the handshake, so a refused peer cannot send a single message.
+        zap_.emplace(ctx_, security::Allowlist{}, options_.aggregator_secret, stats_);
+        security::ApplySecretServer(backend_, "aggregators");
+        constexpr int kZapEnforceDomain = 93;  // ZMQ_ZAP_ENFORCE_DOMAIN (draft; where present)
+        const int on = 1;
+        (void)zmq_setsockopt(backend_.handle(), kZapEnforceDomain, &on, sizeof(on));
       }
       for (auto* s : {&frontend_, &backend_}) {
         transport::Configure(*s, options_.hwm);

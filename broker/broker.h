@@ -78,6 +78,9 @@ struct BrokerOptions {
   };
   std::optional<Curve> curve;
   bool insecure = false;  // allow plaintext on non-loopback endpoints
+  // Without CURVE: the secret aggregators must present on the backend (security.h); empty: any
+  // peer that reaches the backend may subscribe (a warning at start says so).
+  std::string aggregator_secret;
 };
 
 struct BrokerStats {
@@ -92,7 +95,7 @@ struct BrokerStats {
   std::atomic<uint64_t> records_read_back{0};  // delivered by reading the log (not held in memory)
   std::atomic<uint64_t> retry_later{0};     // refused because the ingest queue was full
   std::atomic<uint64_t> rate_limited{0};    // refused by the per-client rate limit
-  std::atomic<uint64_t> auth_denied{0};     // connections refused by the allowlist
+  std::atomic<uint64_t> auth_denied{0};     // connections refused by the allowlist or the aggregator secret
   std::atomic<uint64_t> aggregators_expired{0};  // subscriptions dropped for silence
   std::atomic<uint64_t> subscriptions_refused{0};  // Credits and globals refused: another aggregator holds the lease
   // Credits refused because the position they claim is not in this log (another log's id, past

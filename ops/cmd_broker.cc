@@ -23,6 +23,7 @@ void RegisterBroker(CLI::App& app) {
     bool verbose = true;
     std::string curve_secret;
     std::string allow;
+    std::string aggregator_secret;
     double ingest_queue_mib = 128;
     int heartbeat_ms = 1000;
     std::string http;
@@ -60,6 +61,10 @@ void RegisterBroker(CLI::App& app) {
   cmd->add_option("--allow", flags->allow,
                   "Allowlist of client keys, one `worker|aggregator NAME PUBLIC-KEY` per line (with --curve-secret)")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--aggregator-secret", flags->aggregator_secret,
+                  "Without CURVE: admit on the aggregator socket only peers presenting the secret in this file "
+                  "(`fedlora keygen --secret FILE`; give the aggregator the same file)")
+      ->check(CLI::ExistingFile);
   cmd->add_flag("--insecure", flags->options.insecure,
                 "Allow plaintext on endpoints other machines can reach (by default only loopback may be plaintext)");
   AddHttpFlag(cmd, flags->http, "Prometheus /metrics");
@@ -80,6 +85,19 @@ void RegisterBroker(CLI::App& app) {
       if (!allow.ok()) Fail("broker", allow.status(), 2);
       fmt::print("broker: CURVE on; public key {}; {} allowed keys\n", server->public_key, allow->size());
       flags->options.curve = broker::BrokerOptions::Curve{std::move(*server), std::move(*allow)};
+    }
+    if (!flags->aggregator_secret.empty()) {
+      if (flags->options.curve) {
+        Fail("broker", InvalidArgument("--aggregator-secret is for a broker without CURVE: with --curve-secret, the "
+                                       "allowlist's aggregator keys say who may subscribe"), 2);
+      }
+      auto secret = security::ReadSecretFile(flags->aggregator_secret);
+      if (!secret.ok()) Fail("broker", secret.status(), 2);
+      flags->options.aggregator_secret = std::move(*secret);
+      fmt::print("broker: aggregators must present the secret in {}\n", flags->aggregator_secret);
+    } else if (!flags->options.curve) {
+      fmt::print("broker: no CURVE and no --aggregator-secret: any process that reaches the aggregator socket "
+                 "may subscribe to an adapter no live aggregator holds\n");
     }
     auto broker = broker::Broker::Create(flags->options);
     if (!broker.ok()) Fail("broker", broker.status());

@@ -22,16 +22,29 @@ void RegisterKeygen(CLI::App& app) {
   struct Flags {
     std::string out;
     std::string name;
+    std::string secret;
   };
   auto flags = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand(
       "keygen", "Make a CURVE key pair: OUT.key (secret, mode 0600) and OUT.pub (public). The broker takes its "
                 "own with --curve-secret; clients take theirs with --key and the broker's .pub with --broker-key; "
-                "client public keys go in the broker's --allow file");
-  cmd->add_option("--out", flags->out, "Path prefix of the two files (e.g. keys/worker-0)")->required();
+                "client public keys go in the broker's --allow file. Or, with --secret FILE, an aggregator secret "
+                "for a broker without CURVE (broker and aggregator --aggregator-secret FILE)");
+  auto* out = cmd->add_option("--out", flags->out, "Path prefix of the two files (e.g. keys/worker-0)");
   cmd->add_option("--name", flags->name, "The identity the key stands for (default: the file name of --out)");
+  auto* secret = cmd->add_option("--secret", flags->secret,
+                                 "Write a fresh aggregator secret to this file (mode 0600) instead of a key pair");
+  out->excludes(secret);
   cmd->callback([flags] {
     SetupLogging(false);
+    if (!flags->secret.empty()) {
+      if (Status s = security::WriteSecretFile(flags->secret); !s.ok()) Fail("keygen", s, 2);
+      fmt::print("keygen: wrote an aggregator secret to {} (give it to the broker and its aggregators with "
+                 "--aggregator-secret)\n",
+                 flags->secret);
+      return;
+    }
+    if (flags->out.empty()) Fail("keygen", InvalidArgument("give --out PREFIX (a key pair) or --secret FILE"), 2);
     const std::string name =
         flags->name.empty() ? std::filesystem::path(flags->out).filename().string() : flags->name;
     auto keys = security::Generate();
@@ -52,6 +65,7 @@ void RegisterAggregator(CLI::App& app) {
     size_t eval_samples = 2000;
     bool no_sync = false;
     ClientKeyFlags keys;
+    std::string aggregator_secret;
     std::string http;
   };
   auto flags = std::make_shared<Flags>();
@@ -73,6 +87,9 @@ void RegisterAggregator(CLI::App& app) {
   cmd->add_option("--window", flags->options.window, "Log records in flight from the broker")->capture_default_str();
   cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync commits (unsafe: for tests only)");
   AddClientKeyFlags(cmd, flags->keys);
+  cmd->add_option("--aggregator-secret", flags->aggregator_secret,
+                  "The broker's aggregator secret file (its --aggregator-secret), when it has no CURVE")
+      ->check(CLI::ExistingFile);
   AddHttpFlag(cmd, flags->http, "/metrics, the dashboard and POST /api/rollback (from this machine only)");
   AddTaskFlags(cmd, flags->task);
   AddLanguageTaskFlags(cmd, flags->task);
@@ -83,6 +100,11 @@ void RegisterAggregator(CLI::App& app) {
     auto keys = security::LoadClientKeys(flags->keys.broker_key, flags->keys.key);
     if (!keys.ok()) Fail("aggregator", keys.status(), 2);
     flags->options.keys = std::move(*keys);
+    if (!flags->aggregator_secret.empty()) {
+      auto secret = security::ReadSecretFile(flags->aggregator_secret);
+      if (!secret.ok()) Fail("aggregator", secret.status(), 2);
+      flags->options.secret = std::move(*secret);
+    }
     flags->task.full = flags->engine.engine.method.method().full_model();
     flags->task.lora_residual =
         flags->engine.engine.method.method().KeepsResiduals(flags->engine.engine.method.params());

@@ -22,6 +22,7 @@
 #include "ops/flags.h"
 #include "ops/live.h"
 #include "ops/progress.h"
+#include "schema/transport/security.h"
 #include "storage/adapter_store.h"
 #include "worker/lm/pretrain.h"
 
@@ -364,6 +365,8 @@ void RegisterRun(CLI::App& app) {
     bo.backend = "tcp://127.0.0.1:*";
     bo.announce = "tcp://127.0.0.1:*";
     bo.log_path = f->store.log();
+    // Only this process's aggregator may subscribe: a fresh secret it alone knows.
+    bo.aggregator_secret = security::GenerateSecret();
     auto broker = broker::Broker::Create(bo);
     if (!broker.ok()) Fail("run", broker.status());
     const auto endpoints = (*broker)->Endpoints();
@@ -372,6 +375,7 @@ void RegisterRun(CLI::App& app) {
     aggregator::AggregatorOptions ao;
     ao.adapter_id = f->adapter;
     ao.broker = endpoints.backend;
+    ao.secret = bo.aggregator_secret;
     ao.store_path = f->store.adapters();
     ao.engine = f->engine.engine;
     ao.max_versions = f->max_versions;

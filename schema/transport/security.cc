@@ -1,9 +1,14 @@
 #include "schema/transport/security.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sodium.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -195,6 +200,60 @@ bool IsLoopback(std::string_view endpoint) {
   if (host.starts_with("[")) return host.starts_with("[::1]:");
   host = host.substr(0, host.rfind(':'));
   return host == "localhost" || host.starts_with("127.");
+}
+
+std::string GenerateSecret() {
+  unsigned char bytes[32];
+  randombytes_buf(bytes, sizeof(bytes));
+  std::string hex;
+  for (unsigned char b : bytes) hex += fmt::format("{:02x}", b);
+  return hex;
+}
+
+Status WriteSecretFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return errno == EEXIST ? AlreadyExists(fmt::format("'{}' exists; not overwritten", path))
+                           : Unavailable(fmt::format("cannot create '{}': {}", path, std::strerror(errno)));
+  }
+  const std::string text = GenerateSecret() + "\n";
+  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) return Unavailable(fmt::format("cannot write '{}'", path));
+  return Status::Ok();
+}
+
+Result<std::string> ReadSecretFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return NotFound(fmt::format("cannot read the aggregator secret file '{}'", path));
+  std::string secret, more;
+  std::getline(in, secret);
+  while (!secret.empty() && (secret.back() == '\r' || secret.back() == ' ')) secret.pop_back();
+  if (std::getline(in, more) && !more.empty()) {
+    return InvalidArgument(fmt::format("'{}' must hold the secret on one line", path));
+  }
+  if (secret.size() < kMinSecretLength) {
+    return InvalidArgument(fmt::format("the secret in '{}' is {} characters; at least {} are needed "
+                                       "(`fedlora keygen --secret FILE` writes one)",
+                                       path, secret.size(), kMinSecretLength));
+  }
+  return secret;
+}
+
+void ApplySecretClient(zmq::socket_t& socket, std::string_view secret) {
+  if (secret.empty()) return;
+  socket.set(zmq::sockopt::plain_username, "aggregator");
+  socket.set(zmq::sockopt::plain_password, std::string(secret));
+}
+
+void ApplySecretServer(zmq::socket_t& socket, std::string_view domain) {
+  socket.set(zmq::sockopt::plain_server, 1);
+  socket.set(zmq::sockopt::zap_domain, std::string(domain));
+}
+
+bool SecretsEqual(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  return sodium_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
 }  // namespace fedlora::security

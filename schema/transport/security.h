@@ -66,6 +66,27 @@ void ApplyClient(zmq::socket_t& socket, const ClientKeys& keys);
 // Makes a socket a CURVE server authenticating through the ZAP handler under `domain`.
 void ApplyServer(zmq::socket_t& socket, const KeyPair& server, std::string_view domain);
 
+// The aggregator secret: without CURVE, a broker given one admits on its aggregator socket only
+// peers that present it (ZeroMQ's PLAIN mechanism, checked by the broker's ZAP handler), so an
+// arbitrary process that can reach the socket cannot subscribe to an adapter or replace its
+// global. PLAIN sends it unencrypted: it keeps out other processes of this machine or of a
+// trusted network, not an eavesdropper; across untrusted networks use CURVE (role-bound keys).
+// The file holds the secret on one line, at least 16 characters; `fedlora keygen --secret`
+// writes one (mode 0600).
+inline constexpr size_t kMinSecretLength = 16;
+// A fresh secret: 32 random bytes as 64 hex digits.
+std::string GenerateSecret();
+// Writes PATH (mode 0600) with a fresh secret; refuses to overwrite.
+Status WriteSecretFile(const std::string& path);
+// Errors: kNotFound, kInvalidArgument (empty, shorter than kMinSecretLength, more than one line).
+Result<std::string> ReadSecretFile(const std::string& path);
+// Client side: present `secret` on this socket (before it connects).
+void ApplySecretClient(zmq::socket_t& socket, std::string_view secret);
+// Server side: require a secret on this socket, checked by the ZAP handler under `domain`.
+void ApplySecretServer(zmq::socket_t& socket, std::string_view domain);
+// Compares in time independent of where they differ.
+bool SecretsEqual(std::string_view a, std::string_view b);
+
 // True for endpoints only this machine can reach: tcp on 127.0.0.0/8, localhost or ::1, and
 // ipc:// and inproc://. Binding anything else in plaintext needs an explicit opt-in.
 bool IsLoopback(std::string_view endpoint);

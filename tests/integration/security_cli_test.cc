@@ -4,6 +4,7 @@
 // and a plaintext client get nothing in; plaintext beyond loopback is refused at start.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -95,6 +96,56 @@ TEST(SecurityCli, OnlyListedKeysPublishAndPlaintextStaysOut) {
   out = Shell(std::string(kBinary) + " broker --store " + Quote(dir.path("open")) + " --frontend tcp://0.0.0.0:0", &rc);
   EXPECT_NE(rc, 0) << out;
   EXPECT_NE(out.find("--curve-secret"), std::string::npos) << out;
+}
+
+// Without CURVE: an aggregator secret (issue 21). `keygen --secret` writes one; a broker given it
+// admits on its aggregator socket only a process that presents it, so an aggregator without it
+// never subscribes (nothing it could be sent is sent), and one with it folds as usual.
+TEST(SecurityCli, AnAggregatorSecretKeepsOtherProcessesOffTheAggregatorSocket) {
+  testing::TempDir dir;
+  const std::string store = dir.path("store");
+  int rc = -1;
+  std::string out = Shell(std::string(kBinary) + " pretrain --arch mlp --epochs 1 --store " + Quote(store), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string secret = dir.path("agg.secret");
+  out = Shell(std::string(kBinary) + " keygen --secret " + Quote(secret), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(std::filesystem::status(secret).permissions() & std::filesystem::perms::group_all,
+            std::filesystem::perms::none)
+      << "the secret file is readable by others";
+  out = Shell(std::string(kBinary) + " keygen --secret " + Quote(secret), &rc);
+  EXPECT_EQ(rc, 2) << "keygen overwrote a secret: " << out;
+
+  Process broker({kBinary, "broker", "--store", store, "--frontend", "tcp://127.0.0.1:*", "--backend",
+                  "tcp://127.0.0.1:*", "--announce", "tcp://127.0.0.1:*", "--aggregator-secret", secret},
+                 dir.path("broker.out"));
+  const auto bound = testing::WaitForBroker(broker);
+  ASSERT_TRUE(bound);
+  // Without the secret: the handshake fails, so the broker never hears from it.
+  Process stranger({kBinary, "aggregator", "--store", store, "--broker", bound->backend, "--arch", "mlp",
+                    "--buffer-size", "5", "--eval-every", "0"},
+                   dir.path("stranger.out"));
+  ASSERT_TRUE(WaitUntil([&] { return stranger.Output().find("silent") != std::string::npos; },
+                        std::chrono::seconds(60)))
+      << "the aggregator without the secret was answered:\n" << stranger.Output();
+  stranger.Signal(SIGTERM);
+  ASSERT_TRUE(stranger.Wait(std::chrono::seconds(20)));
+  Process aggregator({kBinary, "aggregator", "--store", store, "--broker", bound->backend, "--arch", "mlp",
+                      "--buffer-size", "5", "--eval-every", "0", "--aggregator-secret", secret},
+                     dir.path("aggregator.out"));
+  const std::string load = std::string(kBinary) + " loadgen --json --broker " + bound->frontend +
+                           " --clients 1 --updates 5 --duration 60 --timeout-ms 500 2>/dev/null";
+  const json j = json::parse(RunCapture(load, &rc), nullptr, false);
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(j.value("acked", 0), 5) << j.dump();
+  ASSERT_TRUE(WaitUntil([&] { return aggregator.Output().find("version=1 updates=5") != std::string::npos; },
+                        std::chrono::seconds(60)))
+      << aggregator.Output();
+  aggregator.Signal(SIGTERM);
+  ASSERT_TRUE(aggregator.Wait(std::chrono::seconds(20)));
+  broker.Signal(SIGTERM);
+  ASSERT_TRUE(broker.Wait(std::chrono::seconds(20)));
+  EXPECT_NE(broker.Output().find("aggregators must present the secret"), std::string::npos) << broker.Output();
 }
 
 }  // namespace

@@ -50,10 +50,12 @@ class RunningBroker {
 // A raw protocol peer (DEALER) with bounded waits.
 class Peer {
  public:
-  explicit Peer(const std::string& endpoint, const security::ClientKeys& keys = {})
+  // `secret`: the broker's aggregator secret, presented at the handshake (without CURVE).
+  explicit Peer(const std::string& endpoint, const security::ClientKeys& keys = {}, std::string_view secret = {})
       : socket_(ctx_, zmq::socket_type::dealer) {
     transport::Configure(socket_, 1000);
     security::ApplyClient(socket_, keys);
+    security::ApplySecretClient(socket_, secret);
     socket_.connect(endpoint);
   }
   void Send(const codec::Bytes& bytes) { SendRaw({reinterpret_cast<const char*>(bytes.data()), bytes.size()}); }
