@@ -35,6 +35,17 @@ std::string Keygen(const std::string& prefix, const std::string& name) {
   return m.size() > 1 ? m[1].str() : "";
 }
 
+// Waits until the aggregator has folded five updates into version 1, then stops it and the broker.
+void StopAfterVersionOne(Process& aggregator, Process& broker) {
+  ASSERT_TRUE(WaitUntil([&] { return aggregator.Output().find("version=1 updates=5") != std::string::npos; },
+                        std::chrono::seconds(60)))
+      << aggregator.Output();
+  aggregator.Signal(SIGTERM);
+  ASSERT_TRUE(aggregator.Wait(std::chrono::seconds(20)));
+  broker.Signal(SIGTERM);
+  ASSERT_TRUE(broker.Wait(std::chrono::seconds(20)));
+}
+
 TEST(SecurityCli, OnlyListedKeysPublishAndPlaintextStaysOut) {
   testing::TempDir dir;
   const std::string store = dir.path("store");
@@ -82,13 +93,7 @@ TEST(SecurityCli, OnlyListedKeysPublishAndPlaintextStaysOut) {
   EXPECT_EQ(plaintext["acked"], 0) << plaintext.dump();
 
   // The aggregator, itself authenticated, folded the five listed updates into version 1.
-  ASSERT_TRUE(WaitUntil([&] { return aggregator.Output().find("version=1 updates=5") != std::string::npos; },
-                        std::chrono::seconds(60)))
-      << aggregator.Output();
-  aggregator.Signal(SIGTERM);
-  ASSERT_TRUE(aggregator.Wait(std::chrono::seconds(20)));
-  broker.Signal(SIGTERM);
-  ASSERT_TRUE(broker.Wait(std::chrono::seconds(20)));
+  ASSERT_NO_FATAL_FAILURE(StopAfterVersionOne(aggregator, broker));
   EXPECT_NE(broker.Output().find("refused connection"), std::string::npos) << "the intruder's key was not refused";
   EXPECT_NE(broker.Output().find("updates logged=5 "), std::string::npos) << broker.Output();
 
@@ -138,13 +143,7 @@ TEST(SecurityCli, AnAggregatorSecretKeepsOtherProcessesOffTheAggregatorSocket) {
   const json j = json::parse(RunCapture(load, &rc), nullptr, false);
   EXPECT_EQ(rc, 0);
   EXPECT_EQ(j.value("acked", 0), 5) << j.dump();
-  ASSERT_TRUE(WaitUntil([&] { return aggregator.Output().find("version=1 updates=5") != std::string::npos; },
-                        std::chrono::seconds(60)))
-      << aggregator.Output();
-  aggregator.Signal(SIGTERM);
-  ASSERT_TRUE(aggregator.Wait(std::chrono::seconds(20)));
-  broker.Signal(SIGTERM);
-  ASSERT_TRUE(broker.Wait(std::chrono::seconds(20)));
+  ASSERT_NO_FATAL_FAILURE(StopAfterVersionOne(aggregator, broker));
   EXPECT_NE(broker.Output().find("aggregators must present the secret"), std::string::npos) << broker.Output();
 }
 
