@@ -10,6 +10,7 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -188,10 +189,13 @@ class ServerImpl final : public Server {
  public:
   ServerImpl(std::unique_ptr<httplib::Server> server, std::string address)
       : server_(std::move(server)), address_(std::move(address)) {
-    thread_ = std::thread([this] { server_->listen_after_bind(); });
+    thread_ = std::thread([this] {
+      server_->listen_after_bind();
+      loop_ended_ = true;
+    });
     // stop() closes the listening socket only once the loop runs; wait for it so that a Server
-    // destroyed at once still stops.
-    while (!server_->is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // destroyed at once still stops (or for the loop's end, should it end by itself).
+    while (!server_->is_running() && !loop_ended_) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ~ServerImpl() override {
     server_->stop();
@@ -202,6 +206,7 @@ class ServerImpl final : public Server {
  private:
   std::unique_ptr<httplib::Server> server_;
   std::string address_;
+  std::atomic<bool> loop_ended_{false};
   std::thread thread_;
 };
 
