@@ -106,8 +106,9 @@ int PortOf(const sockaddr_storage& sa) {
 // One accepted connection as cpp-httplib reads and writes it, with the bounds cpp-httplib 0.11
 // lacks: it stores any number of header lines (one peer streaming headers grew the process by
 // 450 MB in a minute) and its read timeout is per read, so a peer trickling bytes is never
-// dropped. Here the whole request (head and body) must arrive within kIdleTimeout of the accept
-// and in at most kMaxHead + kMaxBody bytes; past either, reads fail and cpp-httplib answers 400
+// dropped. Here the whole request (head and body) must arrive within kIdleTimeout of a server
+// thread taking the connection up (a connection waiting for a free thread is not charged) and in
+// at most kMaxHead + kMaxBody bytes; past either, reads fail and cpp-httplib answers 400
 // (or 413 for a declared body over kMaxBody) and closes.
 class BoundedStream final : public httplib::Stream {
  public:

@@ -3,7 +3,8 @@
 // cpp-httplib. Not a general web server: one request per connection, which the response closes;
 // the request line and each header line at most 8 KiB (cpp-httplib's limits), the whole request
 // at most kMaxHead + kMaxBody bytes (a declared body over kMaxBody is answered 413) and complete
-// within kIdleTimeout of the connection, or it is answered 400 and closed. Requests are served
+// within kIdleTimeout of a server thread taking the connection up, or it is answered 400 and
+// closed. Requests are served
 // by a pool of kServerThreads threads, so a slow page (the dashboard's summary of thousands of
 // versions) holds up only its own thread, not /metrics; more than kServerThreads slow or idle
 // peers delay the others by at most kIdleTimeout.
