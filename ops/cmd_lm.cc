@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "ops/commands.h"
-#include "ops/federation.h"
+#include "worker/federation/task.h"
 #include "ops/flags.h"
 #include "storage/reader.h"
 #include "worker/lm/checkpoint.h"

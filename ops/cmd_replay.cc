@@ -13,7 +13,7 @@
 #include "aggregator/engine_config.h"
 #include "aggregator/replay.h"
 #include "ops/commands.h"
-#include "ops/federation.h"
+#include "worker/federation/task.h"
 #include "ops/flags.h"
 #include "ops/progress.h"
 #include "storage/adapter_store.h"

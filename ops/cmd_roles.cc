@@ -12,7 +12,7 @@
 #include "broker/broker.h"
 #include "schema/transport/security.h"
 #include "ops/commands.h"
-#include "ops/federation.h"
+#include "worker/federation/task.h"
 #include "ops/flags.h"
 #include "ops/live.h"
 

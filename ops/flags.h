@@ -12,7 +12,7 @@
 
 #include "aggregator/aggregator.h"
 #include "storage/layout.h"
-#include "ops/federation.h"
+#include "worker/federation/task.h"
 #include "worker/client.h"
 
 namespace fedlora::ops {
@@ -20,6 +20,24 @@ namespace fedlora::ops {
 // Where a run keeps its data: <store>/log (update log), <store>/adapters (versions and
 // lineage), <store>/base (frozen base models).
 using StoreLayout = storage::StoreLayout;  // storage/layout.h
+
+// The tasks (worker/federation/task.h), as the commands name them.
+using federation::BasePath;
+using federation::DescribeEval;
+using federation::EnsureBase;
+using federation::IsLanguageTask;
+using federation::IsTextClassification;
+using federation::kTaskNames;
+using federation::LoadTaskData;
+using federation::MakeEvaluator;
+using federation::MakeInitialAdapter;
+using federation::MissingBase;
+using federation::MixAccuracy;
+using federation::OwnLanguageModelPath;
+using federation::SetTorchThreads;
+using federation::TaskBase;
+using federation::TaskOfSpec;
+using federation::TaskOptions;
 
 void AddTaskFlags(CLI::App* app, TaskOptions& task);
 // --task, --text, --seq-len, --examples-per-source, --target-modules (the lm task's data and

@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", f.json_out, "Also write the result as JSON here");
   CLI11_PARSE(app, argc, argv);
 
-  // As ops::SetTorchThreads, which `fedlora run` calls with 1 for its in-process workers.
+  // As federation::SetTorchThreads, which `fedlora run` calls with 1 for its in-process workers.
   at::set_num_threads(f.threads);
   at::set_num_interop_threads(1);
 

@@ -1,4 +1,4 @@
-// The tasks, wired for the command line: which data, which split, which model, and the pieces
+// The tasks, wired for a federation (fedlora::federation): which data, which split, which model, and the pieces
 // every role needs from them (the frozen base, version 0 of the adapter, each client's shard,
 // the evaluator of a global).
 //   image: Fashion-MNIST classification with a base fedlora pretrains (vit-tiny or mlp);
@@ -9,7 +9,7 @@
 //   text-classify: the same checkpoint as a sequence classifier (worker/lm/llama.h) of
 //          WordNet's glosses into their 45 lexicographer classes; the partitions deal the
 //          glosses out by class.
-// This header is LibTorch-free so that only ops/federation.cc pays LibTorch's compile time.
+// This header is LibTorch-free so that only worker/federation/task.cc pays LibTorch's compile time.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +24,7 @@
 #include "worker/lm/packaged_text.h"
 #include "worker/lm/text_corpus.h"
 
-namespace fedlora::ops {
+namespace fedlora::federation {
 
 // How `fedlora pretrain --task lm` (and `run` when the lm task has no --base) makes fedlora's
 // own language model (worker/lm/pretrain.h).
@@ -145,4 +145,4 @@ double MixAccuracy(const worker::Dataset& train, const std::vector<size_t>& shar
 // Intra-op threads of LibTorch for this process.
 void SetTorchThreads(int threads);
 
-}  // namespace fedlora::ops
+}  // namespace fedlora::federation

@@ -1,4 +1,4 @@
-#include "ops/federation.h"
+#include "worker/federation/task.h"
 
 #include <fmt/format.h>
 
@@ -16,7 +16,7 @@
 #include "worker/model.h"
 #include "worker/train.h"
 
-namespace fedlora::ops {
+namespace fedlora::federation {
 
 std::string BasePath(const std::string& store_dir, const std::string& arch) {
   return (std::filesystem::path(store_dir) / "base" / (arch + ".pt")).string();
@@ -264,4 +264,4 @@ void SetTorchThreads(int threads) {
   }
 }
 
-}  // namespace fedlora::ops
+}  // namespace fedlora::federation
