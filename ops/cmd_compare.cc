@@ -1,7 +1,8 @@
 // `fedlora compare`: runs several methods on the same task, seeds, partition, worker speeds and
 // time budget (one `fedlora run` process each, so no run can disturb another's state), then
 // reads every run's store and writes a table (Markdown and JSON) and a plot of test accuracy
-// against uploaded bytes (SVG).
+// against uploaded bytes (SVG); with --dp-epsilons, once per DP-SGD budget, and a table and a
+// plot of accuracy against the budget.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 
 #include "ops/commands.h"
 #include "ops/flags.h"
+#include "ops/observe/plot.h"
 #include "ops/process/child.h"
 #include "aggregator/methods/registry.h"
 #include "storage/adapter_store.h"
@@ -49,6 +51,7 @@ struct MethodResult {
   double seconds = 0;
   std::vector<Point> curve;
   double bytes_to_target = -1;   // -1: never reached
+  double epsilon_spent = -1;     // record-level DP: the most any worker spent (-1: no DP)
   double BytesPerUpdate() const { return updates ? static_cast<double>(bytes) / static_cast<double>(updates) : 0; }
 };
 
@@ -110,67 +113,94 @@ Status ReadCurve(const std::string& store_dir, const std::string& adapter, Metho
   return Status::Ok();
 }
 
-// Accuracy against uploaded bytes, log-scaled x, one polyline per method.
+// Accuracy against uploaded bytes, log-scaled x, one line per method.
 std::string Plot(const std::vector<MethodResult>& results, double target, const std::string& title) {
-  constexpr double kW = 760, kH = 460, kLeft = 70, kRight = 190, kTop = 40, kBottom = 60;
-  static const char* kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
-  double xmin = INFINITY, xmax = 0, ymin = 1, ymax = 0;
+  observe::plot::Figure fig;
+  fig.title = title;
+  fig.x.label = "uploaded bytes (log scale)";
+  fig.x.log = true;
+  fig.x.format = [](double b) { return HumanBytes(b); };
+  fig.y.label = "test accuracy";
+  fig.y.step = 0.05;
+  fig.y.format = [](double a) { return fmt::format("{:.2f}", a); };
+  fig.y_rule = {target, fmt::format("target {:.2f}", target)};
   for (const auto& r : results) {
-    for (const auto& p : r.curve) {
-      ymin = std::min(ymin, p.accuracy);
-      ymax = std::max(ymax, p.accuracy);
-      if (p.bytes > 0) {
-        xmin = std::min(xmin, p.bytes);
-        xmax = std::max(xmax, p.bytes);
+    observe::plot::Series s;
+    s.name = r.method;
+    for (const auto& p : r.curve) s.points.emplace_back(p.bytes, p.accuracy);
+    fig.series.push_back(std::move(s));
+  }
+  return observe::plot::LineChart(fig);
+}
+
+// "inf,8,3,1" -> {"inf", "8", "3", "1"}. Errors: kInvalidArgument (an entry neither inf nor a
+// positive number, or none at all).
+Result<std::vector<std::string>> ParseEpsilons(const std::string& text) {
+  std::vector<std::string> out;
+  for (size_t pos = 0; pos <= text.size();) {
+    const size_t comma = std::min(text.find(',', pos), text.size());
+    const std::string item = text.substr(pos, comma - pos);
+    pos = comma + 1;
+    if (item.empty()) continue;
+    if (item != "inf") {
+      char* end = nullptr;
+      const double e = std::strtod(item.c_str(), &end);
+      if (*end != '\0' || !(e > 0) || !std::isfinite(e)) {
+        return InvalidArgument(fmt::format("--dp-epsilons: '{}' is neither inf nor a positive number", item));
       }
     }
+    out.push_back(item);
   }
-  if (!(xmax > 0)) return "";
-  const double lx0 = std::floor(std::log10(xmin)), lx1 = std::ceil(std::log10(xmax));
-  ymin = std::floor(ymin * 20) / 20;
-  ymax = std::ceil(ymax * 20) / 20;
-  if (ymax <= ymin) ymax = ymin + 0.05;
-  auto X = [&](double b) { return kLeft + (std::log10(b) - lx0) / std::max(1.0, lx1 - lx0) * (kW - kLeft - kRight); };
-  auto Y = [&](double a) { return kH - kBottom - (a - ymin) / (ymax - ymin) * (kH - kTop - kBottom); };
-  std::string svg = fmt::format(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
-      "font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      "<text x=\"{}\" y=\"22\" font-size=\"14\">{}</text>\n",
-      kW, kH, kLeft, title);
-  for (double e = lx0; e <= lx1; e += 1) {
-    const double x = X(std::pow(10.0, e));
-    svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#ddd\"/>"
-                       "<text x=\"{0:.1f}\" y=\"{3}\" text-anchor=\"middle\">{4}</text>\n",
-                       x, kTop, kH - kBottom, kH - kBottom + 16, HumanBytes(std::pow(10.0, e)));
-  }
-  for (double a = ymin; a <= ymax + 1e-9; a += 0.05) {
-    svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#ddd\"/>"
-                       "<text x=\"{3}\" y=\"{4:.1f}\" text-anchor=\"end\">{5:.2f}</text>\n",
-                       kLeft, Y(a), kW - kRight, kLeft - 6, Y(a) + 4, a);
-  }
-  if (target > ymin && target < ymax) {
-    svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#444\" "
-                       "stroke-dasharray=\"4 4\"/><text x=\"{2}\" y=\"{3:.1f}\" text-anchor=\"end\">target {4:.2f}</text>\n",
-                       kLeft, Y(target), kW - kRight, Y(target) - 4, target);
-  }
-  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">uploaded bytes (log scale)</text>\n",
-                     (kLeft + kW - kRight) / 2, kH - 18);
-  svg += fmt::format("<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">test "
-                     "accuracy</text>\n", (kTop + kH - kBottom) / 2, (kTop + kH - kBottom) / 2);
-  for (size_t i = 0; i < results.size(); ++i) {
-    const char* color = kColors[i % std::size(kColors)];
-    std::string points;
-    for (const auto& p : results[i].curve) {
-      if (p.bytes > 0) points += fmt::format("{:.1f},{:.1f} ", X(p.bytes), Y(p.accuracy));
+  if (out.empty()) return InvalidArgument("--dp-epsilons is empty");
+  return out;
+}
+
+// Final accuracy per method and budget (with the versions and the most epsilon any worker
+// spent) as Markdown, and as a plot of accuracy against the budgets in the order given.
+std::pair<std::string, std::string> PrivacyTable(
+    const std::vector<std::pair<std::string, std::vector<MethodResult>>>& passes, const std::string& title) {
+  std::vector<std::string> methods;
+  for (const auto& [eps, results] : passes) {
+    for (const auto& r : results) {
+      if (std::find(methods.begin(), methods.end(), r.method) == methods.end()) methods.push_back(r.method);
     }
-    svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", color, points);
-    const double ly = kTop + 10 + 18.0 * static_cast<double>(i);
-    svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"{3}\" stroke-width=\"3\"/>"
-                       "<text x=\"{4}\" y=\"{5:.1f}\">{6}</text>\n",
-                       kW - kRight + 12, ly, kW - kRight + 36, color, kW - kRight + 42, ly + 4, results[i].method);
   }
-  return svg + "</svg>\n";
+  auto label = [](const std::string& eps) { return eps == "inf" ? std::string("no DP") : "eps " + eps; };
+  std::string table = "| method |";
+  std::string rule = "| --- |";
+  for (const auto& [eps, results] : passes) {
+    table += " " + label(eps) + " |";
+    rule += " --- |";
+  }
+  table += "\n" + rule + "\n";
+  observe::plot::Figure fig;
+  fig.title = title;
+  fig.x.label = "record-level DP-SGD budget per worker";
+  for (size_t i = 0; i < passes.size(); ++i) fig.x.categories.emplace_back(static_cast<double>(i), label(passes[i].first));
+  fig.y.label = "final test accuracy";
+  fig.y.format = [](double a) { return fmt::format("{:.2f}", a); };
+  for (const std::string& m : methods) {
+    table += "| " + m + " |";
+    observe::plot::Series line;
+    line.name = m;
+    line.dots = true;
+    for (size_t i = 0; i < passes.size(); ++i) {
+      const MethodResult* r = nullptr;
+      for (const auto& c : passes[i].second) {
+        if (c.method == m) r = &c;
+      }
+      if (!r || !r->error.empty()) {
+        table += r ? " failed |" : " - |";
+        continue;
+      }
+      table += fmt::format(" {:.4f} ({} v{}) |", r->final_accuracy, r->final_version,
+                           r->epsilon_spent >= 0 ? fmt::format(", spent {:.2f}", r->epsilon_spent) : "");
+      line.points.emplace_back(static_cast<double>(i), r->final_accuracy);
+    }
+    table += "\n";
+    fig.series.push_back(std::move(line));
+  }
+  return {table, observe::plot::LineChart(fig)};
 }
 
 }  // namespace
@@ -185,6 +215,7 @@ void RegisterCompare(CLI::App& app) {
     std::string speeds = "1,1.5,2,3,5,8";
     uint32_t eval_every = 5;
     size_t eval_samples = 2000;
+    std::string dp_epsilons;
     std::vector<std::string> extra;
   };
   auto f = std::make_shared<Flags>();
@@ -227,6 +258,10 @@ void RegisterCompare(CLI::App& app) {
   cmd->add_option("--eval-samples", f->eval_samples, "Test examples per periodic evaluation (the final accuracy uses "
                                                      "the whole test split)")
       ->capture_default_str();
+  cmd->add_option("--dp-epsilons", f->dp_epsilons,
+                  "Run every method once per record-level DP-SGD budget in this list (e.g. inf,8,3,1; inf: no DP), "
+                  "each budget in <out>/eps-E, and write a table and a plot of final accuracy against epsilon. "
+                  "Give the DP-SGD step plan after -- (e.g. -- --dp-steps 400)");
   cmd->add_option("extra", f->extra, "Arguments passed to every `fedlora run` (after --)");
   cmd->callback([f] {
     InstallStopSignals();
@@ -241,6 +276,12 @@ void RegisterCompare(CLI::App& app) {
       pos = comma + 1;
     }
     if (methods.empty()) Fail("compare", InvalidArgument("--methods is empty"), 2);
+    std::vector<std::string> budgets;
+    if (!f->dp_epsilons.empty()) {
+      auto parsed = ParseEpsilons(f->dp_epsilons);
+      if (!parsed.ok()) Fail("compare", parsed.status(), 2);
+      budgets = std::move(*parsed);
+    }
     std::error_code ec;
     const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
     if (ec) Fail("compare", Internal("cannot find the fedlora executable: " + ec.message()));
@@ -277,120 +318,155 @@ void RegisterCompare(CLI::App& app) {
                methods.size(), f->duration_s, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, model_name,
                f->out);
     std::fflush(stdout);
-    std::vector<MethodResult> results;
-    for (size_t i = 0; i < methods.size() && !StopSignalled(); ++i) {
-      MethodResult r;
-      r.method = methods[i];
-      const fs::path store = out / "runs" / r.method;
-      fs::remove_all(store, ec);
-      fs::create_directories(store / "base", ec);
-      if (!text) {  // a language model is only read, so every run maps the same directory
-        fs::copy_file(base, BasePath(store.string(), f->task.arch), fs::copy_options::overwrite_existing, ec);
-        if (ec) Fail("compare", Unavailable(fmt::format("cannot copy the base model: {}", ec.message())));
-      }
-      const std::string summary = (store / "summary.json").string();
-      std::vector<std::string> args = {exe.string(), "run", "--store", store.string(), "--method", r.method,
-                                       "--duration", fmt::format("{}", f->duration_s), "--workers",
-                                       std::to_string(f->task.num_clients), "--speeds", f->speeds, "--dirichlet",
-                                       fmt::format("{}", f->task.dirichlet_alpha), "--eval-every",
-                                       std::to_string(f->eval_every), "--eval-samples",
-                                       std::to_string(f->eval_samples), "--summary", summary};
-      if (text) {
-        args.insert(args.end(), {"--task", "text-classify", "--base", base, "--wordnet", f->task.wordnet_dir,
-                                 "--examples-per-source", std::to_string(f->task.examples_per_source)});
-      } else {
-        args.insert(args.end(), {"--arch", f->task.arch, "--data-dir", f->task.data_dir});
-      }
-      args.insert(args.end(), f->extra.begin(), f->extra.end());
-      const std::string label = fmt::format("[{}/{}] {:<10}", i + 1, methods.size(), r.method);
-      const int rc = RunChild(args, (store / "run.log").string(), label);
-      if (rc != 0) {
-        r.error = fmt::format("exit {}; see {}", rc, (store / "run.log").string());
-      } else {
-        std::ifstream in(summary);
-        const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-        if (j.is_discarded()) {
-          r.error = "unreadable " + summary;
-        } else {
-          r.base_accuracy = j.value("base_accuracy", -1.0);
-          r.final_accuracy = j.value("final_accuracy", -1.0);
-          r.client_accuracy = j.value("client_accuracy_mean", -1.0);
-          r.personal = j.value("client_models", std::string()) == "personal";
-          r.final_version = j.value("final_version", uint64_t{0});
-          r.updates = j.value("updates_logged", uint64_t{0});
-          r.bytes = j.value("bytes_uploaded", uint64_t{0});
-          r.seconds = j.value("federated_seconds", 0.0);
-        }
-        if (Status s = ReadCurve(store.string(), "default", r); !s.ok() && r.error.empty()) r.error = s.ToString();
-      }
-      for (const auto& p : r.curve) {
-        if (p.accuracy >= f->target) {
-          r.bytes_to_target = p.bytes;
-          break;
-        }
-      }
-      if (r.error.empty()) {
-        fmt::print("{}  final accuracy {:.4f}  {} per update  {} uploaded  {} versions\n", label, r.final_accuracy,
-                   HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), r.final_version);
-      } else {
-        fmt::print("{}  FAILED: {}\n", label, r.error);
-      }
-      std::fflush(stdout);
-      results.push_back(std::move(r));
-    }
 
-    auto find = [&](const std::string& name) -> const MethodResult* {
-      for (const auto& r : results) {
-        if (r.method == name && r.error.empty()) return &r;
+    // Every method once, with `extra` after the common flags, in <pass_out>/runs/<method>.
+    auto run_methods = [&](const fs::path& pass_out, const std::vector<std::string>& extra) {
+      std::vector<MethodResult> results;
+      for (size_t i = 0; i < methods.size() && !StopSignalled(); ++i) {
+        MethodResult r;
+        r.method = methods[i];
+        const fs::path store = pass_out / "runs" / r.method;
+        fs::remove_all(store, ec);
+        fs::create_directories(store / "base", ec);
+        if (!text) {  // a language model is only read, so every run maps the same directory
+          fs::copy_file(base, BasePath(store.string(), f->task.arch), fs::copy_options::overwrite_existing, ec);
+          if (ec) Fail("compare", Unavailable(fmt::format("cannot copy the base model: {}", ec.message())));
+        }
+        const std::string summary = (store / "summary.json").string();
+        std::vector<std::string> args = {exe.string(), "run", "--store", store.string(), "--method", r.method,
+                                         "--duration", fmt::format("{}", f->duration_s), "--workers",
+                                         std::to_string(f->task.num_clients), "--speeds", f->speeds, "--dirichlet",
+                                         fmt::format("{}", f->task.dirichlet_alpha), "--eval-every",
+                                         std::to_string(f->eval_every), "--eval-samples",
+                                         std::to_string(f->eval_samples), "--summary", summary};
+        if (text) {
+          args.insert(args.end(), {"--task", "text-classify", "--base", base, "--wordnet", f->task.wordnet_dir,
+                                   "--examples-per-source", std::to_string(f->task.examples_per_source)});
+        } else {
+          args.insert(args.end(), {"--arch", f->task.arch, "--data-dir", f->task.data_dir});
+        }
+        args.insert(args.end(), extra.begin(), extra.end());
+        const std::string label = fmt::format("[{}/{}] {:<10}", i + 1, methods.size(), r.method);
+        const int rc = RunChild(args, (store / "run.log").string(), label);
+        if (rc != 0) {
+          r.error = fmt::format("exit {}; see {}", rc, (store / "run.log").string());
+        } else {
+          std::ifstream in(summary);
+          const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+          if (j.is_discarded()) {
+            r.error = "unreadable " + summary;
+          } else {
+            r.base_accuracy = j.value("base_accuracy", -1.0);
+            r.final_accuracy = j.value("final_accuracy", -1.0);
+            r.client_accuracy = j.value("client_accuracy_mean", -1.0);
+            r.personal = j.value("client_models", std::string()) == "personal";
+            r.final_version = j.value("final_version", uint64_t{0});
+            r.updates = j.value("updates_logged", uint64_t{0});
+            r.bytes = j.value("bytes_uploaded", uint64_t{0});
+            r.seconds = j.value("federated_seconds", 0.0);
+            if (j.contains("privacy") && j["privacy"].is_object()) {
+              r.epsilon_spent = j["privacy"].value("worker_epsilon_max", -1.0);
+            }
+          }
+          if (Status s = ReadCurve(store.string(), "default", r); !s.ok() && r.error.empty()) r.error = s.ToString();
+        }
+        for (const auto& p : r.curve) {
+          if (p.accuracy >= f->target) {
+            r.bytes_to_target = p.bytes;
+            break;
+          }
+        }
+        if (r.error.empty()) {
+          fmt::print("{}  final accuracy {:.4f}  {} per update  {} uploaded  {} versions\n", label, r.final_accuracy,
+                     HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), r.final_version);
+        } else {
+          fmt::print("{}  FAILED: {}\n", label, r.error);
+        }
+        std::fflush(stdout);
+        results.push_back(std::move(r));
       }
-      return nullptr;
+      return results;
     };
-    const MethodResult* fedavg = find("fedavg");
-    const MethodResult* full = find("full");
-    std::string table = fmt::format(
-        "{}, {}, {} workers (speeds x{}), Dirichlet({}), {} s per method{}; final accuracy on {}; on clients' mix: "
-        "the mean over clients of the accuracy on their own label mix (fedsa: with each client's own B); bytes are "
-        "logged update bytes.\n\n"
-        "| method | final accuracy | on clients' mix | vs fedavg | bytes / update | uploaded | fewer bytes / update than fedavg | "
-        "than full | bytes to {:.2f} | updates | versions |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        text ? "WordNet glosses (45 classes)" : "Fashion-MNIST", model_name, f->task.num_clients, f->speeds,
-        f->task.dirichlet_alpha, f->duration_s,
-        f->extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(f->extra, " ")),
-        text ? "the held-out glosses" : "the 10,000 test images", f->target);
-    nlohmann::json json = nlohmann::json::array();
-    for (const auto& r : results) {
-      if (!r.error.empty()) {
-        table += fmt::format("| {} | failed: {} | | | | | | | | | |\n", r.method, r.error);
-        continue;
-      }
-      auto ratio = [&](const MethodResult* ref) {
-        return ref && r.BytesPerUpdate() > 0 ? fmt::format("{:.1f}x", ref->BytesPerUpdate() / r.BytesPerUpdate()) : "-";
+
+    // The table (Markdown and JSON) and the plot of one pass, in `pass_out`.
+    auto write_results = [&](const fs::path& pass_out, const std::vector<MethodResult>& results,
+                             const std::vector<std::string>& extra) {
+      auto find = [&](const std::string& name) -> const MethodResult* {
+        for (const auto& r : results) {
+          if (r.method == name && r.error.empty()) return &r;
+        }
+        return nullptr;
       };
-      const std::string delta = fedavg ? fmt::format("{:+.1f} pt", 100.0 * (r.final_accuracy - fedavg->final_accuracy)) : "-";
-      const std::string mix = r.client_accuracy >= 0 ? fmt::format("{:.4f}{}", r.client_accuracy, r.personal ? " (personal)" : "") : "-";
-      table += fmt::format("| {} | {:.4f} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", r.method, r.final_accuracy, mix, delta,
-                           HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), ratio(fedavg),
-                           ratio(full), HumanBytes(r.bytes_to_target), r.updates, r.final_version);
-      nlohmann::json curve = nlohmann::json::array();
-      for (const auto& p : r.curve) curve.push_back({{"version", p.version}, {"bytes", p.bytes}, {"accuracy", p.accuracy}});
-      json.push_back({{"method", r.method}, {"final_accuracy", r.final_accuracy}, {"client_accuracy", r.client_accuracy},
-                      {"client_models", r.personal ? "personal" : "global"}, {"base_accuracy", r.base_accuracy},
-                      {"updates", r.updates}, {"bytes", r.bytes}, {"bytes_per_update", r.BytesPerUpdate()},
-                      {"bytes_to_target", r.bytes_to_target}, {"versions", r.final_version},
-                      {"federated_seconds", r.seconds}, {"curve", curve}});
+      const MethodResult* fedavg = find("fedavg");
+      const MethodResult* full = find("full");
+      std::string table = fmt::format(
+          "{}, {}, {} workers (speeds x{}), Dirichlet({}), {} s per method{}; final accuracy on {}; on clients' mix: "
+          "the mean over clients of the accuracy on their own label mix (fedsa: with each client's own B); bytes are "
+          "logged update bytes.\n\n"
+          "| method | final accuracy | on clients' mix | vs fedavg | bytes / update | uploaded | fewer bytes / update than fedavg | "
+          "than full | bytes to {:.2f} | updates | versions |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+          text ? "WordNet glosses (45 classes)" : "Fashion-MNIST", model_name, f->task.num_clients, f->speeds,
+          f->task.dirichlet_alpha, f->duration_s, extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(extra, " ")),
+          text ? "the held-out glosses" : "the 10,000 test images", f->target);
+      nlohmann::json json = nlohmann::json::array();
+      for (const auto& r : results) {
+        if (!r.error.empty()) {
+          table += fmt::format("| {} | failed: {} | | | | | | | | | |\n", r.method, r.error);
+          continue;
+        }
+        auto ratio = [&](const MethodResult* ref) {
+          return ref && r.BytesPerUpdate() > 0 ? fmt::format("{:.1f}x", ref->BytesPerUpdate() / r.BytesPerUpdate()) : "-";
+        };
+        const std::string delta = fedavg ? fmt::format("{:+.1f} pt", 100.0 * (r.final_accuracy - fedavg->final_accuracy)) : "-";
+        const std::string mix = r.client_accuracy >= 0 ? fmt::format("{:.4f}{}", r.client_accuracy, r.personal ? " (personal)" : "") : "-";
+        table += fmt::format("| {} | {:.4f} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", r.method, r.final_accuracy,
+                             mix, delta, HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)),
+                             ratio(fedavg), ratio(full), HumanBytes(r.bytes_to_target), r.updates, r.final_version);
+        nlohmann::json curve = nlohmann::json::array();
+        for (const auto& p : r.curve) curve.push_back({{"version", p.version}, {"bytes", p.bytes}, {"accuracy", p.accuracy}});
+        json.push_back({{"method", r.method}, {"final_accuracy", r.final_accuracy}, {"client_accuracy", r.client_accuracy},
+                        {"client_models", r.personal ? "personal" : "global"}, {"base_accuracy", r.base_accuracy},
+                        {"updates", r.updates}, {"bytes", r.bytes}, {"bytes_per_update", r.BytesPerUpdate()},
+                        {"bytes_to_target", r.bytes_to_target}, {"versions", r.final_version},
+                        {"federated_seconds", r.seconds},
+                        {"epsilon_spent", r.epsilon_spent >= 0 ? nlohmann::json(r.epsilon_spent) : nlohmann::json(nullptr)},
+                        {"curve", curve}});
+      }
+      std::ofstream(pass_out / "results.md") << table;
+      std::ofstream(pass_out / "results.json")
+          << nlohmann::json{{"task", f->task.task}, {"target", f->target}, {"dirichlet", f->task.dirichlet_alpha},
+                            {"duration_s", f->duration_s}, {"extra", extra}, {"methods", json}}
+                 .dump(2)
+          << "\n";
+      std::ofstream(pass_out / "accuracy_vs_bytes.svg")
+          << Plot(results, f->target, fmt::format("Test accuracy vs uploaded bytes, Dirichlet({})", f->task.dirichlet_alpha));
+      fmt::print("\n{}\nwrote {}, {} and {}\n", table, (pass_out / "results.md").string(),
+                 (pass_out / "results.json").string(), (pass_out / "accuracy_vs_bytes.svg").string());
+      std::fflush(stdout);
+    };
+
+    if (budgets.empty()) {
+      write_results(out, run_methods(out, f->extra), f->extra);
+    } else {
+      std::vector<std::pair<std::string, std::vector<MethodResult>>> passes;
+      for (const std::string& eps : budgets) {
+        if (StopSignalled()) break;
+        fmt::print("\n{}\n", eps == "inf" ? "without DP" : "record-level DP-SGD at epsilon " + eps);
+        std::vector<std::string> extra = f->extra;
+        if (eps != "inf") extra.insert(extra.end(), {"--dp-epsilon", eps});
+        const fs::path pass_out = out / ("eps-" + eps);
+        fs::create_directories(pass_out / "runs", ec);
+        auto results = run_methods(pass_out, extra);
+        write_results(pass_out, results, extra);
+        passes.emplace_back(eps, std::move(results));
+      }
+      const auto [table, svg] = PrivacyTable(passes, fmt::format("Final test accuracy vs the DP-SGD budget, Dirichlet({})",
+                                                                 f->task.dirichlet_alpha));
+      std::ofstream(out / "privacy.md") << table;
+      std::ofstream(out / "accuracy_vs_epsilon.svg") << svg;
+      fmt::print("\n{}\nwrote {} and {}\n", table, (out / "privacy.md").string(), (out / "accuracy_vs_epsilon.svg").string());
     }
-    std::ofstream(out / "results.md") << table;
-    std::ofstream(out / "results.json") << nlohmann::json{{"task", f->task.task}, {"target", f->target}, {"dirichlet", f->task.dirichlet_alpha},
-                                                          {"duration_s", f->duration_s}, {"extra", f->extra},
-                                                          {"methods", json}}
-                                               .dump(2)
-                                        << "\n";
-    const std::string svg = Plot(results, f->target,
-                                 fmt::format("Test accuracy vs uploaded bytes, Dirichlet({})", f->task.dirichlet_alpha));
-    if (!svg.empty()) std::ofstream(out / "accuracy_vs_bytes.svg") << svg;
-    fmt::print("\n{}\nwrote {}, {} and {}\n", table, (out / "results.md").string(), (out / "results.json").string(),
-               (out / "accuracy_vs_bytes.svg").string());
     if (StopSignalled()) Fail("compare", Status(Code::kCancelled, "interrupted"));
   });
 }

@@ -6,9 +6,9 @@
 #include <nlohmann/json.hpp>
 
 #include "aggregator/commit.h"
+#include "aggregator/dashboard.h"
 #include "aggregator/rollback.h"
 #include "ops/commands.h"
-#include "ops/dashboard.h"
 #include "ops/flags.h"
 #include "ops/live.h"
 #include "storage/reader.h"
@@ -33,9 +33,9 @@ void RegisterDashboard(CLI::App& app) {
   cmd->add_option("--http", f->http, "Address to serve on (HOST:PORT; port 0 picks a free one)")->capture_default_str();
   cmd->callback([f] {
     SetupLogging(false);
-    auto source = std::make_shared<DashboardSource>(f->store, f->adapter);
+    auto source = std::make_shared<aggregator::DashboardSource>(f->store, f->adapter);
     if (auto first = source->Summary(); !first.ok()) Fail("dashboard", first.status());
-    auto server = http::Server::Start(f->http, DashboardHandler(source, [] {
+    auto server = http::Server::Start(f->http, aggregator::DashboardHandler(source, [] {
                                         prometheus::Writer w;
                                         WriteProcessMetrics(w);
                                         return w.text();

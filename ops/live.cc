@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "aggregator/aggregator.h"
+#include "aggregator/dashboard.h"
 #include "broker/broker.h"
-#include "ops/dashboard.h"
 #include "storage/reader.h"
 
 namespace fedlora::ops {
@@ -73,8 +73,8 @@ Result<std::unique_ptr<http::Server>> ServeLive(const std::string& address, Live
                       {"consumed_seq", done->consumed_seq}});
   };
   if (roles.store) {
-    auto source = std::make_shared<DashboardSource>(*roles.store, roles.adapter);
-    return http::Server::Start(address, DashboardHandler(std::move(source), metrics, rollback));
+    auto source = std::make_shared<aggregator::DashboardSource>(*roles.store, roles.adapter);
+    return http::Server::Start(address, aggregator::DashboardHandler(std::move(source), metrics, rollback));
   }
   return http::Server::Start(address, [metrics, rollback](const http::Request& req) -> http::Response {
     if (auto r = rollback(req)) return std::move(*r);
