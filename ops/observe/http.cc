@@ -270,6 +270,18 @@ Result<std::unique_ptr<Server>> Server::Start(const std::string& address, Handle
   server->Patch(every, serve);
   server->Delete(every, serve);
   server->Options(every, serve);
+  // A request without Content-Length or Transfer-Encoding has no body (RFC 9112, 6.3), but
+  // cpp-httplib 0.11 reads a POST, PUT, PATCH or DELETE like that until the peer closes:
+  // `curl -X POST` waited out the request deadline and got 400. Such requests are answered
+  // here, before cpp-httplib reads any body.
+  server->set_pre_routing_handler([serve](const httplib::Request& in, httplib::Response& out) {
+    const bool bodied_method = in.method == "POST" || in.method == "PUT" || in.method == "PATCH" || in.method == "DELETE";
+    if (!bodied_method || in.has_header("Content-Length") || in.has_header("Transfer-Encoding")) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    serve(in, out);
+    return httplib::Server::HandlerResponse::Handled;
+  });
   server->set_error_handler(
       httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
         if (res.body.empty()) res.set_content(ErrorText(res.status), "text/plain; charset=utf-8");
