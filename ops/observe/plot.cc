@@ -103,10 +103,11 @@ std::string Open(const Figure& f, size_t points) {
   return svg;
 }
 
-// Grid lines, tick labels and the axis titles.
-std::string Axes(const Figure& f, const Frame& fr, const Scale& sx, const Scale& sy, bool x_grid) {
+// Grid lines, tick labels (not on an empty chart: they would describe nothing) and the axis titles.
+std::string Axes(const Figure& f, const Frame& fr, const Scale& sx, const Scale& sy, bool x_grid, bool ticks = true) {
   std::string svg;
   for (const auto& [v, label] : sx.ticks) {
+    if (!ticks) break;
     if (!sx.Drawable(v)) continue;
     const double x = sx(v);
     if (x_grid) svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#e4e4e4\"/>", x, fr.top, fr.bottom);
@@ -114,6 +115,7 @@ std::string Axes(const Figure& f, const Frame& fr, const Scale& sx, const Scale&
                        Escape(label));
   }
   for (const auto& [v, label] : sy.ticks) {
+    if (!ticks) break;
     if (!sy.Drawable(v)) continue;
     const double y = sy(v);
     svg += fmt::format("<line x1=\"{0}\" y1=\"{1:.1f}\" x2=\"{2}\" y2=\"{1:.1f}\" stroke=\"#e4e4e4\"/>"
@@ -197,7 +199,7 @@ std::string LineChart(const Figure& f) {
                           fr.right + 12, ly, fr.right + 36, color, fr.right + 42, ly + 4, Escape(s.name));
     }
   }
-  std::string svg = Open(f, drawn) + Axes(f, fr, sx, sy, /*x_grid=*/true);
+  std::string svg = Open(f, drawn) + Axes(f, fr, sx, sy, /*x_grid=*/true, /*ticks=*/drawn > 0);
   for (double m : f.x_marks) {
     if (!sx.Drawable(m)) continue;
     svg += fmt::format("<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#c0392b\" "
@@ -232,7 +234,7 @@ std::string BarChart(const Figure& f, const std::vector<std::string>& labels, co
   if (n <= 24) {
     for (size_t i = 0; i < n; ++i) sx.ticks.emplace_back(static_cast<double>(i) + 0.5, labels[i]);
   }
-  std::string svg = Open(f, n) + Axes(framed, fr, sx, sy, /*x_grid=*/false);
+  std::string svg = Open(f, n) + Axes(framed, fr, sx, sy, /*x_grid=*/false, /*ticks=*/n > 0);
   for (size_t i = 0; i < n; ++i) {
     const double top = sy(std::max(values[i], sy.lo));
     svg += fmt::format("<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"#5a9bd4\"/>\n",

@@ -77,6 +77,7 @@ TEST(PlotTest, MarksRulesAndAnEmptyChart) {
   EXPECT_EQ(DataPoints(empty), 0);
   EXPECT_EQ(Count(empty, "<polyline"), 0u);
   EXPECT_NE(empty.find(">no differential privacy in this run<"), std::string::npos);
+  EXPECT_EQ(empty.find("text-anchor=\"end\" fill=\"#555\""), std::string::npos) << "no tick labels without data";
 }
 
 TEST(PlotTest, ABarChartDrawsOneBarPerLabel) {
