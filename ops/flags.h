@@ -11,6 +11,7 @@
 #include <string>
 
 #include "aggregator/aggregator.h"
+#include "aggregator/engine_flags.h"
 #include "storage/layout.h"
 #include "worker/federation/task.h"
 #include "worker/client.h"
@@ -48,35 +49,13 @@ void AddTextFlags(CLI::App* app, TaskOptions& task);
 // --partition and --classes-per-client (part of AddTaskFlags; `run` adds them on their own).
 void AddPartitionFlags(CLI::App* app, TaskOptions& task);
 
-// Server rule flags: --method and its hyperparameters, --mode, --buffer-size, --fedasync-alpha,
-// --server-optimizer and its hyperparameters, --staleness, --staleness-a, --staleness-b,
-// --max-staleness, --round-size, as-lora's --as-*, client-level DP (--client-dp-*), --dp-delta.
-struct EngineFlags {
-  std::string method = "fedavg";
-  // The methods' hyperparameters as given (flag without "--" -> text); every registered
-  // method's flags are accepted, the chosen method's are applied (methods/method.h).
-  std::map<std::string, std::string, std::less<>> method_params;
-  std::string mode = "fedbuff";
-  std::string staleness = "polynomial";
-  std::string server_optimizer = "sgd";
-  std::string rank_scale = "global";
-  std::optional<double> server_lr;  // unset: the optimizer's default
-  aggregator::EngineOptions engine;
-};
-void AddEngineFlags(CLI::App* app, EngineFlags& flags);
-// Parses the string flags into flags.engine. Errors: kInvalidArgument.
-Status ResolveEngineFlags(EngineFlags& flags);
-// The EngineOptions that `fedlora aggregator` would run with given these engine flags (a
-// flag given twice: the last one counts), e.g. a version's recorded settings
-// (aggregator/engine_config.h) followed by what-if changes. Unset flags keep their defaults.
-// Errors: kInvalidArgument (an unknown flag, a bad value).
-Result<aggregator::EngineOptions> ParseEngineConfig(const std::vector<std::string>& args);
-// The EngineOptions a version was made with: its settings table, or the flags text of a store
-// from before the table. Errors: kNotFound (a store older than either), ParseEngineConfig's and
-// aggregator::EngineOptionsOf's.
-Result<aggregator::EngineOptions> RecordedEngineOptions(const codec::VersionInfo& info);
-// Splits a flags text into arguments at whitespace; lines starting with '#' are comments.
-std::vector<std::string> SplitFlags(std::string_view text);
+// The engine's flags and the parser of recorded flag settings (aggregator/engine_flags.h).
+using aggregator::AddEngineFlags;
+using aggregator::EngineFlags;
+using aggregator::ParseEngineConfig;
+using aggregator::RecordedEngineOptions;
+using aggregator::ResolveEngineFlags;
+using aggregator::SplitFlags;
 
 // --local-steps, --batch-size, --lr and record-level DP-SGD (--dp-noise, --dp-epsilon,
 // --dp-steps, --dp-clip, and --dp-delta unless `delta_flag` is false: a command that also has

@@ -1,22 +1,21 @@
 // The settings every version records (aggregator/engine_config.h): a FlatBuffers table, and as
 // `fedlora aggregator` flags (what older stores recorded, and what a what-if replay changes),
-// which replay reads back with the command line's own parser (ops/flags.h).
+// which replay reads back with the same flag definitions `fedlora aggregator` parses
+// (aggregator/engine_flags.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
 #include "aggregator/engine_config.h"
+#include "aggregator/engine_flags.h"
 #include "aggregator/methods/as_lora.h"
 #include "aggregator/methods/hetlora.h"
 #include "aggregator/methods/registry.h"
-#include "ops/flags.h"
 #include "schema/codec.h"
 
-namespace fedlora::ops {
+namespace fedlora::aggregator {
 namespace {
 
-using aggregator::EngineConfigFlags;
-using aggregator::EngineOptions;
 
 // Every field away from its default, with values that have no short decimal form.
 EngineOptions Unusual() {
@@ -206,4 +205,4 @@ TEST(EngineConfigTest, FlagFilesSplitAtWhitespaceWithComments) {
 }
 
 }  // namespace
-}  // namespace fedlora::ops
+}  // namespace fedlora::aggregator
