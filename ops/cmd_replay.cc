@@ -10,15 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "aggregator/engine_config.h"
 #include "aggregator/replay.h"
 #include "ops/commands.h"
-#include "worker/federation/task.h"
 #include "ops/flags.h"
 #include "ops/progress.h"
-#include "storage/adapter_store.h"
-#include "storage/update_log.h"
-#include "worker/lm/checkpoint.h"
+#include "worker/federation/replay_store.h"
 
 namespace fedlora::ops {
 namespace {
@@ -43,34 +39,6 @@ struct ReplayFlags {
   bool json = false;
 };
 
-// Where the log and the original adapter store are: --log names a store (with log/ inside)
-// or a log directory; the original defaults to the store's adapters/.
-struct Paths {
-  std::string log;
-  std::string original;  // empty: none
-  std::string store;     // the original store directory (for its base models); may be empty
-};
-
-Result<Paths> ResolvePaths(const ReplayFlags& f) {
-  Paths p;
-  const fs::path given(f.log);
-  if (!fs::is_directory(given)) return NotFound(fmt::format("no update log at '{}'", f.log));
-  if (fs::is_directory(given / "log")) {
-    p.store = given.string();
-    p.log = (given / "log").string();
-  } else {
-    p.log = given.string();
-    p.store = given.parent_path().string();
-  }
-  if (!f.original.empty()) {
-    if (!fs::is_directory(f.original)) return NotFound(fmt::format("no original adapter store at '{}'", f.original));
-    p.original = f.original;
-  } else if (fs::is_directory(fs::path(p.store) / "adapters")) {
-    p.original = (fs::path(p.store) / "adapters").string();
-  }
-  return p;
-}
-
 Result<std::vector<std::string>> WhatIfArgs(const ReplayFlags& f) {
   std::vector<std::string> args;
   if (!f.config.empty()) {
@@ -84,172 +52,17 @@ Result<std::vector<std::string>> WhatIfArgs(const ReplayFlags& f) {
   return args;
 }
 
-bool Contains(const std::vector<std::string>& args, std::string_view flag) {
-  return std::find(args.begin(), args.end(), flag) != args.end();
-}
-
 std::string Accuracy(float a) { return a >= 0 ? fmt::format("{:.4f}", a) : "-"; }
 
-// The record of the latest version up to `last` that was evaluated.
-std::optional<codec::VersionInfo> LastEvaluated(storage::AdapterStore& store, const std::string& adapter,
-                                                uint64_t last) {
-  for (uint64_t v = last + 1; v-- > 0;) {
-    auto info = storage::ReadVersionInfo(store, adapter, v);
-    if (info.ok() && info->test_accuracy >= 0) return *info;
-  }
-  return std::nullopt;
-}
-
-void RunReplay(const ReplayFlags& f) {
-  auto paths = ResolvePaths(f);
-  if (!paths.ok()) Fail("replay", paths.status(), 2);
-  auto overrides = WhatIfArgs(f);
-  if (!overrides.ok()) Fail("replay", overrides.status(), 2);
-  const bool what_if = !overrides->empty();
-  // Check the what-if flags once up front, so a typo fails before anything is written.
-  if (what_if) {
-    if (auto parsed = ParseEngineConfig(*overrides); !parsed.ok()) Fail("replay", parsed.status(), 2);
-  }
-
-  storage::UpdateLogOptions lo;
-  lo.path = paths->log;
-  lo.read_only = true;
-  auto log = storage::UpdateLog::Open(lo);
-  if (!log.ok()) Fail("replay", log.status());
-  if ((*log)->LastSeq(f.adapter) == 0) {
-    Fail("replay", NotFound(fmt::format("the update log at '{}' has no records of adapter '{}'", paths->log, f.adapter)));
-  }
-  std::unique_ptr<storage::AdapterStore> original;
-  if (!paths->original.empty()) {
-    storage::AdapterStoreOptions so;
-    so.path = paths->original;
-    so.read_only = true;
-    auto opened = storage::AdapterStore::Open(so);
-    if (!opened.ok()) Fail("replay", opened.status());
-    original = std::move(*opened);
-  } else {
-    Fail("replay", FailedPrecondition(fmt::format(
-                       "no original adapter store next to '{}' (version 0 lives there): give it with --original",
-                       paths->log)), 2);
-  }
-  const fs::path out_adapters = fs::path(f.out) / "adapters";
-  if (fs::exists(out_adapters) && !fs::is_empty(out_adapters)) {
-    Fail("replay", FailedPrecondition(fmt::format("'{}' already holds a store: replay into a new directory", f.out)), 2);
-  }
-  storage::AdapterStoreOptions oo;
-  oo.path = out_adapters.string();
-  oo.sync = false;  // derived data: a crash means running replay again; the store is flushed on close
-  auto out = storage::AdapterStore::Open(oo);
-  if (!out.ok()) Fail("replay", out.status());
-
-  aggregator::ReplayOptions ro;
-  ro.adapter_id = f.adapter;
-  ro.stop_at_original_final = !what_if;
-  ro.max_versions = f.max_versions;
-  ro.until_seq = f.until_seq;
-  ro.eval_every = f.eval_every;
-  // A what-if that picks another optimizer without a step size gets that optimizer's default.
-  const bool drop_recorded_lr = Contains(*overrides, "--server-optimizer") && !Contains(*overrides, "--server-lr");
-  ro.settings = [&, what_if](uint64_t version, const std::string& recorded) -> Result<aggregator::EngineOptions> {
-    std::vector<std::string> args = SplitFlags(recorded);
-    if (recorded.empty() && !what_if) {
-      return FailedPrecondition(fmt::format(
-          "version {} of the original has no recorded settings (stored before fedlora recorded them): give the "
-          "aggregator's flags after -- or in --config",
-          version));
-    }
-    if (drop_recorded_lr) {
-      if (auto it = std::find(args.begin(), args.end(), "--server-lr"); it != args.end() && it + 1 != args.end()) {
-        args.erase(it, it + 2);
-      }
-    }
-    args.insert(args.end(), overrides->begin(), overrides->end());
-    return ParseEngineConfig(args);
-  };
-
-  // Evaluation: the original's base model and the test split, when both are there.
-  auto cursor = original->GetCursor(f.adapter);
-  if (!cursor.ok()) Fail("replay", cursor.status());
-  if (!*cursor) Fail("replay", NotFound(fmt::format("'{}' has no adapter '{}'", paths->original, f.adapter)));
-  if (!(*cursor)->log_id.empty() && !(*log)->Id().empty() && (*cursor)->log_id != (*log)->Id()) {
-    Fail("replay", FailedPrecondition(fmt::format(
-                       "the update log at '{}' (id {}) is not the log the store '{}' consumed (id {}): its records "
-                       "cannot rebuild that store's versions. Give the original log with --log",
-                       paths->log, (*log)->Id(), paths->original, (*cursor)->log_id)));
-  }
-  if ((*cursor)->consumed_seq > (*log)->LastSeq(f.adapter)) {
-    fmt::print(stderr,
-               "replay: warning: the store '{}' consumed the log up to seq {}, but the log at '{}' ends at seq {}: "
-               "{} records are missing from the log (truncated or restored from an older copy); the replay stops "
-               "where the log does\n",
-               paths->original, (*cursor)->consumed_seq, paths->log, (*log)->LastSeq(f.adapter),
-               (*cursor)->consumed_seq - (*log)->LastSeq(f.adapter));
-  }
-  const auto original_eval = LastEvaluated(*original, f.adapter, (*cursor)->version);
-  std::string eval_note;
-  if (!f.no_eval) {
-    auto zero = storage::ReadVersion(*original, f.adapter, 0);
-    if (!zero.ok()) Fail("replay", zero.status());
-    const bool lm = std::find(worker::lm::kArchitectures.begin(), worker::lm::kArchitectures.end(),
-                              zero->spec.model) != worker::lm::kArchitectures.end();
-    // A language model's base: --base, else fedlora's own in the store when it is there.
-    std::string lm_base = f.base;
-    if (lm && lm_base.empty() && std::filesystem::is_directory(OwnLanguageModelPath(paths->store))) {
-      lm_base = OwnLanguageModelPath(paths->store);
-    }
-    const std::string base = !lm_base.empty() ? lm_base : BasePath(paths->store, zero->spec.model);
-    Result<worker::Dataset> test = InvalidArgument("no --base checkpoint directory");
-    if (lm && !lm_base.empty()) {
-      TaskOptions task = f.text;  // the held-out text of the original run, when given its flags
-      // A classifier's adapter (its head) is evaluated on the glosses, a language model's on text.
-      task.task = TaskOfSpec(zero->spec);
-      task.base = lm_base;
-      auto data = LoadTaskData(task);
-      test = data.ok() ? Result<worker::Dataset>(*data->test) : Result<worker::Dataset>(data.status());
-    } else if (!lm) {
-      test = worker::LoadFashionMnist(f.data_dir, worker::Split::kTest);
-    }
-    if (lm && lm_base.empty()) {
-      eval_note = fmt::format("not evaluated: a {} adapter is evaluated on its checkpoint: give --base DIR (and the "
-                              "original's --text or --wordnet, --seq-len, --examples-per-source)",
-                              zero->spec.model);
-    } else if (!fs::exists(base)) {
-      eval_note = fmt::format("not evaluated: no base model at '{}' (--base)", base);
-    } else if (!test.ok()) {
-      eval_note = fmt::format("not evaluated: {}", test.status().ToString());
-    } else {
-      const size_t samples =
-          f.eval_samples > 0 ? f.eval_samples : (original_eval ? original_eval->eval_samples : size_t{2000});
-      SetTorchThreads(2);
-      auto eval = MakeEvaluator(base, std::make_shared<const worker::Dataset>(std::move(*test)), samples);
-      if (!eval.ok()) Fail("replay", eval.status());
-      ro.evaluate = std::move(*eval);
-    }
-  }
-
-  StatusLine status;
-  ro.on_version = [&](const aggregator::ReplayProgress& p) {
-    status.Update(fmt::format("replay: version {}  log record {} of {}  {:.1f} versions/s", p.version, p.seq,
-                              p.last_seq, p.seconds > 0 ? static_cast<double>(p.version) / p.seconds : 0.0));
-  };
-  if (!f.json) {
-    fmt::print("replaying {} records of '{}' from {} into {} ({})\n", (*log)->LastSeq(f.adapter), f.adapter,
-               paths->log, out_adapters.string(),
-               what_if ? fmt::format("what-if: {} on top of the recorded settings", fmt::join(*overrides, " "))
-                       : "the recorded settings");
-    std::fflush(stdout);
-  }
-  auto report = aggregator::Replay(**log, original.get(), **out, ro);
-  status.Clear();
-  if (!report.ok()) Fail("replay", report.status());
-  const auto& r = *report;
+void PrintReport(const ReplayFlags& f, const federation::ReplayOutcome& o) {
+  const auto& r = o.report;
   const double vps = r.seconds > 0 ? static_cast<double>(r.versions) / r.seconds : 0;
   const double ups = r.seconds > 0 ? static_cast<double>(r.records) / r.seconds : 0;
-
+  const auto& original_eval = o.original_eval;
   if (f.json) {
     nlohmann::json j = {{"store", f.out},
-                        {"what_if", what_if},
-                        {"settings", what_if ? nlohmann::json(*overrides) : nlohmann::json(nullptr)},
+                        {"what_if", o.what_if},
+                        {"settings", o.what_if ? nlohmann::json(WhatIfArgs(f).value()) : nlohmann::json(nullptr)},
                         {"versions", r.versions},
                         {"records", r.records},
                         {"applied", r.applied},
@@ -274,46 +87,77 @@ void RunReplay(const ReplayFlags& f) {
                        {"accuracy_version", original_eval ? nlohmann::json(original_eval->version) : nlohmann::json(nullptr)}};
     }
     fmt::print("{}\n", j.dump(2));
+    return;
+  }
+  fmt::print("replayed {} versions from {} log records in {:.2f} s: {:.1f} versions/s, {:.0f} updates/s{}\n", r.versions,
+             r.records, r.seconds, vps, ups, r.eval_seconds > 0 ? fmt::format(" (+{:.1f} s evaluating)", r.eval_seconds) : "");
+  fmt::print("  folded / dropped            {} / {}\n", r.applied, r.dropped);
+  if (r.rollbacks > 0) fmt::print("  rollbacks                   {} (made at the original's log positions)\n", r.rollbacks);
+  if (r.setting_changes > 0) {
+    fmt::print("  settings changed            {} times (the original was restarted with other flags)\n", r.setting_changes);
+  }
+  const std::string acc = r.last_eval ? fmt::format("{:.4f} ({} test images)", r.last_eval->accuracy, r.last_eval->samples)
+                                      : (o.eval_note.empty() ? "-" : o.eval_note);
+  if (r.original_last) {
+    fmt::print("  original                    {} versions, latest hash {}, accuracy {}\n", r.original_last->version,
+               r.original_last->content_hash,
+               original_eval ? fmt::format("{} (version {})", Accuracy(original_eval->test_accuracy), original_eval->version)
+                             : "-");
+  }
+  fmt::print("  replay                      {} versions{}, latest hash {}, accuracy {}\n", r.last.version,
+             r.final ? " (final)" : "", r.last.content_hash, acc);
+  if (r.first_difference) {
+    fmt::print("  identical to the original   versions 0..{} ({} of {} compared hashes equal); first difference at "
+               "version {}\n",
+               *r.first_difference - 1, r.identical, r.compared, *r.first_difference);
   } else {
-    fmt::print("replayed {} versions from {} log records in {:.2f} s: {:.1f} versions/s, {:.0f} updates/s{}\n",
-               r.versions, r.records, r.seconds, vps, ups,
-               r.eval_seconds > 0 ? fmt::format(" (+{:.1f} s evaluating)", r.eval_seconds) : "");
-    fmt::print("  folded / dropped            {} / {}\n", r.applied, r.dropped);
-    if (r.rollbacks > 0) {
-      fmt::print("  rollbacks                   {} (made at the original's log positions)\n", r.rollbacks);
-    }
-    if (r.setting_changes > 0) {
-      fmt::print("  settings changed            {} times (the original was restarted with other flags)\n",
-                 r.setting_changes);
-    }
-    const std::string acc = r.last_eval ? fmt::format("{:.4f} ({} test images)", r.last_eval->accuracy, r.last_eval->samples)
-                                        : (eval_note.empty() ? "-" : eval_note);
-    if (r.original_last) {
-      fmt::print("  original                    {} versions, latest hash {}, accuracy {}\n", r.original_last->version,
-                 r.original_last->content_hash,
-                 original_eval ? fmt::format("{} (version {})", Accuracy(original_eval->test_accuracy), original_eval->version)
-                               : "-");
-    }
-    fmt::print("  replay                      {} versions{}, latest hash {}, accuracy {}\n", r.last.version,
-               r.final ? " (final)" : "", r.last.content_hash, acc);
-    if (r.first_difference) {
-      fmt::print("  identical to the original   versions 0..{} ({} of {} compared hashes equal); first difference at "
-                 "version {}\n",
-                 *r.first_difference - 1, r.identical, r.compared, *r.first_difference);
-    } else {
-      fmt::print("  identical to the original   all {} versions both have (same content hashes)\n", r.compared);
-    }
-    fmt::print("  store                       {} (see: fedlora history --store {})\n", f.out, f.out);
+    fmt::print("  identical to the original   all {} versions both have (same content hashes)\n", r.compared);
   }
-  if (!what_if && r.first_difference) {
-    Fail("replay", DataLoss(fmt::format("version {} differs from the original although the recorded settings were "
-                                        "used: the log or the original store is not what made it",
-                                        *r.first_difference)));
+  fmt::print("  store                       {} (see: fedlora history --store {})\n", f.out, f.out);
+}
+
+void RunReplay(const ReplayFlags& f) {
+  auto what_if = WhatIfArgs(f);
+  if (!what_if.ok()) Fail("replay", what_if.status(), 2);
+  federation::ReplayRequest request;
+  request.log = f.log;
+  request.original = f.original;
+  request.out = f.out;
+  request.adapter = f.adapter;
+  request.what_if = *what_if;
+  request.until_seq = f.until_seq;
+  request.max_versions = f.max_versions;
+  request.eval_every = f.eval_every;
+  request.eval_samples = f.eval_samples;
+  request.evaluate = !f.no_eval;
+  request.data_dir = f.data_dir;
+  request.base = f.base;
+  request.text = f.text;
+
+  StatusLine status;
+  federation::ReplayCallbacks cb;
+  cb.warning = [](const std::string& line) { fmt::print(stderr, "replay: warning: {}\n", line); };
+  cb.starting = [&f](const federation::ReplayOutcome& o) {
+    if (f.json) return;
+    fmt::print("replaying {} records of '{}' from {} into {} ({})\n", o.log_records, f.adapter, o.log_path, o.out_path,
+               o.what_if ? fmt::format("what-if: {} on top of the recorded settings", fmt::join(WhatIfArgs(f).value(), " "))
+                         : "the recorded settings");
+    std::fflush(stdout);
+  };
+  cb.on_version = [&status](const aggregator::ReplayProgress& p) {
+    status.Update(fmt::format("replay: version {}  log record {} of {}  {:.1f} versions/s", p.version, p.seq,
+                              p.last_seq, p.seconds > 0 ? static_cast<double>(p.version) / p.seconds : 0.0));
+  };
+  auto outcome = federation::ReplayStore(request, cb);
+  status.Clear();
+  if (!outcome.ok()) {
+    // Exit 2: the request cannot be carried out as given (a flag, a path, an adapter that is not
+    // there, an occupied output); 1: the data it names could not rebuild the versions.
+    const Code c = outcome.status().code();
+    Fail("replay", outcome.status(), c == Code::kInvalidArgument || c == Code::kNotFound || c == Code::kAlreadyExists ? 2 : 1);
   }
-  if (!what_if && r.original_last && r.last.version < r.original_last->version) {
-    Fail("replay", DataLoss(fmt::format("the log rebuilds only {} of the original's {} versions",
-                                        r.last.version, r.original_last->version)));
-  }
+  PrintReport(f, *outcome);
+  if (!outcome->verdict.ok()) Fail("replay", outcome->verdict);
 }
 
 }  // namespace

@@ -1,0 +1,129 @@
+// The replay of a stored log into a new store (worker/federation/replay_store.h), without the
+// command line: a reproduction bit for bit and evaluated, a what-if that parts from the original,
+// and the requests refused before anything is written.
+#include "worker/federation/replay_store.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "tests/testing/fixtures.h"
+#include "worker/federation/embedded.h"
+
+namespace fedlora::federation {
+namespace {
+
+// A stored mlp run of three versions, made once for the suite.
+class ReplayStoreTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    EmbeddedOptions o;
+    o.store.dir = dir_->path("store");
+    o.task.arch = "mlp";
+    o.task.num_clients = 3;
+    o.speeds = {1};
+    o.training.steps = 4;
+    o.eval_every = 1;
+    o.eval_samples = 200;
+    o.max_versions = 3;
+    auto built = EnsureBase(o.task, BasePath(o.store.dir, "mlp"), 1, {});
+    ASSERT_TRUE(built.ok()) << built.status().ToString();
+    auto fed = EmbeddedFederation::Create(o);
+    ASSERT_TRUE(fed.ok()) << fed.status().ToString();
+    auto summary = (*fed)->Run([] { return false; });
+    ASSERT_TRUE(summary.ok()) << summary.status().ToString();
+    ASSERT_EQ(summary->last.version, 3u);
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    dir_ = nullptr;
+  }
+  static ReplayRequest Request(const std::string& out) {
+    ReplayRequest r;
+    r.log = dir_->path("store");
+    r.out = dir_->path(out);
+    return r;
+  }
+  static testing::TempDir* dir_;
+};
+testing::TempDir* ReplayStoreTest::dir_ = nullptr;
+
+TEST_F(ReplayStoreTest, AReproductionRebuildsEveryVersionAndIsEvaluated) {
+  std::vector<uint64_t> versions;
+  ReplayCallbacks cb;
+  bool started = false;
+  cb.starting = [&started](const ReplayOutcome& o) {
+    started = true;
+    EXPECT_GT(o.log_records, 0u);
+    EXPECT_FALSE(o.what_if);
+  };
+  cb.on_version = [&versions](const aggregator::ReplayProgress& p) { versions.push_back(p.version); };
+  auto o = ReplayStore(Request("again"), cb);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_TRUE(started);
+  EXPECT_EQ(versions, (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_TRUE(o->verdict.ok()) << o->verdict.ToString();
+  EXPECT_EQ(o->report.last.version, 3u);
+  EXPECT_TRUE(o->report.final);
+  EXPECT_EQ(o->report.compared, 4u);  // versions 0..3
+  EXPECT_EQ(o->report.identical, 4u);
+  EXPECT_FALSE(o->report.first_difference);
+  // Evaluated on the store's own base and Fashion-MNIST's test split, like the original.
+  ASSERT_TRUE(o->report.last_eval) << o->eval_note;
+  EXPECT_TRUE(o->eval_note.empty());
+  EXPECT_EQ(o->report.last_eval->samples, 200u);  // as many as the original's evaluations
+  ASSERT_TRUE(o->original_eval);
+  EXPECT_EQ(o->original_eval->version, 3u);
+  EXPECT_TRUE(std::filesystem::is_directory(dir_->path("again/adapters")));
+}
+
+TEST_F(ReplayStoreTest, AWhatIfPartsFromTheOriginalWithoutAVerdict) {
+  ReplayRequest r = Request("what-if");
+  r.what_if = {"--buffer-size", "2"};
+  r.evaluate = false;
+  auto o = ReplayStore(r);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_TRUE(o->what_if);
+  EXPECT_TRUE(o->verdict.ok()) << "a what-if is not held to the original";
+  ASSERT_TRUE(o->report.first_difference);
+  EXPECT_EQ(*o->report.first_difference, 1u);
+  EXPECT_FALSE(o->report.last_eval);
+  EXPECT_TRUE(o->eval_note.empty());
+}
+
+TEST_F(ReplayStoreTest, RequestsThatCannotBeCarriedOutWriteNothing) {
+  ReplayRequest typo = Request("typo");
+  typo.what_if = {"--buffer-sise", "2"};
+  EXPECT_EQ(ReplayStore(typo).status().code(), Code::kInvalidArgument);
+  EXPECT_FALSE(std::filesystem::exists(dir_->path("typo")));
+
+  ReplayRequest occupied = Request("store");  // the original itself
+  occupied.evaluate = false;
+  auto refused = ReplayStore(occupied);
+  EXPECT_EQ(refused.status().code(), Code::kAlreadyExists) << refused.status().ToString();
+
+  ReplayRequest nowhere = Request("nowhere");
+  nowhere.log = dir_->path("no-such-store");
+  EXPECT_EQ(ReplayStore(nowhere).status().code(), Code::kNotFound);
+
+  ReplayRequest other = Request("other");
+  other.adapter = "no-such-adapter";
+  auto none = ReplayStore(other);
+  EXPECT_EQ(none.status().code(), Code::kNotFound);
+  EXPECT_NE(none.status().message().find("no-such-adapter"), std::string::npos) << none.status().ToString();
+  EXPECT_FALSE(std::filesystem::exists(dir_->path("other")));
+}
+
+TEST_F(ReplayStoreTest, WithoutTheBaseModelItReplaysAndSaysWhyItDidNotEvaluate) {
+  ReplayRequest r = Request("no-base");
+  r.base = dir_->path("missing.pt");
+  auto o = ReplayStore(r);
+  ASSERT_TRUE(o.ok()) << o.status().ToString();
+  EXPECT_TRUE(o->verdict.ok());
+  EXPECT_FALSE(o->report.last_eval);
+  EXPECT_NE(o->eval_note.find("no base model at"), std::string::npos) << o->eval_note;
+}
+
+}  // namespace
+}  // namespace fedlora::federation
