@@ -12,7 +12,7 @@
 #include "broker/broker.h"
 #include "schema/transport/security.h"
 #include "ops/commands.h"
-#include "worker/federation/task.h"
+#include "worker/federation/roles.h"
 #include "ops/flags.h"
 #include "ops/live.h"
 
@@ -105,35 +105,10 @@ void RegisterAggregator(CLI::App& app) {
       if (!secret.ok()) Fail("aggregator", secret.status(), 2);
       flags->options.secret = std::move(*secret);
     }
-    flags->task.full = flags->engine.engine.method.method().full_model();
-    flags->task.lora_residual =
-        flags->engine.engine.method.method().KeepsResiduals(flags->engine.engine.method.params());
     SetTorchThreads(1);
-    auto base_or = TaskBase(flags->task, flags->store.dir);
-    if (!base_or.ok()) Fail("aggregator", base_or.status(), 2);
-    const std::string base = *base_or;
-    if (!std::filesystem::exists(base)) Fail("aggregator", MissingBase(flags->task, base, flags->store.dir));
-    if (IsLanguageTask(flags->task)) flags->task.base = base;
     auto& o = flags->options;
-    o.store_path = flags->store.adapters();
     o.sync = !flags->no_sync;
     o.engine = flags->engine.engine;
-    auto initial = MakeInitialAdapter(flags->task, base);
-    if (!initial.ok()) Fail("aggregator", initial.status());
-    o.initial = std::move(*initial);
-    std::shared_ptr<const worker::Dataset> test;
-    if (IsLanguageTask(flags->task)) {
-      auto data = LoadTaskData(flags->task);  // the held-out text: the workers' split, from the same flags
-      if (!data.ok()) Fail("aggregator", data.status());
-      test = data->test;
-    } else {
-      auto images = worker::LoadFashionMnist(flags->task.data_dir, worker::Split::kTest);
-      if (!images.ok()) Fail("aggregator", images.status());
-      test = std::make_shared<const worker::Dataset>(std::move(*images));
-    }
-    auto eval = MakeEvaluator(base, test, flags->eval_samples);
-    if (!eval.ok()) Fail("aggregator", eval.status());
-    o.evaluate = std::move(*eval);
     o.on_commit = [](const codec::VersionInfo& v) {
       std::string acc = v.test_accuracy >= 0 ? fmt::format(" acc={:.4f} loss={:.4f}", v.test_accuracy, v.test_loss) : "";
       fmt::print("aggregator: version={} updates={} dropped={} staleness_mean={:.2f} max={}{}\n", v.version,
@@ -141,8 +116,11 @@ void RegisterAggregator(CLI::App& app) {
       std::fflush(stdout);
     };
     const std::string adapter_id = o.adapter_id, broker_endpoint = o.broker;  // o is moved next
-    auto agg = aggregator::Aggregator::Create(std::move(o));
-    if (!agg.ok()) Fail("aggregator", agg.status());
+    auto agg = federation::MakeAggregatorRole({.store = flags->store,
+                                               .task = flags->task,
+                                               .options = std::move(o),
+                                               .eval_samples = flags->eval_samples});
+    if (!agg.ok()) Fail("aggregator", agg.status(), agg.status().code() == Code::kInvalidArgument ? 2 : 1);
     fmt::print("aggregator: adapter={} at version={} broker={}\n", adapter_id, (*agg)->Version(), broker_endpoint);
     std::unique_ptr<http::Server> http;
     if (!flags->http.empty()) {
@@ -216,20 +194,6 @@ void RegisterWorker(CLI::App& app) {
     if (!keys.ok()) Fail("worker", keys.status(), 2);
     o.keys = std::move(*keys);
     if (o.client_id == "worker-0" && flags->index != 0) o.client_id = fmt::format("worker-{}", flags->index);
-    if (IsLanguageTask(flags->task)) flags->task.base = flags->base;
-    auto base = flags->base.empty() || IsLanguageTask(flags->task) ? TaskBase(flags->task, flags->store.dir)
-                                                                   : Result<std::string>(flags->base);
-    if (!base.ok()) Fail("worker", base.status(), 2);
-    o.base_path = *base;
-    if (!std::filesystem::exists(*base)) Fail("worker", MissingBase(flags->task, *base, flags->store.dir));
-    if (IsLanguageTask(flags->task)) flags->task.base = *base;
-    if (flags->index < 0 || flags->index >= flags->task.num_clients) {
-      Fail("worker", InvalidArgument(fmt::format("--index {} is outside 0..{} (--clients {})", flags->index,
-                                                 flags->task.num_clients - 1, flags->task.num_clients)), 2);
-    }
-    auto task_data = LoadTaskData(flags->task);
-    if (!task_data.ok()) Fail("worker", task_data.status());
-    auto& shards = task_data->shards;
     std::shared_ptr<std::ofstream> acks;
     if (!flags->ack_log.empty()) {
       acks = std::make_shared<std::ofstream>(flags->ack_log, std::ios::app);
@@ -250,15 +214,16 @@ void RegisterWorker(CLI::App& app) {
       }
       std::fflush(stdout);
     };
-    const size_t shard_size = shards[flags->index].size();
-    auto w = worker::Worker::Create(std::move(o), task_data->train, std::move(shards[flags->index]));
-    if (!w.ok()) Fail("worker", w.status(), 2);
-    fmt::print("worker {}: shard of {} examples, speed x{}\n", client, shard_size,
-               flags->options.training.speed_factor);
+    const double speed = o.training.speed_factor;
+    auto made = federation::MakeWorkerRole(
+        {.store = flags->store, .task = flags->task, .options = std::move(o), .index = flags->index, .base = flags->base});
+    if (!made.ok()) Fail("worker", made.status(), made.status().code() == Code::kInvalidArgument ? 2 : 1);
+    auto& w = made->worker;
+    fmt::print("worker {}: shard of {} examples, speed x{}\n", client, made->shard_size, speed);
     std::fflush(stdout);
-    Status s = RunUntilSignalled([&](std::stop_token stop) { return (*w)->Run(stop); });
+    Status s = RunUntilSignalled([&](std::stop_token stop) { return w->Run(stop); });
     if (!s.ok()) Fail("worker", s);
-    fmt::print("worker {}: leaving after {} acknowledged updates\n", client, (*w)->Stats().updates_acked.load());
+    fmt::print("worker {}: leaving after {} acknowledged updates\n", client, w->Stats().updates_acked.load());
   });
 }
 
