@@ -16,14 +16,10 @@
 #include <thread>
 
 #include "ops/commands.h"
-#include "worker/federation/task.h"
 #include "ops/flags.h"
-#include "storage/reader.h"
-#include "worker/lm/checkpoint.h"
+#include "worker/federation/stored_model.h"
 #include "worker/lm/generate.h"
-#include "worker/lm/llama.h"
 #include "worker/lm/tokenizer.h"
-#include "worker/model.h"
 
 namespace fedlora::ops {
 namespace {
@@ -50,93 +46,15 @@ void AddModelFlags(CLI::App* cmd, ModelFlags& f) {
   cmd->add_option("--threads", f.threads, "LibTorch threads (0: one per core)")->capture_default_str();
 }
 
-struct Loaded {
-  std::unique_ptr<worker::Model> model;
-  worker::lm::LlamaModel* llama = nullptr;  // model, as what it is
-  std::unique_ptr<worker::lm::Tokenizer> tokenizer;
-  std::string architecture;
-  std::optional<std::string> store, adapter;
-  std::optional<uint64_t> version;
-};
-
-// config.json's architecture, without mapping the weights.
-Result<std::string> CheckpointArchitecture(const std::string& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return NotFound(fmt::format("--base '{}' is not a directory", dir));
-  const std::string path = (fs::path(dir) / "config.json").string();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(fmt::format("'{}' is not a checkpoint directory: it has no readable config.json", dir));
-  std::stringstream text;
-  text << in.rdbuf();
-  ASSIGN_OR_RETURN(const worker::lm::LlamaConfig config, worker::lm::ParseConfig(text.str(), path));
-  return config.architecture;
-}
-
-// Opens the model (with the adapter version applied when --store is given) and the tokenizer;
-// Fail()s with a clear error otherwise. Without --base, f.base becomes the store's own model.
-Loaded Load(std::string_view command, ModelFlags& f) {
-  if (!f.store && (f.adapter || f.version)) {
-    Fail(command, InvalidArgument("--adapter and --version name an adapter in a store: give --store too"), 2);
-  }
-  if (f.base.empty()) {
-    if (!f.store) {
-      Fail(command, InvalidArgument("give the checkpoint with --base DIR (or --store, whose own language model is used)"),
-           2);
-    }
-    f.base = OwnLanguageModelPath(*f.store);
-  }
+// The model a command runs on (federation::OpenStoredModel), with the thread count set first.
+federation::StoredModel Load(std::string_view command, const ModelFlags& f) {
   SetTorchThreads(f.threads > 0 ? f.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  Loaded out;
-  auto arch = CheckpointArchitecture(f.base);
-  if (!arch.ok()) Fail(command, arch.status(), arch.status().code() == Code::kNotFound ? 2 : 1);
-  out.architecture = *arch;
-
-  worker::ModelOptions mo;  // bare: the default LoRA, whose B is zero, leaves the base's outputs
-  mo.arch = out.architecture;
-  std::optional<AdapterState> state;
-  if (f.store) {
-    StoreLayout layout;
-    layout.dir = *f.store;
-    out.store = *f.store;
-    out.adapter = f.adapter.value_or("default");
-    auto stored = storage::StoredAdapter::Open(layout, *out.adapter);
-    if (!stored.ok()) Fail(command, stored.status(), stored.status().code() == Code::kNotFound ? 2 : 1);
-    uint64_t version = stored->cursor().version;
-    if (f.version) {
-      auto v = storage::ResolveVersion(layout, *out.adapter, *f.version);
-      if (!v.ok()) Fail(command, v.status(), 2);
-      version = *v;
-    }
-    auto global = stored->Global(version);
-    if (!global.ok()) Fail(command, global.status(), global.status().code() == Code::kNotFound ? 2 : 1);
-    const AdapterSpec& spec = global->spec;
-    if (spec.model != out.architecture) {
-      Fail(command,
-           InvalidArgument(fmt::format("version {} of adapter '{}' in '{}' is for a {}, and the checkpoint '{}' is a {}",
-                                       version, *out.adapter, *f.store, spec.model.empty() ? "(none)" : spec.model,
-                                       f.base, out.architecture)),
-           2);
-    }
-    mo = worker::ModelOptions::ForSpec(spec);
-    out.version = version;
-    state = std::move(global->state);
+  auto m = federation::OpenStoredModel({f.base, f.store, f.adapter, f.version});
+  if (!m.ok()) {
+    const Code c = m.status().code();
+    Fail(command, m.status(), c == Code::kInvalidArgument || c == Code::kNotFound ? 2 : 1);
   }
-  auto model = worker::Model::Open(mo, f.base);
-  if (!model.ok()) Fail(command, model.status());
-  out.model = std::move(*model);
-  out.llama = dynamic_cast<worker::lm::LlamaModel*>(out.model.get());
-  if (out.llama == nullptr) {
-    Fail(command, Internal(fmt::format("the model of '{}' is not a Llama-family model", f.base)));
-  }
-  if (state) {
-    if (Status s = out.model->LoadAdapter(*state); !s.ok()) {
-      Fail(command, s.WithContext(fmt::format("loading version {} of adapter '{}'", *out.version, *out.adapter)));
-    }
-  }
-  auto tokenizer = worker::lm::Tokenizer::Load(f.base);
-  if (!tokenizer.ok()) Fail(command, tokenizer.status());
-  out.tokenizer = std::move(*tokenizer);
-  return out;
+  return std::move(*m);
 }
 
 json OptionalJson(const std::optional<std::string>& v) { return v ? json(*v) : json(nullptr); }
@@ -159,12 +77,6 @@ std::string Printable(std::string_view piece) {
     }
   }
   return out;
-}
-
-std::string Describe(const Loaded& m, const std::string& base) {
-  if (!m.version) return fmt::format("{} '{}' (bare base)", m.architecture, base);
-  return fmt::format("{} '{}' + version {} of adapter '{}' in '{}'", m.architecture, base, *m.version, *m.adapter,
-                     *m.store);
 }
 
 Result<std::string> ReadText(const std::string& path) {
@@ -212,7 +124,7 @@ void RegisterGenerate(CLI::App& app) {
   cmd->callback([f] {
     f->sampling.stop_at_eos = !f->ignore_eos;
     if (Status s = worker::lm::ValidateSampling(f->sampling); !s.ok()) Fail("generate", s, 2);
-    Loaded m = Load("generate", f->model);
+    federation::StoredModel m = Load("generate", f->model);
     std::function<void(std::string_view)> stream;
     if (!f->json) {
       stream = [](std::string_view piece) {
@@ -236,7 +148,7 @@ void RegisterGenerate(CLI::App& app) {
                  {"stop_reason", g->stop_reason},
                  {"seconds", seconds},
                  {"tokens_per_second", rate},
-                 {"base", f->model.base},
+                 {"base", m.base},
                  {"store", OptionalJson(m.store)},
                  {"adapter", OptionalJson(m.adapter)},
                  {"version", OptionalJson(m.version)}});
@@ -245,7 +157,7 @@ void RegisterGenerate(CLI::App& app) {
     fmt::print("\n");
     std::fflush(stdout);
     fmt::print(stderr, "generate: {} tokens after a {}-token prompt in {:.2f} s ({:.1f} tokens/s), stopped by {}; {}\n",
-               g->new_ids.size(), g->prompt_ids.size(), seconds, rate, g->stop_reason, Describe(m, f->model.base));
+               g->new_ids.size(), g->prompt_ids.size(), seconds, rate, g->stop_reason, m.Describe());
   });
 }
 
@@ -265,7 +177,7 @@ void RegisterScore(CLI::App& app) {
   cmd->callback([f] {
     auto text = ReadText(f->text);
     if (!text.ok()) Fail("score", text.status(), 2);
-    Loaded m = Load("score", f->model);
+    federation::StoredModel m = Load("score", f->model);
     auto score = worker::lm::Score(*m.llama, *m.tokenizer, *text);
     if (!score.ok()) Fail("score", score.status(), score.status().code() == Code::kInvalidArgument ? 2 : 1);
     if (f->json) {
@@ -275,7 +187,7 @@ void RegisterScore(CLI::App& app) {
                  {"mean_nll", score->mean_nll},
                  {"perplexity", score->perplexity},
                  {"token_count", score->tokens.size()},
-                 {"base", f->model.base},
+                 {"base", m.base},
                  {"store", OptionalJson(m.store)},
                  {"adapter", OptionalJson(m.adapter)},
                  {"version", OptionalJson(m.version)}});
@@ -289,7 +201,7 @@ void RegisterScore(CLI::App& app) {
       width = std::max(width, pieces.back().size());
     }
     fmt::print("score: {} tokens of {} under {}\n", score->tokens.size(), f->text == "-" ? "stdin" : f->text,
-               Describe(m, f->model.base));
+               m.Describe());
     fmt::print("{:>6}  {:<{}}  {:>9}\n", "index", "piece", width, "nll");
     for (size_t i = 0; i < score->tokens.size(); ++i) {
       fmt::print("{:>6}  {:<{}}  {:>9.4f}\n", i, pieces[i], width, score->tokens[i].nll);
