@@ -23,6 +23,7 @@
 #include "schema/codec.h"
 #include "schema/status.h"
 #include "storage/adapter_store.h"
+#include "storage/layout.h"
 
 namespace fedlora::aggregator {
 
@@ -37,5 +38,25 @@ struct PreparedRollback {
 // (the latest version is final), the store's and Engine::Create's.
 Result<PreparedRollback> PrepareRollback(storage::AdapterStore& store, const EngineOptions& options,
                                          const std::string& adapter_id, uint64_t to, Engine::BaseLookup base_lookup);
+
+// What a finished rollback made: version `version` holds version `to`'s tensors.
+struct RollbackOutcome {
+  uint64_t version = 0;
+  uint64_t to = 0;
+  std::string content_hash;
+};
+
+// `fedlora rollback` into a store no aggregator holds: `to` is a version or a tag. Errors:
+// kFailedPrecondition (an aggregator holds the store, saying how to roll back through it; the
+// latest version is final or recorded no settings), kNotFound (no such adapter or version),
+// kInvalidArgument (`to` is the latest version, or no version or tag), the store's.
+Result<RollbackOutcome> RollbackStoredAdapter(const storage::StoreLayout& layout, const std::string& adapter,
+                                              const std::string& to);
+
+// `fedlora rollback` through a running aggregator's HTTP endpoint (its --http HOST:PORT:
+// POST /api/rollback?to=...). Errors: the aggregator's answer as a code (400 kInvalidArgument,
+// 403 kPermissionDenied, 404 kNotFound, 409 kFailedPrecondition, else kUnavailable), and
+// kUnavailable when it cannot be reached.
+Result<RollbackOutcome> RollbackThroughAggregator(const std::string& address, const std::string& to);
 
 }  // namespace fedlora::aggregator

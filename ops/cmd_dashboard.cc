@@ -5,13 +5,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "aggregator/commit.h"
 #include "aggregator/dashboard.h"
 #include "aggregator/rollback.h"
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "ops/live.h"
-#include "storage/reader.h"
 
 namespace fedlora::ops {
 
@@ -54,71 +52,6 @@ void RegisterDashboard(CLI::App& app) {
 
 namespace {
 
-struct RollbackOutcome {
-  uint64_t version = 0;
-  uint64_t to = 0;
-  std::string content_hash;
-};
-
-// Straight into the store: only when no aggregator holds it.
-Result<RollbackOutcome> RollbackStore(const StoreLayout& layout, const std::string& adapter,
-                                      const std::string& to_text) {
-  auto stored = storage::StoredAdapter::Open(layout, adapter, /*writable=*/true);
-  if (!stored.ok()) {
-    if (stored.status().message().find("lock") != std::string::npos) {
-      return FailedPrecondition(fmt::format(
-          "{}: an aggregator holds the store; roll the live adapter back through it instead: fedlora rollback --to "
-          "{} --aggregator HOST:PORT (its --http address)",
-          layout.adapters(), to_text));
-    }
-    return stored.status();
-  }
-  ASSIGN_OR_RETURN(uint64_t to, storage::ResolveVersion(layout, adapter, to_text));
-  const uint64_t current = stored->cursor().version;
-  if (to > current) {
-    return NotFound(fmt::format("adapter '{}' has versions 0 to {}; there is no version {} to roll back to", adapter,
-                                current, to));
-  }
-  if (to == current) {
-    return InvalidArgument(fmt::format("'{}' is at version {} already: roll back to an earlier version", adapter, to));
-  }
-  ASSIGN_OR_RETURN(codec::VersionInfo latest, stored->Record(current));
-  auto options = RecordedEngineOptions(latest);
-  if (options.status().code() == Code::kNotFound) {
-    return FailedPrecondition(fmt::format("version {} recorded no settings (a store older than the record): roll back "
-                                          "through a running aggregator instead",
-                                          current));
-  }
-  if (!options.ok()) return options.status();
-  aggregator::VersionCache bases(stored->store(), adapter);
-  ASSIGN_OR_RETURN(aggregator::PreparedRollback prepared,
-                   aggregator::PrepareRollback(stored->store(), *options, adapter, to,
-                                               [&bases](uint64_t v) { return bases.Get(v); }));
-  prepared.info.commit_unix_ms = aggregator::NowUnixMs();
-  RETURN_IF_ERROR(aggregator::CommitVersion(stored->store(), *options, prepared.engine.get(), prepared.info,
-                                            prepared.engine->spec(), prepared.engine->state(), false)
-                      .status());
-  return RollbackOutcome{prepared.info.version, to, prepared.info.content_hash};
-}
-
-Result<RollbackOutcome> RollbackLive(const std::string& address, const std::string& to_text) {
-  ASSIGN_OR_RETURN(http::Response r, http::Fetch(address, "POST", "/api/rollback?to=" + http::UrlEncode(to_text)));
-  const auto body = nlohmann::json::parse(r.body, nullptr, false);
-  if (body.is_discarded()) return Unavailable(fmt::format("{} answered {} with no JSON body", address, r.status));
-  if (r.status != 200) {
-    const std::string message = body.value("error", r.body);
-    switch (r.status) {
-      case 400: return InvalidArgument(message);
-      case 403: return PermissionDenied(message);
-      case 404: return NotFound(message);
-      case 409: return FailedPrecondition(message);
-      default: return Unavailable(message);
-    }
-  }
-  return RollbackOutcome{body.at("version").get<uint64_t>(), body.at("rollback_to").get<uint64_t>(),
-                         body.at("content_hash").get<std::string>()};
-}
-
 }  // namespace
 
 void RegisterRollback(CLI::App& app) {
@@ -143,8 +76,8 @@ void RegisterRollback(CLI::App& app) {
   cmd->add_flag("--json", f->json, "Print the result as JSON");
   cmd->callback([f] {
     SetupLogging(false);
-    auto done = f->aggregator.empty() ? RollbackStore(f->store, f->adapter, f->to)
-                                      : RollbackLive(f->aggregator, f->to);
+    auto done = f->aggregator.empty() ? aggregator::RollbackStoredAdapter(f->store, f->adapter, f->to)
+                                      : aggregator::RollbackThroughAggregator(f->aggregator, f->to);
     if (!done.ok()) {
       const Code c = done.status().code();
       Fail("rollback", done.status(), c == Code::kInvalidArgument || c == Code::kNotFound ? 2 : 1);

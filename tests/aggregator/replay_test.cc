@@ -65,7 +65,7 @@ struct Original {
       // Bases lag behind like real workers': every update trained from version (i / 4).
       const codec::Bytes bytes = Update(i, static_cast<uint64_t>(i / 4));
       const std::string id = "u" + std::to_string(i), client = "c" + std::to_string(i % 4);
-      storage::LogAppend item{kAdapter, client, id, codec::AsBytes(bytes)};
+      storage::LogAppend item{kAdapter, client, id, codec::AsBytes(bytes), std::nullopt};
       auto r = log->AppendBatch({&item, 1});
       ASSERT_TRUE(r[0].ok()) << r[0].status().ToString();
     }
@@ -397,6 +397,47 @@ TEST(RollbackTest, AFinalVersionIsNotRolledBack) {
   auto again = PrepareRollback(*orig.store, o, kAdapter, 1, nullptr);
   ASSERT_FALSE(again.ok());
   EXPECT_EQ(again.status().code(), Code::kFailedPrecondition);
+}
+
+// `fedlora rollback` without a running aggregator: straight into the store, refused while a
+// process holds it (with the way through the aggregator), and what cannot be rolled back to.
+TEST(RollbackTest, AStoreNoAggregatorHoldsIsRolledBackInPlace) {
+  const EngineOptions o = Settings(3, false);
+  Original orig;
+  orig.CommitVersionZero(o);
+  orig.Append(0, 12);
+  orig.Aggregate(o);
+  const std::string v1 = Hash(*orig.store, 1);
+  auto cursor = orig.store->GetCursor(kAdapter);
+  ASSERT_TRUE(cursor.ok() && *cursor);
+  const uint64_t latest = (*cursor)->version;
+  ASSERT_GE(latest, 3u);
+  const storage::StoreLayout layout{orig.dir.path()};
+
+  auto held = RollbackStoredAdapter(layout, kAdapter, "1");  // the test holds the store open, as an aggregator would
+  EXPECT_EQ(held.status().code(), Code::kFailedPrecondition) << held.status().ToString();
+  EXPECT_NE(held.status().message().find("--aggregator HOST:PORT"), std::string::npos) << held.status().ToString();
+  orig.store.reset();
+
+  auto done = RollbackStoredAdapter(layout, kAdapter, "1");
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->version, latest + 1);
+  EXPECT_EQ(done->to, 1u);
+  EXPECT_EQ(done->content_hash, v1);
+  EXPECT_EQ(RollbackStoredAdapter(layout, kAdapter, std::to_string(latest + 1)).status().code(),
+            Code::kInvalidArgument);  // the latest version already
+  EXPECT_EQ(RollbackStoredAdapter(layout, kAdapter, "99").status().code(), Code::kNotFound);
+  EXPECT_EQ(RollbackStoredAdapter(layout, "no-such-adapter", "1").status().code(), Code::kNotFound);
+  auto reopened = Original::OpenStore(orig.dir.path("adapters"));
+  auto record = storage::ReadVersionInfo(*reopened, kAdapter, latest + 1);
+  ASSERT_TRUE(record.ok()) << record.status().ToString();
+  ASSERT_TRUE(record->rollback_to);
+  EXPECT_EQ(*record->rollback_to, 1u);
+}
+
+TEST(RollbackTest, AnAggregatorThatCannotBeReachedIsUnavailable) {
+  auto r = RollbackThroughAggregator("127.0.0.1:1", "3");
+  EXPECT_EQ(r.status().code(), Code::kUnavailable) << r.status().ToString();
 }
 
 }  // namespace

@@ -153,7 +153,11 @@ TEST(ServerOptimizerTest, MomentsOfAnotherOptimizerOrVersionAreRefused) {
   const AdapterState x1 = h.engine().state();
   auto create = [&](ServerOptimizerKind kind, uint64_t version, ServerOptimizerState s) {
     return Engine::Create(AdamOptions(kind, 1), "default", SmallSpec(), x1, version, 1, nullptr,
-                          ServerState{.optimizer = std::move(s)})
+                          [&] {
+                            ServerState st;
+                            st.optimizer = std::move(s);
+                            return st;
+                          }())
         .status()
         .code();
   };
@@ -168,7 +172,11 @@ TEST(ServerOptimizerTest, MomentsOfAnotherOptimizerOrVersionAreRefused) {
   // Stored bytes that do not match the spec are data loss, not a silent reset.
   AdapterSpec other = SmallSpec();
   other.tensors[3].shape = {3};
-  const codec::Bytes stored = EncodeServerState("default", SmallSpec(), 1, ServerState{.optimizer = adam});
+  const codec::Bytes stored = EncodeServerState("default", SmallSpec(), 1, [&] {
+    ServerState st;
+    st.optimizer = adam;
+    return st;
+  }());
   EXPECT_EQ(DecodeServerState(codec::AsBytes(stored), other).status().code(), Code::kDataLoss);
   const std::string junk = "not a server state at all";
   EXPECT_EQ(DecodeServerState({reinterpret_cast<const std::byte*>(junk.data()), junk.size()}, SmallSpec())

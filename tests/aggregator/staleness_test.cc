@@ -8,7 +8,8 @@ namespace fedlora::aggregator {
 namespace {
 
 TEST(StalenessTest, ConstantIsAlwaysOne) {
-  StalenessOptions o{StalenessFn::kConstant};
+  StalenessOptions o;
+  o.fn = StalenessFn::kConstant;
   EXPECT_DOUBLE_EQ(StalenessWeight(o, 0), 1.0);
   EXPECT_DOUBLE_EQ(StalenessWeight(o, 1000), 1.0);
 }
@@ -33,7 +34,8 @@ TEST(StalenessTest, HingeKeepsFullWeightUpToB) {
 // FedAsync's hinge has slope a = 10 by default, not the polynomial exponent's 0.5 (which would
 // weigh an update of staleness 5 at 0.67 instead of 0.09).
 TEST(StalenessTest, EachFunctionHasItsOwnDefaultParameter) {
-  StalenessOptions hinge{StalenessFn::kHinge};
+  StalenessOptions hinge;
+  hinge.fn = StalenessFn::kHinge;
   EXPECT_DOUBLE_EQ(StalenessA(hinge), 10.0);
   EXPECT_DOUBLE_EQ(StalenessWeight(hinge, 5), 1.0 / 11.0);
   StalenessOptions poly;

@@ -248,7 +248,7 @@ TEST_F(AdapterCli, LogAndReplaySayWhenTheLogIsNotTheOneTheStoreConsumed) {
     auto log = storage::UpdateLog::Open(lo);
     ASSERT_TRUE(log.ok()) << log.status().ToString();
     const std::string bytes = "a record";
-    storage::LogAppend a{"default", "c", "u", {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()}};
+    storage::LogAppend a{"default", "c", "u", {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()}, std::nullopt};
     ASSERT_TRUE((*log)->AppendBatch({&a, 1})[0].ok());
   }
   std::string said = RunCapture(std::string(kBinary) + " log --store " + Quote(copy) + " 2>&1", &rc);
@@ -274,7 +274,7 @@ TEST_F(AdapterCli, LogSaysWhenItEndsBeforeWhatTheStoreConsumed) {
     id = (*log)->Id();
     for (const std::string update : {"u1", "u2"}) {
       const codec::Bytes bytes = testing::MakeUpdate(update, "c1", 0, testing::FilledState(testing::SmallSpec(), 0.1f));
-      storage::LogAppend a{"default", "c1", update, codec::AsBytes(bytes)};
+      storage::LogAppend a{"default", "c1", update, codec::AsBytes(bytes), std::nullopt};
       ASSERT_TRUE((*log)->AppendBatch({&a, 1})[0].ok());
     }
     storage::AdapterStoreOptions so;

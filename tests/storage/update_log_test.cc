@@ -36,7 +36,7 @@ TEST(UpdateLogTest, AssignsIncreasingSequenceNumbersPerAdapter) {
   testing::TempDir dir;
   auto log = OpenLog(dir.path("log"));
   const std::string a = "payload-a-0123456789", b = "payload-b-0123456789", c = "payload-c-0123456789";
-  std::vector<LogAppend> items = {{"x", "c1", "u1", B(a)}, {"y", "c1", "u2", B(b)}, {"x", "c2", "u1", B(c)}};
+  std::vector<LogAppend> items = {{"x", "c1", "u1", B(a), std::nullopt}, {"y", "c1", "u2", B(b), std::nullopt}, {"x", "c2", "u1", B(c), std::nullopt}};
   auto results = log->AppendBatch(items);
   ASSERT_EQ(results.size(), 3u);
   EXPECT_EQ(results[0]->seq, 1u);
@@ -56,7 +56,7 @@ TEST(UpdateLogTest, RetriedPublishIsLoggedOnce) {
   testing::TempDir dir;
   auto log = OpenLog(dir.path("log"));
   const std::string bytes = "the same update bytes";
-  LogAppend item{"x", "c1", "u1", B(bytes)};
+  LogAppend item{"x", "c1", "u1", B(bytes), std::nullopt};
   auto first = log->AppendBatch({&item, 1});
   auto retry = log->AppendBatch({&item, 1});
   ASSERT_TRUE(first[0].ok());
@@ -71,7 +71,7 @@ TEST(UpdateLogTest, RetryWithinOneBatchIsLoggedOnce) {
   testing::TempDir dir;
   auto log = OpenLog(dir.path("log"));
   const std::string bytes = "racing retry";
-  std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes)}, {"x", "c1", "u1", B(bytes)}};
+  std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes), std::nullopt}, {"x", "c1", "u1", B(bytes), std::nullopt}};
   auto r = log->AppendBatch(items);
   EXPECT_EQ(r[0]->seq, 1u);
   EXPECT_TRUE(r[1]->duplicate);
@@ -83,8 +83,8 @@ TEST(UpdateLogTest, ReusedIdWithDifferentContentIsRejected) {
   testing::TempDir dir;
   auto log = OpenLog(dir.path("log"));
   const std::string one = "first content", two = "other content";
-  LogAppend a{"x", "c1", "u1", B(one)};
-  LogAppend b{"x", "c1", "u1", B(two)};
+  LogAppend a{"x", "c1", "u1", B(one), std::nullopt};
+  LogAppend b{"x", "c1", "u1", B(two), std::nullopt};
   ASSERT_TRUE(log->AppendBatch({&a, 1})[0].ok());
   auto r = log->AppendBatch({&b, 1});
   EXPECT_EQ(r[0].status().code(), Code::kAlreadyExists);
@@ -95,7 +95,7 @@ TEST(UpdateLogTest, SameUpdateIdFromAnotherClientIsADifferentUpdate) {
   testing::TempDir dir;
   auto log = OpenLog(dir.path("log"));
   const std::string bytes = "x";
-  std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes)}, {"x", "c2", "u1", B(bytes)}};
+  std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes), std::nullopt}, {"x", "c2", "u1", B(bytes), std::nullopt}};
   auto r = log->AppendBatch(items);
   EXPECT_FALSE(r[1]->duplicate);
   EXPECT_EQ(r[1]->seq, 2u);
@@ -106,16 +106,16 @@ TEST(UpdateLogTest, RecordsAndIdempotencySurviveReopen) {
   const std::string bytes = "durable update";
   {
     auto log = OpenLog(dir.path("log"));
-    std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes)}, {"x", "c1", "u2", B(bytes)}};
+    std::vector<LogAppend> items = {{"x", "c1", "u1", B(bytes), std::nullopt}, {"x", "c1", "u2", B(bytes), std::nullopt}};
     log->AppendBatch(items);
   }
   auto log = OpenLog(dir.path("log"));
   EXPECT_EQ(log->LastSeq("x"), 2u);
-  LogAppend retry{"x", "c1", "u2", B(bytes)};
+  LogAppend retry{"x", "c1", "u2", B(bytes), std::nullopt};
   auto r = log->AppendBatch({&retry, 1});
   EXPECT_TRUE(r[0]->duplicate);
   EXPECT_EQ(r[0]->seq, 2u);
-  LogAppend fresh{"x", "c1", "u3", B(bytes)};
+  LogAppend fresh{"x", "c1", "u3", B(bytes), std::nullopt};
   EXPECT_EQ(log->AppendBatch({&fresh, 1})[0]->seq, 3u);
   EXPECT_EQ(log->Adapters(), std::vector<std::string>{"x"});
 }
@@ -127,7 +127,7 @@ TEST(UpdateLogTest, ReadRespectsCountAndByteLimits) {
   std::vector<std::string> ids;
   for (int i = 0; i < 10; ++i) ids.push_back("u" + std::to_string(i));
   std::vector<LogAppend> items;
-  for (const auto& id : ids) items.push_back({"x", "c", id, B(bytes)});
+  for (const auto& id : ids) items.push_back({"x", "c", id, B(bytes), std::nullopt});
   log->AppendBatch(items);
   EXPECT_EQ(log->Read("x", 3, 4, 1 << 20)->size(), 4u);
   EXPECT_EQ(log->Read("x", 3, 4, 1 << 20)->front().seq, 3u);
@@ -141,12 +141,12 @@ TEST(UpdateLogTest, ReadOnlyOpenSeesRecordsAndRefusesAppends) {
   const std::string bytes = "record";
   {
     auto log = OpenLog(dir.path("log"));
-    LogAppend a{"x", "c", "u", B(bytes)};
+    LogAppend a{"x", "c", "u", B(bytes), std::nullopt};
     log->AppendBatch({&a, 1});
   }
   auto ro = OpenLog(dir.path("log"), true);
   EXPECT_EQ(ro->LastSeq("x"), 1u);
-  LogAppend b{"x", "c", "v", B(bytes)};
+  LogAppend b{"x", "c", "v", B(bytes), std::nullopt};
   EXPECT_EQ(ro->AppendBatch({&b, 1})[0].status().code(), Code::kFailedPrecondition);
 }
 
@@ -166,7 +166,7 @@ TEST(UpdateLogTest, HasAnIdentityThatItKeepsAndALostLogDoesNot) {
   {
     auto log = OpenLog(dir.path("log"));
     id = log->Id();
-    LogAppend a{"x", "c", "u", B(std::string("record"))};
+    LogAppend a{"x", "c", "u", B(std::string("record")), std::nullopt};
     log->AppendBatch({&a, 1});
   }
   ASSERT_EQ(id.size(), 32u);
@@ -187,7 +187,7 @@ TEST(UpdateLogTest, AStoreWithoutItsCurrentFileIsRefusedAndLeftAsItWas) {
   const std::string path = dir.path("log");
   {
     auto log = OpenLog(path);
-    LogAppend a{"x", "c", "u", B(std::string("record"))};
+    LogAppend a{"x", "c", "u", B(std::string("record")), std::nullopt};
     log->AppendBatch({&a, 1});
   }
   ASSERT_TRUE(std::filesystem::remove(path + "/CURRENT"));
@@ -235,7 +235,7 @@ void ExhaustDescriptorsThenAppendAgain(const std::string& path) {
   uint64_t n = 0;
   auto append = [&] {
     const std::string id = "u" + std::to_string(++n);
-    std::vector<LogAppend> items = {{"a", "c1", id, B(value)}};
+    std::vector<LogAppend> items = {{"a", "c1", id, B(value), std::nullopt}};
     return log->AppendBatch(items)[0];
   };
   if (!append().ok()) _exit(3);
@@ -293,7 +293,7 @@ void FillTheDiskThenAppendAgain(const std::string& mount) {
   uint64_t n = 0;
   auto append = [&] {
     const std::string id = "u" + std::to_string(++n);
-    std::vector<LogAppend> items = {{"a", "c1", id, B(value)}};
+    std::vector<LogAppend> items = {{"a", "c1", id, B(value), std::nullopt}};
     return log->AppendBatch(items)[0];
   };
   int failures = 0;
