@@ -294,4 +294,31 @@ const WeightView* Checkpoint::Find(std::string_view name) const {
   return nullptr;
 }
 
+Result<std::string> MatchAdapter(const AdapterSpec& spec, const std::string& dir) {
+  ASSIGN_OR_RETURN(const LlamaConfig config, ReadConfig(dir));
+  std::map<std::string, std::vector<int64_t>> weights;
+  for (auto& [name, shape] : ExpectedWeights(config)) weights.emplace(name, shape);
+  for (const auto& t : spec.tensors) {
+    if (t.role != TensorRole::kLoraA && t.role != TensorRole::kLoraB) {
+      return InvalidArgument(fmt::format("tensor '{}' is not a LoRA factor: a {} adapter holds only LoRA pairs",
+                                         t.name, config.architecture));
+    }
+    const std::string module = t.name.substr(0, t.name.rfind('.'));
+    const auto it = weights.find(module + ".weight");
+    if (it == weights.end()) {
+      return InvalidArgument(fmt::format("tensor '{}': the {} in '{}' has no module '{}'", t.name, config.architecture,
+                                         dir, module));
+    }
+    const auto out = static_cast<uint32_t>(it->second[0]), in = static_cast<uint32_t>(it->second[1]);
+    const std::vector<uint32_t> want =
+        t.role == TensorRole::kLoraA ? std::vector<uint32_t>{spec.rank, in} : std::vector<uint32_t>{out, spec.rank};
+    if (t.shape != want) {
+      return InvalidArgument(fmt::format("tensor '{}' has shape [{}], the checkpoint in '{}' needs [{}]", t.name,
+                                         fmt::join(t.shape, ","), dir, fmt::join(want, ",")));
+    }
+  }
+  return config.architecture;
+}
+
+
 }  // namespace fedlora::worker::lm

@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include "schema/adapter.h"
 #include "schema/safetensors.h"
 #include "schema/status.h"
 
@@ -76,6 +77,12 @@ struct WeightView {
 // The weights a checkpoint of `config` must hold (Hugging Face names) with their shapes, in a
 // fixed order: embeddings, each layer, the final norm, lm_head unless tied.
 std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedWeights(const LlamaConfig& config);
+
+// Checks a language model's adapter against the checkpoint in `dir` (every tensor a LoRA factor
+// of a module the model has, with that module's shapes at the adapter's rank) and returns the
+// checkpoint's architecture. Errors: ReadConfig's, kInvalidArgument naming the first tensor
+// that does not fit.
+Result<std::string> MatchAdapter(const AdapterSpec& spec, const std::string& dir);
 
 class Checkpoint {
  public:

@@ -1,6 +1,7 @@
-// The replay of a stored log into a new store (worker/federation/replay_store.h), without the
-// command line: a reproduction bit for bit and evaluated, a what-if that parts from the original,
-// and the requests refused before anything is written.
+// What the library does with a stored run, without the command line: the replay of its log into
+// a new store (worker/federation/replay_store.h: a reproduction bit for bit and evaluated, a
+// what-if that parts from the original, the requests refused before anything is written), and
+// its export as a PEFT checkpoint and import back (worker/federation/peft_files.h).
 #include "worker/federation/replay_store.h"
 
 #include <gtest/gtest.h>
@@ -9,12 +10,13 @@
 
 #include "tests/testing/fixtures.h"
 #include "worker/federation/embedded.h"
+#include "worker/federation/peft_files.h"
 
 namespace fedlora::federation {
 namespace {
 
 // A stored mlp run of three versions, made once for the suite.
-class ReplayStoreTest : public ::testing::Test {
+class StoredRun : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
@@ -47,9 +49,9 @@ class ReplayStoreTest : public ::testing::Test {
   }
   static testing::TempDir* dir_;
 };
-testing::TempDir* ReplayStoreTest::dir_ = nullptr;
+testing::TempDir* StoredRun::dir_ = nullptr;
 
-TEST_F(ReplayStoreTest, AReproductionRebuildsEveryVersionAndIsEvaluated) {
+TEST_F(StoredRun, AReproductionRebuildsEveryVersionAndIsEvaluated) {
   std::vector<uint64_t> versions;
   ReplayCallbacks cb;
   bool started = false;
@@ -78,7 +80,7 @@ TEST_F(ReplayStoreTest, AReproductionRebuildsEveryVersionAndIsEvaluated) {
   EXPECT_TRUE(std::filesystem::is_directory(dir_->path("again/adapters")));
 }
 
-TEST_F(ReplayStoreTest, AWhatIfPartsFromTheOriginalWithoutAVerdict) {
+TEST_F(StoredRun, AWhatIfPartsFromTheOriginalWithoutAVerdict) {
   ReplayRequest r = Request("what-if");
   r.what_if = {"--buffer-size", "2"};
   r.evaluate = false;
@@ -92,7 +94,7 @@ TEST_F(ReplayStoreTest, AWhatIfPartsFromTheOriginalWithoutAVerdict) {
   EXPECT_TRUE(o->eval_note.empty());
 }
 
-TEST_F(ReplayStoreTest, RequestsThatCannotBeCarriedOutWriteNothing) {
+TEST_F(StoredRun, RequestsThatCannotBeCarriedOutWriteNothing) {
   ReplayRequest typo = Request("typo");
   typo.what_if = {"--buffer-sise", "2"};
   EXPECT_EQ(ReplayStore(typo).status().code(), Code::kInvalidArgument);
@@ -115,7 +117,7 @@ TEST_F(ReplayStoreTest, RequestsThatCannotBeCarriedOutWriteNothing) {
   EXPECT_FALSE(std::filesystem::exists(dir_->path("other")));
 }
 
-TEST_F(ReplayStoreTest, WithoutTheBaseModelItReplaysAndSaysWhyItDidNotEvaluate) {
+TEST_F(StoredRun, WithoutTheBaseModelItReplaysAndSaysWhyItDidNotEvaluate) {
   ReplayRequest r = Request("no-base");
   r.base = dir_->path("missing.pt");
   auto o = ReplayStore(r);
@@ -123,6 +125,46 @@ TEST_F(ReplayStoreTest, WithoutTheBaseModelItReplaysAndSaysWhyItDidNotEvaluate) 
   EXPECT_TRUE(o->verdict.ok());
   EXPECT_FALSE(o->report.last_eval);
   EXPECT_NE(o->eval_note.find("no base model at"), std::string::npos) << o->eval_note;
+}
+
+TEST_F(StoredRun, AVersionExportsAsPeftAndImportsBackAsVersionZeroWithTheSameHash) {
+  const storage::StoreLayout store{dir_->path("store")};
+  ExportRequest request;
+  request.store = store;
+  request.version = "2";
+  request.out = dir_->path("peft-v2");
+  auto exported = ExportPeftVersion(request);
+  ASSERT_TRUE(exported.ok()) << exported.status().ToString();
+  EXPECT_EQ(exported->version, 2u);
+  EXPECT_GT(exported->modules, 0u);
+  EXPECT_TRUE(std::filesystem::is_regular_file(request.out + "/adapter_model.safetensors"));
+  EXPECT_TRUE(std::filesystem::is_regular_file(request.out + "/adapter_config.json"));
+  EXPECT_EQ(ExportPeftVersion(request).status().code(), Code::kAlreadyExists) << "an export is never overwritten";
+
+  ImportRequest in;
+  in.in = request.out;
+  in.store = storage::StoreLayout{dir_->path("imported")};
+  in.adapter = "from-v2";
+  in.sync = false;
+  auto imported = ImportPeftAdapter(in);
+  ASSERT_TRUE(imported.ok()) << imported.status().ToString();
+  EXPECT_EQ(imported->content_hash, exported->global.info.content_hash);
+  ASSERT_TRUE(imported->exported_hash);
+  EXPECT_EQ(*imported->exported_hash, exported->global.info.content_hash);
+  EXPECT_EQ(ImportPeftAdapter(in).status().code(), Code::kAlreadyExists);
+  in.adapter = "not an id";
+  EXPECT_EQ(ImportPeftAdapter(in).status().code(), Code::kInvalidArgument);
+
+  ExportRequest missing = request;
+  missing.version = "99";
+  missing.out = dir_->path("peft-v99");
+  EXPECT_EQ(ExportPeftVersion(missing).status().code(), Code::kNotFound);
+  EXPECT_FALSE(std::filesystem::exists(missing.out));
+  ExportRequest checked = request;
+  checked.out = dir_->path("peft-checked");
+  checked.base = dir_->path("no-checkpoint");
+  EXPECT_EQ(ExportPeftVersion(checked).status().code(), Code::kNotFound) << "no checkpoint to check against";
+  EXPECT_FALSE(std::filesystem::exists(checked.out));
 }
 
 }  // namespace
