@@ -13,6 +13,7 @@
 #include "ops/flags.h"
 #include "schema/codec.h"
 #include "storage/adapter_store.h"
+#include "storage/reader.h"
 #include "storage/update_log.h"
 
 namespace fedlora::ops {
@@ -213,20 +214,9 @@ void RegisterLog(CLI::App& app) {
     if (!log.ok()) Fail("log", log.status());
     // The log against the aggregator's store beside it, if any: a log that was lost and made
     // afresh, replaced, or lost its tail reads cleanly on its own.
-    std::optional<storage::Cursor> consumed;
-    storage::AdapterStoreOptions so;
-    so.path = f->store.adapters();
-    so.read_only = true;
-    if (std::filesystem::exists(so.path)) {
-      if (auto store = storage::AdapterStore::Open(so); store.ok()) {
-        if (auto cursor = (*store)->GetCursor(f->adapter); cursor.ok() && *cursor) consumed = **cursor;
-      }
-    }
-    if (consumed && !consumed->log_id.empty() && !(*log)->Id().empty() && consumed->log_id != (*log)->Id()) {
-      Fail("log", FailedPrecondition(fmt::format(
-                      "this log (id {}) is not the one the aggregator's store '{}' consumed (id {}, up to seq {}): the "
-                      "log was lost or replaced, and updates it acknowledged may be gone",
-                      (*log)->Id(), so.path, consumed->log_id, consumed->consumed_seq)));
+    const std::optional<storage::Cursor> consumed = storage::ConsumedCursor(f->store, f->adapter);
+    if (consumed) {
+      if (Status s = storage::CheckLogIdentity(**log, *consumed, f->store.adapters()); !s.ok()) Fail("log", s);
     }
     nlohmann::json out = nlohmann::json::array();
     if (!f->json) {
@@ -264,12 +254,8 @@ void RegisterLog(CLI::App& app) {
       }
     }
     if (f->json) fmt::print("{}\n", out.dump(2));
-    const uint64_t head = (*log)->LastSeq(f->adapter);
-    if (consumed && consumed->consumed_seq > head) {
-      Fail("log", DataLoss(fmt::format("the log ends at seq {}, but the aggregator's store '{}' consumed it up to seq "
-                                       "{}: {} acknowledged record(s) are missing (a truncated write-ahead log, or a "
-                                       "log restored from an older copy)",
-                                       head, so.path, consumed->consumed_seq, consumed->consumed_seq - head)));
+    if (consumed) {
+      if (Status s = storage::CheckLogHead(**log, f->adapter, *consumed, f->store.adapters()); !s.ok()) Fail("log", s);
     }
   });
 }

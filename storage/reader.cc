@@ -128,4 +128,34 @@ Result<uint64_t> ResolveVersion(const StoreLayout& store, const std::string& ada
                               known.empty() ? "none" : known));
 }
 
+std::optional<Cursor> ConsumedCursor(const StoreLayout& store, const std::string& adapter) {
+  AdapterStoreOptions so;
+  so.path = store.adapters();
+  so.read_only = true;
+  if (!std::filesystem::exists(so.path)) return std::nullopt;
+  auto opened = AdapterStore::Open(so);
+  if (!opened.ok()) return std::nullopt;
+  auto cursor = (*opened)->GetCursor(adapter);
+  if (!cursor.ok() || !*cursor) return std::nullopt;
+  return **cursor;
+}
+
+Status CheckLogIdentity(const UpdateLog& log, const Cursor& consumed, const std::string& store_path) {
+  if (consumed.log_id.empty() || log.Id().empty() || consumed.log_id == log.Id()) return Status::Ok();
+  return FailedPrecondition(fmt::format(
+      "this log (id {}) is not the one the aggregator's store '{}' consumed (id {}, up to seq {}): the log was lost or "
+      "replaced, and updates it acknowledged may be gone",
+      log.Id(), store_path, consumed.log_id, consumed.consumed_seq));
+}
+
+Status CheckLogHead(const UpdateLog& log, const std::string& adapter, const Cursor& consumed,
+                    const std::string& store_path) {
+  const uint64_t head = log.LastSeq(adapter);
+  if (consumed.consumed_seq <= head) return Status::Ok();
+  return DataLoss(fmt::format("the log ends at seq {}, but the aggregator's store '{}' consumed it up to seq {}: {} "
+                              "acknowledged record(s) are missing (a truncated write-ahead log, or a log restored "
+                              "from an older copy)",
+                              head, store_path, consumed.consumed_seq, consumed.consumed_seq - head));
+}
+
 }  // namespace fedlora::storage

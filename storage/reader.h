@@ -6,11 +6,13 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "schema/codec.h"
 #include "storage/adapter_store.h"
 #include "storage/layout.h"
+#include "storage/update_log.h"
 
 namespace fedlora::storage {
 
@@ -42,5 +44,17 @@ Result<std::map<std::string, uint64_t>> ReadTags(const StoreLayout& store, const
 Status AddTag(const StoreLayout& store, const std::string& adapter, const std::string& name, uint64_t version);
 // A version given as a number or as a tag name. Errors: kNotFound naming the known tags.
 Result<uint64_t> ResolveVersion(const StoreLayout& store, const std::string& adapter, const std::string& text);
+
+// The log beside a store, against what the store's aggregator consumed of it (`fedlora log`):
+// the cursor of `adapter` in <store>/adapters when that store exists and holds it (nullopt
+// otherwise: a log alone is read as it is).
+std::optional<Cursor> ConsumedCursor(const StoreLayout& store, const std::string& adapter);
+// kFailedPrecondition when `log` is not the log `consumed` was taken from (lost and made afresh,
+// or replaced): updates it acknowledged may be gone.
+Status CheckLogIdentity(const UpdateLog& log, const Cursor& consumed, const std::string& store_path);
+// kDataLoss when `log` ends before what `consumed` consumed of it (a truncated write-ahead log,
+// or a log restored from an older copy), saying how many records are missing.
+Status CheckLogHead(const UpdateLog& log, const std::string& adapter, const Cursor& consumed,
+                    const std::string& store_path);
 
 }  // namespace fedlora::storage

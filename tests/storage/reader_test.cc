@@ -87,5 +87,41 @@ TEST(StoreReaderTest, TagsNameVersionsNeverMoveAndResolve) {
   EXPECT_EQ((*ReadTags(layout, "a")).at("best"), 2u);
 }
 
+// `fedlora log` reads a log against the store beside it: another log, or one that ends before
+// what the store consumed, is said to be so.
+TEST(StoreReaderTest, ALogIsCheckedAgainstWhatTheStoreBesideItConsumed) {
+  testing::TempDir dir;
+  StoreLayout layout{dir.path("store")};
+  std::filesystem::create_directories(layout.dir);
+  EXPECT_FALSE(ConsumedCursor(layout, "a")) << "no store: nothing to check against";
+  Commit(layout, 2);  // consumed up to seq 6
+  const auto consumed = ConsumedCursor(layout, "a");
+  ASSERT_TRUE(consumed);
+  EXPECT_EQ(consumed->consumed_seq, 6u);
+  EXPECT_FALSE(ConsumedCursor(layout, "b")) << "no such adapter";
+
+  auto log = UpdateLog::Open({layout.log(), false});
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  const std::string bytes = "a record";
+  for (int i = 0; i < 4; ++i) {
+    const std::string id = "u" + std::to_string(i);
+    LogAppend a{"a", "c", id, {reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()}, std::nullopt};
+    ASSERT_TRUE((*log)->AppendBatch({&a, 1})[0].ok());
+  }
+  Cursor same = *consumed;
+  same.log_id = (*log)->Id();
+  EXPECT_TRUE(CheckLogIdentity(**log, same, layout.adapters()).ok());
+  Cursor other = same;
+  other.log_id = "0123456789abcdef0123456789abcdef";
+  const Status replaced = CheckLogIdentity(**log, other, layout.adapters());
+  EXPECT_EQ(replaced.code(), Code::kFailedPrecondition);
+  EXPECT_NE(replaced.message().find("lost or replaced"), std::string::npos) << replaced.ToString();
+  const Status short_log = CheckLogHead(**log, "a", same, layout.adapters());  // 4 records, 6 consumed
+  EXPECT_EQ(short_log.code(), Code::kDataLoss);
+  EXPECT_NE(short_log.message().find("2 acknowledged record(s) are missing"), std::string::npos) << short_log.ToString();
+  same.consumed_seq = 4;
+  EXPECT_TRUE(CheckLogHead(**log, "a", same, layout.adapters()).ok());
+}
+
 }  // namespace
 }  // namespace fedlora::storage
