@@ -20,98 +20,16 @@
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "ops/observe/plot.h"
-#include "ops/process/child.h"
 #include "aggregator/methods/registry.h"
-#include "storage/adapter_store.h"
-#include "storage/update_log.h"
+#include "worker/federation/compare.h"
 
 
 namespace fedlora::ops {
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
-struct Point {
-  double bytes = 0;     // uploaded (logged) bytes folded up to this version
-  double accuracy = 0;  // on the periodic evaluation's test images
-  uint64_t version = 0;
-};
-
-struct MethodResult {
-  std::string method;
-  std::string error;             // non-empty when the run failed
-  double base_accuracy = -1;
-  double final_accuracy = -1;    // on all 10,000 test images
-  double client_accuracy = -1;   // mean over clients of the accuracy on their own label mix
-  bool personal = false;         // client_accuracy uses each client's personal model (fedsa)
-  uint64_t final_version = 0;
-  uint64_t updates = 0;
-  uint64_t bytes = 0;
-  double seconds = 0;
-  std::vector<Point> curve;
-  double bytes_to_target = -1;   // -1: never reached
-  double epsilon_spent = -1;     // record-level DP: the most any worker spent (-1: no DP)
-  double BytesPerUpdate() const { return updates ? static_cast<double>(bytes) / static_cast<double>(updates) : 0; }
-};
-
-// Runs `args` (argv[0] is this executable) with stdout and stderr appended to `log_path`.
-// Returns the exit status, or -1 when it could not start. Stops the child on SIGINT/SIGTERM.
-int RunChild(const std::vector<std::string>& args, const std::string& log_path, const std::string& label) {
-  process::ChildOptions o;
-  o.args = args;
-  o.output_path = log_path;
-  auto child = process::Child::Start(std::move(o));
-  if (!child.ok()) return -1;
-  const bool tty = isatty(STDOUT_FILENO);
-  const auto started = Clock::now();
-  bool signalled = false;
-  std::optional<int> status;
-  while (!(status = (*child)->Wait(std::chrono::milliseconds(250)))) {
-    if (StopSignalled() && !signalled) {
-      (*child)->Signal(SIGINT);
-      signalled = true;
-    }
-    if (tty) {
-      fmt::print("\r  {} ... {:.0f} s", label, std::chrono::duration<double>(Clock::now() - started).count());
-      std::fflush(stdout);
-    }
-  }
-  if (tty) fmt::print("\r");
-  return process::ExitCode(*status);
-}
-
-// The evaluated versions of a finished run with the bytes logged up to each one's position.
-Status ReadCurve(const std::string& store_dir, const std::string& adapter, MethodResult& r) {
-  StoreLayout store{store_dir};
-  storage::UpdateLogOptions lo;
-  lo.path = store.log();
-  lo.read_only = true;
-  ASSIGN_OR_RETURN(auto log, storage::UpdateLog::Open(lo));
-  std::vector<double> cumulative{0.0};  // cumulative[seq] = bytes of records 1..seq
-  for (uint64_t next = 1;;) {
-    ASSIGN_OR_RETURN(auto batch, log->Read(adapter, next, 4096, 64u << 20));
-    if (batch.empty()) break;
-    for (const auto& rec : batch) {
-      cumulative.resize(rec.seq + 1, cumulative.back());
-      cumulative[rec.seq] = cumulative[rec.seq - 1] + static_cast<double>(rec.bytes.size());
-      next = rec.seq + 1;
-    }
-  }
-  storage::AdapterStoreOptions so;
-  so.path = store.adapters();
-  so.read_only = true;
-  ASSIGN_OR_RETURN(auto adapters, storage::AdapterStore::Open(so));
-  ASSIGN_OR_RETURN(auto cursor, adapters->GetCursor(adapter));
-  if (!cursor) return NotFound("the run committed no version");
-  for (uint64_t v = 0; v <= cursor->version; ++v) {
-    ASSIGN_OR_RETURN(auto info, storage::ReadVersionInfo(*adapters, adapter, v));
-    if (info.test_accuracy < 0) continue;
-    const double bytes = info.consumed_seq < cumulative.size() ? cumulative[info.consumed_seq] : cumulative.back();
-    r.curve.push_back({bytes, info.test_accuracy, v});
-  }
-  return Status::Ok();
-}
+using federation::MethodResult;
 
 // Accuracy against uploaded bytes, log-scaled x, one line per method.
 std::string Plot(const std::vector<MethodResult>& results, double target, const std::string& title) {
@@ -290,28 +208,33 @@ void RegisterCompare(CLI::App& app) {
     if (ec) Fail("compare", Unavailable(fmt::format("cannot create '{}': {}", f->out, ec.message())));
 
     // One frozen base for every run.
+    federation::CompareRequest request;
+    request.executable = exe.string();
+    request.methods = methods;
+    request.task = f->task;
+    request.duration_s = f->duration_s;
+    request.target = f->target;
+    request.speeds = f->speeds;
+    request.eval_every = f->eval_every;
+    request.eval_samples = f->eval_samples;
+    federation::CompareCallbacks callbacks;
+    callbacks.interrupted = [] { return StopSignalled(); };
+    if (isatty(STDOUT_FILENO)) {
+      callbacks.running = [](const std::string& label, double seconds) {
+        fmt::print("\r  {} ... {:.0f} s", label, seconds);
+        std::fflush(stdout);
+      };
+    }
+    callbacks.note = [](const std::string& line) {
+      fmt::print("{}\n", line);
+      std::fflush(stdout);
+    };
+    auto prepared = federation::PrepareBase(request, out.string(), callbacks);
+    if (!prepared.ok()) Fail("compare", prepared.status(), prepared.status().code() == Code::kNotFound ? 2 : 1);
+    if (isatty(STDOUT_FILENO)) fmt::print("\r");
+    request.base = *prepared;
+    const std::string& base = request.base;
     const bool text = IsTextClassification(f->task);
-    const std::string base = !text               ? BasePath(out.string(), f->task.arch)
-                             : f->task.base.empty() ? OwnLanguageModelPath(out.string())
-                                                    : f->task.base;
-    if (text && !f->task.base.empty() && !fs::is_directory(base)) {
-      Fail("compare", NotFound(fmt::format("checkpoint directory '{}' does not exist", base)), 2);
-    }
-    if (text && !fs::exists(base)) {
-      fmt::print("pretraining fedlora's own language model once for every run, about 5 minutes (log: {})\n",
-                 (out / "pretrain.log").string());
-      std::fflush(stdout);
-      const int rc = RunChild({exe.string(), "pretrain", "--task", "lm", "--store", out.string()},
-                              (out / "pretrain.log").string(), "pretraining");
-      if (rc != 0) Fail("compare", Internal(fmt::format("pretraining failed (exit {}); see {}", rc, (out / "pretrain.log").string())));
-    } else if (!fs::exists(base)) {
-      fmt::print("pretraining the {} base once for every run (log: {})\n", f->task.arch, (out / "pretrain.log").string());
-      std::fflush(stdout);
-      const int rc = RunChild({exe.string(), "pretrain", "--store", out.string(), "--arch", f->task.arch, "--data-dir",
-                               f->task.data_dir},
-                              (out / "pretrain.log").string(), "pretraining");
-      if (rc != 0) Fail("compare", Internal(fmt::format("pretraining failed (exit {}); see {}", rc, (out / "pretrain.log").string())));
-    }
 
     const std::string model_name = text ? base : f->task.arch;
     fmt::print("comparing {} methods: {} s each, {} workers (speeds x{}), Dirichlet({}), {}; results in {}\n",
@@ -320,72 +243,20 @@ void RegisterCompare(CLI::App& app) {
     std::fflush(stdout);
 
     // Every method once, with `extra` after the common flags, in <pass_out>/runs/<method>.
-    auto run_methods = [&](const fs::path& pass_out, const std::vector<std::string>& extra) {
-      std::vector<MethodResult> results;
-      for (size_t i = 0; i < methods.size() && !StopSignalled(); ++i) {
-        MethodResult r;
-        r.method = methods[i];
-        const fs::path store = pass_out / "runs" / r.method;
-        fs::remove_all(store, ec);
-        fs::create_directories(store / "base", ec);
-        if (!text) {  // a language model is only read, so every run maps the same directory
-          fs::copy_file(base, BasePath(store.string(), f->task.arch), fs::copy_options::overwrite_existing, ec);
-          if (ec) Fail("compare", Unavailable(fmt::format("cannot copy the base model: {}", ec.message())));
-        }
-        const std::string summary = (store / "summary.json").string();
-        std::vector<std::string> args = {exe.string(), "run", "--store", store.string(), "--method", r.method,
-                                         "--duration", fmt::format("{}", f->duration_s), "--workers",
-                                         std::to_string(f->task.num_clients), "--speeds", f->speeds, "--dirichlet",
-                                         fmt::format("{}", f->task.dirichlet_alpha), "--eval-every",
-                                         std::to_string(f->eval_every), "--eval-samples",
-                                         std::to_string(f->eval_samples), "--summary", summary};
-        if (text) {
-          args.insert(args.end(), {"--task", "text-classify", "--base", base, "--wordnet", f->task.wordnet_dir,
-                                   "--examples-per-source", std::to_string(f->task.examples_per_source)});
-        } else {
-          args.insert(args.end(), {"--arch", f->task.arch, "--data-dir", f->task.data_dir});
-        }
-        args.insert(args.end(), extra.begin(), extra.end());
-        const std::string label = fmt::format("[{}/{}] {:<10}", i + 1, methods.size(), r.method);
-        const int rc = RunChild(args, (store / "run.log").string(), label);
-        if (rc != 0) {
-          r.error = fmt::format("exit {}; see {}", rc, (store / "run.log").string());
-        } else {
-          std::ifstream in(summary);
-          const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-          if (j.is_discarded()) {
-            r.error = "unreadable " + summary;
-          } else {
-            r.base_accuracy = j.value("base_accuracy", -1.0);
-            r.final_accuracy = j.value("final_accuracy", -1.0);
-            r.client_accuracy = j.value("client_accuracy_mean", -1.0);
-            r.personal = j.value("client_models", std::string()) == "personal";
-            r.final_version = j.value("final_version", uint64_t{0});
-            r.updates = j.value("updates_logged", uint64_t{0});
-            r.bytes = j.value("bytes_uploaded", uint64_t{0});
-            r.seconds = j.value("federated_seconds", 0.0);
-            if (j.contains("privacy") && j["privacy"].is_object()) {
-              r.epsilon_spent = j["privacy"].value("worker_epsilon_max", -1.0);
-            }
-          }
-          if (Status s = ReadCurve(store.string(), "default", r); !s.ok() && r.error.empty()) r.error = s.ToString();
-        }
-        for (const auto& p : r.curve) {
-          if (p.accuracy >= f->target) {
-            r.bytes_to_target = p.bytes;
-            break;
-          }
-        }
-        if (r.error.empty()) {
-          fmt::print("{}  final accuracy {:.4f}  {} per update  {} uploaded  {} versions\n", label, r.final_accuracy,
-                     HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), r.final_version);
-        } else {
-          fmt::print("{}  FAILED: {}\n", label, r.error);
-        }
-        std::fflush(stdout);
-        results.push_back(std::move(r));
+    callbacks.finished = [](const std::string& label, const MethodResult& r) {
+      if (isatty(STDOUT_FILENO)) fmt::print("\r");
+      if (r.error.empty()) {
+        fmt::print("{}  final accuracy {:.4f}  {} per update  {} uploaded  {} versions\n", label, r.final_accuracy,
+                   HumanBytes(r.BytesPerUpdate()), HumanBytes(static_cast<double>(r.bytes)), r.final_version);
+      } else {
+        fmt::print("{}  FAILED: {}\n", label, r.error);
       }
-      return results;
+      std::fflush(stdout);
+    };
+    auto run_methods = [&](const fs::path& pass_out, const std::vector<std::string>& extra) {
+      auto results = federation::RunMethods(request, pass_out.string(), extra, callbacks);
+      if (!results.ok()) Fail("compare", results.status());
+      return std::move(*results);
     };
 
     // The table (Markdown and JSON) and the plot of one pass, in `pass_out`.

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "tests/testing/fixtures.h"
+#include "worker/federation/compare.h"
 #include "worker/federation/embedded.h"
 #include "worker/federation/peft_files.h"
 
@@ -165,6 +166,23 @@ TEST_F(StoredRun, AVersionExportsAsPeftAndImportsBackAsVersionZeroWithTheSameHas
   checked.base = dir_->path("no-checkpoint");
   EXPECT_EQ(ExportPeftVersion(checked).status().code(), Code::kNotFound) << "no checkpoint to check against";
   EXPECT_FALSE(std::filesystem::exists(checked.out));
+}
+
+// What `fedlora compare` plots for a run: every evaluated version with the bytes uploaded up to
+// the log position it consumed.
+TEST_F(StoredRun, ItsCurveHasEveryEvaluatedVersionAndTheBytesBehindIt) {
+  auto curve = ReadCurve(dir_->path("store"), "default");
+  ASSERT_TRUE(curve.ok()) << curve.status().ToString();
+  ASSERT_EQ(curve->size(), 4u);  // versions 0..3, each evaluated
+  EXPECT_EQ((*curve)[0].version, 0u);
+  EXPECT_EQ((*curve)[0].bytes, 0.0);
+  for (size_t i = 1; i < curve->size(); ++i) {
+    EXPECT_EQ((*curve)[i].version, i);
+    EXPECT_GT((*curve)[i].bytes, (*curve)[i - 1].bytes) << "each version folds new updates";
+    EXPECT_GE((*curve)[i].accuracy, 0.0);
+    EXPECT_LE((*curve)[i].accuracy, 1.0);
+  }
+  EXPECT_EQ(ReadCurve(dir_->path("no-such-store"), "default").status().code(), Code::kNotFound);
 }
 
 }  // namespace
