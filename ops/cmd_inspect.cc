@@ -12,13 +12,11 @@
 #include <optional>
 #include <nlohmann/json.hpp>
 
+#include "aggregator/methods/adapter_stats.h"
 #include "ops/commands.h"
 #include "ops/flags.h"
-#include "aggregator/methods/adapter_stats.h"
-#include "storage/reader.h"
 #include "schema/codec.h"
-#include "storage/adapter_store.h"
-#include "storage/update_log.h"
+#include "storage/reader.h"
 
 namespace fedlora::ops {
 namespace {
@@ -184,17 +182,9 @@ void RegisterDiff(CLI::App& app) {
     if (CheckStateMatchesSpec(a->spec, b->state).ok() == false) {
       Fail("diff", FailedPrecondition(fmt::format("versions {} and {} have different tensors", f->from, f->to)));
     }
-    size_t folded = 0, dropped = 0;
-    const uint64_t lo = std::min(f->from, f->to), hi = std::max(f->from, f->to);
-    auto records = stored->store().GetRecords(f->adapter, lo + 1, hi);
-    if (!records.ok()) Fail("diff", records.status());
-    for (const auto& bytes : *records) {
-      auto rec = codec::VerifyVersionRecord(codec::AsBytes(bytes));
-      if (!rec.ok()) Fail("diff", rec.status());
-      const auto v = codec::DecodeVersionRecord(**rec);
-      folded += v.applied.size();
-      dropped += v.dropped.size();
-    }
+    auto counts = storage::CountLineage(*stored, f->from, f->to);
+    if (!counts.ok()) Fail("diff", counts.status());
+    const size_t folded = counts->folded, dropped = counts->dropped;
     const methods::AdapterStats st = methods::Describe(b->spec, b->state, &a->state);
     if (f->json) {
       nlohmann::json j = StatsJson(st);
@@ -230,57 +220,27 @@ void RegisterLineage(CLI::App& app) {
   cmd->callback([f] {
     auto stored = storage::StoredAdapter::Open(f->store, f->adapter);
     if (!stored.ok()) Fail("lineage", stored.status());
-    auto matches = [&](const std::string& client, const std::string& id) {
-      return id == f->update && (f->client.empty() || client == f->client);
-    };
-    nlohmann::json found = nlohmann::json::array();
-    // Versions in chunks, so a long history is never held in memory at once.
-    constexpr uint64_t kChunk = 1024;
-    for (uint64_t from = 1; from <= stored->cursor().version; from += kChunk) {
-      auto records = stored->store().GetRecords(f->adapter, from, std::min(stored->cursor().version, from + kChunk - 1));
-      if (!records.ok()) Fail("lineage", records.status());
-      for (const auto& bytes : *records) {
-        auto rec = codec::VerifyVersionRecord(codec::AsBytes(bytes));
-        if (!rec.ok()) Fail("lineage", rec.status());
-        const auto v = codec::DecodeVersionRecord(**rec);
-        for (const auto& a : v.applied) {
-          if (!matches(a.client_id, a.update_id)) continue;
-          found.push_back({{"version", v.version}, {"outcome", "folded"}, {"seq", a.seq}, {"client_id", a.client_id},
-                           {"base_version", a.base_version}, {"staleness", a.staleness}, {"weight", a.weight}});
-        }
-        for (const auto& d : v.dropped) {
-          if (!matches(d.client_id, d.update_id)) continue;
-          found.push_back({{"version", v.version}, {"outcome", "dropped"}, {"seq", d.seq}, {"client_id", d.client_id},
-                           {"base_version", d.base_version}, {"staleness", d.staleness}, {"reason", d.reason}});
-        }
-      }
-    }
-    if (found.empty()) {
-      // Logged but not consumed yet?
-      storage::UpdateLogOptions lo;
-      lo.path = f->store.log();
-      lo.read_only = true;
-      std::string where = "it is not in any version";
-      if (std::filesystem::exists(lo.path)) {
-        if (auto log = storage::UpdateLog::Open(lo); log.ok()) {
-          const uint64_t head = (*log)->LastSeq(f->adapter);
-          for (uint64_t seq = stored->cursor().consumed_seq + 1; seq <= head; seq += 256) {
-            auto recs = (*log)->Read(f->adapter, seq, 256, 64u << 20);
-            if (!recs.ok()) break;
-            for (const auto& r : *recs) {
-              auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes));
-              if (!env.ok() || (*env)->body_type() != wire::Body::Update) continue;
-              const auto* u = (*env)->body_as_Update();
-              if (matches(u->client_id()->str(), u->update_id()->str())) {
-                where = fmt::format("it is logged at seq {} and waits: the latest version {} consumed the log to seq {}",
-                                    r.seq, stored->cursor().version, stored->cursor().consumed_seq);
-              }
-            }
-          }
-        }
-      }
+    auto where = storage::FindUpdate(f->store, *stored, f->update, f->client);
+    if (!where.ok()) Fail("lineage", where.status());
+    if (where->outcomes.empty()) {
+      const std::string why =
+          where->waiting_at
+              ? fmt::format("it is logged at seq {} and waits: the latest version {} consumed the log to seq {}",
+                            *where->waiting_at, stored->cursor().version, stored->cursor().consumed_seq)
+              : "it is not in any version";
       Fail("lineage", NotFound(fmt::format("update '{}'{}: {}", f->update,
-                                           f->client.empty() ? "" : " of client '" + f->client + "'", where)));
+                                           f->client.empty() ? "" : " of client '" + f->client + "'", why)));
+    }
+    nlohmann::json found = nlohmann::json::array();
+    for (const auto& o : where->outcomes) {
+      const auto& a = o.item;
+      if (o.folded) {
+        found.push_back({{"version", o.version}, {"outcome", "folded"}, {"seq", a.seq}, {"client_id", a.client_id},
+                         {"base_version", a.base_version}, {"staleness", a.staleness}, {"weight", a.weight}});
+      } else {
+        found.push_back({{"version", o.version}, {"outcome", "dropped"}, {"seq", a.seq}, {"client_id", a.client_id},
+                         {"base_version", a.base_version}, {"staleness", a.staleness}, {"reason", o.reason}});
+      }
     }
     if (f->json) {
       fmt::print("{}\n", found.dump(2));

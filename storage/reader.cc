@@ -158,4 +158,74 @@ Status CheckLogHead(const UpdateLog& log, const std::string& adapter, const Curs
                               head, store_path, consumed.consumed_seq, consumed.consumed_seq - head));
 }
 
+Result<UpdateWhereabouts> FindUpdate(const StoreLayout& store, StoredAdapter& stored, const std::string& update_id,
+                                     const std::string& client) {
+  auto matches = [&](const std::string& c, const std::string& id) {
+    return id == update_id && (client.empty() || c == client);
+  };
+  UpdateWhereabouts out;
+  const std::string& adapter = stored.adapter();
+  const uint64_t latest = stored.cursor().version;
+  // Versions in chunks, so a long history is never held in memory at once.
+  constexpr uint64_t kChunk = 1024;
+  for (uint64_t from = 1; from <= latest; from += kChunk) {
+    ASSIGN_OR_RETURN(auto records, stored.store().GetRecords(adapter, from, std::min(latest, from + kChunk - 1)));
+    for (const auto& bytes : records) {
+      ASSIGN_OR_RETURN(const auto* rec, codec::VerifyVersionRecord(codec::AsBytes(bytes)));
+      const auto v = codec::DecodeVersionRecord(*rec);
+      for (const auto& a : v.applied) {
+        if (matches(a.client_id, a.update_id)) out.outcomes.push_back({v.version, true, a, ""});
+      }
+      for (const auto& d : v.dropped) {
+        if (!matches(d.client_id, d.update_id)) continue;
+        codec::LineageItem item;
+        item.seq = d.seq;
+        item.client_id = d.client_id;
+        item.update_id = d.update_id;
+        item.base_version = d.base_version;
+        item.staleness = d.staleness;
+        out.outcomes.push_back({v.version, false, std::move(item), d.reason});
+      }
+    }
+  }
+  if (!out.outcomes.empty()) return out;
+  // Logged but not consumed yet?
+  UpdateLogOptions lo;
+  lo.path = store.log();
+  lo.read_only = true;
+  if (!std::filesystem::exists(lo.path)) return out;
+  auto log = UpdateLog::Open(lo);
+  if (!log.ok()) return out;
+  const uint64_t head = (*log)->LastSeq(adapter);
+  for (uint64_t seq = stored.cursor().consumed_seq + 1; seq <= head && !out.waiting_at;) {
+    ASSIGN_OR_RETURN(auto batch, (*log)->Read(adapter, seq, 256, 64u << 20));
+    if (batch.empty()) break;
+    for (const auto& r : batch) {
+      seq = r.seq + 1;
+      auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes));
+      if (!env.ok() || (*env)->body_type() != wire::Body::Update) continue;
+      const auto* u = (*env)->body_as_Update();
+      if (matches(u->client_id()->str(), u->update_id()->str())) {
+        out.waiting_at = r.seq;
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+Result<LineageCounts> CountLineage(StoredAdapter& stored, uint64_t from, uint64_t to) {
+  LineageCounts out;
+  const uint64_t lo = std::min(from, to), hi = std::max(from, to);
+  if (lo == hi) return out;
+  ASSIGN_OR_RETURN(auto records, stored.store().GetRecords(stored.adapter(), lo + 1, hi));
+  for (const auto& bytes : records) {
+    ASSIGN_OR_RETURN(const auto* rec, codec::VerifyVersionRecord(codec::AsBytes(bytes)));
+    const auto v = codec::DecodeVersionRecord(*rec);
+    out.folded += v.applied.size();
+    out.dropped += v.dropped.size();
+  }
+  return out;
+}
+
 }  // namespace fedlora::storage

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "schema/codec.h"
 #include "storage/adapter_store.h"
@@ -56,5 +57,28 @@ Status CheckLogIdentity(const UpdateLog& log, const Cursor& consumed, const std:
 // or a log restored from an older copy), saying how many records are missing.
 Status CheckLogHead(const UpdateLog& log, const std::string& adapter, const Cursor& consumed,
                     const std::string& store_path);
+
+// Where an update went (`fedlora lineage`): every version that folded or dropped it, in order.
+struct UpdateOutcome {
+  uint64_t version = 0;
+  bool folded = true;                // else dropped, for `drop.reason`
+  codec::LineageItem item;           // seq, client, base version, staleness, weight (folded)
+  std::string reason;                // dropped
+};
+struct UpdateWhereabouts {
+  std::vector<UpdateOutcome> outcomes;
+  std::optional<uint64_t> waiting_at;  // none consumed it: the log seq holding it past the consumed position
+};
+// Update `update_id` (of `client`, when not empty) in the versions of `stored`, read in chunks,
+// and, when none consumed it, in the log at <store>/log. Errors: the store's.
+Result<UpdateWhereabouts> FindUpdate(const StoreLayout& store, StoredAdapter& stored, const std::string& update_id,
+                                     const std::string& client);
+
+// Updates folded and dropped by the versions after `from` up to `to` (`fedlora diff`).
+struct LineageCounts {
+  size_t folded = 0;
+  size_t dropped = 0;
+};
+Result<LineageCounts> CountLineage(StoredAdapter& stored, uint64_t from, uint64_t to);
 
 }  // namespace fedlora::storage

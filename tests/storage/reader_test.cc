@@ -123,5 +123,86 @@ TEST(StoreReaderTest, ALogIsCheckedAgainstWhatTheStoreBesideItConsumed) {
   EXPECT_TRUE(CheckLogHead(**log, "a", same, layout.adapters()).ok());
 }
 
+// `fedlora lineage` and `diff`: where an update went, and what versions folded in between.
+TEST(StoreReaderTest, FindsWhereAnUpdateWentAndCountsTheLineageBetweenVersions) {
+  testing::TempDir dir;
+  StoreLayout layout{dir.path("store")};
+  {
+    AdapterStoreOptions o;
+    o.path = layout.adapters();
+    auto store = AdapterStore::Open(o);
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    for (uint64_t v = 0; v <= 2; ++v) {
+      AdapterState state;
+      for (const auto& t : Spec().tensors) state.tensors.push_back({t.name, t.shape, std::vector<float>(2, 0.f)});
+      codec::GlobalInfo g;
+      g.adapter_id = "a";
+      g.version = v;
+      const codec::Bytes global = codec::BuildGlobal(g, Spec(), state);
+      codec::VersionInfo info;
+      info.adapter_id = "a";
+      info.version = v;
+      info.consumed_seq = v;
+      if (v == 1) {
+        codec::LineageItem item;
+        item.seq = 1;
+        item.client_id = "c";
+        item.update_id = "u1";
+        item.weight = 0.5f;
+        info.applied.push_back(item);
+      }
+      if (v == 2) info.dropped.push_back({2, "c", "u2", 0, 7, "stale"});
+      const codec::Bytes record = codec::BuildVersionRecord(info);
+      ASSERT_TRUE((*store)->Commit({"a", v, v, codec::AsBytes(global), codec::AsBytes(record)}).ok());
+    }
+  }
+  {
+    auto log = UpdateLog::Open({layout.log(), false});
+    ASSERT_TRUE(log.ok()) << log.status().ToString();
+    for (int i = 1; i <= 3; ++i) {
+      const codec::Bytes update = testing::MakeUpdate("u" + std::to_string(i), "c", 0, testing::FilledState(testing::SmallSpec(), 0.1f), 8);
+      const std::string id = "u" + std::to_string(i);
+      LogAppend a{"a", "c", id, codec::AsBytes(update), std::nullopt};
+      ASSERT_TRUE((*log)->AppendBatch({&a, 1})[0].ok());
+    }
+  }
+  auto stored = StoredAdapter::Open(layout, "a");
+  ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+
+  auto u1 = FindUpdate(layout, *stored, "u1", "");
+  ASSERT_TRUE(u1.ok()) << u1.status().ToString();
+  ASSERT_EQ(u1->outcomes.size(), 1u);
+  EXPECT_TRUE(u1->outcomes[0].folded);
+  EXPECT_EQ(u1->outcomes[0].version, 1u);
+  EXPECT_FLOAT_EQ(u1->outcomes[0].item.weight, 0.5f);
+  auto u2 = FindUpdate(layout, *stored, "u2", "c");
+  ASSERT_TRUE(u2.ok());
+  ASSERT_EQ(u2->outcomes.size(), 1u);
+  EXPECT_FALSE(u2->outcomes[0].folded);
+  EXPECT_EQ(u2->outcomes[0].reason, "stale");
+  EXPECT_EQ(u2->outcomes[0].item.staleness, 7u);
+  auto other_client = FindUpdate(layout, *stored, "u2", "d");
+  ASSERT_TRUE(other_client.ok());
+  EXPECT_TRUE(other_client->outcomes.empty());
+  EXPECT_FALSE(other_client->waiting_at);
+  auto u3 = FindUpdate(layout, *stored, "u3", "");  // logged at seq 3, past the consumed seq 2
+  ASSERT_TRUE(u3.ok());
+  EXPECT_TRUE(u3->outcomes.empty());
+  ASSERT_TRUE(u3->waiting_at);
+  EXPECT_EQ(*u3->waiting_at, 3u);
+
+  auto counts = CountLineage(*stored, 0, 2);
+  ASSERT_TRUE(counts.ok()) << counts.status().ToString();
+  EXPECT_EQ(counts->folded, 1u);
+  EXPECT_EQ(counts->dropped, 1u);
+  auto backwards = CountLineage(*stored, 2, 1);
+  ASSERT_TRUE(backwards.ok());
+  EXPECT_EQ(backwards->folded, 0u);
+  EXPECT_EQ(backwards->dropped, 1u);
+  auto none = CountLineage(*stored, 1, 1);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->folded + none->dropped, 0u);
+}
+
 }  // namespace
 }  // namespace fedlora::storage
