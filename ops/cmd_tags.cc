@@ -2,11 +2,10 @@
 // version, to start a new line of training from it; the source's history is never touched).
 #include <fmt/format.h>
 
-#include "aggregator/commit.h"
+#include "aggregator/branch.h"
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "storage/reader.h"
-#include "schema/validate.h"
 
 namespace fedlora::ops {
 
@@ -69,46 +68,15 @@ void RegisterBranch(CLI::App& app) {
                                             "by a running aggregator)");
   cmd->add_flag("--no-sync", f->no_sync, "Do not fsync the commit (tests only)");
   cmd->callback([f] {
-    if (Status s = ValidateId("--name", f->name, 128); !s.ok()) Fail("branch", s, 2);
     const StoreLayout& to = f->to.dir.empty() ? f->store : f->to;
-    codec::DecodedGlobal source;
-    aggregator::EngineOptions options;  // the source version's recorded settings
-    uint64_t version = 0;
-    {
-      auto stored = storage::StoredAdapter::Open(f->store, f->adapter);
-      if (!stored.ok()) Fail("branch", stored.status());
-      auto v = storage::ResolveVersion(f->store, f->adapter, f->from);
-      if (!v.ok()) Fail("branch", v.status(), 2);
-      version = *v;
-      auto g = stored->Global(version);
-      if (!g.ok()) Fail("branch", g.status(), 2);
-      source = std::move(*g);
-      auto record = stored->Record(version);
-      if (!record.ok()) Fail("branch", record.status());
-      auto recorded = RecordedEngineOptions(*record);
-      if (!recorded.ok()) Fail("branch", recorded.status().WithContext("the source version's recorded settings"));
-      options = std::move(*recorded);
-    }  // the read-only handle is closed before the store is opened for writing
-    storage::AdapterStoreOptions so;
-    so.path = to.adapters();
-    so.sync = !f->no_sync;
-    auto store = storage::AdapterStore::Open(so);
-    if (!store.ok()) {
-      Fail("branch", store.status().WithContext(fmt::format(
-                         "open '{}' for writing (a running aggregator holds it: stop it or use --to-store)", to.dir)));
+    auto done = aggregator::BranchAdapter({f->store, f->adapter, f->from, to, f->name, !f->no_sync});
+    if (!done.ok()) {
+      const Code c = done.status().code();
+      Fail("branch", done.status(), c == Code::kInvalidArgument || c == Code::kNotFound || c == Code::kAlreadyExists ? 2 : 1);
     }
-    auto cursor = (*store)->GetCursor(f->name);
-    if (!cursor.ok()) Fail("branch", cursor.status());
-    if (*cursor) Fail("branch", AlreadyExists(fmt::format("store '{}' already has adapter '{}'", to.dir, f->name)), 2);
-    codec::VersionInfo info;
-    aggregator::FillVersionZero(info, f->name, options, source.state);
-    info.commit_unix_ms = aggregator::NowUnixMs();
-    info.origin = fmt::format("{}@{} in {}", f->adapter, version, f->store.dir);
-    auto committed = aggregator::CommitVersion(**store, options, nullptr, info, source.spec, source.state, false);
-    if (!committed.ok()) Fail("branch", committed.status());
     fmt::print("branch: adapter '{}' version 0 in {} = '{}' version {} (content hash {}); train it with `fedlora "
                "aggregator --store {} --adapter {}`\n",
-               f->name, to.dir, f->adapter, version, info.content_hash, to.dir, f->name);
+               f->name, to.dir, f->adapter, done->version, done->content_hash, to.dir, f->name);
   });
 }
 

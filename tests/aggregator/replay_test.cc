@@ -2,8 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include "aggregator/branch.h"
 #include "aggregator/commit.h"
 #include "aggregator/engine_config.h"
+#include "aggregator/engine_flags.h"
 #include "aggregator/rollback.h"
 #include "aggregator/server_state.h"
 #include "schema/hash.h"
@@ -438,6 +440,43 @@ TEST(RollbackTest, AStoreNoAggregatorHoldsIsRolledBackInPlace) {
 TEST(RollbackTest, AnAggregatorThatCannotBeReachedIsUnavailable) {
   auto r = RollbackThroughAggregator("127.0.0.1:1", "3");
   EXPECT_EQ(r.status().code(), Code::kUnavailable) << r.status().ToString();
+}
+
+// `fedlora branch`: version 0 of a new adapter is a stored version, with its settings.
+TEST(BranchTest, ANewAdapterStartsFromAStoredVersionWithItsSettings) {
+  const EngineOptions o = Settings(3, false);
+  Original orig;
+  orig.CommitVersionZero(o);
+  orig.Append(0, 9);
+  orig.Aggregate(o);
+  const std::string v2 = Hash(*orig.store, 2);
+  const storage::StoreLayout layout{orig.dir.path()};
+  BranchRequest r{layout, kAdapter, "2", layout, "side", false};
+  auto held = BranchAdapter(r);  // the test holds the store open, as an aggregator would
+  EXPECT_FALSE(held.ok());
+  EXPECT_NE(held.status().message().find("a running aggregator holds it"), std::string::npos) << held.status().ToString();
+  orig.store.reset();
+
+  auto done = BranchAdapter(r);
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  EXPECT_EQ(done->version, 2u);
+  EXPECT_EQ(done->content_hash, v2);
+  EXPECT_EQ(BranchAdapter(r).status().code(), Code::kAlreadyExists);
+  BranchRequest bad = r;
+  bad.name = "not an id";
+  EXPECT_EQ(BranchAdapter(bad).status().code(), Code::kInvalidArgument);
+  BranchRequest missing = r;
+  missing.name = "other";
+  missing.version = "99";
+  EXPECT_EQ(BranchAdapter(missing).status().code(), Code::kNotFound);
+  auto store = Original::OpenStore(orig.dir.path("adapters"));
+  auto zero = storage::ReadVersionInfo(*store, "side", 0);
+  ASSERT_TRUE(zero.ok()) << zero.status().ToString();
+  EXPECT_EQ(zero->content_hash, v2);
+  EXPECT_NE(zero->origin.find("default@2"), std::string::npos) << zero->origin;
+  auto settings = RecordedEngineOptions(*zero);
+  ASSERT_TRUE(settings.ok()) << settings.status().ToString();
+  EXPECT_EQ(settings->buffer_size, 3u);
 }
 
 }  // namespace
