@@ -35,7 +35,7 @@ void RegisterDashboard(CLI::App& app) {
     if (auto first = source->Summary(); !first.ok()) Fail("dashboard", first.status());
     auto server = http::Server::Start(f->http, aggregator::DashboardHandler(source, [] {
                                         prometheus::Writer w;
-                                        WriteProcessMetrics(w);
+                                        prometheus::WriteProcessMetrics(w);
                                         return w.text();
                                       }));
     if (!server.ok()) Fail("dashboard", server.status());

@@ -1,10 +1,5 @@
-// The HTTP endpoint of a running federation (`--http HOST:PORT` on `fedlora run`, `broker` and
-// `aggregator`): /metrics in Prometheus text for whichever roles run in this process, and, where
-// the adapter store is known, the dashboard (/ and /api/dashboard) and the aggregator's rollback
-// control (POST /api/rollback?to=VERSION|TAG, from loopback peers only: it changes the live
-// adapter).
-// Thread safety: requests are served on the server's threads, concurrently; the roles' metrics
-// are locked, the dashboard source has its own lock and rollbacks queue to the aggregator.
+// `--http HOST:PORT` on `fedlora run`, `broker` and `aggregator`: the roles of this process
+// served by aggregator/http_api.h (metrics, dashboard, rollback).
 #pragma once
 
 #include <memory>
@@ -33,8 +28,5 @@ struct LiveRoles {
 
 // Errors: http::Server::Start's.
 Result<std::unique_ptr<http::Server>> ServeLive(const std::string& address, LiveRoles roles);
-
-// Process-wide gauges every /metrics carries: resident memory and start time.
-void WriteProcessMetrics(prometheus::Writer& w);
 
 }  // namespace fedlora::ops

@@ -1,8 +1,11 @@
 #include "ops/observe/prometheus.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cmath>
+#include <fstream>
 
 namespace fedlora::prometheus {
 namespace {
@@ -69,6 +72,21 @@ void Writer::Counter(std::string_view name, std::string_view help, double value)
 void Writer::Gauge(std::string_view name, std::string_view help, double value) {
   Family(name, "gauge", help);
   Sample(name, value);
+}
+
+namespace {
+const double kStartUnixSeconds =
+    std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}  // namespace
+
+void WriteProcessMetrics(Writer& w) {
+  long pages = 0, resident = 0;
+  std::ifstream statm("/proc/self/statm");
+  if (statm >> pages >> resident) {
+    w.Gauge("fedlora_process_resident_memory_bytes", "Resident set size of this process",
+            static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)));
+  }
+  w.Gauge("fedlora_process_start_time_seconds", "Unix time this process started", kStartUnixSeconds);
 }
 
 }  // namespace fedlora::prometheus

@@ -31,4 +31,7 @@ class Writer {
   std::string out_;
 };
 
+// Process-wide gauges every /metrics carries: resident memory and the start time.
+void WriteProcessMetrics(Writer& w);
+
 }  // namespace fedlora::prometheus
