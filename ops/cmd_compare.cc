@@ -125,18 +125,14 @@ std::pair<std::string, std::string> PrivacyTable(
 
 void RegisterCompare(CLI::App& app) {
   struct Flags {
+    federation::CompareRequest request;  // the flags below bind to it, so its defaults are the flags'
     std::string out = "fedlora-compare";
     std::string methods;
-    double duration_s = 100;
-    double target = 0.80;
-    TaskOptions task;
-    std::string speeds = "1,1.5,2,3,5,8";
-    uint32_t eval_every = 5;
-    size_t eval_samples = 2000;
     std::string dp_epsilons;
     std::vector<std::string> extra;
   };
   auto f = std::make_shared<Flags>();
+  federation::CompareRequest& q = f->request;
   for (const methods::Method* m : methods::AllMethods()) f->methods += fmt::format("{}{}", f->methods.empty() ? "" : ",", m->name());
   auto* cmd = app.add_subcommand(
       "compare",
@@ -145,35 +141,35 @@ void RegisterCompare(CLI::App& app) {
       "go to every run (e.g. -- --ranks 4,8,16 --mode sync).");
   cmd->add_option("--out", f->out, "Directory for the runs' stores, logs and the results")->capture_default_str();
   cmd->add_option("--methods", f->methods, "Comma-separated methods to run, in order")->capture_default_str();
-  cmd->add_option("--duration", f->duration_s, "Seconds of federated training per method")
+  cmd->add_option("--duration", q.duration_s, "Seconds of federated training per method")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--target", f->target, "Accuracy whose first crossing reports the bytes uploaded until then")
+  cmd->add_option("--target", q.target, "Accuracy whose first crossing reports the bytes uploaded until then")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  cmd->add_option("--workers", f->task.num_clients, "Workers per run")->check(CLI::Range(1, 256))->capture_default_str();
-  cmd->add_option("--speeds", f->speeds, "Slowdown factors, assigned to workers in turn")->capture_default_str();
-  cmd->add_option("--dirichlet", f->task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
+  cmd->add_option("--workers", q.task.num_clients, "Workers per run")->check(CLI::Range(1, 256))->capture_default_str();
+  cmd->add_option("--speeds", q.speeds, "Slowdown factors, assigned to workers in turn")->capture_default_str();
+  cmd->add_option("--dirichlet", q.task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--task", f->task.task,
+  cmd->add_option("--task", q.task.task,
                   "image (Fashion-MNIST) or text-classify (WordNet's glosses into 45 classes by a language model)")
       ->check(CLI::IsMember({"image", "text-classify"}))
       ->capture_default_str();
-  cmd->add_option("--arch", f->task.arch, "image: base model, vit-tiny or mlp")
+  cmd->add_option("--arch", q.task.arch, "image: base model, vit-tiny or mlp")
       ->check(CLI::IsMember({"vit-tiny", "mlp"}))
       ->capture_default_str();
-  cmd->add_option("--data-dir", f->task.data_dir, "image: Fashion-MNIST IDX files")->capture_default_str();
-  cmd->add_option("--base", f->task.base,
+  cmd->add_option("--data-dir", q.task.data_dir, "image: Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--base", q.task.base,
                   "text-classify: the checkpoint directory every run fine-tunes (default: fedlora's own, pretrained "
                   "once into <out>/base/fedlora-lm)");
-  cmd->add_option("--examples-per-source", f->task.examples_per_source,
+  cmd->add_option("--examples-per-source", q.task.examples_per_source,
                   "text-classify: a seeded sample of N glosses of each class (0: all)")
       ->capture_default_str();
-  cmd->add_option("--wordnet", f->task.wordnet_dir, "text-classify: the WordNet directory (Debian's wordnet-base)")
+  cmd->add_option("--wordnet", q.task.wordnet_dir, "text-classify: the WordNet directory (Debian's wordnet-base)")
       ->capture_default_str();
-  cmd->add_option("--eval-every", f->eval_every, "Evaluate every N versions (points of the curve)")->capture_default_str();
-  cmd->add_option("--eval-samples", f->eval_samples, "Test examples per periodic evaluation (the final accuracy uses "
+  cmd->add_option("--eval-every", q.eval_every, "Evaluate every N versions (points of the curve)")->capture_default_str();
+  cmd->add_option("--eval-samples", q.eval_samples, "Test examples per periodic evaluation (the final accuracy uses "
                                                      "the whole test split)")
       ->capture_default_str();
   cmd->add_option("--dp-epsilons", f->dp_epsilons,
@@ -208,15 +204,9 @@ void RegisterCompare(CLI::App& app) {
     if (ec) Fail("compare", Unavailable(fmt::format("cannot create '{}': {}", f->out, ec.message())));
 
     // One frozen base for every run.
-    federation::CompareRequest request;
+    federation::CompareRequest request = f->request;
     request.executable = exe.string();
     request.methods = methods;
-    request.task = f->task;
-    request.duration_s = f->duration_s;
-    request.target = f->target;
-    request.speeds = f->speeds;
-    request.eval_every = f->eval_every;
-    request.eval_samples = f->eval_samples;
     federation::CompareCallbacks callbacks;
     callbacks.interrupted = [] { return StopSignalled(); };
     if (isatty(STDOUT_FILENO)) {
@@ -234,12 +224,12 @@ void RegisterCompare(CLI::App& app) {
     if (isatty(STDOUT_FILENO)) fmt::print("\r");
     request.base = *prepared;
     const std::string& base = request.base;
-    const bool text = IsTextClassification(f->task);
+    const bool text = IsTextClassification(request.task);
 
-    const std::string model_name = text ? base : f->task.arch;
+    const std::string model_name = text ? base : request.task.arch;
     fmt::print("comparing {} methods: {} s each, {} workers (speeds x{}), Dirichlet({}), {}; results in {}\n",
-               methods.size(), f->duration_s, f->task.num_clients, f->speeds, f->task.dirichlet_alpha, model_name,
-               f->out);
+               methods.size(), request.duration_s, request.task.num_clients, request.speeds,
+               request.task.dirichlet_alpha, model_name, f->out);
     std::fflush(stdout);
 
     // Every method once, with `extra` after the common flags, in <pass_out>/runs/<method>.
@@ -277,9 +267,9 @@ void RegisterCompare(CLI::App& app) {
           "| method | final accuracy | on clients' mix | vs fedavg | bytes / update | uploaded | fewer bytes / update than fedavg | "
           "than full | bytes to {:.2f} | updates | versions |\n"
           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-          text ? "WordNet glosses (45 classes)" : "Fashion-MNIST", model_name, f->task.num_clients, f->speeds,
-          f->task.dirichlet_alpha, f->duration_s, extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(extra, " ")),
-          text ? "the held-out glosses" : "the 10,000 test images", f->target);
+          text ? "WordNet glosses (45 classes)" : "Fashion-MNIST", model_name, request.task.num_clients, request.speeds,
+          request.task.dirichlet_alpha, request.duration_s, extra.empty() ? "" : ", run flags: " + fmt::format("{}", fmt::join(extra, " ")),
+          text ? "the held-out glosses" : "the 10,000 test images", request.target);
       nlohmann::json json = nlohmann::json::array();
       for (const auto& r : results) {
         if (!r.error.empty()) {
@@ -306,12 +296,12 @@ void RegisterCompare(CLI::App& app) {
       }
       std::ofstream(pass_out / "results.md") << table;
       std::ofstream(pass_out / "results.json")
-          << nlohmann::json{{"task", f->task.task}, {"target", f->target}, {"dirichlet", f->task.dirichlet_alpha},
-                            {"duration_s", f->duration_s}, {"extra", extra}, {"methods", json}}
+          << nlohmann::json{{"task", request.task.task}, {"target", request.target}, {"dirichlet", request.task.dirichlet_alpha},
+                            {"duration_s", request.duration_s}, {"extra", extra}, {"methods", json}}
                  .dump(2)
           << "\n";
       std::ofstream(pass_out / "accuracy_vs_bytes.svg")
-          << Plot(results, f->target, fmt::format("Test accuracy vs uploaded bytes, Dirichlet({})", f->task.dirichlet_alpha));
+          << Plot(results, request.target, fmt::format("Test accuracy vs uploaded bytes, Dirichlet({})", request.task.dirichlet_alpha));
       fmt::print("\n{}\nwrote {}, {} and {}\n", table, (pass_out / "results.md").string(),
                  (pass_out / "results.json").string(), (pass_out / "accuracy_vs_bytes.svg").string());
       std::fflush(stdout);
@@ -333,7 +323,7 @@ void RegisterCompare(CLI::App& app) {
         passes.emplace_back(eps, std::move(results));
       }
       const auto [table, svg] = PrivacyTable(passes, fmt::format("Final test accuracy vs the DP-SGD budget, Dirichlet({})",
-                                                                 f->task.dirichlet_alpha));
+                                                                 request.task.dirichlet_alpha));
       std::ofstream(out / "privacy.md") << table;
       std::ofstream(out / "accuracy_vs_epsilon.svg") << svg;
       fmt::print("\n{}\nwrote {} and {}\n", table, (out / "privacy.md").string(), (out / "accuracy_vs_epsilon.svg").string());

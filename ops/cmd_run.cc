@@ -272,65 +272,58 @@ void RegisterPretrain(CLI::App& app) {
 
 void RegisterRun(CLI::App& app) {
   struct Flags {
-    StoreLayout store;
-    TaskOptions task;
+    federation::EmbeddedOptions options;  // the flags below bind to it, so its defaults are the flags'
     EngineFlags engine;
-    worker::WorkerTraining training;
-    std::string speeds = "1,1.5,2,3,5,8";
+    std::string speeds;
     std::string ranks;
     std::string densities;
     std::string budgets;
-    double duration_s = 300;
-    uint64_t max_versions = 0;
-    uint32_t eval_every = 10;
-    size_t eval_samples = 2000;
-    bool fresh = false;
-    bool round_size_given = false;  // --round-size on the command line (else a round is every worker)
     bool verbose = false;
     std::string summary;
-    std::string adapter = "default";
     std::string http;
   };
   auto f = std::make_shared<Flags>();
+  auto& o = f->options;
+  f->speeds = fmt::format("{}", fmt::join(o.speeds, ","));
   auto* cmd = app.add_subcommand(
       "run", "Run the whole federation on this machine: broker, aggregator and heterogeneous workers on "
              "loopback sockets, with the store in --store. The image task pretrains its base model first if it is "
              "missing; the lm-finetune and text-classify tasks fine-tune the checkpoint directory given with --base, or "
              "fedlora's own language model, made first if missing.");
-  cmd->add_option("--store", f->store.dir, "Store directory (log, adapters, base model)")->capture_default_str();
-  cmd->add_option("--workers", f->task.num_clients, "Number of workers (one data shard each)")
+  cmd->add_option("--store", o.store.dir, "Store directory (log, adapters, base model)")->capture_default_str();
+  cmd->add_option("--workers", o.task.num_clients, "Number of workers (one data shard each)")
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   cmd->add_option("--speeds", f->speeds, "Slowdown factors, assigned to workers in turn")->capture_default_str();
-  cmd->add_option("--duration", f->duration_s, "Stop after this many seconds of federated training")
+  cmd->add_option("--duration", o.duration_s, "Stop after this many seconds of federated training")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--max-versions", f->max_versions, "Stop once this version is committed (0: no limit)")
+  cmd->add_option("--max-versions", o.max_versions, "Stop once this version is committed (0: no limit)")
       ->capture_default_str();
-  cmd->add_option("--eval-every", f->eval_every, "Evaluate the global on the test set every N versions")
+  cmd->add_option("--eval-every", o.eval_every, "Evaluate the global on the test set every N versions")
       ->capture_default_str();
-  cmd->add_option("--eval-samples", f->eval_samples,
+  cmd->add_option("--eval-samples", o.eval_samples,
                   "Test examples per periodic evaluation (0: all; image: 10,000, lm: the held-out text); version 0 "
                   "and the final version are always evaluated on all of them")
       ->capture_default_str();
   cmd->add_option("--summary", f->summary, "Also write the summary as JSON to this file");
-  cmd->add_flag("--fresh", f->fresh, "Delete the store's log and adapters first (the base model is kept)");
+  cmd->add_flag("--fresh", o.fresh, "Delete the store's log and adapters first (the base model is kept)");
   cmd->add_flag("--verbose,-v", f->verbose, "Log every component's messages");
-  cmd->add_option("--data-dir", f->task.data_dir, "image: Fashion-MNIST IDX files")->capture_default_str();
-  cmd->add_option("--arch", f->task.arch, "image: base model, vit-tiny or mlp")
+  cmd->add_option("--data-dir", o.task.data_dir, "image: Fashion-MNIST IDX files")->capture_default_str();
+  cmd->add_option("--arch", o.task.arch, "image: base model, vit-tiny or mlp")
       ->check(CLI::IsMember({"vit-tiny", "mlp"}))
       ->capture_default_str();
-  cmd->add_option("--base", f->task.base,
+  cmd->add_option("--base", o.task.base,
                   "lm: the Hugging Face checkpoint directory to fine-tune (config.json, model.safetensors or shards, "
                   "tokenizer.model); a Llama, Mistral or Qwen2 model. Default: fedlora's own, <store>/base/fedlora-lm, "
                   "pretrained first if missing (`fedlora pretrain --task lm`, about 5 minutes)");
-  AddLanguageTaskFlags(cmd, f->task);
-  cmd->add_option("--rank", f->task.rank, "LoRA rank")->check(CLI::Range(1, 256))->capture_default_str();
-  cmd->add_option("--lora-alpha", f->task.lora_alpha, "LoRA alpha (scale alpha/r)")->capture_default_str();
-  cmd->add_option("--dirichlet", f->task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
+  AddLanguageTaskFlags(cmd, o.task);
+  cmd->add_option("--rank", o.task.rank, "LoRA rank")->check(CLI::Range(1, 256))->capture_default_str();
+  cmd->add_option("--lora-alpha", o.task.lora_alpha, "LoRA alpha (scale alpha/r)")->capture_default_str();
+  cmd->add_option("--dirichlet", o.task.dirichlet_alpha, "Dirichlet alpha of the non-IID split")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  AddPartitionFlags(cmd, f->task);
+  AddPartitionFlags(cmd, o.task);
   cmd->add_option("--ranks", f->ranks,
                   "Per-worker LoRA ranks, assigned in turn (e.g. 4,8,16); the adapter's rank becomes the largest")
       ->capture_default_str();
@@ -341,23 +334,14 @@ void RegisterRun(CLI::App& app) {
   AddHttpFlag(cmd, f->http,
               "/metrics (broker and aggregator), the dashboard and POST /api/rollback (from this machine only)");
   AddEngineFlags(cmd, f->engine);
-  AddTrainingFlags(cmd, f->training, /*delta_flag=*/false);
+  AddTrainingFlags(cmd, o.training, /*delta_flag=*/false);
   cmd->callback([f, cmd] {
     SetupLogging(f->verbose);
     InstallStopSignals();
     if (Status s = ResolveEngineFlags(f->engine); !s.ok()) Fail("run", s, 2);
-    f->training.dp.delta = f->engine.engine.dp_delta;
-    federation::EmbeddedOptions o;
-    o.store = f->store;
-    o.task = f->task;
+    federation::EmbeddedOptions o = f->options;
     o.engine = f->engine.engine;
-    o.training = f->training;
-    o.duration_s = f->duration_s;
-    o.max_versions = f->max_versions;
-    o.eval_every = f->eval_every;
-    o.eval_samples = f->eval_samples;
-    o.adapter = f->adapter;
-    o.fresh = f->fresh;
+    o.training.dp.delta = o.engine.dp_delta;
     try {
       o.speeds = ParseNumbers(f->speeds);
       for (double r : ParseNumbers(f->ranks)) {
