@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 
 #include "tests/testing/fixtures.h"
 
@@ -20,8 +21,10 @@ AdapterSpec Spec() {
   return spec;
 }
 
-// Commits versions 0..last of adapter "a", version v's tensors all equal to v.
-void Commit(const StoreLayout& layout, uint64_t last) {
+// Commits versions 0..last of adapter "a", version v's tensors all equal to v and its log
+// position 3v (or as `edit` changes the record).
+void Commit(const StoreLayout& layout, uint64_t last,
+            const std::function<void(codec::VersionInfo&)>& edit = {}) {
   AdapterStoreOptions o;
   o.path = layout.adapters();
   auto store = AdapterStore::Open(o);
@@ -37,8 +40,9 @@ void Commit(const StoreLayout& layout, uint64_t last) {
     info.adapter_id = "a";
     info.version = v;
     info.consumed_seq = 3 * v;
+    if (edit) edit(info);
     const codec::Bytes record = codec::BuildVersionRecord(info);
-    ASSERT_TRUE((*store)->Commit({"a", v, 3 * v, codec::AsBytes(global), codec::AsBytes(record)}).ok());
+    ASSERT_TRUE((*store)->Commit({"a", v, info.consumed_seq, codec::AsBytes(global), codec::AsBytes(record)}).ok());
   }
 }
 
@@ -127,35 +131,18 @@ TEST(StoreReaderTest, ALogIsCheckedAgainstWhatTheStoreBesideItConsumed) {
 TEST(StoreReaderTest, FindsWhereAnUpdateWentAndCountsTheLineageBetweenVersions) {
   testing::TempDir dir;
   StoreLayout layout{dir.path("store")};
-  {
-    AdapterStoreOptions o;
-    o.path = layout.adapters();
-    auto store = AdapterStore::Open(o);
-    ASSERT_TRUE(store.ok()) << store.status().ToString();
-    for (uint64_t v = 0; v <= 2; ++v) {
-      AdapterState state;
-      for (const auto& t : Spec().tensors) state.tensors.push_back({t.name, t.shape, std::vector<float>(2, 0.f)});
-      codec::GlobalInfo g;
-      g.adapter_id = "a";
-      g.version = v;
-      const codec::Bytes global = codec::BuildGlobal(g, Spec(), state);
-      codec::VersionInfo info;
-      info.adapter_id = "a";
-      info.version = v;
-      info.consumed_seq = v;
-      if (v == 1) {
-        codec::LineageItem item;
-        item.seq = 1;
-        item.client_id = "c";
-        item.update_id = "u1";
-        item.weight = 0.5f;
-        info.applied.push_back(item);
-      }
-      if (v == 2) info.dropped.push_back({2, "c", "u2", 0, 7, "stale"});
-      const codec::Bytes record = codec::BuildVersionRecord(info);
-      ASSERT_TRUE((*store)->Commit({"a", v, v, codec::AsBytes(global), codec::AsBytes(record)}).ok());
+  Commit(layout, 2, [](codec::VersionInfo& info) {
+    info.consumed_seq = info.version;
+    if (info.version == 1) {
+      codec::LineageItem item;
+      item.seq = 1;
+      item.client_id = "c";
+      item.update_id = "u1";
+      item.weight = 0.5f;
+      info.applied.push_back(item);
     }
-  }
+    if (info.version == 2) info.dropped.push_back({2, "c", "u2", 0, 7, "stale"});
+  });
   {
     auto log = UpdateLog::Open({layout.log(), false});
     ASSERT_TRUE(log.ok()) << log.status().ToString();

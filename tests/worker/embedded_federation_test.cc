@@ -9,22 +9,10 @@
 #include <filesystem>
 
 #include "tests/testing/fixtures.h"
+#include "tests/worker/small_run.h"
 
 namespace fedlora::federation {
 namespace {
-
-EmbeddedOptions SmallImageRun(const std::string& store) {
-  EmbeddedOptions o;
-  o.store.dir = store;
-  o.task.arch = "mlp";
-  o.task.num_clients = 3;
-  o.speeds = {1};
-  o.training.steps = 4;
-  o.eval_every = 1;
-  o.eval_samples = 200;
-  o.duration_s = 240;
-  return o;
-}
 
 TEST(EmbeddedFederationTest, RefusesEachBadOptionByName) {
   auto refused = [](const EmbeddedOptions& o, std::string_view words) {

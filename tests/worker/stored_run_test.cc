@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "tests/testing/fixtures.h"
+#include "tests/worker/small_run.h"
 #include "worker/federation/compare.h"
 #include "worker/federation/embedded.h"
 #include "worker/federation/peft_files.h"
@@ -21,14 +22,7 @@ class StoredRun : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    EmbeddedOptions o;
-    o.store.dir = dir_->path("store");
-    o.task.arch = "mlp";
-    o.task.num_clients = 3;
-    o.speeds = {1};
-    o.training.steps = 4;
-    o.eval_every = 1;
-    o.eval_samples = 200;
+    EmbeddedOptions o = SmallImageRun(dir_->path("store"));
     o.max_versions = 3;
     auto built = EnsureBase(o.task, BasePath(o.store.dir, "mlp"), 1, {});
     ASSERT_TRUE(built.ok()) << built.status().ToString();
