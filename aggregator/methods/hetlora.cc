@@ -45,12 +45,10 @@ class HetLoraServer final : public PlainServer {
   bool NeedsBase() const override { return true; }
 
   double Weight(const wire::Update& u, const AdapterState& base, double data_weight) const override {
-    const std::vector<PairChange> changes = PairChanges(u, base, spec_, layout_);
-    std::vector<int> slot(layout_.modules().size(), -1);
-    for (size_t i = 0; i < changes.size(); ++i) slot[changes[i].module] = static_cast<int>(i);
+    const std::vector<double> norms = EndProductNorms(u, base, spec_, layout_, scratch_);
     double norm = 0;
     for (size_t m : layout_.by_name()) {  // the order the sum has always been taken in
-      if (slot[m] >= 0) norm += ProductNorm(changes[static_cast<size_t>(slot[m])].end);
+      if (norms[m] >= 0) norm += norms[m];
     }
     return paper_ ? norm : data_weight * norm;
   }
@@ -81,6 +79,7 @@ class HetLoraServer final : public PlainServer {
  private:
   bool paper_;
   HetLoraParams params_;
+  mutable PairScratch scratch_;  // the engine weighs one update at a time
 };
 
 // The sum over modules of ||B[:, from:to] A[from:to, :]||_F in `state`.

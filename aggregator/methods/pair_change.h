@@ -24,8 +24,27 @@ struct PairChange {
 std::vector<PairChange> PairChanges(const wire::Update& update, const AdapterState& base, const AdapterSpec& spec,
                                     const LoraLayout& layout);
 
-// ||B A||_F from the r x r Gram matrices: sum_ij (B^T B)_ij (A A^T)_ij.
+// ||B A||_F from the r x r Gram matrices: sum_ij (B^T B)_ij (A A^T)_ij, each Gram entry summed
+// over rows (columns) in order and the products summed over i, then j, in order (the result of
+// the direct double loop, to the last bit, which replays of stored runs rely on).
+// O(r^2 (rows + cols)).
 double ProductNorm(const lowrank::Factors& f);
+
+// Buffers reused from one update to the next, so that weighing an update by its products
+// allocates nothing once they have grown (at 7B shapes the factors of every module in double
+// precision are twice the update: allocating them afresh per update cost a page fault per 4 KiB).
+struct PairScratch {
+  lowrank::Factors end;
+  std::vector<double> gram_b, gram_a, transposed;
+  std::vector<int> position;
+};
+// ProductNorm's value, with the Grams in `scratch`.
+double ProductNorm(const lowrank::Factors& f, PairScratch& scratch);
+// For each module the update carries, in layout order: ProductNorm of its factors after the
+// update (PairChanges' `end`), built in `scratch`. Returns one norm per module of the layout,
+// -1 for a module the update does not carry.
+std::vector<double> EndProductNorms(const wire::Update& update, const AdapterState& base, const AdapterSpec& spec,
+                                    const LoraLayout& layout, PairScratch& scratch);
 
 // sqrt(sum of squared element differences) over every tensor.
 double StepNorm(const AdapterState& before, const AdapterState& after);

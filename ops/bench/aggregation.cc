@@ -12,8 +12,12 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <sys/resource.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <new>
 #include <cmath>
 #include <chrono>
 #include <cstring>
@@ -27,10 +31,34 @@
 #include "schema/codec.h"
 #include "schema/validate.h"
 
+// Every operator new of this process, counted, so that --fold can report the allocations made
+// while an update is folded (the aligned forms are left to the library; nothing on the fold path
+// asks for over-aligned memory).
+std::atomic<uint64_t> g_allocations{0};
+
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using namespace fedlora;
+
+// Minor page faults of this process so far (a page touched for the first time since it was
+// mapped: what a freshly allocated large buffer costs on first write).
+uint64_t MinorFaults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<uint64_t>(u.ru_minflt);
+}
 
 AdapterSpec Spec(uint32_t layers, uint32_t dim, uint32_t rank) {
   AdapterSpec spec;
@@ -192,6 +220,8 @@ struct FoldFigure {
   double fold_us = 0;    // median Consume of one update
   double memcpy_us = 0;  // median memcpy of its tensor bytes
   size_t bytes = 0;
+  uint64_t faults = 0;       // median minor page faults during one Consume (the first, which sizes the sum, included)
+  uint64_t allocations = 0;  // median operator-new calls during one Consume
 };
 
 FoldFigure MeasureFold(const AdapterSpec& spec, aggregator::EngineOptions o, int updates) {
@@ -203,6 +233,7 @@ FoldFigure MeasureFold(const AdapterSpec& spec, aggregator::EngineOptions o, int
   const methods::TrainPlan plan = Plan(spec, **engine, o.method.method());
   const float density = (*engine)->method_state().upload_density;
   std::vector<double> fold, copy, validate;
+  std::vector<uint64_t> faults, allocations;
   FoldFigure f;
   for (int k = 0; k < updates; ++k) {
     const codec::Bytes u = MethodUpdate(spec, plan, density, k, 0);
@@ -217,9 +248,12 @@ FoldFigure MeasureFold(const AdapterSpec& spec, aggregator::EngineOptions o, int
       if (!ValidateUpdate(copy_of, spec, 0).ok()) throw std::runtime_error("invalid update");
       validate.push_back(std::chrono::duration<double, std::micro>(Clock::now() - v0).count());
     }
+    const uint64_t faults0 = MinorFaults(), allocations0 = g_allocations.load();
     auto t0 = Clock::now();
     auto r = (*engine)->Consume(static_cast<uint64_t>(k) + 1, update);
     fold.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    faults.push_back(MinorFaults() - faults0);
+    allocations.push_back(g_allocations.load() - allocations0);
     if (!r.ok()) throw std::runtime_error(r.status().ToString());
     if (r->has_value()) throw std::runtime_error("a step closed; the buffer should hold every update");
     // The bound: the same number of bytes copied between two buffers already in memory.
@@ -235,6 +269,10 @@ FoldFigure MeasureFold(const AdapterSpec& spec, aggregator::EngineOptions o, int
   std::sort(copy.begin(), copy.end());
   f.fold_us = fold[fold.size() / 2];
   f.memcpy_us = copy[copy.size() / 2];
+  std::sort(faults.begin(), faults.end());
+  std::sort(allocations.begin(), allocations.end());
+  f.faults = faults[faults.size() / 2];
+  f.allocations = allocations[allocations.size() / 2];
   return f;
 }
 
@@ -246,8 +284,8 @@ int Fold(uint32_t layers, uint32_t dim, const std::vector<uint32_t>& ranks, std:
   nlohmann::json out = nlohmann::json::array();
   fmt::print("fold of one update into the buffered sum: {} layers x 4 projections of {}x{}, median of {} updates\n",
              layers, dim, dim, updates);
-  fmt::print("{:>5} {:<9} {:>10} {:>10} {:>11} {:>10} {:>9} {:>7} {:>13}\n", "rank", "method", "MiB", "fold us",
-             "validate us", "memcpy us", "fold GB/s", "ratio", "w/o validate");
+  fmt::print("{:>5} {:<9} {:>10} {:>10} {:>11} {:>10} {:>9} {:>7} {:>13} {:>7} {:>7}\n", "rank", "method", "MiB",
+             "fold us", "validate us", "memcpy us", "fold GB/s", "ratio", "w/o validate", "faults", "allocs");
   for (uint32_t rank : ranks) {
     const AdapterSpec spec = Spec(layers, dim, rank);
     for (const auto& name : methods) {
@@ -258,13 +296,13 @@ int Fold(uint32_t layers, uint32_t dim, const std::vector<uint32_t>& ranks, std:
       }
       const FoldFigure f = MeasureFold(spec, *o, updates);
       const double ratio = f.fold_us / f.memcpy_us;
-      fmt::print("{:>5} {:<9} {:>10.1f} {:>10.0f} {:>11.0f} {:>10.0f} {:>9.2f} {:>7.2f} {:>13.2f}\n", rank, name,
-                 f.bytes / 1048576.0, f.fold_us, f.validate_us, f.memcpy_us, f.bytes / f.fold_us / 1e3, ratio,
-                 (f.fold_us - f.validate_us) / f.memcpy_us);
+      fmt::print("{:>5} {:<9} {:>10.1f} {:>10.0f} {:>11.0f} {:>10.0f} {:>9.2f} {:>7.2f} {:>13.2f} {:>7} {:>7}\n", rank,
+                 name, f.bytes / 1048576.0, f.fold_us, f.validate_us, f.memcpy_us, f.bytes / f.fold_us / 1e3, ratio,
+                 (f.fold_us - f.validate_us) / f.memcpy_us, f.faults, f.allocations);
       std::fflush(stdout);
       out.push_back({{"rank", rank}, {"method", name}, {"bytes", f.bytes}, {"fold_us", f.fold_us},
                      {"memcpy_us", f.memcpy_us}, {"ratio", ratio},
-                     {"validate_us", f.validate_us}});
+                     {"validate_us", f.validate_us}, {"faults", f.faults}, {"allocations", f.allocations}});
     }
   }
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
