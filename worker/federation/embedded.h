@@ -4,7 +4,8 @@
 // evaluating version 0); Run() trains until the duration, the final version, every worker's
 // privacy budget or an error ends it, then evaluates the latest version on the whole test split
 // and on each client's own label mix. Printing is the caller's: progress comes back through
-// callbacks, the result as a RunSummary.
+// callbacks, the result as a RunSummary. Create() sets process-wide LibTorch state: one intra-op
+// thread (the parts share the cores as threads) and the allocator tuned for training.
 //
 // LibTorch-free header; the implementation links the broker, the aggregator and the worker.
 #pragma once
