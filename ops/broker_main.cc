@@ -19,6 +19,5 @@ int main(int argc, char** argv) {
   std::vector<char*> args(argv, argv + argc);
   char broker[] = "broker";
   if (argc < 2 || std::strcmp(argv[1], "broker") != 0) args.insert(args.begin() + 1, broker);
-  CLI11_PARSE(app, static_cast<int>(args.size()), args.data());
-  return 0;
+  return fedlora::ops::RunCommandLine(app, static_cast<int>(args.size()), args.data());
 }

@@ -1,5 +1,5 @@
-// Each `fedlora` subcommand registers itself on the root CLI11 app. A failing command prints
-// its error and exits non-zero through CLI::RuntimeError.
+// Each `fedlora` subcommand registers itself on the root CLI11 app. A failing command throws
+// CommandError, which RunCommandLine reports once.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -37,7 +37,17 @@ void RegisterScore(CLI::App& app);
 // "61.8 KB", "1.27 GB"; "-" for a negative count (unknown).
 std::string HumanBytes(double bytes);
 
-// Prints "fedlora <command>: <status>" to stderr and throws CLI::RuntimeError(exit_code).
+// A command that cannot go on: main prints "fedlora <command>: <status>" once and exits with
+// `exit_code` (2: the request as given cannot be carried out, 1: it failed).
+struct CommandError {
+  std::string command;
+  Status status;
+  int exit_code = 1;
+};
+// Throws CommandError{command, status, exit_code}.
 [[noreturn]] void Fail(std::string_view command, const Status& status, int exit_code = 1);
+
+// Parses the command line and runs the chosen command; a CommandError is reported here, once.
+int RunCommandLine(CLI::App& app, int argc, char** argv);
 
 }  // namespace fedlora::ops

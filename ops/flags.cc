@@ -163,8 +163,20 @@ void SetupLogging(bool verbose) {
 }
 
 void Fail(std::string_view command, const Status& status, int exit_code) {
-  fmt::print(stderr, "fedlora {}: {}\n", command, status.ToString());
-  throw CLI::RuntimeError(exit_code);
+  throw CommandError{std::string(command), status, exit_code};
+}
+
+int RunCommandLine(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const CommandError& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "fedlora {}: {}\n", e.command, e.status.ToString());
+    return e.exit_code;
+  }
+  return 0;
 }
 
 std::string HumanBytes(double bytes) {

@@ -63,6 +63,5 @@ int main(int argc, char** argv) {
   fedlora::ops::RegisterKeygen(app);
   fedlora::ops::RegisterGenerate(app);
   fedlora::ops::RegisterScore(app);
-  CLI11_PARSE(app, argc, argv);
-  return 0;
+  return fedlora::ops::RunCommandLine(app, argc, argv);
 }
