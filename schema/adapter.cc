@@ -19,7 +19,8 @@ size_t AdapterSpec::numel() const {
   return n;
 }
 
-int AdapterSpec::Find(const std::string& name) const {
+int AdapterSpec::Find(std::string_view name, size_t hint) const {
+  if (hint < tensors.size() && tensors[hint].name == name) return static_cast<int>(hint);
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (tensors[i].name == name) return static_cast<int>(i);
   }

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "schema/status.h"
@@ -43,8 +44,9 @@ struct AdapterSpec {
 
   size_t numel() const;        // total number of values
   bool has_residuals() const;  // any tensor of role kLoraResidual
-  // Index of the tensor with this name, or -1.
-  int Find(const std::string& name) const;
+  // Index of the tensor with this name, or -1. `hint`: where to look first (an update lists its
+  // tensors in the spec's order, so the next one is usually where the last one was, plus one).
+  int Find(std::string_view name, size_t hint = 0) const;
 };
 
 // A dense fp32 tensor with its name and shape.

@@ -136,22 +136,24 @@ Status ValidateUpdate(const wire::Update& update, const AdapterSpec& spec, uint6
   if (tensors == nullptr || tensors->size() == 0) return InvalidArgument("update carries no tensors");
   std::vector<bool> seen(spec.tensors.size(), false);
   double sum_squares = 0;
+  size_t next = 0;  // where the next tensor usually is: updates list them in the spec's order
   for (const auto* t : *tensors) {
-    const std::string name = t->name()->str();
-    const int idx = spec.Find(name);
+    const std::string_view name = t->name()->string_view();
+    const int idx = spec.Find(name, next);
     if (idx < 0) {
       return InvalidArgument(fmt::format("tensor '{}' is not part of the adapter", name));
     }
     if (seen[idx]) return InvalidArgument(fmt::format("tensor '{}' appears twice", name));
     seen[idx] = true;
+    next = static_cast<size_t>(idx) + 1;
     const auto& ts = spec.tensors[idx];
     if (ts.role == TensorRole::kLoraResidual) {
       return InvalidArgument(fmt::format("tensor '{}' is a residual the aggregator keeps; updates never carry it", name));
     }
-    const auto shape = codec::Shape(*t);
-    if (shape != ts.shape) {
+    const auto* shape = t->shape();
+    if (shape == nullptr || !std::equal(shape->begin(), shape->end(), ts.shape.begin(), ts.shape.end())) {
       return InvalidArgument(fmt::format("tensor '{}' has shape [{}], the adapter expects [{}]", name,
-                                         fmt::join(shape, ","), fmt::join(ts.shape, ",")));
+                                         fmt::join(codec::Shape(*t), ","), fmt::join(ts.shape, ",")));
     }
     RETURN_IF_ERROR(ValidateTensorValues(*t, ts));
     if (limits.max_update_norm > 0) {

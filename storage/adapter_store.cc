@@ -34,12 +34,15 @@ std::string CursorValue(const Cursor& c) {
 
 std::optional<Cursor> ParseCursor(std::string_view v) {
   if (v.size() < 16) return std::nullopt;
-  Cursor c{internal::ReadBigEndian64(v), internal::ReadBigEndian64(v.substr(8))};
+  Cursor c;
+  c.version = internal::ReadBigEndian64(v);
+  c.consumed_seq = internal::ReadBigEndian64(v.substr(8));
   v.remove_prefix(16);
   if (v.empty()) return c;
   for (std::string* field : {&c.log_id, &c.consumed_hash}) {
-    if (v.empty() || v.size() < 1 + static_cast<uint8_t>(v[0])) return std::nullopt;
+    if (v.empty()) return std::nullopt;
     const size_t n = static_cast<uint8_t>(v[0]);
+    if (v.size() < 1 + n) return std::nullopt;
     field->assign(v.substr(1, n));
     v.remove_prefix(1 + n);
   }
