@@ -5,22 +5,19 @@
 // plot of accuracy against the budget.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <thread>
 
+#include "aggregator/methods/registry.h"
 #include "ops/commands.h"
 #include "ops/flags.h"
 #include "ops/observe/plot.h"
-#include "aggregator/methods/registry.h"
 #include "worker/federation/compare.h"
 
 

@@ -10,11 +10,11 @@
 #include <thread>
 
 #include "broker/broker.h"
-#include "schema/transport/security.h"
 #include "ops/commands.h"
-#include "worker/federation/roles.h"
 #include "ops/flags.h"
 #include "ops/live.h"
+#include "schema/transport/security.h"
+#include "worker/federation/roles.h"
 
 namespace fedlora::ops {
 
