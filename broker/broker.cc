@@ -18,6 +18,7 @@
 #include "schema/validate.h"
 #include "schema/codec.h"
 #include "schema/hash.h"
+#include "broker/connection_guard.h"
 #include "broker/rate_limit.h"
 #include "schema/transport/heartbeat.h"
 #include "schema/transport/transport.h"
@@ -236,6 +237,9 @@ class BrokerImpl final : public Broker {
         s->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * options_.max_message_bytes));
       }
       transport::Configure(announce_, options_.hwm);
+      // Subscribers send only subscriptions: a few bytes each.
+      announce_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(64 << 10));
+      WatchConnections();
       const std::string wake = fmt::format("inproc://broker-wake-{}", static_cast<const void*>(this));
       wake_rx_.bind(wake);
       wake_tx_.connect(wake);
@@ -249,6 +253,28 @@ class BrokerImpl final : public Broker {
                                      options_.backend, options_.announce, e.what()));
     }
     return LoadGlobals();
+  }
+
+  // The connection cap and the bounds on unread bytes (broker/connection_guard.h).
+  void WatchConnections() {
+    GuardLimits limits;
+    limits.max_connections = options_.max_connections;
+    if (limits.max_connections == 0) {
+      rlimit files{};
+      const uint64_t open_files = getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY
+                                      ? files.rlim_cur
+                                      : std::numeric_limits<uint32_t>::max();
+      limits.max_connections = open_files > kReservedFiles + 16 ? open_files - kReservedFiles : 16;
+    }
+    const uint64_t per_connection = 2 * static_cast<uint64_t>(options_.max_message_bytes) + (1u << 20);
+    limits.max_total_unread_bytes = std::max<uint64_t>(options_.max_unread_bytes, per_connection);
+    guard_.emplace(ctx_, limits, stats_.connections);
+    const Framing framing = options_.curve ? Framing::kCurve : Framing::kPlain;
+    frontend_watch_ = guard_->Watch(frontend_, "worker", framing, per_connection);
+    backend_watch_ = guard_->Watch(backend_, "aggregator", framing, per_connection);
+    guard_->Watch(announce_, "announce", framing, 1u << 20);
+    Log()->info("at most {} connections; unread bytes at most {} per connection and {} in all",
+                limits.max_connections, per_connection, limits.max_total_unread_bytes);
   }
 
   const BrokerEndpoints& Endpoints() const override { return endpoints_; }
@@ -283,6 +309,15 @@ class BrokerImpl final : public Broker {
     counter("fedlora_broker_positions_refused_total",
             "Credits refused because the log position they claim is not in this log (lost or truncated log)",
             stats_.positions_refused);
+    w.Gauge("fedlora_broker_connections", "Connections open now (all sockets)",
+            static_cast<double>(stats_.connections.open.load()));
+    counter("fedlora_broker_connections_refused_total", "Connections closed as soon as accepted: past --max-connections",
+            stats_.connections.refused);
+    counter("fedlora_broker_connections_closed_unread_total",
+            "Connections closed for holding more unread bytes than allowed (an endless or stalled message)",
+            stats_.connections.closed_unread);
+    w.Gauge("fedlora_broker_unread_bytes", "Bytes connections have sent that the broker has not read yet",
+            static_cast<double>(stats_.connections.unread_bytes.load()));
     w.Gauge("fedlora_broker_ingest_queue_bytes", "Admitted updates not yet durable",
             static_cast<double>(stats_.ingest_queue_bytes.load()));
     w.Gauge("fedlora_broker_ingest_queue_peak_bytes", "The most the ingest queue ever held",
@@ -309,7 +344,9 @@ class BrokerImpl final : public Broker {
     std::vector<zmq::pollitem_t> items = {{frontend_.handle(), 0, ZMQ_POLLIN, 0},
                                           {backend_.handle(), 0, ZMQ_POLLIN, 0},
                                           {wake_rx_.handle(), 0, ZMQ_POLLIN, 0}};
-    const auto timeout = std::min(options_.poll_interval, options_.heartbeat_interval);
+    for (const auto& item : guard_->PollItems()) items.push_back(item);
+    const auto timeout =
+        std::min({options_.poll_interval, options_.heartbeat_interval, GuardLimits{}.interval});
     Status failure;
     while (!stop.stop_requested() && failure.ok()) {
       try {
@@ -317,6 +354,7 @@ class BrokerImpl final : public Broker {
         if (items[2].revents & ZMQ_POLLIN) AnswerWritten();
         if (items[1].revents & ZMQ_POLLIN) DrainBackend();
         if (items[0].revents & ZMQ_POLLIN) DrainFrontend();
+        guard_->Check(Clock::now());
         ExpireSilentAggregators();
         failure = Dispatch();
         TakeSnapshot();
@@ -388,7 +426,9 @@ class BrokerImpl final : public Broker {
   void DrainFrontend() {
     std::vector<zmq::message_t> frames;
     std::string user;  // the CURVE name of the sender ("" without CURVE)
-    for (size_t n = 0; n < options_.max_batch && transport::TryRecvMultipart(frontend_, frames, &user); ++n) {
+    int fd = -1;
+    for (size_t n = 0; n < options_.max_batch && transport::TryRecvMultipart(frontend_, frames, &user, &fd); ++n) {
+      guard_->Read(frontend_watch_, fd, frames);
       if (frames.size() != 2) {
         if (!frames.empty()) {
           Reject(frontend_, frames[0],
@@ -682,7 +722,9 @@ class BrokerImpl final : public Broker {
 
   void DrainBackend() {
     std::vector<zmq::message_t> frames;
-    while (transport::TryRecvMultipart(backend_, frames)) {
+    int fd = -1;
+    while (transport::TryRecvMultipart(backend_, frames, nullptr, &fd)) {
+      guard_->Read(backend_watch_, fd, frames);
       if (frames.empty()) continue;
       leases_.Heard(frames[0].to_string(), Clock::now());
       if (frames.size() != 2) continue;
@@ -933,6 +975,9 @@ class BrokerImpl final : public Broker {
   zmq::socket_t frontend_;
   zmq::socket_t backend_;
   zmq::socket_t announce_;
+  std::optional<ConnectionGuard> guard_;  // watches the three sockets above
+  int frontend_watch_ = -1;
+  int backend_watch_ = -1;
   zmq::socket_t wake_rx_;  // I/O thread: the log writer has answers
   zmq::socket_t wake_tx_;  // log writer thread
   const uint64_t incarnation_;

@@ -81,6 +81,26 @@ struct BrokerOptions {
   // Without CURVE: the secret aggregators must present on the backend (security.h); empty: any
   // peer that reaches the backend may subscribe (a warning at start says so).
   std::string aggregator_secret;
+  // Connections on all three sockets together; past it a new connection is closed as soon as it
+  // is accepted. 0: the open-file limit less kReservedFiles (the log's files and the process's own).
+  size_t max_connections = 0;
+  // Bytes all connections together may have sent that the broker has not read yet (incomplete
+  // messages, mostly); past it the connections holding most are closed. Each connection alone
+  // may hold at most 2 x max_message_bytes + 1 MiB (the announce socket 1 MiB): one message in
+  // progress, its handshake and ZMTP's own commands (broker/connection_guard.h).
+  size_t max_unread_bytes = 1u << 30;
+};
+
+// Descriptors kept free of connections for the log (RocksDB opens at most 256 files at once,
+// storage/rocks.cc), libzmq's own and the process's (HTTP server, output).
+inline constexpr size_t kReservedFiles = 512;
+
+// The broker's connections (broker/connection_guard.h).
+struct ConnectionStats {
+  std::atomic<uint64_t> open{0};           // now, all sockets
+  std::atomic<uint64_t> refused{0};        // closed as soon as accepted: past max_connections
+  std::atomic<uint64_t> closed_unread{0};  // closed for holding more unread bytes than allowed
+  std::atomic<uint64_t> unread_bytes{0};   // all connections together, at the last measurement
 };
 
 struct BrokerStats {
@@ -103,6 +123,7 @@ struct BrokerStats {
   std::atomic<uint64_t> positions_refused{0};
   std::atomic<uint64_t> ingest_queue_bytes{0};   // now
   std::atomic<uint64_t> ingest_queue_peak{0};    // the most ever
+  ConnectionStats connections;
 };
 
 struct BrokerEndpoints {

@@ -25,6 +25,7 @@ void RegisterBroker(CLI::App& app) {
     std::string allow;
     std::string aggregator_secret;
     double ingest_queue_mib = 128;
+    double max_unread_mib = 1024;
     int heartbeat_ms = 1000;
     std::string http;
   };
@@ -42,6 +43,16 @@ void RegisterBroker(CLI::App& app) {
                   "Most MiB of updates admitted but not yet durable; beyond it publishers get RESOURCE_EXHAUSTED "
                   "with a retry delay (the memory bound of ingest)")
       ->check(CLI::Range(0.001, 65536.0))
+      ->capture_default_str();
+  cmd->add_option("--max-connections", flags->options.max_connections,
+                  "Most connections on the three sockets together; past it a new one is closed at once (0: the "
+                  "open-file limit less 512, kept for the log)")
+      ->capture_default_str();
+  cmd->add_option("--max-unread-mib", flags->max_unread_mib,
+                  "Most MiB that all connections together may have sent and the broker not read yet (incomplete "
+                  "messages); past it the connections holding most are closed. One connection may hold at most "
+                  "2 x --max-message-bytes + 1 MiB")
+      ->check(CLI::Range(1.0, 1048576.0))
       ->capture_default_str();
   cmd->add_option("--max-updates-per-s", flags->options.max_updates_per_s,
                   "Per-client rate limit in updates/s, with a burst of one second's worth (0: none)")
@@ -73,6 +84,7 @@ void RegisterBroker(CLI::App& app) {
     flags->options.log_path = flags->store.log();
     flags->options.sync = !flags->no_sync;
     flags->options.ingest_queue_bytes = static_cast<size_t>(flags->ingest_queue_mib * 1048576.0);
+    flags->options.max_unread_bytes = static_cast<size_t>(flags->max_unread_mib * 1048576.0);
     flags->options.heartbeat_interval = std::chrono::milliseconds(flags->heartbeat_ms);
     if (flags->curve_secret.empty() != flags->allow.empty()) {
       Fail("broker", InvalidArgument("--curve-secret and --allow go together: the key makes the broker a CURVE "
@@ -117,10 +129,11 @@ void RegisterBroker(CLI::App& app) {
     Status s = RunUntilSignalled([&](std::stop_token stop) { return (*broker)->Run(stop); });
     if (!s.ok()) Fail("broker", s);
     const auto& st = (*broker)->Stats();
-    fmt::print("broker: stopped; updates logged={} duplicates={} rejected={} (retry-later {}, rate-limited {}) "
-               "refused connections={}\n",
+    fmt::print("broker: stopped; updates logged={} duplicates={} rejected={} (retry-later {}, rate-limited {}); "
+               "connections refused: {} by authentication, {} past --max-connections; {} closed for unread bytes\n",
                st.updates_logged.load(), st.updates_duplicate.load(), st.messages_rejected.load(),
-               st.retry_later.load(), st.rate_limited.load(), st.auth_denied.load());
+               st.retry_later.load(), st.rate_limited.load(), st.auth_denied.load(), st.connections.refused.load(),
+               st.connections.closed_unread.load());
   });
 }
 

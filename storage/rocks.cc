@@ -180,6 +180,9 @@ Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.keep_log_file_num = 2;
   db_options.max_background_jobs = 2;
+  // Descriptors are shared with every connection of the broker: the log keeps at most this many
+  // table and blob files open (RocksDB's default keeps every one), broker.h kReservedFiles.
+  db_options.max_open_files = 256;
   // Memory is bounded whatever the load: all memtables together flush at 64 MiB (RocksDB's
   // default is 64 MiB per column family, times up to two each), and one 32 MiB block cache is
   // shared by every column family.

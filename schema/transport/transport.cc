@@ -25,9 +25,11 @@ zmq::message_t Frame(const std::shared_ptr<const std::string>& bytes) {
   return zmq::message_t(const_cast<char*>((*hold)->data()), (*hold)->size(), &FreeShared, hold);
 }
 
-bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, std::string* user_id) {
+bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, std::string* user_id,
+                      int* source_fd) {
   frames.clear();
   if (user_id) user_id->clear();
+  if (source_fd) *source_fd = -1;
   while (true) {
     zmq::message_t m;
     auto r = socket.recv(m, frames.empty() ? zmq::recv_flags::dontwait : zmq::recv_flags::none);
@@ -37,6 +39,7 @@ bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames
       const char* id = zmq_msg_gets(m.handle(), "User-Id");
       if (id) *user_id = id;
     }
+    if (source_fd && !more) *source_fd = zmq_msg_get(m.handle(), ZMQ_SRCFD);
     if (reinterpret_cast<uintptr_t>(m.data()) % kFrameAlignment != 0) {
       // ZeroMQ hands out small frames straight from its receive buffer, at any offset.
       // FlatBuffers reads its scalars in place, so a frame must start 8-byte aligned; a fresh

@@ -32,8 +32,10 @@ inline constexpr size_t kFrameAlignment = 8;
 // A frame that ZeroMQ delivered at a misaligned address is copied (small frames only, see
 // transport.cc), so FlatBuffers can read it in place.
 // `user_id`, when given, receives the message's "User-Id" property (the name a CURVE
-// connection authenticated as, "" without one), read before any copy drops it.
-bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, std::string* user_id = nullptr);
+// connection authenticated as, "" without one), read before any copy drops it; `source_fd`
+// the descriptor of the connection it came from (ZMQ_SRCFD; -1 for inproc).
+bool TryRecvMultipart(zmq::socket_t& socket, std::vector<zmq::message_t>& frames, std::string* user_id = nullptr,
+                      int* source_fd = nullptr);
 
 // Sends frames as one multipart message without blocking; returns false if ZeroMQ would
 // block (high-water mark reached) or the peer is unknown to a ROUTER socket.

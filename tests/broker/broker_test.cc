@@ -20,6 +20,8 @@
 #include "storage/update_log.h"
 #include "tests/testing/disk.h"
 #include "tests/testing/fixtures.h"
+#include "tests/testing/process.h"
+#include "tests/testing/raw_peer.h"
 #include "tests/testing/running_broker.h"
 
 namespace fedlora::broker {
@@ -56,6 +58,27 @@ void Register(RunningBroker& broker, Peer& worker, uint64_t version = 0, const s
 Status ErrorOf(const wire::Envelope* e) {
   if (!e || e->body_type() != wire::Body::Error) return Status::Ok();
   return codec::StatusFromError(*e->body_as_Error());
+}
+
+// Sends `fetches` fetches and `updates` updates and checks that what the broker has taken from
+// the connection but not read is only its handshake: every frame's wire bytes are accounted for.
+// A wrong framing size would leave 2-42 bytes per frame unaccounted (5-10 KB here).
+void ExpectOnlyTheHandshakeUnread(const RunningBroker& broker, Peer& worker, const std::string& client,
+                                  uint64_t handshake_at_most) {
+  for (int i = 0; i < 200; ++i) {
+    worker.Send(codec::BuildFetch("default", -1));
+    ASSERT_TRUE(worker.Reply());
+  }
+  for (int i = 0; i < 50; ++i) {
+    worker.Send(MakeUpdate(fmt::format("a{}", i), client, 0, FilledState(SmallSpec(), 0.1f)));
+    const auto* e = worker.Reply();
+    ASSERT_TRUE(e);
+    ASSERT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // a few measurements
+  const uint64_t unread = broker.stats().connections.unread_bytes.load();
+  EXPECT_GT(unread, 64u);  // the greeting at least: the measurement sees the connection
+  EXPECT_LE(unread, handshake_at_most);
 }
 
 class BrokerTest : public ::testing::Test {
@@ -640,6 +663,92 @@ TEST_F(BrokerTest, RaisesTheOpenFileLimitToTheHardLimit) {
   EXPECT_EQ(RaiseOpenFileLimit(), limit.rlim_max);
 }
 
+// Issue 21: libzmq keeps every frame of a message until its last one arrives, so a peer whose
+// frames all say "more" grew the broker for as long as it sent (1.5 GiB in the report). Now the
+// connection is closed once it holds more unread than one message may: 2 x 1 MiB + 1 MiB here.
+TEST_F(BrokerTest, AnEndlessMessageIsCutOffAndTheBrokerKeepsServing) {
+  RunningBroker broker(dir_.path("log"));
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  testing::RawPeer endless(broker.endpoints().frontend);
+  ASSERT_TRUE(endless.connected());
+  constexpr uint64_t kGiveUp = 512u << 20;
+  bool closed = false;
+  while (!closed && endless.sent() < kGiveUp) {
+    if (!endless.Header(4096, /*more=*/true) || !endless.Body(4096)) closed = endless.ClosedByPeer(200);
+  }
+  EXPECT_TRUE(closed || endless.ClosedByPeer(5000)) << "still open after " << endless.sent() << " bytes";
+  EXPECT_LT(endless.sent(), kGiveUp);
+  EXPECT_EQ(broker.stats().connections.closed_unread.load(), 1u);
+  std::printf("an endless message was cut off after %.1f MiB sent\n", endless.sent() / 1048576.0);
+  worker.Send(MakeUpdate("after", "c1", 0, FilledState(SmallSpec(), 0.1f)));
+  const auto* e = worker.Reply();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+}
+
+TEST_F(BrokerTest, EveryReadFrameIsAccountedForWithItsFraming) {
+  RunningBroker broker(dir_.path("log"));
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  ExpectOnlyTheHandshakeUnread(broker, worker, "c1", 512);
+}
+
+// Issue 21: a dozen connections each stalled one byte short of a large frame held 1.5 GiB. Each
+// stalled frame here is within one connection's bound (1.5 of 3 MiB), so a slow upload is let
+// be; together they pass the broker's 4 MiB, and connections are closed, the fullest first, until
+// the rest fit: of four, two stay.
+TEST_F(BrokerTest, StalledMessagesTogetherStayWithinTheBrokersBound) {
+  RunningBroker broker(dir_.path("log"), [](BrokerOptions& o) { o.max_unread_bytes = 4u << 20; });
+  std::vector<std::unique_ptr<testing::RawPeer>> stalled;
+  for (int i = 0; i < 4; ++i) {
+    stalled.push_back(std::make_unique<testing::RawPeer>(broker.endpoints().frontend));
+    ASSERT_TRUE(stalled.back()->Header(2u << 20, /*more=*/false));
+    ASSERT_TRUE(stalled.back()->Body(3u << 19));
+  }
+  ASSERT_TRUE(testing::WaitUntil([&] { return broker.stats().connections.closed_unread.load() >= 2; },
+                                 std::chrono::seconds(10)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // several measurements more
+  EXPECT_EQ(broker.stats().connections.closed_unread.load(), 2u);
+  size_t closed = 0;
+  for (auto& peer : stalled) closed += peer->ClosedByPeer(500) ? 1 : 0;
+  EXPECT_EQ(closed, 2u);
+  // What the two left hold stays held: 1.5 MiB each and their handshakes.
+  EXPECT_LE(broker.stats().connections.unread_bytes.load(), 4u << 20);
+  EXPECT_GE(broker.stats().connections.unread_bytes.load(), 3u << 20);
+}
+
+// Issue 21: connections were not capped. Past the cap a connection is closed as soon as it is
+// accepted, those already in are served, and new ones get in once others close.
+TEST_F(BrokerTest, ConnectionsPastTheCapAreClosedAndTheCapRecovers) {
+  RunningBroker broker(dir_.path("log"), [](BrokerOptions& o) { o.max_connections = 8; });
+  Peer worker(broker.endpoints().frontend);
+  Register(broker, worker);
+  ASSERT_TRUE(testing::WaitUntil([&] { return broker.stats().connections.open.load() == 1; },
+                                 std::chrono::seconds(10)));  // the worker; Register's aggregator left
+  std::vector<std::unique_ptr<testing::RawPeer>> flood;
+  for (int i = 0; i < 27; ++i) flood.push_back(std::make_unique<testing::RawPeer>(broker.endpoints().frontend, false));
+  ASSERT_TRUE(testing::WaitUntil([&] { return broker.stats().connections.refused.load() >= 20; },
+                                 std::chrono::seconds(10)));
+  size_t closed = 0;
+  for (auto& peer : flood) closed += peer->ClosedByPeer(500) ? 1 : 0;
+  EXPECT_EQ(closed, 20u);
+  EXPECT_EQ(broker.stats().connections.open.load(), 8u);
+  worker.Send(MakeUpdate("during", "c1", 0, FilledState(SmallSpec(), 0.1f)));
+  const auto* e = worker.Reply();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+
+  flood.clear();
+  ASSERT_TRUE(testing::WaitUntil([&] { return broker.stats().connections.open.load() == 1; },
+                                 std::chrono::seconds(10)));
+  Peer later(broker.endpoints().frontend);
+  later.Send(MakeUpdate("after", "c2", 0, FilledState(SmallSpec(), 0.1f)));
+  e = later.Reply();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+}
+
 // Issue 21: a full disk aborted the broker in some runs (an assertion inside RocksDB after a WAL
 // append met it). Now publishers are told RESOURCE_EXHAUSTED with a time to retry, fetches and
 // heartbeats are still answered, and updates are logged again once space returns; three times
@@ -763,6 +872,14 @@ TEST_F(CurveTest, OnlyListedKeysGetInAndAWorkerPublishesOnlyAsItself) {
   e = listed.Reply();
   ASSERT_TRUE(e);
   EXPECT_EQ(e->body_type(), wire::Body::Ack) << ErrorOf(e).ToString();
+}
+
+// CURVE boxes every frame in a MESSAGE command (33 bytes more than the frame, and its header).
+TEST_F(CurveTest, EveryReadFrameIsAccountedForWithItsFraming) {
+  RunningBroker broker(dir_.path("log"), [&](BrokerOptions& o) { o.curve = curve_; });
+  Peer listed(broker.endpoints().frontend, Keys(listed_));
+  Register(broker, listed, 0, Keys(aggregator_));
+  ExpectOnlyTheHandshakeUnread(broker, listed, "w1", 2048);
 }
 
 TEST(SecurityTest, KeyFilesRoundTripAndBadAllowlistsNameTheLine) {
