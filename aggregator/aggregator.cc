@@ -138,8 +138,11 @@ class AggregatorImpl final : public Aggregator {
         } else if (const auto due = watch_->At(now); due == transport::BrokerWatch::Due::kReconnect) {
           // Paranoid Pirate: the broker is gone (or unreachable). A fresh socket drops whatever
           // the old one queued; resubscribing from our cursor resumes exactly where we are.
-          Log()->warn("broker={} silent for {} ms; reconnecting", options_.broker,
-                      std::chrono::duration_cast<std::chrono::milliseconds>(now - watch_->last_heard()).count());
+          Log()->warn("broker={} silent for {} ms; reconnecting (a broker that refuses this aggregator's {} never "
+                      "answers it)",
+                      options_.broker,
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - watch_->last_heard()).count(),
+                      options_.keys.enabled() ? "key" : "secret");
           Connect();
           Subscribe();
           watch_->Reconnected(now);

@@ -38,7 +38,8 @@ uint64_t WireBytes(Framing framing, uint64_t size);
 struct GuardLimits {
   size_t max_connections = 1024;          // on all watched sockets together
   uint64_t max_total_unread_bytes = 1u << 30;  // all connections together
-  std::chrono::milliseconds interval{20};      // how often the bytes are measured
+  // How often the bytes are measured: this, or 50 us per connection if that is longer.
+  std::chrono::milliseconds interval{20};
 };
 
 class ConnectionGuard {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "broker/broker.h"
@@ -74,7 +75,8 @@ void RegisterBroker(CLI::App& app) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--aggregator-secret", flags->aggregator_secret,
                   "Without CURVE: admit on the aggregator socket only peers presenting the secret in this file "
-                  "(`fedlora keygen --secret FILE`; give the aggregator the same file)")
+                  "(`fedlora keygen --secret FILE`; give the aggregator the same file). Default: <store>/aggregator.secret, "
+                  "made if missing, which an aggregator given the same --store reads by itself")
       ->check(CLI::ExistingFile);
   cmd->add_flag("--insecure", flags->options.insecure,
                 "Allow plaintext on endpoints other machines can reach (by default only loopback may be plaintext)");
@@ -108,8 +110,17 @@ void RegisterBroker(CLI::App& app) {
       flags->options.aggregator_secret = std::move(*secret);
       fmt::print("broker: aggregators must present the secret in {}\n", flags->aggregator_secret);
     } else if (!flags->options.curve) {
-      fmt::print("broker: no CURVE and no --aggregator-secret: any process that reaches the aggregator socket "
-                 "may subscribe to an adapter no live aggregator holds\n");
+      // Never an open aggregator socket: a process that reached it could take an adapter no live
+      // aggregator holds. The store's own secret, readable by this user only.
+      const std::string path = flags->store.aggregator_secret();
+      std::error_code ec;
+      std::filesystem::create_directories(flags->store.dir, ec);
+      auto secret = security::EnsureSecretFile(path);
+      if (!secret.ok()) Fail("broker", secret.status(), 2);
+      flags->options.aggregator_secret = std::move(*secret);
+      fmt::print("broker: aggregators must present the secret in {} (an aggregator with --store {} reads it; "
+                 "elsewhere give it a copy with --aggregator-secret)\n",
+                 path, flags->store.dir);
     }
     auto broker = broker::Broker::Create(flags->options);
     if (!broker.ok()) Fail("broker", broker.status());

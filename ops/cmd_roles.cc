@@ -88,7 +88,8 @@ void RegisterAggregator(CLI::App& app) {
   cmd->add_flag("--no-sync", flags->no_sync, "Do not fsync commits (unsafe: for tests only)");
   AddClientKeyFlags(cmd, flags->keys);
   cmd->add_option("--aggregator-secret", flags->aggregator_secret,
-                  "The broker's aggregator secret file (its --aggregator-secret), when it has no CURVE")
+                  "The broker's aggregator secret file (its --aggregator-secret), when it has no CURVE. Default: "
+                  "<store>/aggregator.secret, which a broker on the same --store asks for")
       ->check(CLI::ExistingFile);
   AddHttpFlag(cmd, flags->http, "/metrics, the dashboard and POST /api/rollback (from this machine only)");
   AddTaskFlags(cmd, flags->task);
@@ -102,6 +103,13 @@ void RegisterAggregator(CLI::App& app) {
     flags->options.keys = std::move(*keys);
     if (!flags->aggregator_secret.empty()) {
       auto secret = security::ReadSecretFile(flags->aggregator_secret);
+      if (!secret.ok()) Fail("aggregator", secret.status(), 2);
+      flags->options.secret = std::move(*secret);
+    } else if (!flags->options.keys.enabled()) {
+      // The secret a broker on the same store asks for (it or this process makes it).
+      std::error_code ec;
+      std::filesystem::create_directories(flags->store.dir, ec);
+      auto secret = security::EnsureSecretFile(flags->store.aggregator_secret());
       if (!secret.ok()) Fail("aggregator", secret.status(), 2);
       flags->options.secret = std::move(*secret);
     }

@@ -7,11 +7,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 namespace fedlora::security {
@@ -221,6 +223,16 @@ Status WriteSecretFile(const std::string& path) {
   ::close(fd);
   if (!ok) return Unavailable(fmt::format("cannot write '{}'", path));
   return Status::Ok();
+}
+
+Result<std::string> EnsureSecretFile(const std::string& path) {
+  if (Status s = WriteSecretFile(path); !s.ok() && s.code() != Code::kAlreadyExists) return s;
+  // The other process may have created the file an instant before writing into it.
+  for (int attempt = 0;; ++attempt) {
+    auto secret = ReadSecretFile(path);
+    if (secret.ok() || attempt == 50 || secret.status().code() != Code::kInvalidArgument) return secret;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
 }
 
 Result<std::string> ReadSecretFile(const std::string& path) {

@@ -78,6 +78,9 @@ inline constexpr size_t kMinSecretLength = 16;
 std::string GenerateSecret();
 // Writes PATH (mode 0600) with a fresh secret; refuses to overwrite.
 Status WriteSecretFile(const std::string& path);
+// The secret in PATH, written first (mode 0600) if there is none: a broker and an aggregator
+// started together on one store both call it, and whichever is first makes the secret.
+Result<std::string> EnsureSecretFile(const std::string& path);
 // Errors: kNotFound, kInvalidArgument (empty, shorter than kMinSecretLength, more than one line).
 Result<std::string> ReadSecretFile(const std::string& path);
 // Client side: present `secret` on this socket (before it connects).

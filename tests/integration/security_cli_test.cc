@@ -11,6 +11,7 @@
 
 #include "tests/testing/fixtures.h"
 #include "tests/testing/process.h"
+#include "tests/testing/running_broker.h"
 
 namespace fedlora {
 namespace {
@@ -145,6 +146,46 @@ TEST(SecurityCli, AnAggregatorSecretKeepsOtherProcessesOffTheAggregatorSocket) {
   EXPECT_EQ(j.value("acked", 0), 5) << j.dump();
   ASSERT_NO_FATAL_FAILURE(StopAfterVersionOne(aggregator, broker));
   EXPECT_NE(broker.Output().find("aggregators must present the secret"), std::string::npos) << broker.Output();
+}
+
+// Issue 21: one Credit from any process that reached the aggregator socket took an adapter no
+// live aggregator held. Without CURVE and without --aggregator-secret, the broker now asks for
+// its store's own secret (made at start, mode 0600): the Credit of a process that lacks it is
+// never read, and an aggregator given the same --store finds the secret by itself.
+TEST(SecurityCli, WithoutCurveOrASecretTheBrokerAsksForItsStoresOwnSecret) {
+  testing::TempDir dir;
+  const std::string store = dir.path("store");
+  int rc = -1;
+  std::string out = Shell(std::string(kBinary) + " pretrain --arch mlp --epochs 1 --store " + Quote(store), &rc);
+  ASSERT_EQ(rc, 0) << out;
+  Process broker({kBinary, "broker", "--store", store, "--frontend", "tcp://127.0.0.1:*", "--backend",
+                  "tcp://127.0.0.1:*", "--announce", "tcp://127.0.0.1:*"},
+                 dir.path("broker.out"));
+  const auto bound = testing::WaitForBroker(broker);
+  ASSERT_TRUE(bound);
+  const std::string secret = store + "/aggregator.secret";
+  ASSERT_TRUE(std::filesystem::exists(secret)) << broker.Output();
+  EXPECT_EQ(std::filesystem::status(secret).permissions() & (std::filesystem::perms::group_all | std::filesystem::perms::others_all),
+            std::filesystem::perms::none);
+  EXPECT_NE(broker.Output().find("aggregators must present the secret in " + secret), std::string::npos)
+      << broker.Output();
+
+  // The theft of the report: a subscribing Credit and a heartbeat, from a peer without the secret.
+  testing::Peer thief(bound->backend);
+  thief.Send(codec::BuildCredit("default", 1, 50, /*resubscribe=*/true));
+  thief.Send(codec::BuildHeartbeat(0));
+  // (Before, the heartbeat alone was answered at once.) Its handshake fails, so nothing is read.
+  EXPECT_EQ(thief.Reply(std::chrono::milliseconds(3000)), nullptr) << "the broker answered a peer without the secret";
+
+  Process aggregator({kBinary, "aggregator", "--store", store, "--broker", bound->backend, "--arch", "mlp",
+                      "--buffer-size", "5", "--eval-every", "0"},
+                     dir.path("aggregator.out"));
+  const std::string load = std::string(kBinary) + " loadgen --json --broker " + bound->frontend +
+                           " --clients 1 --updates 5 --duration 60 --timeout-ms 500 2>/dev/null";
+  const json j = json::parse(RunCapture(load, &rc), nullptr, false);
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(j.value("acked", 0), 5) << j.dump();
+  ASSERT_NO_FATAL_FAILURE(StopAfterVersionOne(aggregator, broker));
 }
 
 }  // namespace
