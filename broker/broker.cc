@@ -1019,7 +1019,12 @@ Result<std::unique_ptr<Broker>> Broker::Create(const BrokerOptions& options) {
   storage::UpdateLogOptions log_options;
   log_options.path = options.log_path;
   log_options.sync = options.sync;
+  log_options.accept_lost_tail = options.accept_lost_log_tail;
   ASSIGN_OR_RETURN(auto log, storage::UpdateLog::Open(log_options));
+  if (!log->AcceptedLoss().ok()) {
+    Log()->warn("going on, as asked (--accept-lost-log-tail), from a log that lost updates: {}",
+                log->AcceptedLoss().message());
+  }
   auto broker = std::make_unique<BrokerImpl>(options, std::move(log));
   RETURN_IF_ERROR(broker->Bind());
   return std::unique_ptr<Broker>(std::move(broker));

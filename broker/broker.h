@@ -89,6 +89,9 @@ struct BrokerOptions {
   // may hold at most 2 x max_message_bytes + 1 MiB (the announce socket 1 MiB): one message in
   // progress, its handshake and ZMTP's own commands (broker/connection_guard.h).
   size_t max_unread_bytes = 1u << 30;
+  // Open a log that lost acknowledged updates from its end (storage::UpdateLog::CheckAcknowledged)
+  // and go on from what it holds, instead of refusing to start.
+  bool accept_lost_log_tail = false;
 };
 
 // Descriptors kept free of connections for the log (RocksDB opens at most 256 files at once,

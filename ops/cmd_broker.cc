@@ -78,6 +78,9 @@ void RegisterBroker(CLI::App& app) {
                   "(`fedlora keygen --secret FILE`; give the aggregator the same file). Default: <store>/aggregator.secret, "
                   "made if missing, which an aggregator given the same --store reads by itself")
       ->check(CLI::ExistingFile);
+  cmd->add_flag("--accept-lost-log-tail", flags->options.accept_lost_log_tail,
+                "Start on a log that has lost acknowledged updates from its end (refused otherwise, saying how many), "
+                "going on from what it holds");
   cmd->add_flag("--insecure", flags->options.insecure,
                 "Allow plaintext on endpoints other machines can reach (by default only loopback may be plaintext)");
   AddHttpFlag(cmd, flags->http, "Prometheus /metrics");

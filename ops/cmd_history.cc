@@ -257,6 +257,7 @@ void RegisterLog(CLI::App& app) {
     if (consumed) {
       if (Status s = storage::CheckLogHead(**log, f->adapter, *consumed, f->store.adapters()); !s.ok()) Fail("log", s);
     }
+    if (Status s = (*log)->CheckAcknowledged(); !s.ok()) Fail("log", s);
   });
 }
 

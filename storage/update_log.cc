@@ -3,8 +3,14 @@
 #include <fmt/format.h>
 #include <rocksdb/write_batch.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <array>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -39,11 +45,133 @@ std::string IdValue(uint64_t seq, const Digest128& digest) {
   return v;
 }
 
+// The heads file: a header, the log's id, one "<seq> <adapter in hex>" line per adapter, and
+// a check line (BLAKE2b of the lines before it), so a torn write is recognised and ignored.
+std::string HeadsText(const std::string& id, const std::map<std::string, uint64_t, std::less<>>& heads) {
+  std::string text = fmt::format("fedlora log heads 1\nid {}\n", id);
+  for (const auto& [adapter, seq] : heads) {
+    text += fmt::format("{} {}\n", seq, ToHex({reinterpret_cast<const uint8_t*>(adapter.data()), adapter.size()}));
+  }
+  const Digest128 check = HashBytes({reinterpret_cast<const std::byte*>(text.data()), text.size()});
+  return text + "check " + ToHex(check) + "\n";
+}
+
+struct AcknowledgedHeads {
+  std::string id;
+  std::map<std::string, uint64_t> heads;
+};
+
+std::optional<std::string> FromHex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  std::string out;
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int byte = 0;
+    for (size_t j = 0; j < 2; ++j) {
+      const char c = hex[i + j];
+      const int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (v < 0) return std::nullopt;
+      byte = byte * 16 + v;
+    }
+    out.push_back(static_cast<char>(byte));
+  }
+  return out;
+}
+
+// nullopt when the file is missing, torn or not ours.
+std::optional<AcknowledgedHeads> ReadHeads(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  const size_t check_at = text.rfind("check ");
+  if (check_at == std::string::npos || text.rfind("fedlora log heads 1\n", 0) != 0) return std::nullopt;
+  const Digest128 check = HashBytes({reinterpret_cast<const std::byte*>(text.data()), check_at});
+  if (text.compare(check_at, std::string::npos, "check " + ToHex(check) + "\n") != 0) return std::nullopt;
+  AcknowledgedHeads out;
+  std::istringstream lines(text.substr(0, check_at));
+  std::string line;
+  std::getline(lines, line);  // the header
+  while (std::getline(lines, line)) {
+    if (line.rfind("id ", 0) == 0) {
+      out.id = line.substr(3);
+      continue;
+    }
+    const size_t space = line.find(' ');
+    if (space == std::string::npos) return std::nullopt;
+    auto adapter = FromHex(std::string_view(line).substr(space + 1));
+    if (!adapter) return std::nullopt;
+    out.heads[*adapter] = std::stoull(line.substr(0, space));
+  }
+  return out;
+}
+
 class RocksUpdateLog final : public UpdateLog {
  public:
   RocksUpdateLog(std::unique_ptr<internal::OpenDb> db, UpdateLogOptions options)
       : db_(std::move(db)), options_(std::move(options)) {
     LoadHeads();
+  }
+  ~RocksUpdateLog() override {
+    if (heads_fd_ < 0) return;
+    // A clean close leaves the heads on disk, exactly.
+    std::lock_guard lock(mu_);
+    WriteHeadsLocked();
+    (void)::fsync(heads_fd_);
+    ::close(heads_fd_);
+  }
+
+  std::string HeadsPath() const { return (std::filesystem::path(options_.path) / kHeadsFile).string(); }
+
+  Status CheckAcknowledged() const override {
+    const auto acknowledged = ReadHeads(HeadsPath());
+    if (!acknowledged) return Status::Ok();
+    if (!acknowledged->id.empty() && acknowledged->id != id_) {
+      return DataLoss(fmt::format(
+          "the update log at '{}' is not the one that acknowledged its updates: {} names log {}, this log is {}. "
+          "Its files were lost or replaced, with every update they held; restore the log directory from a copy, "
+          "or start a new log in an empty directory (docs/reliability.md)",
+          options_.path, kHeadsFile, acknowledged->id, id_.empty() ? "(none)" : id_));
+    }
+    std::string lost;
+    uint64_t total = 0;
+    for (const auto& [adapter, seq] : acknowledged->heads) {
+      const uint64_t head = LastSeq(adapter);
+      if (seq <= head) continue;
+      lost += fmt::format("{}adapter '{}': {} acknowledged (seq {}-{}), the log ends at {}", lost.empty() ? "" : "; ",
+                          adapter, seq - head, head + 1, seq, head);
+      total += seq - head;
+    }
+    if (total == 0) return Status::Ok();
+    return DataLoss(fmt::format(
+        "the update log at '{}' has lost {} acknowledged updates from its end ({}). Its write-ahead log was "
+        "truncated or damaged after they were synced. Restore the log directory from a copy; or, to go on without "
+        "them, start the broker with --accept-lost-log-tail (an aggregator that consumed past the new end refuses "
+        "the log and says how to recover)",
+        options_.path, total, lost));
+  }
+
+  const Status& AcceptedLoss() const override { return accepted_loss_; }
+
+  // At a writable open: the check, then the heads file kept from here on (synced logs only:
+  // an unsynced log acknowledges what a power cut may take).
+  Status Verify() {
+    Status check = CheckAcknowledged();
+    if (!check.ok()) {
+      if (!options_.accept_lost_tail) return check;
+      accepted_loss_ = check;
+    }
+    if (!options_.sync) {
+      std::error_code ec;
+      std::filesystem::remove(HeadsPath(), ec);  // it would name heads this log may not keep
+      return Status::Ok();
+    }
+    heads_fd_ = ::open(HeadsPath().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (heads_fd_ < 0) return Unavailable(fmt::format("cannot open '{}': {}", HeadsPath(), std::strerror(errno)));
+    std::lock_guard lock(mu_);
+    WriteHeadsLocked();
+    if (::fsync(heads_fd_) != 0) return Unavailable(fmt::format("cannot sync '{}'", HeadsPath()));
+    return Status::Ok();
   }
 
   // Reads the log's identity, making and storing one (synced) when a writable log has none.
@@ -144,6 +272,7 @@ class RocksUpdateLog final : public UpdateLog {
       return results;
     }
     for (const auto& [adapter, head] : next_heads) heads_[adapter] = head;
+    WriteHeadsLocked();
     return results;
   }
 
@@ -205,6 +334,16 @@ class RocksUpdateLog final : public UpdateLog {
   }
 
  private:
+  // After the batch's synced write: a write to the page cache, about 100 bytes per adapter. A
+  // failure is not an error of the append (the updates are durable); the check then knows less.
+  void WriteHeadsLocked() {
+    if (heads_fd_ < 0) return;
+    const std::string text = HeadsText(id_, heads_);
+    if (::pwrite(heads_fd_, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size())) {
+      (void)::ftruncate(heads_fd_, static_cast<off_t>(text.size()));
+    }
+  }
+
   uint64_t LastSeqLocked(std::string_view adapter_id) const {
     auto it = heads_.find(adapter_id);
     return it == heads_.end() ? 0 : it->second;
@@ -237,16 +376,38 @@ class RocksUpdateLog final : public UpdateLog {
   mutable std::mutex mu_;
   std::map<std::string, uint64_t, std::less<>> heads_;
   std::string id_;  // set once, before the log is shared
+  int heads_fd_ = -1;  // kHeadsFile, writable synced logs only
+  Status accepted_loss_;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<UpdateLog>> UpdateLog::Open(const UpdateLogOptions& options) {
+  // Only the heads file left: every RocksDB file is gone (were some left, the store would be
+  // refused as damaged when opened).
+  const auto only_heads_left = [](const std::filesystem::path& dir) {
+    std::error_code ec;
+    if (!std::filesystem::exists(dir / kHeadsFile, ec) || std::filesystem::exists(dir / "CURRENT", ec)) return false;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.starts_with("MANIFEST-") || name.ends_with(".sst") || name.ends_with(".log") || name.ends_with(".blob")) {
+        return false;
+      }
+    }
+    return true;
+  };
+  if (!options.path.empty() && !options.accept_lost_tail && only_heads_left(options.path)) {
+    return DataLoss(fmt::format(
+        "the update log at '{}' has lost its files: only its record of acknowledged updates ({}) is left. Restore "
+        "the log directory from a copy, or start a new log in an empty directory",
+        options.path, kHeadsFile));
+  }
   ASSIGN_OR_RETURN(auto db, internal::Open(options.path, options.read_only,
                                            {rocksdb::kDefaultColumnFamilyName, "log", "ids", "globals"},
                                            {"log"}, options.min_blob_size));
   auto log = std::make_unique<RocksUpdateLog>(std::move(db), options);
   RETURN_IF_ERROR(log->LoadId());
+  if (!options.read_only) RETURN_IF_ERROR(log->Verify());
   return std::unique_ptr<UpdateLog>(std::move(log));
 }
 

@@ -44,7 +44,14 @@ struct UpdateLogOptions {
   bool read_only = false;  // Open for inspection while (or after) a broker writes it.
   // Values at least this large go to blob files, keeping the LSM tree small.
   size_t min_blob_size = 4096;
+  // Open a log that has lost acknowledged updates (CheckAcknowledged) anyway, and go on from
+  // what it holds. Only on an operator's explicit request (`fedlora broker --accept-lost-log-tail`).
+  bool accept_lost_tail = false;
 };
+
+// Beside a synced log's RocksDB files: every adapter's last acknowledged sequence number,
+// rewritten after each group commit (docs/reliability.md).
+inline constexpr std::string_view kHeadsFile = "FEDLORA-HEADS";
 
 struct LogAppend {
   std::string_view adapter_id;
@@ -90,6 +97,17 @@ class UpdateLog {
   // log that is not the one they consumed is recognised. Empty only for a read-only open of a
   // log that has none yet.
   virtual const std::string& Id() const = 0;
+
+  // Whether the log holds every update it acknowledged. A synced log writes each adapter's
+  // head to kHeadsFile after every group commit (after the sync, so it never runs ahead of
+  // what is durable; without a sync of its own, so it may lag after a power cut) and syncs it
+  // at a clean close. A log whose write-ahead log lost its tail, or whose files were replaced,
+  // is found out on open: kDataLoss names each adapter, how many acknowledged updates are gone
+  // and how to recover. A writable open fails with it unless accept_lost_tail; a read-only
+  // open leaves the check to the caller.
+  virtual Status CheckAcknowledged() const = 0;
+  // The loss a writable open with accept_lost_tail went on from (Ok when there was none).
+  virtual const Status& AcceptedLoss() const = 0;
 
   // Last sequence number logged for the adapter (0 when none).
   virtual uint64_t LastSeq(std::string_view adapter_id) const = 0;

@@ -58,18 +58,9 @@ TEST(DescriptorsTest, IdleConnectionsPastTheCapLeaveTheLogItsDescriptorsAt1024Op
                  dir.path("broker.out"));
   const auto bound = testing::WaitForBroker(broker);
   ASSERT_TRUE(bound);
-  // The adapter, registered as an aggregator does it (its first global).
-  {
-    Peer aggregator(bound->backend);
-    codec::GlobalInfo info{"default", 0, "hash", 0, wire::Mode::FedBuff, false, {}};
-    aggregator.Send(codec::BuildGlobal(info, testing::SmallSpec(), testing::FilledState(testing::SmallSpec(), 0)));
-    Peer probe(bound->frontend);
-    ASSERT_TRUE(WaitUntil([&] {
-      probe.Send(codec::BuildFetch("default", -1));
-      const auto* e = probe.Reply();
-      return e && e->body_type() == wire::Body::GlobalAdapter;
-    }, std::chrono::seconds(20)));
-  }
+  auto secret = security::ReadSecretFile(dir.path("store") + "/aggregator.secret");
+  ASSERT_TRUE(secret.ok()) << secret.status().ToString();
+  ASSERT_TRUE(testing::RegisterSmallAdapter(bound->backend, bound->frontend, *secret));
   Peer worker(bound->frontend);
   ASSERT_TRUE(Publish(worker, "before"));
   const size_t idle = OpenDescriptors(broker.pid());

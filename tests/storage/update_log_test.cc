@@ -14,6 +14,8 @@
 #include <fstream>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "tests/testing/disk.h"
 #include "tests/testing/fixtures.h"
 
@@ -207,6 +209,105 @@ TEST(UpdateLogTest, AStoreWithoutItsCurrentFileIsRefusedAndLeftAsItWas) {
   EXPECT_EQ(after, before);
   // An empty directory is a new log, as before.
   EXPECT_NE(OpenLog(dir.path("empty")), nullptr);
+}
+
+// Issue 21: a log whose write-ahead log lost its tail opened cleanly and handed out the lost
+// sequence numbers again (74 of 120 acknowledged updates were skipped by the aggregator). The
+// heads file says what was acknowledged, so the open is refused, with how many are gone and how
+// to go on. The image is taken while the log is open, as a power cut would leave it: every
+// record is still only in the write-ahead log.
+TEST(UpdateLogTest, AWriteAheadLogThatLostItsTailIsFoundOnOpenWithHowManyWereLost) {
+  testing::TempDir dir;
+  const std::filesystem::path live = dir.path("live"), image = dir.path("image");
+  {
+    auto log = OpenLog(live.string());
+    for (int i = 1; i <= 40; ++i) {
+      const std::string record(200, static_cast<char>('a' + i % 26));
+      LogAppend a{"x", "c", "u" + std::to_string(i), B(record), std::nullopt};
+      auto appended = log->AppendBatch({&a, 1});
+      ASSERT_TRUE(appended[0].ok()) << appended[0].status().ToString();
+      ASSERT_EQ(appended[0]->seq, static_cast<uint64_t>(i));
+    }
+    std::filesystem::copy(live, image, std::filesystem::copy_options::recursive);
+  }
+  std::filesystem::path wal;
+  for (const auto& e : std::filesystem::directory_iterator(image)) {
+    if (e.path().extension() == ".log" && (wal.empty() || e.path() > wal)) wal = e.path();
+  }
+  ASSERT_FALSE(wal.empty());
+  std::filesystem::resize_file(wal, std::filesystem::file_size(wal) * 2 / 3);
+
+  UpdateLogOptions o;
+  o.path = image.string();
+  auto refused = UpdateLog::Open(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kDataLoss);
+  const std::string why = refused.status().message();
+  EXPECT_NE(why.find("acknowledged (seq "), std::string::npos) << why;
+  EXPECT_NE(why.find("--accept-lost-log-tail"), std::string::npos) << why;
+  // Inspection still opens it, and the check says the same.
+  uint64_t head = 0;
+  {
+    auto reader = OpenLog(image.string(), /*read_only=*/true);
+    head = reader->LastSeq("x");
+    EXPECT_LT(head, 40u);
+    EXPECT_EQ(reader->CheckAcknowledged().code(), Code::kDataLoss);
+  }
+  EXPECT_NE(why.find(fmt::format("lost {} acknowledged updates", 40 - head)), std::string::npos) << why;
+  EXPECT_NE(why.find(fmt::format("the log ends at {}", head)), std::string::npos) << why;
+
+  // Asked to, it goes on from what it holds; the loss it accepted is kept for the caller to say.
+  o.accept_lost_tail = true;
+  {
+    auto accepted = UpdateLog::Open(o);
+    ASSERT_TRUE(accepted.ok()) << accepted.status().ToString();
+    EXPECT_EQ((*accepted)->AcceptedLoss().code(), Code::kDataLoss);
+    LogAppend a{"x", "c", "after", B(std::string("record")), std::nullopt};
+    auto appended = (*accepted)->AppendBatch({&a, 1});
+    ASSERT_TRUE(appended[0].ok()) << appended[0].status().ToString();
+    EXPECT_EQ(appended[0]->seq, head + 1);
+  }
+  // From then on, the log is whole again.
+  auto again = OpenLog(image.string());
+  ASSERT_NE(again, nullptr);
+  EXPECT_TRUE(again->CheckAcknowledged().ok());
+  EXPECT_TRUE(again->AcceptedLoss().ok());
+  // The untouched log was never in doubt.
+  EXPECT_TRUE(OpenLog(live.string())->CheckAcknowledged().ok());
+}
+
+// A log directory whose RocksDB files are all gone, its heads file left: refused, not made afresh.
+TEST(UpdateLogTest, ALogWhoseFilesAreGoneIsRefusedWhereItsHeadsRemain) {
+  testing::TempDir dir;
+  const std::filesystem::path path = dir.path("log");
+  {
+    auto log = OpenLog(path.string());
+    LogAppend a{"x", "c", "u", B(std::string("record")), std::nullopt};
+    log->AppendBatch({&a, 1});
+  }
+  for (const auto& e : std::filesystem::directory_iterator(path)) {
+    if (e.path().filename() != kHeadsFile) std::filesystem::remove_all(e.path());
+  }
+  UpdateLogOptions o;
+  o.path = path.string();
+  auto refused = UpdateLog::Open(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kDataLoss);
+  EXPECT_NE(refused.status().message().find("has lost its files"), std::string::npos) << refused.status().ToString();
+  EXPECT_FALSE(std::filesystem::exists(path / "CURRENT")) << "a new log was made over the lost one";
+}
+
+// Without a sync there is no promise to check: an unsynced log keeps no heads file.
+TEST(UpdateLogTest, AnUnsyncedLogKeepsNoHeads) {
+  testing::TempDir dir;
+  UpdateLogOptions o;
+  o.path = dir.path("log");
+  o.sync = false;
+  auto log = UpdateLog::Open(o);
+  ASSERT_TRUE(log.ok());
+  LogAppend a{"x", "c", "u", B(std::string("record")), std::nullopt};
+  (*log)->AppendBatch({&a, 1});
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::path(o.path) / kHeadsFile));
 }
 
 TEST(UpdateLogTest, KeepsTheLatestGlobalPerAdapter) {

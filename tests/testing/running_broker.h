@@ -16,6 +16,7 @@
 #include "schema/codec.h"
 #include "schema/transport/security.h"
 #include "schema/transport/transport.h"
+#include "tests/testing/samples.h"
 
 namespace fedlora::testing {
 
@@ -91,5 +92,23 @@ class Peer {
   zmq::socket_t socket_;
   zmq::message_t last_;
 };
+
+// Registers the "default" adapter (SmallSpec, version 0) on a broker as an aggregator does, with
+// `secret` (a `fedlora broker` without CURVE asks for its store's aggregator.secret), and waits
+// until a fetch from the frontend returns it. False after 20 s.
+inline bool RegisterSmallAdapter(const std::string& backend, const std::string& frontend, std::string_view secret) {
+  Peer registrar(backend, {}, secret);
+  codec::GlobalInfo info{"default", 0, "hash", 0, wire::Mode::FedBuff, false, {}};
+  registrar.Send(codec::BuildGlobal(info, SmallSpec(), FilledState(SmallSpec(), 0)));
+  Peer probe(frontend);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    probe.Send(codec::BuildFetch("default", -1));
+    const auto* e = probe.Reply();
+    if (e && e->body_type() == wire::Body::GlobalAdapter) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
 
 }  // namespace fedlora::testing
