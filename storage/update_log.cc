@@ -123,8 +123,12 @@ class RocksUpdateLog final : public UpdateLog {
 
   std::string HeadsPath() const { return (std::filesystem::path(options_.path) / kHeadsFile).string(); }
 
+  // The heads file as it was before the database was opened: a read-only open of a live log sees
+  // at least what the heads named then (they are written after each sync), perhaps more.
+  void SetAcknowledged(std::optional<AcknowledgedHeads> heads) { acknowledged_ = std::move(heads); }
+
   Status CheckAcknowledged() const override {
-    const auto acknowledged = ReadHeads(HeadsPath());
+    const auto& acknowledged = acknowledged_;
     if (!acknowledged) return Status::Ok();
     if (!acknowledged->id.empty() && acknowledged->id != id_) {
       return DataLoss(fmt::format(
@@ -160,6 +164,7 @@ class RocksUpdateLog final : public UpdateLog {
     if (!check.ok()) {
       if (!options_.accept_lost_tail) return check;
       accepted_loss_ = check;
+      acknowledged_.reset();  // from here on, what the log holds is what it acknowledges
     }
     if (!options_.sync) {
       std::error_code ec;
@@ -377,6 +382,7 @@ class RocksUpdateLog final : public UpdateLog {
   std::map<std::string, uint64_t, std::less<>> heads_;
   std::string id_;  // set once, before the log is shared
   int heads_fd_ = -1;  // kHeadsFile, writable synced logs only
+  std::optional<AcknowledgedHeads> acknowledged_;  // read at open
   Status accepted_loss_;
 };
 
@@ -396,6 +402,8 @@ Result<std::unique_ptr<UpdateLog>> UpdateLog::Open(const UpdateLogOptions& optio
     }
     return true;
   };
+  std::optional<AcknowledgedHeads> acknowledged;
+  if (!options.path.empty()) acknowledged = ReadHeads((std::filesystem::path(options.path) / kHeadsFile).string());
   if (!options.path.empty() && !options.accept_lost_tail && only_heads_left(options.path)) {
     return DataLoss(fmt::format(
         "the update log at '{}' has lost its files: only its record of acknowledged updates ({}) is left. Restore "
@@ -406,6 +414,7 @@ Result<std::unique_ptr<UpdateLog>> UpdateLog::Open(const UpdateLogOptions& optio
                                            {rocksdb::kDefaultColumnFamilyName, "log", "ids", "globals"},
                                            {"log"}, options.min_blob_size));
   auto log = std::make_unique<RocksUpdateLog>(std::move(db), options);
+  log->SetAcknowledged(std::move(acknowledged));
   RETURN_IF_ERROR(log->LoadId());
   if (!options.read_only) RETURN_IF_ERROR(log->Verify());
   return std::unique_ptr<UpdateLog>(std::move(log));

@@ -276,6 +276,24 @@ TEST(UpdateLogTest, AWriteAheadLogThatLostItsTailIsFoundOnOpenWithHowManyWereLos
   EXPECT_TRUE(OpenLog(live.string())->CheckAcknowledged().ok());
 }
 
+// `fedlora log` reads a live log: what the broker acknowledges after the reader opened it is
+// not in the reader's view, and is not a loss.
+TEST(UpdateLogTest, AReaderOfALiveLogDoesNotTakeLaterRecordsForLostOnes) {
+  testing::TempDir dir;
+  auto writer = OpenLog(dir.path("log"));
+  const auto append = [&](int from, int to) {
+    for (int i = from; i <= to; ++i) {
+      LogAppend a{"x", "c", "u" + std::to_string(i), B(std::string("record")), std::nullopt};
+      ASSERT_TRUE(writer->AppendBatch({&a, 1})[0].ok());
+    }
+  };
+  append(1, 5);
+  auto reader = OpenLog(dir.path("log"), /*read_only=*/true);
+  append(6, 10);
+  EXPECT_EQ(reader->LastSeq("x"), 5u);
+  EXPECT_TRUE(reader->CheckAcknowledged().ok()) << reader->CheckAcknowledged().ToString();
+}
+
 // A log directory whose RocksDB files are all gone, its heads file left: refused, not made afresh.
 TEST(UpdateLogTest, ALogWhoseFilesAreGoneIsRefusedWhereItsHeadsRemain) {
   testing::TempDir dir;
