@@ -348,7 +348,7 @@ class AggregatorImpl final : public Aggregator {
   // Returns whether any log record was consumed.
   Result<bool> Handle(std::vector<zmq::message_t>& frames) {
     if (frames.empty()) return false;
-    auto env = codec::VerifyEnvelope(transport::View(frames[0]));
+    auto env = codec::VerifyEnvelope(transport::View(frames[0]), codec::kMaxBufferBytes);
     if (!env.ok()) {
       Log()->warn("unreadable message from broker: {}", env.status().ToString());
       return false;
@@ -421,7 +421,7 @@ class AggregatorImpl final : public Aggregator {
         Subscribe();
         break;
       }
-      auto rec = codec::VerifyEnvelope(transport::View(frames[i + 1]));
+      auto rec = codec::VerifyEnvelope(transport::View(frames[i + 1]), codec::kMaxBufferBytes);
       if (!rec.ok() || (*rec)->body_type() != wire::Body::Update) {
         return DataLoss(fmt::format("log record {} of '{}' is not a readable update", seq, options_.adapter_id));
       }

@@ -215,7 +215,7 @@ class Replayer {
       return DataLoss(fmt::format("log record {} of '{}' is missing (the log continues at {})", engine_->next_seq(),
                                   id, r.seq));
     }
-    auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes));
+    auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes), codec::kMaxBufferBytes);
     if (!env.ok() || (*env)->body_type() != wire::Body::Update) {
       return DataLoss(fmt::format("log record {} of '{}' is not a readable update", r.seq, id));
     }

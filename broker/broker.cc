@@ -380,7 +380,7 @@ class BrokerImpl final : public Broker {
       auto bytes = log_->GetGlobal(adapter);
       if (!bytes.ok() || !bytes->has_value()) continue;
       auto stored = std::make_shared<const std::string>(std::move(**bytes));
-      auto env = codec::VerifyEnvelope(codec::AsBytes(*stored));
+      auto env = codec::VerifyEnvelope(codec::AsBytes(*stored), codec::kMaxBufferBytes);
       if (!env.ok() || (*env)->body_type() != wire::Body::GlobalAdapter) {
         Log()->warn("ignoring unreadable stored global adapter={}", adapter);
         continue;
@@ -728,7 +728,9 @@ class BrokerImpl final : public Broker {
       if (frames.empty()) continue;
       leases_.Heard(frames[0].to_string(), Clock::now());
       if (frames.size() != 2) continue;
-      auto env = codec::VerifyEnvelope(transport::View(frames[1]), options_.max_message_bytes);
+      // A global carries every tensor where an update may carry one factor: twice the limit, as
+      // ZeroMQ's frame limit allows on this socket.
+      auto env = codec::VerifyEnvelope(transport::View(frames[1]), 2 * options_.max_message_bytes);
       if (!env.ok()) {
         Reply(backend_, frames[0], codec::BuildError(env.status()));
         continue;

@@ -231,7 +231,7 @@ void RegisterLog(CLI::App& app) {
       if (batch->empty()) break;
       for (const auto& r : *batch) {
         if (f->limit != 0 && listed >= f->limit) break;
-        auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes));
+        auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes), codec::kMaxBufferBytes);
         if (!env.ok() || (*env)->body_type() != wire::Body::Update) {
           Fail("log", DataLoss(fmt::format("record {} is not a readable update", r.seq)));
         }

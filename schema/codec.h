@@ -27,9 +27,13 @@
 namespace fedlora::codec {
 
 inline constexpr uint16_t kSchemaVersion = 1;
-// Largest message any fedlora endpoint accepts by default (a rank-64 adapter of a 7B model is
-// ~160 MiB; the default task's updates are ~60 KiB).
+// Largest message a fedlora endpoint accepts from the network by default (a rank-64 adapter on
+// the four attention projections of a 7B model is 256 MiB; the default task's updates ~60 KiB).
 inline constexpr size_t kDefaultMaxMessageBytes = 256u << 20;
+// The most one FlatBuffers buffer can hold (2 GiB - 1): the bound for bytes accepted already,
+// such as stored versions and records and what the broker relays, which must always read back
+// whatever limit let them in.
+inline constexpr size_t kMaxBufferBytes = (size_t{1} << 31) - 1;
 
 using Bytes = flatbuffers::DetachedBuffer;
 

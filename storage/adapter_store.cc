@@ -180,7 +180,7 @@ class RocksAdapterStore final : public AdapterStore {
 
 Result<codec::DecodedGlobal> ReadVersion(AdapterStore& store, std::string_view adapter_id, uint64_t version) {
   ASSIGN_OR_RETURN(std::string bytes, store.GetGlobal(adapter_id, version));
-  auto env = codec::VerifyEnvelope(codec::AsBytes(bytes));
+  auto env = codec::VerifyEnvelope(codec::AsBytes(bytes), codec::kMaxBufferBytes);
   if (!env.ok() || (*env)->body_type() != wire::Body::GlobalAdapter) {
     return DataLoss(fmt::format("stored version {} of '{}' is unreadable", version, adapter_id));
   }

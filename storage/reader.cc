@@ -202,7 +202,7 @@ Result<UpdateWhereabouts> FindUpdate(const StoreLayout& store, StoredAdapter& st
     if (batch.empty()) break;
     for (const auto& r : batch) {
       seq = r.seq + 1;
-      auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes));
+      auto env = codec::VerifyEnvelope(codec::AsBytes(r.bytes), codec::kMaxBufferBytes);
       if (!env.ok() || (*env)->body_type() != wire::Body::Update) continue;
       const auto* u = (*env)->body_as_Update();
       if (matches(u->client_id()->str(), u->update_id()->str())) {

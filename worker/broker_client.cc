@@ -92,7 +92,8 @@ std::optional<zmq::message_t> BrokerClient::Attempt(std::stop_token stop, LazyPi
                               std::chrono::ceil<std::chrono::milliseconds>(pirate.wake() - now)));
     while (transport::TryRecvMultipart(*socket_, frames)) {
       if (frames.size() != 1) continue;
-      auto env = codec::VerifyEnvelope(transport::View(frames[0]));
+      // The broker's replies: a global is as large as the adapter, whatever the update limit.
+      auto env = codec::VerifyEnvelope(transport::View(frames[0]), codec::kMaxBufferBytes);
       if (env.ok() && matches(**env)) return std::move(frames[0]);
     }
   }

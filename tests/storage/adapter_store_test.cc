@@ -34,6 +34,34 @@ TEST(AdapterStoreTest, CommitWritesVersionLineageAndCursorTogether) {
   EXPECT_EQ(store->GetRecords("a", 1, 1)->front(), r1);
 }
 
+// Found by ops/bench/pipeline: a rank-64 adapter at 7B shapes (256 MiB and its header) was
+// stored, and then unreadable ("stored version 0 is unreadable"): reading checked it against the
+// network's default message limit. What the store accepted always reads back.
+TEST(AdapterStoreTest, AVersionLargerThanAnyMessageLimitReadsBack) {
+  testing::TempDir dir;
+  auto store = OpenStore(dir.path("adapters"));
+  const uint32_t n = static_cast<uint32_t>(codec::kDefaultMaxMessageBytes / sizeof(float) / 2 + 1024);
+  AdapterSpec spec;
+  spec.model = "large";
+  spec.rank = 1;
+  spec.alpha = 1;
+  spec.target_modules = {"m"};
+  spec.tensors = {{"m.lora_A", {1, n}, TensorRole::kLoraA}, {"m.lora_B", {n, 1}, TensorRole::kLoraB}};
+  AdapterState state;
+  for (const auto& t : spec.tensors) state.tensors.push_back({t.name, t.shape, std::vector<float>(t.numel(), 0.5f)});
+  codec::GlobalInfo info{"a", 0, "hash", 0, wire::Mode::FedBuff, false, {}};
+  const codec::Bytes global = codec::BuildGlobal(info, spec, state);
+  state = {};
+  ASSERT_GT(global.size(), codec::kDefaultMaxMessageBytes);
+  const std::string record = "record-0";
+  ASSERT_TRUE(store->Commit({"a", 0, 0, {reinterpret_cast<const std::byte*>(global.data()), global.size()}, B(record)}).ok());
+  auto read = ReadVersion(*store, "a", 0);
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  ASSERT_EQ(read->state.tensors.size(), 2u);
+  EXPECT_EQ(read->state.tensors[1].values.size(), n);
+  EXPECT_EQ(read->state.tensors[1].values.back(), 0.5f);
+}
+
 // The cursor says which log its position is in (issue 21). A commit that leaves the log id out
 // keeps the cursor's; the hash of the consumed record is kept while the position stays and is
 // forgotten (not carried to another record) when it moves without one.
