@@ -144,7 +144,7 @@ Stages Measure(const AdapterSpec& spec, aggregator::EngineOptions engine, int co
       zmq::poll(items, std::chrono::milliseconds(1000));
       std::vector<zmq::message_t> reply;
       if (transport::TryRecvMultipart(s, reply)) {
-        auto env = codec::VerifyEnvelope(transport::View(reply[0]));
+        auto env = codec::VerifyEnvelope(transport::View(reply[0]), codec::kMaxBufferBytes);
         known = env.ok() && (*env)->body_type() == wire::Body::GlobalAdapter;
       }
     }
