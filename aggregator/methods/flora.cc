@@ -39,7 +39,7 @@ class FloraParams final : public MethodParams {
 class FloraServer final : public PlainServer {
  public:
   FloraServer(std::string_view name, const AdapterSpec& spec, const LoraLayout& layout, const FloraParams&)
-      : PlainServer(name, spec, layout), pending_(layout_.modules().size()) {}
+      : PlainServer(name, spec, layout) {}
 
   bool NeedsBase() const override { return true; }
   bool FoldsOwnTensors() const override { return true; }
@@ -58,25 +58,27 @@ class FloraServer final : public PlainServer {
 
   void Buffer(const wire::Update& u, const AdapterState& base, double weight,
               std::vector<std::vector<float>>&) override {
-    for (PairChange& c : PairChanges(u, base, spec_, layout_)) {
-      const size_t m = c.module;
-      pending_[m].push_back({weight, std::move(c)});
-    }
+    if (buffered_ == slots_.size()) slots_.emplace_back();
+    Slot& slot = slots_[buffered_++];
+    slot.weight = weight;
+    PairChangesInto(u, base, spec_, layout_, slot.changes, position_);
   }
 
   void Step(AdapterState& state, const StepSums& sums) override {
     if (sums.scale > 0) {
-      for (size_t m = 0; m < pending_.size(); ++m) {
-        if (pending_[m].empty()) continue;
-        std::vector<std::pair<double, const lowrank::Factors*>> terms;
-        for (const auto& [weight, c] : pending_[m]) {
-          terms.emplace_back(sums.scale * weight, &c.end);
-          terms.emplace_back(-sums.scale * weight, &c.start);
+      // Per module, each buffered update's end and start, in the order they arrived.
+      std::vector<std::vector<std::pair<double, const lowrank::Factors*>>> terms(layout_.modules().size());
+      for (size_t s = 0; s < buffered_; ++s) {
+        for (const PairChange& c : slots_[s].changes) {
+          terms[c.module].emplace_back(sums.scale * slots_[s].weight, &c.end);
+          terms[c.module].emplace_back(-sums.scale * slots_[s].weight, &c.start);
         }
-        Refactor(state, m, 1.0, terms);
+      }
+      for (size_t m = 0; m < terms.size(); ++m) {
+        if (!terms[m].empty()) Refactor(state, m, 1.0, terms[m]);
       }
     }
-    for (auto& p : pending_) p.clear();
+    buffered_ = 0;  // the slots keep their memory for the next step's updates
   }
 
   void Mix(AdapterState& state, const AdapterState& base, const wire::Update& u, double alpha) override {
@@ -142,7 +144,16 @@ class FloraServer final : public PlainServer {
     for (size_t i = 0; i < r.size(); ++i) r[i] = static_cast<float>(exact[i] - kept[i]);
   }
 
-  std::vector<std::vector<std::pair<double, PairChange>>> pending_;  // per module: (weight, change)
+  // The step's updates, kept whole until it stacks them (FLoRA's product space cannot be summed
+  // as they arrive): each update's factors per module, in double precision, in slots that keep
+  // their memory from one step to the next (so the process holds a step's worth between steps).
+  struct Slot {
+    double weight = 0;
+    std::vector<PairChange> changes;
+  };
+  std::vector<Slot> slots_;
+  size_t buffered_ = 0;
+  std::vector<int> position_;
 };
 
 class Flora final : public BasicMethod<FloraParams, FloraServer> {

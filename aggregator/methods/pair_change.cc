@@ -56,19 +56,26 @@ lowrank::Factors Slice(const AdapterState& state, const LoraModule& m, uint32_t 
 std::vector<PairChange> PairChanges(const wire::Update& u, const AdapterState& base, const AdapterSpec& spec,
                                     const LoraLayout& layout) {
   std::vector<PairChange> out;
+  std::vector<int> position;
+  PairChangesInto(u, base, spec, layout, out, position);
+  return out;
+}
+
+void PairChangesInto(const wire::Update& u, const AdapterState& base, const AdapterSpec& spec,
+                     const LoraLayout& layout, std::vector<PairChange>& out, std::vector<int>& position) {
+  size_t n = 0;
   for (const CarriedPair& p : CarriedPairs(u, layout)) {
     const LoraModule& mod = layout.modules()[p.module];
     const auto ranks = CarriedRanks(p.a ? *p.a : *p.b, spec.rank);
-    PairChange c;
+    if (n == out.size()) out.emplace_back();
+    PairChange& c = out[n++];
     c.module = p.module;
-    c.start = Slice(base, mod, spec.rank, ranks);
-    c.end = c.start;
-    std::vector<int> position;
+    SliceInto(c.start, base, mod, spec.rank, ranks);
+    c.end = c.start;  // a copy into memory it already has
     if (p.a) AddDelta(c.end, *p.a, spec.tensors[mod.a], true, ranks, position);
     if (p.b) AddDelta(c.end, *p.b, spec.tensors[mod.b], false, ranks, position);
-    out.push_back(std::move(c));
   }
-  return out;
+  out.resize(n);
 }
 
 namespace {

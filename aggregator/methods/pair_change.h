@@ -23,6 +23,11 @@ struct PairChange {
 // One per module the update carries, in layout order.
 std::vector<PairChange> PairChanges(const wire::Update& update, const AdapterState& base, const AdapterSpec& spec,
                                     const LoraLayout& layout);
+// The same values into `out`, whose factors keep their memory from one call to the next (at 7B
+// shapes an update's factors in double precision, start and end, are four times its bytes:
+// fresh memory for them cost a page fault per 4 KiB); `position` is scratch.
+void PairChangesInto(const wire::Update& update, const AdapterState& base, const AdapterSpec& spec,
+                     const LoraLayout& layout, std::vector<PairChange>& out, std::vector<int>& position);
 
 // ||B A||_F from the r x r Gram matrices: sum_ij (B^T B)_ij (A A^T)_ij, each Gram entry summed
 // over rows (columns) in order and the products summed over i, then j, in order (the result of
