@@ -19,6 +19,7 @@
 #include "schema/codec.h"
 #include "schema/hash.h"
 #include "broker/connection_guard.h"
+#include "broker/log.h"
 #include "broker/rate_limit.h"
 #include "schema/transport/heartbeat.h"
 #include "schema/transport/transport.h"
@@ -26,14 +27,6 @@
 
 namespace fedlora::broker {
 namespace {
-
-std::shared_ptr<spdlog::logger> Log() {
-  static auto logger = [] {
-    auto l = spdlog::get("broker");
-    return l ? l : spdlog::default_logger()->clone("broker");
-  }();
-  return logger;
-}
 
 struct AdapterEntry {
   bool has_global = false;

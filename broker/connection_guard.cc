@@ -15,17 +15,10 @@
 #include <cstring>
 
 #include "broker/broker.h"
+#include "broker/log.h"
 
 namespace fedlora::broker {
 namespace {
-
-std::shared_ptr<spdlog::logger> Log() {
-  static auto logger = [] {
-    auto l = spdlog::get("broker");
-    return l ? l : spdlog::default_logger()->clone("broker");
-  }();
-  return logger;
-}
 
 // ZMTP 3: a frame header is a flags byte and a one-byte size up to 255, else an eight-byte size.
 uint64_t HeaderBytes(uint64_t body) { return body <= 255 ? 2 : 9; }

@@ -47,6 +47,17 @@ void StopAfterVersionOne(Process& aggregator, Process& broker) {
   ASSERT_TRUE(broker.Wait(std::chrono::seconds(20)));
 }
 
+// Five updates from one plaintext loadgen client, all acknowledged; then as above.
+void PublishFiveThenStopAfterVersionOne(const std::string& frontend, Process& aggregator, Process& broker) {
+  int rc = -1;
+  const std::string load = std::string(kBinary) + " loadgen --json --broker " + frontend +
+                           " --clients 1 --updates 5 --duration 60 --timeout-ms 500 2>/dev/null";
+  const json j = json::parse(RunCapture(load, &rc), nullptr, false);
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(j.value("acked", 0), 5) << j.dump();
+  ASSERT_NO_FATAL_FAILURE(StopAfterVersionOne(aggregator, broker));
+}
+
 TEST(SecurityCli, OnlyListedKeysPublishAndPlaintextStaysOut) {
   testing::TempDir dir;
   const std::string store = dir.path("store");
@@ -139,12 +150,7 @@ TEST(SecurityCli, AnAggregatorSecretKeepsOtherProcessesOffTheAggregatorSocket) {
   Process aggregator({kBinary, "aggregator", "--store", store, "--broker", bound->backend, "--arch", "mlp",
                       "--buffer-size", "5", "--eval-every", "0", "--aggregator-secret", secret},
                      dir.path("aggregator.out"));
-  const std::string load = std::string(kBinary) + " loadgen --json --broker " + bound->frontend +
-                           " --clients 1 --updates 5 --duration 60 --timeout-ms 500 2>/dev/null";
-  const json j = json::parse(RunCapture(load, &rc), nullptr, false);
-  EXPECT_EQ(rc, 0);
-  EXPECT_EQ(j.value("acked", 0), 5) << j.dump();
-  ASSERT_NO_FATAL_FAILURE(StopAfterVersionOne(aggregator, broker));
+  ASSERT_NO_FATAL_FAILURE(PublishFiveThenStopAfterVersionOne(bound->frontend, aggregator, broker));
   EXPECT_NE(broker.Output().find("aggregators must present the secret"), std::string::npos) << broker.Output();
 }
 
@@ -180,12 +186,7 @@ TEST(SecurityCli, WithoutCurveOrASecretTheBrokerAsksForItsStoresOwnSecret) {
   Process aggregator({kBinary, "aggregator", "--store", store, "--broker", bound->backend, "--arch", "mlp",
                       "--buffer-size", "5", "--eval-every", "0"},
                      dir.path("aggregator.out"));
-  const std::string load = std::string(kBinary) + " loadgen --json --broker " + bound->frontend +
-                           " --clients 1 --updates 5 --duration 60 --timeout-ms 500 2>/dev/null";
-  const json j = json::parse(RunCapture(load, &rc), nullptr, false);
-  EXPECT_EQ(rc, 0);
-  EXPECT_EQ(j.value("acked", 0), 5) << j.dump();
-  ASSERT_NO_FATAL_FAILURE(StopAfterVersionOne(aggregator, broker));
+  ASSERT_NO_FATAL_FAILURE(PublishFiveThenStopAfterVersionOne(bound->frontend, aggregator, broker));
 }
 
 }  // namespace
