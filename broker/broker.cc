@@ -48,6 +48,10 @@ struct AdapterEntry {
   // dispatch stops here, so a record the log writer has just written is not read back from the
   // log in the moment before its answer puts it into `recent`.
   uint64_t dispatchable = 0;
+  // A Deliver could not be sent (the owner is gone, or its queue is full): nothing more is read
+  // for it until the owner is heard from again (a Credit, or its heartbeat within a second), so a
+  // vanished aggregator's records are not read back from the log on every turn of the loop.
+  bool send_blocked = false;
 };
 
 // What /metrics shows of one adapter (a snapshot taken by the serving loop).
@@ -719,7 +723,11 @@ class BrokerImpl final : public Broker {
     while (transport::TryRecvMultipart(backend_, frames, nullptr, &fd)) {
       guard_->Read(backend_watch_, fd, frames);
       if (frames.empty()) continue;
-      leases_.Heard(frames[0].to_string(), Clock::now());
+      const std::string who = frames[0].to_string();
+      leases_.Heard(who, Clock::now());
+      for (auto& [adapter, e] : adapters_) {
+        if (e.owner == who) e.send_blocked = false;
+      }
       if (frames.size() != 2) continue;
       // A global carries every tensor where an update may carry one factor: twice the limit, as
       // ZeroMQ's frame limit allows on this socket.
@@ -861,6 +869,7 @@ class BrokerImpl final : public Broker {
     if (takes) {
       if (!e.owner.empty() && e.owner != who) Log()->info("adapter={} changes aggregator", adapter);
       e.owner = std::move(who);
+      e.send_blocked = false;
       e.next_to_send = std::max<uint64_t>(1, c.next_seq());
     } else {
       e.next_to_send = std::max(e.next_to_send, c.next_seq());
@@ -914,7 +923,7 @@ class BrokerImpl final : public Broker {
 
   Status Dispatch() {
     for (auto& [adapter, e] : adapters_) {
-      if (e.owner.empty()) continue;
+      if (e.owner.empty() || e.send_blocked) continue;
       const uint64_t head = e.dispatchable;
       while (e.next_to_send <= head && e.next_to_send < e.send_limit) {
         std::vector<uint64_t> seqs;
@@ -948,7 +957,8 @@ class BrokerImpl final : public Broker {
         frames.push_back(transport::Frame(codec::BuildDeliver(adapter, seqs, head, log_->Id())));
         for (auto& b : bodies) frames.push_back(std::move(b));
         if (!transport::SendMultipart(backend_, frames)) {
-          // The aggregator is gone or saturated; its next Credit resumes delivery.
+          // The aggregator is gone or saturated; its next message resumes delivery.
+          e.send_blocked = true;
           break;
         }
         stats_.records_delivered += seqs.size();
