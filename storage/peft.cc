@@ -17,7 +17,7 @@
 #include "aggregator/methods/lora_layout.h"
 #include "aggregator/methods/lowrank.h"
 #include "schema/safetensors.h"
-#include "worker/lm/checkpoint.h"
+#include "schema/language_model.h"
 
 namespace fedlora::storage {
 namespace {
@@ -45,15 +45,10 @@ Result<std::pair<std::string, TensorRole>> FedloraName(const std::string& key) {
   return std::pair{name, TensorRole::kDense};
 }
 
-bool IsLanguageModel(const std::string& model) {
-  return std::find(worker::lm::kArchitectures.begin(), worker::lm::kArchitectures.end(), model) !=
-         worker::lm::kArchitectures.end();
-}
-
 // "model.layers.<n>.<self_attn|mlp>.<target>.lora_<A|B>" as (n, target's place in PEFT's
 // order, 0 for A and 1 for B); nullopt for any other name.
 std::optional<std::tuple<uint64_t, size_t, int>> LanguageModelSlot(const std::string& name) {
-  const std::vector<std::string>& kTargets = worker::lm::kLoraTargets;
+  const std::vector<std::string>& kTargets = kLoraTargets;
   constexpr std::string_view kLayers = "model.layers.";
   if (!name.starts_with(kLayers)) return std::nullopt;
   size_t pos = kLayers.size();

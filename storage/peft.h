@@ -35,7 +35,7 @@ struct PeftAdapter {
   std::string base_model;
 };
 
-// A language model's adapter (spec.model one of worker::lm::kArchitectures) goes out with
+// A language model's adapter (spec.model one of kArchitectures, schema/language_model.h) goes out with
 // task_type CAUSAL_LM. An adapter PEFT wrote for one has no fedlora metadata: ReadPeft then
 // orders its LoRA tensors as fedlora's model does (layer by layer, PEFT's module order, A
 // before B), and its model is "unknown" until the importer names the checkpoint.

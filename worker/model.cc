@@ -515,7 +515,7 @@ BatchScore ClassificationScore(const torch::Tensor& logits, const torch::Tensor&
 }
 
 bool IsLanguageModel(const std::string& arch) {
-  return std::find(lm::kArchitectures.begin(), lm::kArchitectures.end(), arch) != lm::kArchitectures.end();
+  return fedlora::IsLanguageModel(arch);
 }
 
 Result<std::unique_ptr<Model>> Model::Open(const ModelOptions& options, const std::string& base) {

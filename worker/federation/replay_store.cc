@@ -63,8 +63,7 @@ std::optional<codec::VersionInfo> LastEvaluated(storage::AdapterStore& store, co
 // when both can be found; else none, and the reason in `note`.
 Result<aggregator::Evaluator> ReplayEvaluator(const ReplayRequest& r, const Paths& paths, const AdapterSpec& spec,
                                               size_t samples, std::string& note) {
-  const bool lm = std::find(worker::lm::kArchitectures.begin(), worker::lm::kArchitectures.end(), spec.model) !=
-                  worker::lm::kArchitectures.end();
+  const bool lm = IsLanguageModel(spec.model);
   // A language model's base: the one given, else fedlora's own in the store when it is there.
   std::string lm_base = r.base;
   if (lm && lm_base.empty() && fs::is_directory(OwnLanguageModelPath(paths.store))) {

@@ -21,20 +21,17 @@
 #include <vector>
 
 #include "schema/adapter.h"
+#include "schema/language_model.h"
 #include "schema/safetensors.h"
 #include "schema/status.h"
 
 namespace fedlora::worker::lm {
 
-inline constexpr const char* kSupportedArchitectures = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM";
-inline constexpr std::array<std::string_view, 3> kArchitectures = {"LlamaForCausalLM", "MistralForCausalLM",
-                                                                   "Qwen2ForCausalLM"};
-
-// PEFT's module names that can carry LoRA, in PEFT's order (the first four in self_attn, the
-// rest in mlp), and the default targets (PEFT's for Llama).
-inline const std::vector<std::string> kLoraTargets = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                      "gate_proj", "up_proj", "down_proj"};
-inline const std::vector<std::string> kDefaultLoraTargets = {"q_proj", "v_proj"};
+// The architectures and PEFT's module names (schema/language_model.h).
+using fedlora::kArchitectures;
+using fedlora::kDefaultLoraTargets;
+using fedlora::kLoraTargets;
+using fedlora::kSupportedArchitectures;
 
 struct LlamaConfig {
   std::string architecture;  // e.g. "LlamaForCausalLM"
