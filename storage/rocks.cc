@@ -126,16 +126,8 @@ rocksdb::Env* StoreEnv() {
 Status RefuseDamaged(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::exists(std::filesystem::path(path) / "CURRENT", ec)) return Status::Ok();
-  std::vector<std::string> remains;
-  for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.starts_with("MANIFEST-") || name.ends_with(".sst") || name.ends_with(".log") ||
-        name.ends_with(".blob")) {
-      remains.push_back(name);
-    }
-  }
+  const std::vector<std::string> remains = RocksFiles(path);
   if (remains.empty()) return Status::Ok();
-  std::sort(remains.begin(), remains.end());
   return DataLoss(fmt::format("store '{}' is damaged: it holds {} RocksDB files (e.g. {}) but no CURRENT file, so "
                               "its state cannot be found. Nothing was changed. Restore the directory from a backup, "
                               "or move it aside to start afresh",
@@ -143,6 +135,19 @@ Status RefuseDamaged(const std::string& path) {
 }
 
 }  // namespace
+
+std::vector<std::string> RocksFiles(const std::string& path) {
+  std::error_code ec;
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("MANIFEST-") || name.ends_with(".sst") || name.ends_with(".log") || name.ends_with(".blob")) {
+      files.push_back(name);
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
 
 Status OpenDb::Write(const rocksdb::WriteOptions& options, rocksdb::WriteBatch* batch, std::string_view context) {
   struct statvfs fs {};

@@ -41,6 +41,10 @@ struct OpenDb {
 
 // Opens (creating if needed, unless read_only) a DB with the given column families; a CF
 // whose options should put big values into blob files is named in `blob_cfs`.
+// The RocksDB files in `path` (manifests, tables, write-ahead logs, blob files), sorted; none
+// when the directory is missing.
+std::vector<std::string> RocksFiles(const std::string& path);
+
 Result<std::unique_ptr<OpenDb>> Open(const std::string& path, bool read_only,
                                      const std::vector<std::string>& cf_names,
                                      const std::vector<std::string>& blob_cfs,

@@ -393,14 +393,8 @@ Result<std::unique_ptr<UpdateLog>> UpdateLog::Open(const UpdateLogOptions& optio
   // refused as damaged when opened).
   const auto only_heads_left = [](const std::filesystem::path& dir) {
     std::error_code ec;
-    if (!std::filesystem::exists(dir / kHeadsFile, ec) || std::filesystem::exists(dir / "CURRENT", ec)) return false;
-    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-      const std::string name = entry.path().filename().string();
-      if (name.starts_with("MANIFEST-") || name.ends_with(".sst") || name.ends_with(".log") || name.ends_with(".blob")) {
-        return false;
-      }
-    }
-    return true;
+    return std::filesystem::exists(dir / kHeadsFile, ec) && !std::filesystem::exists(dir / "CURRENT", ec) &&
+           internal::RocksFiles(dir.string()).empty();
   };
   std::optional<AcknowledgedHeads> acknowledged;
   if (!options.path.empty()) acknowledged = ReadHeads((std::filesystem::path(options.path) / kHeadsFile).string());

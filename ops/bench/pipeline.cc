@@ -17,6 +17,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <stop_token>
@@ -96,7 +97,8 @@ aggregator::AggregatorOptions AggregatorFor(const AdapterSpec& spec, const aggre
 
 Stages Measure(const AdapterSpec& spec, aggregator::EngineOptions engine, int count, int publishers,
                const std::string& dir) {
-  std::filesystem::remove_all(dir);
+  // A directory of its own inside --dir, made here and removed after: nothing else is touched.
+  if (std::filesystem::exists(dir)) throw std::runtime_error("'" + dir + "' exists already; not overwritten");
   std::filesystem::create_directories(dir);
   engine.mode = wire::Mode::FedBuff;
   engine.staleness.max_staleness = 1000;  // every update is folded: the cost measured is the fold's
@@ -200,7 +202,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--buffer-size", buffer, "FedBuff K: updates per version")->check(CLI::Range(1, 1000))->capture_default_str();
-  app.add_option("--dir", dir, "Scratch directory for the log and the store (removed after each measurement)")
+  app.add_option("--dir", dir,
+                 "Scratch directory: each measurement makes its log and store in a new directory inside it and "
+                 "removes that afterwards")
       ->capture_default_str();
   app.add_option("--json", json_path, "Also write the figures here");
   CLI11_PARSE(app, argc, argv);
@@ -223,7 +227,13 @@ int main(int argc, char** argv) {
         return 2;
       }
       o->buffer_size = buffer;
-      const Stages st = Measure(spec, *o, count, publishers, dir);
+      Stages st;
+      try {
+        st = Measure(spec, *o, count, publishers, fmt::format("{}/r{}-{}", dir, rank, name));
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "pipeline: rank {} {}: {}\n", rank, name, e.what());
+        return 1;
+      }
       const double ingest = count / st.ingest_s, aggregate = count / st.aggregate_s;
       fmt::print("{:>5} {:<9} {:>9.1f} {:>12.1f} {:>10.0f} {:>12.1f} {:>11.2f} {:>11.0f} {:>9}\n", rank, name,
                  st.update_bytes / 1048576.0, ingest, ingest * st.update_bytes / 1e6, aggregate,
